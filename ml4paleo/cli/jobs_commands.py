@@ -1,0 +1,3 @@
+"""CLI commands of one area; see ml4paleo.cli."""
+
+commands: list = []

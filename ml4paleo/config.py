@@ -1,0 +1,107 @@
+"""One place for configuration: the :class:`Settings` dataclass, built from env and CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+_ENV_PREFIX = "ML4PALEO_"
+
+
+def _parse_bool(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration shared by the library, the runners and the web app.
+
+    Every field can be set from the environment as ``ML4PALEO_<FIELD NAME IN CAPS>``
+    (``data_dir`` also as ``ML4PALEO_DATA``, ``dask_scheduler`` as
+    ``ML4PALEO_DASK_SCHEDULER``) and overridden by keyword arguments (CLI options).
+
+    Examples
+    --------
+    >>> s = Settings.from_env(data_dir="/tmp/ml4paleo-doc")
+    >>> s.jobs_dir.name
+    'jobs'
+    """
+
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 5000
+    #: largest accepted upload, bytes (all chunks of one file together)
+    max_upload_bytes: int = 64 * 1024**3
+    #: runner poll interval, seconds
+    poll_interval: float = 2.0
+    #: runner lease, seconds: a dead runner's job is claimed again after this
+    lease_seconds: float = 30.0
+    #: attempts before a job goes to its *_error status
+    max_attempts: int = 3
+    #: Dask scheduler address (``tcp://host:8786``); None = local worker processes
+    dask_scheduler: str | None = None
+    #: local worker processes; None = number of CPUs
+    workers: int | None = None
+    #: block edge for chunked work, voxels
+    chunk_size: int = 128
+    #: jobs older than this many days are purged by the runners; None = keep forever
+    retention_days: float | None = None
+    webhook_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str | None = None
+    smtp_to: str | None = None
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Folder holding one sub-folder per job."""
+        return Path(self.data_dir) / "jobs"
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, **overrides) -> Settings:
+        """Build settings from ``ML4PALEO_*`` variables, then apply non-None ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        aliases = {"data_dir": "DATA", "dask_scheduler": "DASK_SCHEDULER"}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            names = [_ENV_PREFIX + f.name.upper()]
+            if f.name in aliases:
+                names.insert(0, _ENV_PREFIX + aliases[f.name])
+            raw = next((env[n] for n in names if n in env and env[n] != ""), None)
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)
+
+    def with_overrides(self, **overrides) -> Settings:
+        """Return a copy with the non-None ``overrides`` applied."""
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in clean:
+            clean["data_dir"] = Path(clean["data_dir"])
+        return replace(self, **clean)
+
+
+def _convert(name: str, type_name: str, raw: str):
+    t = str(type_name)
+    try:
+        if "bool" in t:
+            return _parse_bool(raw)
+        if t.startswith("int"):
+            return int(raw)
+        if t.startswith("float"):
+            return float(raw)
+        if "Path" in t:
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable for {name!r} is not a valid {t}: {raw!r}") from exc
+    return raw
