@@ -1,0 +1,312 @@
+"""Data routes: job record + outputs, image metadata, raw Zarr keys, mesh files, slice tiles.
+
+Slice tiles are PNGs cut from the pyramid level the viewer asks for (it picks the level
+matching its zoom), so a 2048^2 slice shows after a few small reads.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+from flask import Blueprint, Response, abort, jsonify, request, send_file
+
+from ml4paleo.omezarr import open_image
+
+from .common import (
+    get_job,
+    image_path,
+    int_arg,
+    is_zarr_image,
+    job_dir,
+    outputs,
+    read_classes,
+    safe_join,
+    segmentation_dir,
+    store,
+)
+
+log = logging.getLogger(__name__)
+bp = Blueprint("data_api", __name__)
+
+AXES = {"z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
+MAX_TILE = 2048
+_stats_lock = threading.Lock()
+_stats_cache: dict[tuple[str, int], dict] = {}
+
+# retry: from each error status back to the queue of the step that failed
+RETRY_TARGETS = {
+    "convert_error": "uploaded",
+    "segment_error": "training_queued",
+    "mesh_error": "meshing_queued",
+}
+
+
+def _public_record(record: dict) -> dict:
+    rec = dict(record)
+    status = rec.get("status")
+    rec["status"] = getattr(status, "value", status)
+    return rec
+
+
+@bp.get("/api/job/<job_id>")
+def job_record(job_id: str):
+    """The whole job record plus what exists on disk (``available``)."""
+    record = _public_record(get_job(job_id))
+    record["job_id"] = record.get("id", job_id)
+    record["available"] = outputs(job_id)
+    return jsonify(record)
+
+
+@bp.get("/api/job/<job_id>/outputs")
+def job_outputs(job_id: str):
+    """What exists on disk: image, segmentations with meshes and stats, cached exports."""
+    return jsonify(job_id=job_id, **outputs(job_id))
+
+
+@bp.delete("/api/job/<job_id>")
+@bp.post("/api/job/<job_id>/delete")
+def delete_job(job_id: str):
+    """Delete a job and all its files."""
+    get_job(job_id)
+    record = store().get(job_id)
+    status = getattr(record.get("status"), "value", record.get("status"))
+    lease = record.get("lease")
+    if lease and status in ("converting", "training", "segmenting", "meshing"):
+        abort(409, f"job {job_id!r} is {status}; wait for it to finish or fail before deleting")
+    store().delete(job_id)
+    return jsonify(status="deleted", job_id=job_id)
+
+
+@bp.post("/api/job/<job_id>/retry")
+def retry_job(job_id: str):
+    """Queue the failed step again (from ``convert_error``, ``segment_error``, ``mesh_error``)."""
+    from ml4paleo.jobs import InvalidTransition
+
+    record = get_job(job_id)
+    status = getattr(record.get("status"), "value", record.get("status"))
+    target = RETRY_TARGETS.get(status)
+    if target is None:
+        abort(409, f"job {job_id!r} is {status}, not in an error state; nothing to retry")
+    try:
+        record = store().transition(job_id, target, error=None, progress=0.0,
+                                    message=f"retry requested after {status}")
+    except InvalidTransition as exc:
+        abort(409, str(exc))
+    return jsonify(job_id=job_id, status=target)
+
+
+def _image_or_404(path: Path, what: str):
+    if not is_zarr_image(path):
+        abort(404, f"{what} does not exist (yet)")
+    try:
+        return open_image(path)
+    except (FileNotFoundError, ValueError) as exc:
+        abort(404, f"{what} cannot be opened: {exc}")
+
+
+def _intensity_stats(img) -> dict:
+    """Min/max and 0.5/99.5 percentiles from the coarsest pyramid level (cached)."""
+    key_file = img.path / ".zattrs"
+    mtime = key_file.stat().st_mtime_ns if key_file.exists() else 0
+    key = (str(img.path), mtime)
+    with _stats_lock:
+        if key in _stats_cache:
+            return _stats_cache[key]
+    arr = np.asarray(img.level(len(img.levels) - 1)[:])
+    lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0, 1)
+    stats = {
+        "min": float(arr.min()) if arr.size else 0.0,
+        "max": float(arr.max()) if arr.size else 1.0,
+        "p_low": float(lo),
+        "p_high": float(hi),
+    }
+    with _stats_lock:
+        _stats_cache[key] = stats
+    return stats
+
+
+def _image_info(img) -> dict:
+    levels = []
+    for i in range(len(img.levels)):
+        arr = img.level(i)
+        levels.append({"shape": list(arr.shape), "chunks": list(arr.chunks),
+                       "scale": list(img.level_scale(i))})
+    return {
+        "shape": list(img.shape),
+        "dtype": str(img.dtype),
+        "voxel_size": list(img.voxel_size),
+        "unit": img.unit,
+        "levels": levels,
+    }
+
+
+@bp.get("/api/job/<job_id>/image")
+def image_info(job_id: str):
+    """Image metadata: shape, dtype, voxel size, pyramid levels, intensity range, source."""
+    record = get_job(job_id)
+    img = _image_or_404(image_path(job_id), "the converted image")
+    info = _image_info(img)
+    info["intensity"] = _intensity_stats(img)
+    extra = img.attrs.get("ml4paleo", {}) if isinstance(img.attrs, dict) else {}
+    info["source_type"] = extra.get("source_type") or record.get("source_type")
+    info["source"] = extra.get("source") or (record.get("metadata") or {}).get("source") or {}
+    return jsonify(info)
+
+
+def _send_key(base: Path, path: str):
+    target = safe_join(base, path)
+    if not target.is_file():
+        abort(404, f"no such key {path!r}")
+    name = target.name
+    mimetype = "application/json" if name.startswith(".z") or name.endswith(".json") else (
+        "application/octet-stream")
+    return send_file(target, mimetype=mimetype, conditional=True, max_age=60)
+
+
+@bp.get("/api/job/<job_id>/zarr/<path:path>")
+def image_zarr(job_id: str, path: str):
+    """A raw key of the converted image's Zarr store (for Zarr viewers)."""
+    base = image_path(job_id)
+    if not base.is_dir():
+        abort(404, "the converted image does not exist (yet)")
+    return _send_key(base, path)
+
+
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>/zarr/<path:path>")
+def segmentation_zarr(job_id: str, seg_id: str, path: str):
+    """A raw key of a segmentation's label Zarr store."""
+    base = segmentation_dir(job_id, seg_id) / "labels.ome.zarr"
+    if not base.is_dir():
+        abort(404, f"segmentation {seg_id!r} has no label image")
+    return _send_key(base, path)
+
+
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>/obj/<path:path>")
+def segmentation_mesh(job_id: str, seg_id: str, path: str):
+    """A mesh file (``<label>.stl|obj|ply|glb``) of a segmentation."""
+    base = segmentation_dir(job_id, seg_id) / "meshes"
+    target = safe_join(base, path)
+    if not target.is_file():
+        abort(404, f"no mesh {path!r}")
+    mimetypes = {".glb": "model/gltf-binary", ".stl": "model/stl", ".obj": "model/obj",
+                 ".ply": "application/octet-stream", ".csv": "text/csv"}
+    return send_file(target, mimetype=mimetypes.get(target.suffix.lower(),
+                                                    "application/octet-stream"),
+                     conditional=True, max_age=60)
+
+
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>")
+def segmentation_info(job_id: str, seg_id: str):
+    """A segmentation's label image metadata, classes and meshes."""
+    seg = segmentation_dir(job_id, seg_id)
+    info = next((s for s in outputs(job_id)["segmentations"] if s["id"] == seg_id), None)
+    if info is None:
+        abort(404, f"no segmentation {seg_id!r}")
+    if info["labels"]:
+        info.update(_image_info(_image_or_404(seg / "labels.ome.zarr", "the label image")))
+    info["classes"] = read_classes(seg, job_dir(job_id))
+    return jsonify(info)
+
+
+def _plane_region(img, axis: int, index: int, level: int, tile: tuple[int, int] | None,
+                  tile_size: int) -> np.ndarray:
+    """Read one plane (or one tile of it) at pyramid ``level`` without the rest."""
+    if not 0 <= level < len(img.levels):
+        abort(400, f"level must be in 0..{len(img.levels) - 1}, got {level}")
+    full = img.shape[axis]
+    if not 0 <= index < full:
+        abort(400, f"index must be in 0..{full - 1} along this axis, got {index}")
+    arr = img.level(level)
+    idx = min(index // (2**level), arr.shape[axis] - 1)
+    plane_dims = [d for d in range(3) if d != axis]
+    sl: list = [slice(None)] * 3
+    sl[axis] = idx
+    if tile is not None:
+        ty, tx = tile
+        for d, t in zip(plane_dims, (ty, tx), strict=True):
+            start = t * tile_size
+            if start >= arr.shape[d] or t < 0:
+                abort(400, f"tile {tile} is outside the plane")
+            sl[d] = slice(start, min(start + tile_size, arr.shape[d]))
+    return np.asarray(arr[tuple(sl)])
+
+
+def _parse_tile() -> tuple[tuple[int, int] | None, int]:
+    tile_size = int_arg("tile_size", 512, 16, MAX_TILE)
+    raw = request.args.get("tile")
+    if not raw:
+        return None, tile_size
+    try:
+        ty, tx = (int(v) for v in raw.split(","))
+    except ValueError:
+        abort(400, f"tile must be 'row,col', got {raw!r}")
+    return (ty, tx), tile_size
+
+
+def _axis() -> int:
+    raw = request.args.get("axis", "z").lower()
+    if raw not in AXES:
+        abort(400, f"axis must be z, y or x, got {raw!r}")
+    return AXES[raw]
+
+
+def _png(array2d: np.ndarray) -> Response:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array2d)).save(buf, format="PNG", compress_level=1)
+    resp = Response(buf.getvalue(), mimetype="image/png")
+    resp.headers["Cache-Control"] = "private, max-age=300"
+    return resp
+
+
+@bp.get("/api/job/<job_id>/slice")
+def image_slice(job_id: str):
+    """A plane of the image as an 8-bit PNG.
+
+    Query: ``axis`` z|y|x, ``index`` (full-resolution voxels), ``level`` (pyramid level),
+    ``window`` ``low,high`` in raw intensity (default: 0.5-99.5 percentiles),
+    ``tile`` ``row,col`` and ``tile_size`` to cut one tile of the plane.
+    """
+    get_job(job_id)
+    img = _image_or_404(image_path(job_id), "the converted image")
+    axis = _axis()
+    index = int_arg("index", img.shape[axis] // 2)
+    level = int_arg("level", 0)
+    tile, tile_size = _parse_tile()
+    raw = request.args.get("window")
+    if raw:
+        try:
+            lo, hi = (float(v) for v in raw.split(","))
+        except ValueError:
+            abort(400, f"window must be 'low,high', got {raw!r}")
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            abort(400, "window must be finite numbers")
+    else:
+        stats = _intensity_stats(img)
+        lo, hi = stats["p_low"], stats["p_high"]
+    plane = _plane_region(img, axis, index, level, tile, tile_size).astype(np.float32)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = np.clip((plane - lo) * scale, 0, 255).astype(np.uint8)
+    return _png(out)
+
+
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>/slice")
+def segmentation_slice(job_id: str, seg_id: str):
+    """A plane of a segmentation as a greyscale PNG whose values are the labels.
+
+    Same query as the image slice (without ``window``); the viewer colours the labels
+    with the per-class colours and opacity the user picks.
+    """
+    seg = segmentation_dir(job_id, seg_id)
+    img = _image_or_404(seg / "labels.ome.zarr", "the label image")
+    axis = _axis()
+    index = int_arg("index", img.shape[axis] // 2)
+    level = int_arg("level", 0)
+    tile, tile_size = _parse_tile()
+    plane = _plane_region(img, axis, index, level, tile, tile_size)
+    return _png(np.clip(plane, 0, 255).astype(np.uint8))

@@ -1,0 +1,174 @@
+"""Downloads: every export of :mod:`ml4paleo.export`, streamed and cached in ``exports/``.
+
+A download is never built in memory: :func:`ml4paleo.export.stream_export` yields the
+zip while writing it to a temp file that is renamed into ``jobs/<id>/exports/`` only
+when complete; the next request streams the cached file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, jsonify, stream_with_context
+
+from .common import (
+    dir_size,
+    get_job,
+    image_path,
+    is_zarr_image,
+    job_dir,
+    outputs,
+    segmentation_dir,
+)
+
+log = logging.getLogger(__name__)
+bp = Blueprint("downloads", __name__)
+
+#: kind -> (file extension of the export, mimetype, what it holds)
+SEGMENTATION_KINDS = {
+    "zarr": ("zarr.zip", "application/zip", "label image as an OME-Zarr folder (zip)"),
+    "png": ("png.zip", "application/zip", "label image as a stack of 8/16-bit PNG slices (zip)"),
+    "tiff": ("tiff.zip", "application/zip", "label image as a stack of TIFF slices (zip)"),
+    "nifti": ("nii.gz", "application/gzip", "label image as one NIfTI file"),
+    "stats": ("csv", "text/csv", "per-label volume, surface area and components (CSV)"),
+}
+IMAGE_KINDS = {
+    "zarr": ("zarr.zip", "application/zip", "converted image as an OME-Zarr folder (zip)"),
+    "png": ("png.zip", "application/zip", "converted image as a stack of PNG slices (zip)"),
+    "tiff": ("tiff.zip", "application/zip", "converted image as a stack of TIFF slices (zip)"),
+    "nifti": ("nii.gz", "application/gzip", "converted image as one NIfTI file"),
+}
+MESH_KIND = ("zip", "application/zip", "meshes of every label (STL/OBJ/PLY/GLB) + stats (zip)")
+_FILENAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _filename(record: dict, *parts: str) -> str:
+    base = _FILENAME_RE.sub("_", str(record.get("name") or record.get("id") or "job")).strip("_")
+    return "-".join([base[:60] or "job", *parts])
+
+
+def _stream(kind: str, source: Path, cache: Path, filename: str, mimetype: str, **options):
+    """Response streaming ``kind`` of ``source`` through the export cache."""
+    try:
+        from ml4paleo.export import stream_export
+    except ImportError:
+        abort(503, "exports are not available in this installation")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        chunks = stream_export(kind, source, cache, **options)
+        first = next(chunks, b"")
+    except (ValueError, FileNotFoundError) as exc:
+        abort(404, f"cannot export {kind}: {exc}")
+
+    def generate():
+        yield first
+        yield from chunks
+
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"',
+               "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+    if cache.is_file():
+        headers["Content-Length"] = str(cache.stat().st_size)
+    return Response(stream_with_context(generate()), mimetype=mimetype, headers=headers)
+
+
+def _kind_or_404(kinds: dict, kind: str):
+    if kind not in kinds:
+        abort(404, f"unknown export {kind!r}; choose from {', '.join(kinds)}")
+    return kinds[kind]
+
+
+def _seg_source(seg: Path, kind: str) -> Path:
+    if kind == "stats":
+        for candidate in (seg / "stats.csv", seg / "meshes" / "stats.csv"):
+            if candidate.is_file():
+                return candidate
+    labels = seg / "labels.ome.zarr"
+    if not is_zarr_image(labels):
+        abort(404, f"segmentation {seg.name!r} has no label image (yet)")
+    return labels
+
+
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>/download/<kind>")
+def segmentation_download(job_id: str, seg_id: str, kind: str):
+    """Download a segmentation: ``zarr``, ``png``, ``tiff`` (zips), ``nifti`` or ``stats``."""
+    record = get_job(job_id)
+    ext, mimetype, _ = _kind_or_404(SEGMENTATION_KINDS, kind)
+    seg = segmentation_dir(job_id, seg_id)
+    source = _seg_source(seg, kind)
+    cache = job_dir(job_id) / "exports" / f"segmentation-{seg_id}-{kind}.{ext}"
+    return _stream(kind, source, cache, _filename(record, seg_id, f"labels.{ext}"), mimetype)
+
+
+@bp.get("/api/job/<job_id>/meshes/<seg_id>/download")
+def meshes_download(job_id: str, seg_id: str):
+    """Download the meshes of a segmentation as one zip."""
+    record = get_job(job_id)
+    seg = segmentation_dir(job_id, seg_id)
+    meshes = seg / "meshes"
+    if not meshes.is_dir() or not any(meshes.iterdir()):
+        abort(404, f"segmentation {seg_id!r} has no meshes (yet)")
+    cache = job_dir(job_id) / "exports" / f"meshes-{seg_id}.zip"
+    return _stream("meshes", meshes, cache, _filename(record, seg_id, "meshes.zip"), MESH_KIND[1])
+
+
+@bp.get("/api/job/<job_id>/image/download/<kind>")
+def image_download(job_id: str, kind: str):
+    """Download the converted image: ``zarr``, ``png``, ``tiff`` (zips) or ``nifti``."""
+    record = get_job(job_id)
+    ext, mimetype, _ = _kind_or_404(IMAGE_KINDS, kind)
+    source = image_path(job_id)
+    if not is_zarr_image(source):
+        abort(404, "the converted image does not exist (yet)")
+    cache = job_dir(job_id) / "exports" / f"image-{kind}.{ext}"
+    return _stream(kind, source, cache, _filename(record, f"image.{ext}"), mimetype)
+
+
+def download_list(job_id: str) -> list[dict]:
+    """Every download that exists for a job, with its URL and (cached or source) size."""
+    root = job_dir(job_id)
+    exports = root / "exports"
+    out = outputs(job_id)
+    items: list[dict] = []
+
+    def add(group: str, kind: str, url: str, cache_name: str, source: Path, about: str):
+        cached = exports / cache_name
+        items.append({
+            "group": group, "kind": kind, "url": url, "description": about,
+            "cached": cached.is_file(),
+            "bytes": cached.stat().st_size if cached.is_file() else dir_size(source),
+            "size_is_estimate": not cached.is_file(),
+        })
+
+    if out["image"]["exists"]:
+        for kind, (ext, _, about) in IMAGE_KINDS.items():
+            add("image", kind, f"/api/job/{job_id}/image/download/{kind}",
+                f"image-{kind}.{ext}", root / "image.ome.zarr", about)
+    for seg in out["segmentations"]:
+        sid = seg["id"]
+        seg_path = root / "segmentations" / sid
+        if seg["labels"]:
+            for kind, (ext, _, about) in SEGMENTATION_KINDS.items():
+                if kind == "stats":
+                    continue
+                add(f"segmentation {sid}", kind,
+                    f"/api/job/{job_id}/segmentation/{sid}/download/{kind}",
+                    f"segmentation-{sid}-{kind}.{ext}", seg_path / "labels.ome.zarr", about)
+        if seg["labels"] or seg["stats"]:
+            stats_src = next((p for p in (seg_path / "stats.csv", seg_path / "meshes" / "stats.csv")
+                              if p.is_file()), seg_path / "labels.ome.zarr")
+            add(f"segmentation {sid}", "stats",
+                f"/api/job/{job_id}/segmentation/{sid}/download/stats",
+                f"segmentation-{sid}-stats.csv", stats_src, SEGMENTATION_KINDS["stats"][2])
+        if seg["meshes"]:
+            add(f"segmentation {sid}", "meshes", f"/api/job/{job_id}/meshes/{sid}/download",
+                f"meshes-{sid}.zip", seg_path / "meshes", MESH_KIND[2])
+    return items
+
+
+@bp.get("/api/job/<job_id>/downloads")
+def downloads_index(job_id: str):
+    """The downloads that exist for a job, with sizes (exact once cached)."""
+    get_job(job_id)
+    return jsonify(job_id=job_id, downloads=download_list(job_id))
