@@ -1,0 +1,557 @@
+"""The runner loop: poll the store, claim a job with a lease, run its step, finish it.
+
+One loop serves the three runners (``kind`` = ``"convert"``, ``"segment"``, ``"mesh"``)
+and any number of copies of each may run at once:
+
+- **Claim** = compare-and-set under the job's lock: a job in the stage's queued status
+  (or in a running status whose lease expired: its runner died) gets a lease
+  ``{owner, expires_at, attempts}`` and moves to the running status. Only one runner
+  can win, because the check and the write happen inside one locked read-modify-write.
+- **Heartbeat**: a thread renews the lease every ``lease_seconds / 3`` and writes the
+  step's real progress. A runner whose job was cancelled, deleted or reclaimed gets
+  :class:`~ml4paleo.jobs.store.LeaseLost` at its next write and drops the job.
+- **Failures**: an attempt that raises is released back to the queue with a short
+  backoff; after ``settings.max_attempts`` attempts (a crashed runner counts too) the
+  job goes to the stage's ``*_error`` status with the reason. Bad input and missing
+  library functions fail at once (retrying cannot help).
+- **Shutdown**: SIGTERM / SIGINT finish at the next progress tick, hand the job back to
+  the queue (the attempt is not counted) and exit.
+- **Retention**: when ``settings.retention_days`` is set, old jobs are purged at start
+  and then hourly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from ml4paleo.config import Settings
+from ml4paleo.jobs.statuses import RUNNER, STAGES, Stage, Status, parse_status
+from ml4paleo.jobs.store import (
+    JobNotFound,
+    JobStore,
+    LeaseLost,
+    isoformat,
+    parse_time,
+    set_status,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+#: seconds between retention purges of one runner
+PURGE_INTERVAL = 3600.0
+#: shortest interval between progress writes, seconds
+PROGRESS_WRITE_INTERVAL = 0.5
+
+
+class StepError(RuntimeError):
+    """A step failure that retrying cannot fix (bad input, library missing); fails at once."""
+
+
+class Stopping(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside a step when the runner was asked to stop."""
+
+
+def new_owner(kind: str) -> str:
+    """A lease owner name: host, pid, kind and a random tag (unique per runner run)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{kind}:{secrets.token_hex(3)}"
+
+
+class JobContext:
+    """What a step sees: the job, its folder, and owned writes (progress, fields, status).
+
+    Every write checks that this runner still holds the lease (else :class:`LeaseLost`);
+    :meth:`progress` also raises :class:`Stopping` when the runner is shutting down.
+    """
+
+    def __init__(self, store: JobStore, record: dict, stage: Stage, owner: str,
+                 settings: Settings, stop_event: threading.Event) -> None:
+        self.store = store
+        self.settings = settings
+        self.record = record
+        self.job_id: str = record["id"]
+        self.job_dir: Path = store.job_dir(self.job_id)
+        self.stage = stage
+        self.owner = owner
+        self.stop_event = stop_event
+        self.lost = threading.Event()
+        self._lock = threading.Lock()
+        self._progress: float = float(record.get("progress") or 0.0)
+        self._message: str | None = None
+        self._dirty = False
+        self._range = (0.0, 1.0)
+
+    # -- progress -------------------------------------------------------------
+    def set_range(self, lo: float, hi: float) -> None:
+        """Map the next ``progress(done, total)`` calls onto ``[lo, hi]`` of the job."""
+        self._range = (float(lo), float(hi))
+
+    def progress(self, done: int | float, total: int | float, message: str | None = None) -> None:
+        """Progress callback for library functions: ``progress(done, total)``."""
+        self.check()
+        frac = min(max(float(done) / float(total), 0.0), 1.0) if total else 0.0
+        lo, hi = self._range
+        with self._lock:
+            self._progress = lo + (hi - lo) * frac
+            if message is not None:
+                self._message = message
+            self._dirty = True
+
+    def message(self, text: str) -> None:
+        """Set the human message shown with the progress bar."""
+        with self._lock:
+            self._message = text
+            self._dirty = True
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` / :class:`Stopping` when the job must be dropped."""
+        if self.lost.is_set():
+            raise LeaseLost(f"job {self.job_id}: lease lost (cancelled, deleted or reclaimed)")
+        if self.stop_event.is_set():
+            raise Stopping(f"runner stopping; job {self.job_id} handed back")
+
+    # -- owned writes ---------------------------------------------------------
+    def owned_update(self, fn: Callable[[dict], object]) -> dict:
+        """Read-modify-write that only happens while this runner owns the job."""
+        def apply(record: dict) -> None:
+            ensure_owner(record, self.stage, self.owner)
+            fn(record)
+
+        try:
+            record = self.store.update(self.job_id, apply)
+        except JobNotFound:
+            self.lost.set()
+            raise LeaseLost(f"job {self.job_id} was deleted") from None
+        except LeaseLost:
+            self.lost.set()
+            raise
+        self.record = record
+        return record
+
+    def set_fields(self, **fields) -> dict:
+        """Set fields of the record (owned write)."""
+        return self.owned_update(lambda r: r.update(fields))
+
+    def set_status(self, status: Status, message: str | None = None, **fields) -> dict:
+        """Move to another running status of this stage (e.g. training -> segmenting)."""
+        status = parse_status(status)
+        if status not in self.stage.running:
+            raise ValueError(f"{status.value} is not a running status of the {self.stage.kind} stage")
+
+        def apply(record: dict) -> None:
+            set_status(record, status, message)
+            record.update(fields)
+
+        return self.owned_update(apply)
+
+    def flush(self, renew: bool) -> None:
+        """Write pending progress / message and, when ``renew``, extend the lease."""
+        with self._lock:
+            dirty, progress, message = self._dirty, self._progress, self._message
+            self._dirty = False
+        if not (dirty or renew):
+            return
+        expires = isoformat(utcnow() + timedelta(seconds=self.settings.lease_seconds))
+
+        def apply(record: dict) -> None:
+            record["progress"] = round(progress, 4)
+            if message is not None:
+                record["message"] = message
+            if renew:
+                record["lease"]["expires_at"] = expires
+
+        self.owned_update(apply)
+
+
+def ensure_owner(record: dict, stage: Stage, owner: str) -> None:
+    """Raise :class:`LeaseLost` unless ``owner`` holds the lease of a running ``record``."""
+    lease = record.get("lease") or {}
+    if lease.get("owner") != owner or record.get("status") not in {s.value for s in stage.running}:
+        raise LeaseLost(
+            f"job {record.get('id')}: not owned by {owner} (status {record.get('status')}, "
+            f"lease owner {lease.get('owner')})")
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the lease and writes progress while a step runs."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id[:8]}", daemon=True)
+        self.ctx = ctx
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        renew_every = max(self.ctx.settings.lease_seconds / 3.0, 0.05)
+        tick = min(PROGRESS_WRITE_INTERVAL, renew_every)
+        last_renew = time.monotonic()
+        while not self.done.wait(tick):
+            now = time.monotonic()
+            renew = now - last_renew >= renew_every
+            try:
+                self.ctx.flush(renew)
+            except LeaseLost as exc:
+                log.warning("%s", exc)
+                return
+            except Exception:  # noqa: BLE001 - keep beating; a full disk may clear
+                log.exception("heartbeat for job %s failed", self.ctx.job_id)
+                continue
+            if renew:
+                last_renew = now
+
+
+class _NotClaimable(Exception):
+    pass
+
+
+def _first_running(stage: Stage, record: dict) -> Status:
+    if stage.kind == "segment":
+        request = record.get("request") or {}
+        if request.get("train") is False:
+            return Status.SEGMENTING
+    return stage.running[0]
+
+
+def claimable(record: dict, stage: Stage, now=None) -> bool:
+    """True when a runner of ``stage`` may claim ``record`` now (lockless pre-check)."""
+    now = now or utcnow()
+    status = record.get("status")
+    lease = record.get("lease") or None
+    expires = parse_time(lease.get("expires_at")) if lease else None
+    if status == stage.queued.value:
+        return expires is None or expires <= now
+    if status in {s.value for s in stage.running}:
+        return expires is None or expires <= now
+    return False
+
+
+def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
+              settings: Settings) -> tuple[str, dict] | None:
+    """Compare-and-set claim of one job.
+
+    Returns
+    -------
+    ("claimed", record), ("gave_up", record) when the attempts are used up (the job
+    was moved to the error status), or None when the job is not claimable (any more).
+    """
+    outcome = {}
+
+    def apply(record: dict) -> None:
+        now = utcnow()
+        if not claimable(record, stage, now):
+            raise _NotClaimable
+        lease = record.get("lease") or {}
+        attempts = int(lease.get("attempts") or 0)
+        if record["status"] != stage.queued.value:
+            # a running status with an expired lease: that runner died mid-job
+            died = (f"runner {lease.get('owner')} stopped responding "
+                    f"(lease expired {lease.get('expires_at')})")
+            log.warning("job %s: %s", record["id"], died)
+            record["last_error"] = died
+        if attempts >= settings.max_attempts:
+            reason = (f"gave up after {attempts} attempt(s): "
+                      f"{record.get('last_error') or 'unknown error'}")
+            set_status(record, stage.error, reason)
+            record.update(error=reason, lease=None)
+            outcome["result"] = "gave_up"
+            return
+        first = _first_running(stage, record)
+        set_status(record, first, f"attempt {attempts + 1} started by {owner}")
+        record.update(
+            lease={"owner": owner,
+                   "expires_at": isoformat(now + timedelta(seconds=settings.lease_seconds)),
+                   "attempts": attempts + 1,
+                   "claimed_at": isoformat(now)},
+            progress=0.0, error=None)
+        outcome["result"] = "claimed"
+
+    try:
+        record = store.update(job_id, apply)
+    except (_NotClaimable, JobNotFound):
+        return None
+    return outcome["result"], record
+
+
+def _notify(settings: Settings, record: dict) -> None:
+    """Send the job's notification if :mod:`ml4paleo.notify` is available."""
+    if importlib.util.find_spec("ml4paleo.notify") is None:
+        log.info("ml4paleo.notify not available; no notification for job %s", record.get("id"))
+        return
+    try:
+        notify = importlib.import_module("ml4paleo.notify")
+        notify.notify_job_event(settings, record, record.get("status", ""))
+    except Exception:  # noqa: BLE001 - notification must never break the runner
+        log.exception("notification for job %s failed", record.get("id"))
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    if isinstance(exc, StepError):
+        return True
+    # ml4paleo.io.InputError: bad input stays bad; matched by name so io stays optional
+    return any(cls.__name__ == "InputError" for cls in type(exc).__mro__)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, StepError) or "InputError" in type(exc).__name__ \
+        else f"{type(exc).__name__}: {text}"
+
+
+def process_job(store: JobStore, record: dict, stage: Stage, owner: str, settings: Settings,
+                step: Callable[[JobContext], dict | None],
+                stop_event: threading.Event) -> dict | None:
+    """Run ``step`` on a claimed job and write the outcome; returns the final record
+    (None when the job was lost or handed back)."""
+    ctx = JobContext(store, record, stage, owner, settings, stop_event)
+    beat = _Heartbeat(ctx)
+    beat.start()
+    attempts = int(record["lease"]["attempts"])
+    log.info("job %s: %s attempt %d started", ctx.job_id, stage.kind, attempts)
+    try:
+        result = dict(step(ctx) or {})
+        if ctx.lost.is_set():
+            raise LeaseLost(f"job {ctx.job_id}: lease lost while the step ran")
+    except LeaseLost as exc:
+        log.warning("job %s dropped: %s", ctx.job_id, exc)
+        return None
+    except Stopping:
+        return _hand_back(ctx, attempts)
+    except Exception as exc:  # noqa: BLE001 - any failure of a step is the job's error
+        return _failed(ctx, exc, attempts)
+    finally:
+        beat.done.set()
+        beat.join()
+
+    status = parse_status(result.pop("status", stage.done[0]))
+    message = result.pop("message", f"{stage.kind} finished")
+
+    def finish(rec: dict) -> None:
+        set_status(rec, status, message)
+        rec.update(result)
+        rec.update(progress=1.0, error=None, lease=None, last_error=None)
+
+    try:
+        final = ctx.owned_update(finish)
+    except LeaseLost as exc:
+        log.warning("job %s: result discarded: %s", ctx.job_id, exc)
+        return None
+    log.info("job %s: %s -> %s", ctx.job_id, stage.kind, status.value)
+    _notify(settings, final)
+    return final
+
+
+def _hand_back(ctx: JobContext, attempts: int) -> dict | None:
+    def release(rec: dict) -> None:
+        set_status(rec, ctx.stage.queued, "runner stopped; queued again")
+        rec["lease"] = {"owner": None, "expires_at": None, "attempts": attempts - 1}
+
+    try:
+        record = ctx.owned_update(release)
+    except LeaseLost:
+        return None
+    log.info("job %s handed back to the queue", ctx.job_id)
+    return record
+
+
+def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
+    reason = _one_line(exc)
+    permanent = _is_permanent(exc)
+    if permanent:
+        log.error("job %s: %s failed: %s", ctx.job_id, ctx.stage.kind, reason)
+    else:
+        log.exception("job %s: %s attempt %d failed", ctx.job_id, ctx.stage.kind, attempts)
+    give_up = permanent or attempts >= ctx.settings.max_attempts
+
+    def write(rec: dict) -> None:
+        if give_up:
+            error = reason if permanent else f"failed {attempts} time(s); last error: {reason}"
+            set_status(rec, ctx.stage.error, error)
+            rec.update(error=error, lease=None, last_error=reason)
+        else:
+            backoff = min(2.0 ** (attempts - 1), 30.0)
+            set_status(rec, ctx.stage.queued, f"attempt {attempts} failed ({reason}); retrying")
+            rec.update(last_error=reason, lease={
+                "owner": None,
+                "expires_at": isoformat(utcnow() + timedelta(seconds=backoff)),
+                "attempts": attempts})
+
+    try:
+        record = ctx.owned_update(write)
+    except LeaseLost:
+        return None
+    if give_up:
+        _notify(ctx.settings, record)
+    return record
+
+
+def get_step(kind: str) -> Callable[[JobContext], dict | None]:
+    """The step function for ``kind``.
+
+    ``ML4PALEO_STEPS_PLUGIN`` may name a module whose ``STEPS`` dict overrides steps
+    (used by the test suite to slow a step down; production uses :mod:`.steps`).
+    """
+    plugin = os.environ.get("ML4PALEO_STEPS_PLUGIN")
+    if plugin:
+        steps = getattr(importlib.import_module(plugin), "STEPS", {})
+        if kind in steps:
+            return steps[kind]
+    from ml4paleo.jobs import steps
+
+    return steps.STEPS[kind]
+
+
+class Runner:
+    """A runner of one ``kind``; :meth:`run` is the poll loop.
+
+    Parameters
+    ----------
+    kind : {"convert", "segment", "mesh"}
+    settings : Settings
+    stop_event : threading.Event, optional
+        Set it to stop the loop (signal handlers set it too).
+    """
+
+    def __init__(self, kind: str, settings: Settings,
+                 stop_event: threading.Event | None = None) -> None:
+        if kind not in STAGES:
+            raise ValueError(f"unknown runner kind {kind!r}; use one of {', '.join(STAGES)}")
+        self.kind = kind
+        self.stage = STAGES[kind]
+        self.settings = settings
+        self.store = JobStore(settings.data_dir, settings=settings)
+        self.owner = new_owner(kind)
+        self.stop_event = stop_event or threading.Event()
+        self.step = get_step(kind)
+        self._last_purge = float("-inf")
+        self.processed = 0
+
+    def purge_if_due(self) -> list[str]:
+        """Purge jobs older than ``settings.retention_days`` (at most hourly)."""
+        days = self.settings.retention_days
+        if days is None or time.monotonic() - self._last_purge < PURGE_INTERVAL:
+            return []
+        self._last_purge = time.monotonic()
+        try:
+            return self.store.purge(timedelta(days=float(days)))
+        except Exception:  # noqa: BLE001 - retention must not stop the runner
+            log.exception("retention purge failed")
+            return []
+
+    def candidates(self) -> list[dict]:
+        """Claimable jobs of this stage, oldest update first (lockless read)."""
+        now = utcnow()
+        jobs = [r for r in self.store.list() if claimable(r, self.stage, now)]
+        jobs.sort(key=lambda r: r.get("updated_at") or "")
+        return jobs
+
+    def next_retry_in(self) -> float | None:
+        """Seconds until a queued job in back-off becomes claimable (None: none waiting)."""
+        now = utcnow()
+        waits = []
+        for r in self.store.list():
+            lease = r.get("lease") or {}
+            if r.get("status") == self.stage.queued.value and lease.get("expires_at"):
+                waits.append((parse_time(lease["expires_at"]) - now).total_seconds())
+        return max(0.0, min(waits)) if waits else None
+
+    def run_once(self) -> bool:
+        """Claim and process one job; False when nothing was claimable."""
+        for record in self.candidates():
+            if self.stop_event.is_set():
+                return False
+            claim = try_claim(self.store, record["id"], self.stage, self.owner, self.settings)
+            if claim is None:
+                continue  # another runner was faster
+            outcome, claimed = claim
+            if outcome == "gave_up":
+                log.error("job %s: %s", claimed["id"], claimed.get("error"))
+                _notify(self.settings, claimed)
+                return True
+            process_job(self.store, claimed, self.stage, self.owner, self.settings,
+                        self.step, self.stop_event)
+            self.processed += 1
+            return True
+        return False
+
+    def run(self, once: bool = False) -> int:
+        """Poll until stopped (or, with ``once``, until the queue is drained).
+
+        Returns the number of jobs processed.
+        """
+        log.info("%s runner %s started on %s", self.kind, self.owner, self.store.data_dir)
+        poll = max(float(self.settings.poll_interval), 0.01)
+        while not self.stop_event.is_set():
+            self.purge_if_due()
+            if self.run_once():
+                continue
+            if once:
+                wait = self.next_retry_in()
+                if wait is None:
+                    break
+                self.stop_event.wait(min(wait + 0.05, poll))
+                continue
+            self.stop_event.wait(poll)
+        log.info("%s runner %s stopped after %d job(s)", self.kind, self.owner, self.processed)
+        _wait_for_notifications()
+        return self.processed
+
+
+def _wait_for_notifications() -> None:
+    if importlib.util.find_spec("ml4paleo.notify") is None:
+        return
+    try:
+        importlib.import_module("ml4paleo.notify").wait_for_pending(timeout=30)
+    except Exception:  # noqa: BLE001
+        log.exception("waiting for notifications failed")
+
+
+def run_runner(kind: str, settings: Settings | None = None, once: bool = False,
+               stop_event: threading.Event | None = None) -> int:
+    """Run a ``kind`` runner until SIGTERM / Ctrl-C (or the queue is drained with ``once``).
+
+    Parameters
+    ----------
+    kind : {"convert", "segment", "mesh"}
+    settings : Settings, optional
+        Defaults to :meth:`Settings.from_env`.
+    once : bool
+        Process every claimable job, then return.
+    stop_event : threading.Event, optional
+        Set it to stop the runner from another thread.
+
+    Returns
+    -------
+    int
+        Jobs processed.
+    """
+    settings = settings or Settings.from_env()
+    runner = Runner(kind, settings, stop_event)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def _stop(signum, _frame):
+            if runner.stop_event.is_set():  # second signal: leave now
+                raise KeyboardInterrupt
+            log.info("%s runner: signal %d, stopping", kind, signum)
+            runner.stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _stop)
+    try:
+        return runner.run(once=once)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["JobContext", "LeaseLost", "Runner", "StepError", "Stopping", "claimable",
+           "ensure_owner", "get_step", "process_job", "run_runner", "try_claim", "RUNNER"]

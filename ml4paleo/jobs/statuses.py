@@ -1,0 +1,272 @@
+"""Job statuses and the one transition table used by the web app, the CLI and the runners.
+
+A job moves through three runner stages, each with a *queued*, a *running*, a *done*
+and an *error* status::
+
+    uploading -> uploaded -> converting -> converted              (convert runner)
+    converted -> annotated -> training_queued -> training
+              -> [segmenting] -> segmented | trained             (segment runner)
+    segmented -> meshing_queued -> meshing -> meshed              (mesh runner)
+
+Every ``*_error`` status can be retried (back to the stage's queued status), and a
+queued or running stage can be cancelled (to its ``*_error`` status with the error
+"cancelled by user"). Annotations arriving while a stage is queued or running never
+move the status back: they are recorded as a flag (see :func:`annotation_effect`), so
+queued work is never dropped.
+
+Examples
+--------
+>>> check_transition({"status": "uploading"}, Status.TRAINING_QUEUED) is not None
+True
+>>> check_transition({"status": "converted"}, Status.ANNOTATED) is None
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Job status; the value is the plain lower-case name the HTTP API returns."""
+
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    UPLOADED = "uploaded"
+    CONVERTING = "converting"
+    CONVERTED = "converted"
+    CONVERT_ERROR = "convert_error"
+    ANNOTATED = "annotated"
+    TRAINING_QUEUED = "training_queued"
+    TRAINING = "training"
+    TRAINED = "trained"
+    SEGMENTING = "segmenting"
+    SEGMENTED = "segmented"
+    SEGMENT_ERROR = "segment_error"
+    MESHING_QUEUED = "meshing_queued"
+    MESHING = "meshing"
+    MESHED = "meshed"
+    MESH_ERROR = "mesh_error"
+    # kept from the original API so old records still parse; no transition leads here
+    DONE = "done"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One runner stage: the statuses a runner of ``kind`` reads and writes."""
+
+    kind: str
+    queued: Status
+    running: tuple[Status, ...]
+    done: tuple[Status, ...]
+    error: Status
+
+    @property
+    def busy(self) -> tuple[Status, ...]:
+        """Statuses in which the stage has work queued or under way."""
+        return (self.queued, *self.running)
+
+
+STAGES: dict[str, Stage] = {
+    "convert": Stage("convert", Status.UPLOADED, (Status.CONVERTING,), (Status.CONVERTED,),
+                     Status.CONVERT_ERROR),
+    "segment": Stage("segment", Status.TRAINING_QUEUED, (Status.TRAINING, Status.SEGMENTING),
+                     (Status.SEGMENTED, Status.TRAINED), Status.SEGMENT_ERROR),
+    "mesh": Stage("mesh", Status.MESHING_QUEUED, (Status.MESHING,), (Status.MESHED,),
+                  Status.MESH_ERROR),
+}
+
+#: statuses in which a runner has work queued or under way
+BUSY: frozenset[Status] = frozenset(s for st in STAGES.values() for s in st.busy)
+#: statuses written only by a runner holding the job's lease
+RUNNING: frozenset[Status] = frozenset(s for st in STAGES.values() for s in st.running)
+#: statuses after which the job waits for the user (final for the stage, or failed)
+FINAL: frozenset[Status] = frozenset(
+    {s for st in STAGES.values() for s in (*st.done, st.error)}
+)
+#: an image exists and nothing runs: the user may annotate, train, segment
+RESTING_WITH_IMAGE: frozenset[Status] = frozenset({
+    Status.CONVERTED, Status.ANNOTATED, Status.TRAINED, Status.SEGMENTED, Status.SEGMENT_ERROR,
+    Status.MESHED, Status.MESH_ERROR,
+})
+
+USER, RUNNER = "user", "runner"
+
+# requirement names checked against the record (see _REQUIREMENTS)
+_NEEDS_UPLOAD = "upload"
+_NEEDS_SEGMENTATION = "segmentation"
+
+#: THE transition table: {from: {to: (who may make the move, requirement or None)}}
+TRANSITIONS: dict[Status, dict[Status, tuple[str, str | None]]] = {
+    Status.PENDING: {Status.UPLOADING: (USER, None)},
+    Status.UPLOADING: {Status.UPLOADED: (USER, _NEEDS_UPLOAD)},
+    # convert stage
+    Status.UPLOADED: {
+        Status.CONVERTING: (RUNNER, None),
+        Status.CONVERT_ERROR: (USER, None),  # cancel, or the runner gives up
+    },
+    Status.CONVERTING: {
+        Status.CONVERTING: (RUNNER, None),  # reclaimed after a lease expired
+        Status.CONVERTED: (RUNNER, None),
+        Status.CONVERT_ERROR: (USER, None),
+        Status.UPLOADED: (RUNNER, None),  # released for a retry / on shutdown
+    },
+    Status.CONVERT_ERROR: {Status.UPLOADED: (USER, None)},  # retry
+    # resting with an image: annotate, (re)train + segment, mesh an existing segmentation
+    **{
+        s: {
+            Status.ANNOTATED: (USER, None),
+            Status.TRAINING_QUEUED: (USER, None),
+            Status.MESHING_QUEUED: (USER, _NEEDS_SEGMENTATION),
+        }
+        for s in RESTING_WITH_IMAGE
+    },
+    # segment stage
+    Status.TRAINING_QUEUED: {
+        Status.TRAINING: (RUNNER, None),
+        Status.SEGMENTING: (RUNNER, None),  # segmenting with an existing model
+        Status.SEGMENT_ERROR: (USER, None),
+    },
+    Status.TRAINING: {
+        Status.TRAINING: (RUNNER, None),
+        Status.SEGMENTING: (RUNNER, None),
+        Status.TRAINED: (RUNNER, None),
+        Status.SEGMENT_ERROR: (USER, None),
+        Status.TRAINING_QUEUED: (RUNNER, None),
+    },
+    Status.SEGMENTING: {
+        Status.SEGMENTING: (RUNNER, None),
+        Status.TRAINING: (RUNNER, None),  # reclaimed: the new attempt starts over
+        Status.SEGMENTED: (RUNNER, None),
+        Status.SEGMENT_ERROR: (USER, None),
+        Status.TRAINING_QUEUED: (RUNNER, None),
+    },
+    # mesh stage
+    Status.MESHING_QUEUED: {
+        Status.MESHING: (RUNNER, None),
+        Status.MESH_ERROR: (USER, None),
+    },
+    Status.MESHING: {
+        Status.MESHING: (RUNNER, None),
+        Status.MESHED: (RUNNER, None),
+        Status.MESH_ERROR: (USER, None),
+        Status.MESHING_QUEUED: (RUNNER, None),
+    },
+}
+# retry from the segment / mesh errors is already allowed: they are resting statuses
+
+_WHY_TARGET = {
+    Status.UPLOADED: "only a job that is still uploading can be marked as uploaded",
+    Status.ANNOTATED: "annotations need a converted image",
+    Status.TRAINING_QUEUED: "training and segmentation need a converted image",
+    Status.MESHING_QUEUED: "meshing needs a finished segmentation",
+}
+
+
+def _status(value: Status | str) -> Status:
+    try:
+        return Status(str(value.value if isinstance(value, Status) else value).lower())
+    except ValueError:
+        raise ValueError(f"unknown job status {value!r}") from None
+
+
+def parse_status(value: Status | str) -> Status:
+    """Return the :class:`Status` for a value or name (``"converted"``, ``"JobStatus.CONVERTED"``).
+
+    Raises
+    ------
+    ValueError
+        When the text names no status.
+    """
+    text = value.value if isinstance(value, Status) else str(value)
+    return _status(text.rsplit(".", 1)[-1])
+
+
+def stage_of(status: Status | str) -> Stage | None:
+    """The runner stage that has ``status`` queued, running, done or failed, if any."""
+    status = parse_status(status)
+    for st in STAGES.values():
+        if status in (*st.busy, *st.done, st.error):
+            return st
+    return None
+
+
+def check_transition(record: dict, new: Status | str, actor: str = USER) -> str | None:
+    """Why ``record`` may not move to ``new`` (a human sentence), or None when it may.
+
+    Parameters
+    ----------
+    record : dict
+        The job record (``status`` and, for requirements, ``upload_bytes`` /
+        ``segmentations``).
+    new : Status or str
+        Requested status.
+    actor : {"user", "runner"}
+        Who asks. Runner-only moves (claiming, finishing) are refused to users.
+    """
+    try:
+        new = parse_status(new)
+    except ValueError as exc:
+        return str(exc)
+    old = parse_status(record.get("status", Status.PENDING))
+    rule = TRANSITIONS.get(old, {}).get(new)
+    if rule is None:
+        if old in BUSY and new not in BUSY:
+            return (f"cannot move to {new.value}: the job is busy ({old.value}); "
+                    "wait for it to finish or cancel it")
+        why = _WHY_TARGET.get(new)
+        if why:
+            return f"cannot move to {new.value} from {old.value}: {why}"
+        if new in RUNNING:
+            return f"only a runner can move a job to {new.value}, and not from {old.value}"
+        return f"cannot move a job from {old.value} to {new.value}"
+    who, need = rule
+    if who == RUNNER and actor != RUNNER:
+        return f"only a runner can move a job from {old.value} to {new.value}"
+    if need == _NEEDS_UPLOAD and not (record.get("upload_bytes") or record.get("upload_files")):
+        return "nothing was uploaded yet"
+    if need == _NEEDS_SEGMENTATION and not record.get("segmentations"):
+        return "meshing needs a finished segmentation; this job has none yet"
+    return None
+
+
+def retry_target(status: Status | str) -> Status | None:
+    """The queued status a failed (``*_error``) job goes back to on retry, else None."""
+    status = parse_status(status)
+    for st in STAGES.values():
+        if status == st.error:
+            return st.queued
+    return None
+
+
+def cancel_target(status: Status | str) -> Status | None:
+    """The error status a queued or running job goes to when cancelled, else None."""
+    status = parse_status(status)
+    for st in STAGES.values():
+        if status in st.busy:
+            return st.error
+    return None
+
+
+def annotation_effect(status: Status | str) -> tuple[Status | None, str | None]:
+    """What a newly submitted annotation does to a job in ``status``.
+
+    Returns
+    -------
+    (new_status, refusal) : tuple
+        ``(Status.ANNOTATED, None)`` when the job rests with an image;
+        ``(None, None)`` when work is queued or running (the status is kept, only the
+        ``annotations_pending`` flag is set, so queued work is not dropped);
+        ``(None, reason)`` when annotating is not possible yet.
+    """
+    status = parse_status(status)
+    if status in RESTING_WITH_IMAGE:
+        return Status.ANNOTATED, None
+    if status in BUSY and status not in STAGES["convert"].busy:
+        return None, None
+    return None, f"annotations need a converted image (the job is {status.value})"
