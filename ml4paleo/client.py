@@ -17,7 +17,6 @@ Examples
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ import re
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -66,10 +66,17 @@ DOWNLOAD_ROUTES = {
     "meshes": "/api/job/{job}/meshes/{seg}/download",
     "report.html": "/api/job/{job}/segmentation/{seg}/report.html",
     "report.pdf": "/api/job/{job}/segmentation/{seg}/report.pdf",
-    "image": "/api/job/{job}/download/image",
+    "image-zarr": "/api/job/{job}/image/download/zarr",
+    "image-png": "/api/job/{job}/image/download/png",
+    "image-tiff": "/api/job/{job}/image/download/tiff",
+    "image-nifti": "/api/job/{job}/image/download/nifti",
     "model": "/api/job/{job}/models/{model}/download",
     "model.json": "/api/job/{job}/models/{model}/download/json",
 }
+
+
+_PALETTE = ("#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
+            "#f032e6", "#bfef45", "#fabed4")
 
 
 class ClientError(Exception):
@@ -210,6 +217,10 @@ class Client:
         record = self._get(f"/api/job/{_q(job_id)}/status")
         record.setdefault("job_id", job_id)
         return record
+
+    def record(self, job_id: str) -> dict:
+        """The whole job record (metadata, history, models, segmentations, ``available``)."""
+        return self._get(f"/api/job/{_q(job_id)}")
 
     def rename(self, job_id: str, name: str) -> dict:
         """Rename a job."""
@@ -402,68 +413,132 @@ class Client:
         return record
 
     # ------------------------------------------------------------------ labels + pipeline
+    def classes(self, job_id: str) -> list[dict]:
+        """The job's classes (``[{"name", "color"}, ...]``; class 0 is background)."""
+        return self._get(f"/api/job/{_q(job_id)}/annotate/classes")["classes"]
+
+    def set_classes(self, job_id: str, classes: list[dict] | list[str]) -> list[dict]:
+        """Set the job's classes: names or ``{"name", "color"}`` dicts, background first."""
+        items = [dict(c) if isinstance(c, dict) else {"name": str(c)} for c in classes]
+        current = self.classes(job_id)
+        for k, item in enumerate(items):
+            if "color" not in item:
+                item["color"] = current[k]["color"] if k < len(current) else _PALETTE[k % 10]
+        answer = self._post(f"/api/job/{_q(job_id)}/annotate/classes", json={"classes": items})
+        return answer["classes"]
+
     def submit_labels(
         self,
         job_id: str,
         labels: np.ndarray | Mapping[int, np.ndarray],
         *,
-        axis: int = 0,
+        axis: int | str = 0,
         classes: list[dict] | list[str] | None = None,
     ) -> list[dict]:
-        """Send labelled slices to the job's label store.
+        """Send labelled slices to the job's label store (replacing those slices' labels).
 
         Label values follow the label-store convention: 0 = unlabelled, ``k + 1`` = class
-        ``k`` (class 0 is background).
+        ``k`` (class 0 is background). Classes missing on the server are added (named
+        ``"class k"``) unless ``classes`` is given.
 
         Parameters
         ----------
         job_id : str
             A converted job.
         labels : ndarray or mapping
-            Either a full (z, y, x) label volume (every slice along ``axis`` holding at
+            Either a full (z, y, x) label volume (every slice across ``axis`` holding at
             least one labelled voxel is sent) or ``{slice_index: 2-D array}``.
-        axis : int
-            0 (z), 1 (y) or 2 (x): the axis the slices are cut along.
+        axis : int or str
+            0 / ``"z"``, 1 / ``"y"`` or 2 / ``"x"``: the axis the slices are cut across.
         classes : list, optional
             Class names (or ``{"name", "color"}`` dicts) to set first.
 
         Returns
         -------
         list of dict
-            The server's answer for each slice.
+            The server's answer for each slice (``saved``, ``counts``).
         """
+        axis = {"z": 0, "y": 1, "x": 2}.get(axis, axis) if isinstance(axis, str) else axis
         if axis not in (0, 1, 2):
-            raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+            raise ValueError(f"axis must be 0, 1, 2 or z, y, x, got {axis!r}")
+        planes = list(_label_slices(labels, axis))
+        if not planes:
+            raise ValueError("labels hold no labelled voxel (all zero)")
+        top = max(int(plane.max()) for _, plane in planes)
         if classes is not None:
             self.set_classes(job_id, classes)
+        else:
+            current = self.classes(job_id)
+            if top > len(current):
+                names = [c["name"] for c in current]
+                names += [f"class {k}" for k in range(len(current), top)]
+                self.set_classes(job_id, current + [{"name": n} for n in names[len(current):]])
         answers = []
-        for index, plane in _label_slices(labels, axis):
-            body = {
-                "axis": axis,
-                "index": int(index),
-                "labels": encode_label_png(plane),
-            }
-            answers.append(self._post(f"/api/annotate/{_q(job_id)}/slices", json=body))
-        if not answers:
-            raise ValueError("labels hold no labelled voxel (all zero)")
+        for index, plane in planes:
+            body = {"axis": axis, "index": int(index), "mask": encode_label_mask(plane),
+                    "preview": False}
+            answers.append(self._post(f"/api/job/{_q(job_id)}/annotate/labels", json=body))
         return answers
 
-    def set_classes(self, job_id: str, classes: list[dict] | list[str]) -> dict:
-        """Set the job's class names (and colours)."""
-        items = [c if isinstance(c, dict) else {"name": str(c)} for c in classes]
-        return self._post(f"/api/annotate/{_q(job_id)}/classes", json={"classes": items})
+    def train(self, job_id: str, *, choose: bool = True) -> dict:
+        """Train a model on the submitted labels now and keep it as a model version.
 
-    def train(self, job_id: str) -> dict:
-        """Queue training of a model on the submitted labels (``/api/job/<id>/retrain``)."""
-        return self._post(f"/api/job/{_q(job_id)}/retrain", json={})
+        The server trains from features cached at the labelled voxels (seconds), saves
+        the model under ``models/<model_id>`` and, with ``choose``, makes it the model
+        the next :meth:`segment` uses (without retraining).
 
-    def segment(self, job_id: str, **options) -> dict:
-        """Queue training + segmentation of the whole volume (``/api/job/<id>/start``)."""
-        return self._post(f"/api/job/{_q(job_id)}/start", json=options)
+        Returns
+        -------
+        dict
+            ``{"model_id", "seconds", "model_version"}``.
+        """
+        trained = self._post(f"/api/job/{_q(job_id)}/retrain", json={})
+        saved = self._post(f"/api/job/{_q(job_id)}/models/save-preview", json={})
+        model_id = saved["model_id"]
+        if choose:
+            self._post(f"/api/job/{_q(job_id)}/models/{_q(model_id)}/choose", json={})
+        return {"model_id": model_id, "seconds": trained.get("seconds"),
+                "model_version": trained.get("model_version")}
 
-    def mesh(self, job_id: str, **options) -> dict:
-        """Queue meshing of the latest segmentation (``/api/job/<id>/mesh``)."""
-        return self._post(f"/api/job/{_q(job_id)}/mesh", json=options)
+    def models(self, job_id: str) -> list[dict]:
+        """The job's model versions with their metadata and metrics, oldest first."""
+        return self._get(f"/api/job/{_q(job_id)}/models")["models"]
+
+    def segment(
+        self, job_id: str, *, model_id: str | None = None, train: bool | None = None
+    ) -> dict:
+        """Queue segmentation of the whole volume on the segment runner.
+
+        By default the chosen model (see :meth:`train`) segments; without one a new model
+        is trained from the annotations on the runner first. ``train=True`` forces that.
+        """
+        body: dict[str, Any] = {}
+        if model_id is not None:
+            body["model_id"] = model_id
+        if train is not None:
+            body["train"] = train
+        return self._post(f"/api/job/{_q(job_id)}/segment", json=body)
+
+    def mesh(
+        self,
+        job_id: str,
+        *,
+        segmentation_id: str | None = None,
+        formats: Iterable[str] = ("stl",),
+    ) -> dict:
+        """Queue meshing of a segmentation (default: the latest) on the mesh runner."""
+        body: dict[str, Any] = {"formats": list(formats)}
+        if segmentation_id is not None:
+            body["segmentation_id"] = segmentation_id
+        return self._post(f"/api/job/{_q(job_id)}/mesh", json=body)
+
+    def retry(self, job_id: str) -> dict:
+        """Queue a failed step again."""
+        return self._post(f"/api/job/{_q(job_id)}/retry", json={})
+
+    def cancel(self, job_id: str) -> dict:
+        """Stop the job's queued or running step."""
+        return self._post(f"/api/job/{_q(job_id)}/cancel", json={})
 
     # ------------------------------------------------------------------ downloads
     def download(
@@ -483,9 +558,10 @@ class Client:
         job_id : str
             The job.
         kind : str
-            One of :data:`DOWNLOAD_ROUTES`: ``"zarr"``, ``"png"``, ``"tiff"``, ``"nifti"``,
-            ``"stats"``, ``"meshes"``, ``"report.html"``, ``"report.pdf"``, ``"image"``,
-            ``"model"``, ``"model.json"``.
+            One of :data:`DOWNLOAD_ROUTES`. Segmentation: ``"zarr"``, ``"png"``,
+            ``"tiff"``, ``"nifti"``, ``"stats"``, ``"meshes"``, ``"report.html"``,
+            ``"report.pdf"``; converted image: ``"image-zarr"``, ``"image-png"``,
+            ``"image-tiff"``, ``"image-nifti"``; model: ``"model"`` (zip), ``"model.json"``.
         dest : path
             A folder (the server's file name is used) or a file path.
         segmentation_id, model_id : str, optional
@@ -505,24 +581,52 @@ class Client:
         template = DOWNLOAD_ROUTES[kind]
         record: dict | None = None
         if "{seg}" in template and segmentation_id is None:
-            record = self.status(job_id)
+            record = self.record(job_id)
             segmentation_id = record.get("segmentation_id")
             if not segmentation_id:
                 raise ClientError(409, "the job has no segmentation yet", self.url)
         if "{model}" in template and model_id is None:
-            record = record or self.status(job_id)
+            record = record or self.record(job_id)
             model_id = record.get("model_id")
             if not model_id:
                 raise ClientError(409, "the job has no model yet", self.url)
         path = template.format(
             job=_q(job_id), seg=_q(segmentation_id or ""), model=_q(model_id or "")
         )
+        fallback = f"{job_id}-{kind.replace('.', '-')}"
+        return self.download_url(path, dest, progress=progress, fallback_name=fallback)
+
+    def downloads(self, job_id: str) -> list[dict]:
+        """What the server offers for the job (``group``, ``kind``, ``url``, ``bytes``, ...)."""
+        return self._get(f"/api/job/{_q(job_id)}/downloads")["downloads"]
+
+    def download_all(self, job_id: str, dest: str | os.PathLike) -> list[Path]:
+        """Download every output the server lists for the job, plus the model and reports."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        paths = [self.download_url(item["url"], dest) for item in self.downloads(job_id)]
+        record = self.record(job_id)
+        if record.get("model_id"):
+            paths.append(self.download(job_id, "model", dest))
+        if record.get("segmentation_id"):
+            for kind in ("report.html", "report.pdf"):
+                paths.append(self.download(job_id, kind, dest))
+        return paths
+
+    def download_url(
+        self,
+        path: str,
+        dest: str | os.PathLike,
+        progress: Callable[[int, int], None] | None = None,
+        fallback_name: str = "download",
+    ) -> Path:
+        """Stream the server path ``path`` (e.g. from :meth:`downloads`) to ``dest``."""
         response = self.request("GET", path, expect_json=False, stream=True)
         with response:
             dest = Path(dest)
             if dest.is_dir() or str(dest).endswith(("/", os.sep)):
                 dest.mkdir(parents=True, exist_ok=True)
-                target = dest / _filename(response, f"{job_id}-{kind.replace('.', '-')}")
+                target = dest / _filename(response, fallback_name)
             else:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 target = dest
@@ -542,39 +646,24 @@ class Client:
                 raise
         return target
 
-    def download_all(self, job_id: str, dest: str | os.PathLike) -> dict[str, Path]:
-        """Download every output the job has; kinds the server does not offer are skipped."""
-        results: dict[str, Path] = {}
-        for kind in DOWNLOAD_ROUTES:
-            try:
-                results[kind] = self.download(job_id, kind, dest)
-            except ClientError as exc:
-                if exc.status_code in (404, 409):
-                    log.info("skipping %s: %s", kind, exc.message)
-                    continue
-                raise
-        return results
-
 
 # ---------------------------------------------------------------------- helpers
-def encode_label_png(plane: np.ndarray) -> str:
-    """A 2-D label slice as a ``data:image/png;base64,...`` URL (8-bit grey, values kept).
+def encode_label_mask(plane: np.ndarray) -> dict:
+    """A 2-D label slice as the annotate API's ``{"encoding": "zlib", "shape", "data"}``.
 
     Examples
     --------
-    >>> encode_label_png(np.zeros((4, 4), np.uint8)).startswith("data:image/png;base64,")
-    True
+    >>> encode_label_mask(np.zeros((4, 5), np.uint8))["shape"]
+    [4, 5]
     """
-    from PIL import Image
-
     plane = np.asarray(plane)
     if plane.ndim != 2:
         raise ValueError(f"a label slice must be 2-D, got shape {plane.shape}")
     if plane.size and (plane.min() < 0 or plane.max() > 255):
         raise ValueError("label values must be within 0..255")
-    buffer = io.BytesIO()
-    Image.fromarray(plane.astype(np.uint8), mode="L").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    data = zlib.compress(np.ascontiguousarray(plane, dtype=np.uint8).tobytes(), 6)
+    return {"encoding": "zlib", "shape": [int(plane.shape[0]), int(plane.shape[1])],
+            "data": base64.b64encode(data).decode("ascii")}
 
 
 def _label_slices(labels, axis: int) -> Iterator[tuple[int, np.ndarray]]:
