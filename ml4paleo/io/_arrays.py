@@ -1,0 +1,204 @@
+"""Sources that are already arrays: NIfTI, ``.npy`` and Zarr / OME-Zarr."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._base import InputError, Volume
+
+_NIFTI_UNITS = {"mm": "millimeter", "micron": "micrometer", "meter": "meter"}
+
+
+def _short(exc: BaseException) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+
+
+def _check_dtype(path: Path, dtype: np.dtype) -> np.dtype:
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    if dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise InputError(f"{path}: unsupported voxel type {dtype}")
+    return dtype
+
+
+class NiftiVolume(Volume):
+    """A NIfTI-1/2 image (``.nii`` / ``.nii.gz``) as (z, y, x): the file's (i, j, k) reversed.
+
+    Voxels keep their storage order (no reorientation); the affine goes in the metadata.
+    A z-slab is contiguous on disk (NIfTI is stored x-fastest), so slabs read in order
+    stream through a ``.nii.gz`` once.
+    """
+
+    source_type = "nifti"
+
+    def __init__(self, path: str | os.PathLike, **kw: Any):
+        import nibabel as nib
+
+        path = Path(path)
+        try:
+            img = nib.load(str(path), keep_file_open=True)
+            shape = img.shape
+            header = img.header
+            raw = np.dtype(img.get_data_dtype())
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)})") from exc
+        if len(shape) > 3 and any(s > 1 for s in shape[3:]):
+            raise InputError(f"{path}: {len(shape)}D NIfTI {tuple(shape)}; only 3D volumes are supported")
+        if len(shape) < 2:
+            raise InputError(f"{path}: NIfTI of shape {tuple(shape)} is not an image")
+        self._img = img
+        self._proxy = img.dataobj
+        self._ndim = len(shape)
+        sx, sy = shape[0], shape[1]
+        sz = shape[2] if len(shape) > 2 else 1
+        slope, inter = header.get_slope_inter()
+        slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
+        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        raw = _check_dtype(path, raw)
+        if slope == 1.0 and inter == 0.0:
+            dtype = raw
+        elif raw.kind in "iu" and slope.is_integer() and inter.is_integer():
+            info = np.iinfo(raw)
+            ends = [info.min * slope + inter, info.max * slope + inter]
+            dtype = np.dtype(np.int16 if -(2**15) <= min(ends) and max(ends) < 2**15 else np.int32)
+            if not (-(2**31) <= min(ends) and max(ends) < 2**31):
+                dtype = np.dtype(np.float64)
+        else:
+            dtype = np.dtype(np.float32)
+        self._scaled = (slope, inter) != (1.0, 0.0)
+        zooms = [float(z) for z in header.get_zooms()[:3]] + [1.0] * 3
+        space_unit = header.get_xyzt_units()[0]
+        meta = {
+            "file": path.name,
+            "nifti_shape": [int(s) for s in shape],
+            "datatype": str(raw),
+            "scl_slope": slope,
+            "scl_inter": inter,
+            "affine": np.asarray(img.affine).round(6).tolist(),
+            "axis_codes": list(nib.aff2axcodes(img.affine)),
+            "voxel_order": "nifti (i, j, k) reversed to (z, y, x); not reoriented",
+        }
+        super().__init__(
+            path, (sz, sy, sx), dtype, voxel_size=(zooms[2], zooms[1], zooms[0]),
+            unit=_NIFTI_UNITS.get(space_unit), metadata=meta, **kw,
+        )
+
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
+        try:
+            if self._ndim == 2:
+                data = np.asarray(self._proxy[cols, rows])[..., None]
+            else:
+                key = (cols, rows, slice(z0, z1)) + (0,) * (self._ndim - 3)
+                data = np.asarray(self._proxy[key])
+        except Exception as exc:
+            raise InputError(f"{self.path}: corrupt or truncated NIfTI data ({_short(exc)})") from exc
+        data = data.transpose(2, 1, 0)
+        if self._scaled and self.dtype.kind == "i":
+            data = np.rint(data)
+        return np.ascontiguousarray(data, dtype=self.dtype)
+
+    def close(self) -> None:
+        super().close()
+        fileobj = getattr(self._proxy, "_opener", None)
+        if fileobj is not None and hasattr(fileobj, "close"):
+            fileobj.close()
+
+
+class NpyVolume(Volume):
+    """A ``.npy`` file, memory-mapped (2D arrays become one slice)."""
+
+    source_type = "npy"
+
+    def __init__(self, path: str | os.PathLike, **kw: Any):
+        path = Path(path)
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable .npy file ({_short(exc)})") from exc
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise InputError(f"{path}: array of shape {arr.shape} is not 2D or 3D")
+        dtype = _check_dtype(path, arr.dtype)
+        self._arr = arr
+        meta = {"file": path.name, "fortran_order": bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)}
+        super().__init__(path, arr.shape, dtype, metadata=meta, **kw)
+
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
+        return np.array(self._arr[z0:z1, rows, cols], dtype=self.dtype)
+
+    def close(self) -> None:
+        super().close()
+        mm = getattr(self._arr, "_mmap", None)
+        self._arr = None
+        if mm is not None:
+            try:
+                mm.close()
+            except (BufferError, ValueError):  # still referenced by a returned view
+                pass
+
+
+class ZarrVolume(Volume):
+    """An OME-Zarr image (full resolution level) or a plain 2D/3D Zarr array."""
+
+    source_type = "zarr"
+
+    def __init__(self, path: str | os.PathLike, **kw: Any):
+        import zarr
+
+        from ml4paleo.omezarr import open_image
+
+        path = Path(path)
+        meta: dict[str, Any] = {"file": path.name}
+        voxel_size = unit = None
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable Zarr store ({_short(exc)})") from exc
+        if isinstance(node, zarr.Array):
+            arr = node
+            meta["kind"] = "array"
+        else:
+            try:
+                image = open_image(path)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InputError(f"{path}: {_short(exc)}") from exc
+            arr = image.array
+            if "multiscales" in image.attrs:
+                voxel_size, unit = image.voxel_size, image.unit
+                meta["kind"] = "ome-zarr"
+                meta["levels"] = len(image.levels)
+                if isinstance(image.attrs.get("ml4paleo"), dict):
+                    meta["ml4paleo"] = image.attrs["ml4paleo"]
+            else:
+                meta["kind"] = "group"
+            meta["array"] = image.levels[0]
+        shape = tuple(arr.shape)
+        if len(shape) > 3 and all(s == 1 for s in shape[:-3]):
+            self._lead = (0,) * (len(shape) - 3)
+            shape = shape[-3:]
+        elif len(shape) == 2:
+            self._lead = None
+            shape = (1,) + shape
+        elif len(shape) == 3:
+            self._lead = ()
+        else:
+            raise InputError(f"{path}: Zarr array of shape {shape} is not a 3D volume")
+        self._arr = arr
+        meta["chunks"] = list(arr.chunks)
+        super().__init__(path, shape, _check_dtype(path, np.dtype(arr.dtype)),
+                         voxel_size=voxel_size, unit=unit, metadata=meta, **kw)
+
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
+        try:
+            if self._lead is None:
+                data = np.asarray(self._arr[rows, cols])[None]
+            else:
+                data = np.asarray(self._arr[self._lead + (slice(z0, z1), rows, cols)])
+        except Exception as exc:
+            raise InputError(f"{self.path}: corrupt Zarr chunk in z {z0}..{z1 - 1} ({_short(exc)})") from exc
+        return data.astype(self.dtype, copy=False)
