@@ -1,0 +1,191 @@
+/* ml4paleo annotation gallery and models pages. */
+(function () {
+  "use strict";
+
+  const JOB = document.body.dataset.jobId;
+  const PAGE = document.body.dataset.page;
+  if (!JOB || !PAGE) return;
+  const API = `/api/job/${encodeURIComponent(JOB)}`;
+  const $ = (id) => document.getElementById(id);
+
+  function cookie(name) {
+    const m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const token = cookie("ml4paleo_csrf");
+    if (token) headers["X-CSRF-Token"] = token;
+    const opts = { method, headers, credentials: "same-origin" };
+    if (body !== undefined) { headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
+    const resp = await fetch(path, opts);
+    const data = (resp.headers.get("Content-Type") || "").includes("json") ? await resp.json() : null;
+    if (!resp.ok) throw new Error((data && data.error) || `${resp.status} ${resp.statusText}`);
+    return data;
+  }
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+    }
+    for (const c of children) if (c !== null && c !== undefined) e.append(c);
+    return e;
+  }
+  function toast(text, kind) {
+    const box = $("toasts");
+    if (!box) return;
+    const t = el("div", { class: "toast " + (kind || "") }, text);
+    box.appendChild(t);
+    setTimeout(() => t.remove(), 5000);
+  }
+
+  // ------------------------------------------------------------------ gallery
+  async function gallery() {
+    const box = $("gallery");
+    let data;
+    try { data = await api("GET", `${API}/annotate/annotations`); } catch (err) {
+      $("gal-summary").textContent = err.message;
+      return;
+    }
+    const colors = Object.fromEntries(data.classes.map((c) => [c.name, c.color]));
+    $("gal-summary").textContent = data.annotations.length
+      ? `${data.annotations.length} annotated slice(s).`
+      : "No annotated slices yet. Open the annotator and paint a few strokes.";
+    box.textContent = "";
+    for (const a of data.annotations) {
+      const chips = el("ul", { class: "ann-chips" },
+        ...Object.entries(a.counts || {}).map(([name, n]) =>
+          el("li", {}, el("span", { class: "ann-chip", style: `background:${colors[name] || "#888"}` }), `${name}: ${n.toLocaleString()} px`)));
+      const card = el("article", { class: "ann-card", "data-axis": a.axis, "data-index": String(a.index) },
+        el("a", { href: a.edit, title: "Reopen to edit" }, el("img", { src: a.thumbnail, alt: `${a.axis} = ${a.index}`, loading: "lazy" })),
+        el("h3", {}, `${a.axis} = ${a.index}`),
+        chips,
+        el("div", { class: "ann-row" },
+          el("a", { class: "btn small", href: a.edit }, "Edit"),
+          el("button", {
+            class: "btn small danger", onclick: async () => {
+              if (!confirm(`Delete the labels of slice ${a.axis} = ${a.index}?`)) return;
+              try {
+                await api("DELETE", `${API}/annotate/labels?axis=${a.axis}&index=${a.index}`);
+                card.remove();
+                toast(`Deleted ${a.axis} = ${a.index}`);
+              } catch (err) { toast(err.message, "error"); }
+            },
+          }, "Delete")));
+      box.appendChild(card);
+    }
+  }
+
+  // ------------------------------------------------------------------ models
+  function chart(models, metric) {
+    const pts = models.map((m, i) => [i, (m.metrics || {})[metric]]).filter((p) => typeof p[1] === "number");
+    const box = $("mod-chart");
+    box.textContent = "";
+    if (!pts.length) { box.append(el("p", { class: "muted" }, "No held-out metrics yet.")); return; }
+    const W = 640, H = 200, P = 36;
+    const ys = pts.map((p) => p[1]);
+    let lo = Math.min(...ys), hi = Math.max(...ys);
+    if (hi - lo < 1e-6) { lo -= 0.05; hi += 0.05; }
+    const n = Math.max(1, models.length - 1);
+    const X = (i) => P + ((W - 2 * P) * i) / n;
+    const Y = (v) => H - P + ((P * 2 - H) * (v - lo)) / (hi - lo);
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    svg.setAttribute("class", "ann-chart");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `${metric} over model versions`);
+    const add = (tag, attrs, text) => {
+      const e = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+      if (text !== undefined) e.textContent = text;
+      svg.appendChild(e);
+      return e;
+    };
+    add("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#999" });
+    add("line", { x1: P, y1: P, x2: P, y2: H - P, stroke: "#999" });
+    add("text", { x: 4, y: P, "font-size": 11 }, hi.toFixed(3));
+    add("text", { x: 4, y: H - P, "font-size": 11 }, lo.toFixed(3));
+    add("polyline", { points: pts.map((p) => `${X(p[0])},${Y(p[1])}`).join(" "), fill: "none", stroke: "#2563eb", "stroke-width": 2 });
+    for (const p of pts) {
+      add("circle", { cx: X(p[0]), cy: Y(p[1]), r: 4, fill: "#2563eb" });
+      add("text", { x: X(p[0]) - 6, y: H - P + 16, "font-size": 11 }, `v${p[0] + 1}`);
+    }
+    box.appendChild(svg);
+  }
+  function fmtMetric(v) { return typeof v === "number" ? v.toFixed(3) : String(v); }
+  function flatMetrics(m) {
+    const out = {};
+    for (const [k, v] of Object.entries(m || {})) {
+      if (typeof v === "number") out[k] = v;
+      else if (v && typeof v === "object") for (const [k2, v2] of Object.entries(v)) if (typeof v2 === "number") out[`${k}.${k2}`] = v2;
+    }
+    return out;
+  }
+  async function models() {
+    let data;
+    try { data = await api("GET", `${API}/models`); } catch (err) { $("mod-summary").textContent = err.message; return; }
+    const list = data.models.map((m) => Object.assign({}, m, { metrics: flatMetrics(m.metrics) }));
+    $("mod-summary").textContent = list.length
+      ? `${list.length} version(s).` + (data.chosen ? ` Segmenting with ${data.chosen}.` : " The next segmentation trains a new model.")
+      : "No models yet: segment the whole volume from the annotator, or save the preview model.";
+    const tbody = $("mod-table").querySelector("tbody");
+    tbody.textContent = "";
+    list.forEach((m, i) => {
+      const classes = (m.classes || []).map((c) => (typeof c === "string" ? c : c.name)).join(", ");
+      const counts = m.label_counts && typeof m.label_counts === "object"
+        ? Object.entries(m.label_counts).map(([k, v]) => `${k}: ${Number(v).toLocaleString()}`).join(", ") : "";
+      const metrics = Object.entries(m.metrics).map(([k, v]) => `${k} ${fmtMetric(v)}`).join(", ");
+      const src = m.source ? (m.source.kind === "import" ? `from job ${m.source.job_id}` : m.source.kind) : "training";
+      tbody.appendChild(el("tr", { class: m.chosen ? "chosen" : "", "data-model": m.id },
+        el("td", {}, `v${i + 1} `, el("code", {}, m.id)),
+        el("td", {}, m.created_at || ""),
+        el("td", {}, classes),
+        el("td", {}, counts),
+        el("td", {}, metrics),
+        el("td", {}, src),
+        el("td", {},
+          m.chosen ? el("strong", {}, "segments next") : el("button", {
+            class: "btn small", onclick: async () => {
+              try { await api("POST", `${API}/models/${encodeURIComponent(m.id)}/choose`); models(); } catch (err) { toast(err.message, "error"); }
+            },
+          }, "Use for segmentation"),
+          " ",
+          el("a", { class: "btn small", href: m.download }, "Download"))));
+    });
+    const keys = [...new Set(list.flatMap((m) => Object.keys(m.metrics)))];
+    const sel = $("mod-metric");
+    const prev = sel.value;
+    sel.textContent = "";
+    for (const k of keys) sel.append(el("option", { value: k }, k));
+    if (keys.includes(prev)) sel.value = prev;
+    else { const pref = keys.find((k) => /dice/i.test(k)) || keys[0]; if (pref) sel.value = pref; }
+    sel.onchange = () => chart(list, sel.value);
+    chart(list, sel.value);
+  }
+  function wireModels() {
+    $("mod-save-preview").addEventListener("click", async () => {
+      try { const r = await api("POST", `${API}/models/save-preview`); toast(`Saved model ${r.model_id}`); models(); } catch (err) { toast(err.message, "error"); }
+    });
+    $("mod-src-list").addEventListener("click", async () => {
+      const src = $("mod-src-job").value.trim();
+      const sel = $("mod-src-model");
+      sel.textContent = "";
+      try {
+        const r = await api("GET", `/api/job/${encodeURIComponent(src)}/models`);
+        for (const m of r.models) sel.append(el("option", { value: m.id }, `${m.id} (${(m.classes || []).length} classes)`));
+        if (!r.models.length) toast("That job has no models.");
+      } catch (err) { toast(err.message, "error"); }
+    });
+    $("mod-import").addEventListener("click", async () => {
+      try {
+        const r = await api("POST", `${API}/models/import`, { source_job_id: $("mod-src-job").value.trim(), model_id: $("mod-src-model").value });
+        toast(`Copied as ${r.model_id}`);
+        models();
+      } catch (err) { toast(err.message, "error"); }
+    });
+  }
+
+  if (PAGE === "gallery") gallery();
+  if (PAGE === "models") { wireModels(); models(); }
+})();
