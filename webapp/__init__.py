@@ -34,7 +34,7 @@ from ml4paleo.config import Settings
 log = logging.getLogger(__name__)
 
 # blueprint modules, each exposing ``bp``
-_BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "openapi")
+_BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "openapi", "annotate")
 
 CSRF_COOKIE = "ml4paleo_csrf"
 CSRF_HEADER = "X-CSRF-Token"
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     app.extensions["ml4paleo_store"] = JobStore(settings.data_dir, settings=settings)
 
+    registered: list[str] = []
     for name in _BLUEPRINTS:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
             log.warning("web app blueprint %s is not available", name)
             continue
         app.register_blueprint(module.bp)
+        registered.append(name)
+    app.config["ML4PALEO_BLUEPRINTS"] = tuple(registered)
 
     app.before_request(_check_access)
     app.after_request(_security_headers)

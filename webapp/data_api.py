@@ -37,14 +37,6 @@ MAX_TILE = 2048
 _stats_lock = threading.Lock()
 _stats_cache: dict[tuple[str, int], dict] = {}
 
-# retry: from each error status back to the queue of the step that failed
-RETRY_TARGETS = {
-    "convert_error": "uploaded",
-    "segment_error": "training_queued",
-    "mesh_error": "meshing_queued",
-}
-
-
 def _public_record(record: dict) -> dict:
     rec = dict(record)
     status = rec.get("status")
@@ -86,17 +78,25 @@ def retry_job(job_id: str):
     """Queue the failed step again (from ``convert_error``, ``segment_error``, ``mesh_error``)."""
     from ml4paleo.jobs import InvalidTransition
 
-    record = get_job(job_id)
-    status = getattr(record.get("status"), "value", record.get("status"))
-    target = RETRY_TARGETS.get(status)
-    if target is None:
-        abort(409, f"job {job_id!r} is {status}, not in an error state; nothing to retry")
+    get_job(job_id)
     try:
-        record = store().transition(job_id, target, error=None, progress=0.0,
-                                    message=f"retry requested after {status}")
+        record = store().retry(job_id)
     except InvalidTransition as exc:
         abort(409, str(exc))
-    return jsonify(job_id=job_id, status=target)
+    return jsonify(job_id=job_id, status=_public_record(record)["status"])
+
+
+@bp.post("/api/job/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Stop queued or running work; the step goes to its error status."""
+    from ml4paleo.jobs import InvalidTransition
+
+    get_job(job_id)
+    try:
+        record = store().cancel(job_id)
+    except InvalidTransition as exc:
+        abort(409, str(exc))
+    return jsonify(job_id=job_id, status=_public_record(record)["status"])
 
 
 def _image_or_404(path: Path, what: str):
@@ -310,3 +310,31 @@ def segmentation_slice(job_id: str, seg_id: str):
     tile, tile_size = _parse_tile()
     plane = _plane_region(img, axis, index, level, tile, tile_size)
     return _png(np.clip(plane, 0, 255).astype(np.uint8))
+
+
+def _preview(source: Path, cache: Path, what: str):
+    from ml4paleo.preview import write_nifti_preview
+
+    if not is_zarr_image(source):
+        abort(404, f"{what} does not exist (yet)")
+    zattrs = source / ".zattrs"
+    stale = cache.is_file() and zattrs.is_file() and cache.stat().st_mtime < zattrs.stat().st_mtime
+    if not cache.is_file() or stale:
+        write_nifti_preview(source, cache)
+    return send_file(cache, mimetype="application/gzip", conditional=True, max_age=60)
+
+
+@bp.get("/api/job/<job_id>/preview/image.nii.gz")
+def image_preview(job_id: str):
+    """The image downsampled to at most 256 voxels per edge, as NIfTI (for volume viewers)."""
+    root = job_dir(job_id)
+    return _preview(root / "image.ome.zarr", root / "exports" / "preview-image.nii.gz",
+                    "the converted image")
+
+
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>/preview.nii.gz")
+def segmentation_preview(job_id: str, seg_id: str):
+    """A segmentation downsampled like the image preview, as NIfTI."""
+    seg = segmentation_dir(job_id, seg_id)
+    cache = job_dir(job_id) / "exports" / f"preview-segmentation-{seg_id}.nii.gz"
+    return _preview(seg / "labels.ome.zarr", cache, "the label image")

@@ -1,0 +1,148 @@
+// Shared helpers for every page (window.ml4p): API calls with the CSRF token and the
+// access key, DOM building without innerHTML (user text always goes through textContent),
+// formatting and toasts. Annotation pages reuse these.
+"use strict";
+(function () {
+  const KEY_STORE = "ml4paleo.apiKey";
+
+  function cookie(name) {
+    const m = document.cookie.split("; ").find((c) => c.startsWith(name + "="));
+    return m ? decodeURIComponent(m.slice(name.length + 1)) : null;
+  }
+
+  function headers(extra) {
+    const h = new Headers(extra || {});
+    const token = cookie("ml4paleo_csrf");
+    if (token) h.set("X-CSRF-Token", token);
+    const key = localStorage.getItem(KEY_STORE);
+    if (key) h.set("X-API-Key", key);
+    return h;
+  }
+
+  let keyPromise = null;
+  // Ask for the access key once (a dialog), check it with /api/auth, remember it.
+  function askKey() {
+    if (keyPromise) return keyPromise;
+    const dlg = document.getElementById("key-dialog");
+    const form = document.getElementById("key-form");
+    const input = document.getElementById("key-input");
+    const err = document.getElementById("key-error");
+    keyPromise = new Promise((resolve) => {
+      form.onsubmit = async (ev) => {
+        ev.preventDefault();
+        const key = input.value.trim();
+        const r = await fetch("/api/auth", {
+          method: "POST", body: JSON.stringify({ key }),
+          headers: headers({ "Content-Type": "application/json" }),
+        });
+        if (r.ok) {
+          localStorage.setItem(KEY_STORE, key);
+          dlg.close(); keyPromise = null; resolve(true);
+        } else {
+          err.textContent = "That key is not valid."; err.hidden = false;
+        }
+      };
+      dlg.showModal();
+      input.focus();
+    });
+    return keyPromise;
+  }
+
+  // fetch() for the API: adds CSRF token + key; on 401 asks for the key and retries.
+  async function api(url, opts) {
+    opts = Object.assign({}, opts || {});
+    const isJson = opts.json !== undefined;
+    const init = {
+      method: opts.method || (isJson ? "POST" : "GET"),
+      headers: headers(Object.assign(isJson ? { "Content-Type": "application/json" } : {}, opts.headers || {})),
+      body: isJson ? JSON.stringify(opts.json) : opts.body,
+      signal: opts.signal,
+      credentials: "same-origin",
+    };
+    let r = await fetch(url, init);
+    if (r.status === 401 && !opts.noAuthRetry) {
+      await askKey();
+      init.headers = headers(Object.assign(isJson ? { "Content-Type": "application/json" } : {}, opts.headers || {}));
+      r = await fetch(url, init);
+    }
+    return r;
+  }
+
+  async function apiJSON(url, opts) {
+    const r = await api(url, opts);
+    let data = null;
+    try { data = await r.json(); } catch (e) { data = null; }
+    if (!r.ok) {
+      const err = new Error((data && data.error) || `HTTP ${r.status}`);
+      err.status = r.status; err.data = data;
+      throw err;
+    }
+    return data;
+  }
+
+  // el("tr", {class: "x", onclick: f}, child, "text") -- text children become text nodes.
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else if (k === "text") node.textContent = v;
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function fmtBytes(n) {
+    if (n === null || n === undefined || isNaN(n)) return "–";
+    const u = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0; n = Number(n);
+    while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+    return `${n.toFixed(i === 0 ? 0 : n < 10 ? 1 : 0)} ${u[i]}`;
+  }
+
+  function fmtDate(iso) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    return isNaN(d) ? String(iso) : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  const OK = new Set(["converted", "annotated", "trained", "segmented", "meshed", "uploaded"]);
+  const BUSY = new Set(["uploading", "converting", "training_queued", "training", "segmenting", "meshing_queued", "meshing"]);
+  function statusClass(s) {
+    if (!s) return "";
+    if (String(s).endsWith("error")) return "bad";
+    if (BUSY.has(s)) return "busy";
+    if (OK.has(s)) return "ok";
+    return "";
+  }
+
+  function toast(text, bad) {
+    const box = document.getElementById("toasts");
+    if (!box) return;
+    const t = el("div", { class: "toast" + (bad ? " bad" : "") }, text);
+    box.append(t);
+    setTimeout(() => t.remove(), 5000);
+  }
+
+  function progressBar(fraction, cls) {
+    const bar = el("div", { class: "bar" });
+    bar.style.width = `${Math.round(Math.max(0, Math.min(1, fraction || 0)) * 100)}%`;
+    return el("div", { class: "progress" + (cls ? " " + cls : "") }, bar);
+  }
+
+  // Default class colours (index 0 = background) shared by the 2D and 3D viewers.
+  const PALETTE = ["#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
+    "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"];
+  function classColor(classes, label) {
+    const c = classes && classes[label] && classes[label].color;
+    return /^#[0-9a-fA-F]{6}$/.test(c || "") ? c : PALETTE[label % PALETTE.length];
+  }
+
+  window.ml4p = { api, apiJSON, el, fmtBytes, fmtDate, statusClass, toast, progressBar, cookie,
+    headers, askKey, classColor, PALETTE, jobId: document.body.dataset.jobId || null };
+})();

@@ -1,0 +1,303 @@
+// Slice viewer: three orthogonal planes of the image pyramid, tiled; zoom/pan, window/level,
+// segmentation overlay coloured per class. Tiles come from the pyramid level that matches
+// the zoom, so a large slice shows after a few small reads.
+"use strict";
+(function () {
+  const { el, api, apiJSON, toast, classColor } = window.ml4p;
+  const jobId = ml4p.jobId;
+  const base = `/api/job/${encodeURIComponent(jobId)}`;
+  const $ = (id) => document.getElementById(id);
+  const TILE = 256;
+  const AXIS_NAMES = ["z", "y", "x"];
+  const AXIS_COLORS = ["#60a5fa", "#f87171", "#4ade80"];
+  const PLANE_TITLES = ["XY plane (z)", "XZ plane (y)", "YZ plane (x)"];
+
+  let info = null, seg = null, segInfo = null;
+  const cursor = [0, 0, 0];
+  const win = { lo: 0, hi: 1 };
+  let opacity = 0.45;
+  let classes = [], hidden = new Set(), colorVersion = 0;
+  const cache = new Map(); // key -> {bitmap|canvas|null, pending}
+  const planes = [];
+
+  function dimsOf(axis) { return [0, 1, 2].filter((d) => d !== axis); } // [row dim, col dim]
+
+  function fetchTile(url, key, kind) {
+    if (cache.has(key)) return cache.get(key);
+    const entry = { img: null, failed: false };
+    cache.set(key, entry);
+    if (cache.size > 1500) { // drop the oldest entries
+      const drop = Array.from(cache.keys()).slice(0, 300);
+      drop.forEach((k) => cache.delete(k));
+    }
+    api(url).then(async (r) => {
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      const bmp = await createImageBitmap(await r.blob());
+      entry.img = kind === "labels" ? labelData(bmp) : bmp;
+      requestDraw();
+    }).catch(() => { entry.failed = true; });
+    return entry;
+  }
+
+  // Label tile -> raw label values (from the red channel of the greyscale PNG).
+  function labelData(bmp) {
+    const c = new OffscreenCanvas(bmp.width, bmp.height);
+    const g = c.getContext("2d");
+    g.drawImage(bmp, 0, 0);
+    const d = g.getImageData(0, 0, bmp.width, bmp.height);
+    return { width: bmp.width, height: bmp.height, data: d, colored: null, version: -1 };
+  }
+
+  function colorize(t) {
+    if (t.version === colorVersion) return t.colored;
+    const rgba = {};
+    const out = new ImageData(t.width, t.height);
+    const src = t.data.data, dst = out.data;
+    for (let i = 0; i < src.length; i += 4) {
+      const label = src[i];
+      if (label === 0 || hidden.has(label)) continue;
+      let c = rgba[label];
+      if (!c) {
+        const hex = classColor(classes, label);
+        c = rgba[label] = [parseInt(hex.slice(1, 3), 16), parseInt(hex.slice(3, 5), 16), parseInt(hex.slice(5, 7), 16)];
+      }
+      dst[i] = c[0]; dst[i + 1] = c[1]; dst[i + 2] = c[2]; dst[i + 3] = 255;
+    }
+    const canvas = t.colored || new OffscreenCanvas(t.width, t.height);
+    canvas.getContext("2d").putImageData(out, 0, 0);
+    t.colored = canvas; t.version = colorVersion;
+    return canvas;
+  }
+
+  class Plane {
+    constructor(axis) {
+      this.axis = axis;
+      [this.rowDim, this.colDim] = dimsOf(axis);
+      this.canvas = el("canvas", { "aria-label": PLANE_TITLES[axis] });
+      this.title = el("div", { class: "label" });
+      this.slider = el("input", { type: "range", min: 0, max: info.shape[axis] - 1, value: cursor[axis], "aria-label": `${AXIS_NAMES[axis]} slice` });
+      this.root = el("div", { class: "plane", dataset: { axis: AXIS_NAMES[axis] } }, this.canvas, this.title, el("div", { class: "slider" }, this.slider));
+      this.zoom = 1; this.cx = 0; this.cy = 0; this.fitted = false;
+      this.slider.addEventListener("input", () => { cursor[axis] = +this.slider.value; requestDraw(); });
+      this.bind();
+    }
+
+    vs(dim) { return info.voxel_size[dim]; }
+    physW() { return info.shape[this.colDim] * this.vs(this.colDim); }
+    physH() { return info.shape[this.rowDim] * this.vs(this.rowDim); }
+
+    fit() {
+      const W = this.canvas.width, H = this.canvas.height;
+      if (!W || !H) return;
+      this.zoom = 0.96 * Math.min(W / this.physW(), H / this.physH());
+      this.cx = this.physW() / 2; this.cy = this.physH() / 2; this.fitted = true;
+    }
+
+    toScreen(px, py) { return [(px - this.cx) * this.zoom + this.canvas.width / 2, (py - this.cy) * this.zoom + this.canvas.height / 2]; }
+    toPhys(sx, sy) { return [(sx - this.canvas.width / 2) / this.zoom + this.cx, (sy - this.canvas.height / 2) / this.zoom + this.cy]; }
+
+    bind() {
+      const c = this.canvas;
+      let drag = null;
+      const dpr = () => window.devicePixelRatio || 1;
+      c.addEventListener("wheel", (e) => {
+        e.preventDefault();
+        if (e.ctrlKey || e.metaKey) {
+          const [px, py] = this.toPhys(e.offsetX * dpr(), e.offsetY * dpr());
+          const f = Math.exp(-e.deltaY * 0.0025);
+          this.zoom *= f;
+          this.cx = px - (px - this.cx) / f; this.cy = py - (py - this.cy) / f;
+        } else {
+          const step = (e.deltaY > 0 ? 1 : -1) * (e.shiftKey ? 10 : 1);
+          cursor[this.axis] = Math.max(0, Math.min(info.shape[this.axis] - 1, cursor[this.axis] + step));
+        }
+        requestDraw();
+      }, { passive: false });
+      c.addEventListener("pointerdown", (e) => { drag = { x: e.offsetX, y: e.offsetY, moved: false }; c.setPointerCapture(e.pointerId); });
+      c.addEventListener("pointermove", (e) => {
+        if (!drag) return;
+        const dx = e.offsetX - drag.x, dy = e.offsetY - drag.y;
+        if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
+        if (drag.moved) {
+          this.cx -= dx * dpr() / this.zoom; this.cy -= dy * dpr() / this.zoom;
+          drag.x = e.offsetX; drag.y = e.offsetY; requestDraw();
+        }
+      });
+      c.addEventListener("pointerup", (e) => {
+        if (drag && !drag.moved) { // click: move the crosshair (the other planes' slices)
+          const [px, py] = this.toPhys(e.offsetX * dpr(), e.offsetY * dpr());
+          const col = Math.floor(px / this.vs(this.colDim)), row = Math.floor(py / this.vs(this.rowDim));
+          if (col >= 0 && row >= 0 && col < info.shape[this.colDim] && row < info.shape[this.rowDim]) {
+            cursor[this.colDim] = col; cursor[this.rowDim] = row; requestDraw();
+          }
+        }
+        drag = null;
+      });
+      c.addEventListener("dblclick", () => { this.fit(); requestDraw(); });
+      new ResizeObserver(() => {
+        const r = c.getBoundingClientRect();
+        c.width = Math.max(1, Math.round(r.width * dpr())); c.height = Math.max(1, Math.round(r.height * dpr()));
+        if (!this.fitted) this.fit();
+        requestDraw();
+      }).observe(c);
+    }
+
+    // finest level whose pixels are not smaller than a screen pixel
+    level(levels) {
+      let L = 0;
+      while (L + 1 < levels.length && this.zoom * levels[L + 1].scale[this.colDim] <= 1.0) L++;
+      return L;
+    }
+
+    drawLayer(g, levels, L, urlFor, keyFor, kind) {
+      const lv = levels[L];
+      const rows = lv.shape[this.rowDim], cols = lv.shape[this.colDim];
+      const sr = lv.scale[this.rowDim], sc = lv.scale[this.colDim];
+      const [p0x, p0y] = this.toPhys(0, 0), [p1x, p1y] = this.toPhys(this.canvas.width, this.canvas.height);
+      const tx0 = Math.max(0, Math.floor(p0x / sc / TILE)), tx1 = Math.min(Math.ceil(cols / TILE) - 1, Math.floor(p1x / sc / TILE));
+      const ty0 = Math.max(0, Math.floor(p0y / sr / TILE)), ty1 = Math.min(Math.ceil(rows / TILE) - 1, Math.floor(p1y / sr / TILE));
+      let complete = true;
+      for (let ty = ty0; ty <= ty1; ty++) {
+        for (let tx = tx0; tx <= tx1; tx++) {
+          const t = fetchTile(urlFor(L, ty, tx), keyFor(L, ty, tx), kind);
+          if (!t.img) { complete = complete && t.failed; continue; }
+          const img = kind === "labels" ? colorize(t.img) : t.img;
+          const [x, y] = this.toScreen(tx * TILE * sc, ty * TILE * sr);
+          g.drawImage(img, x, y, t.img.width * sc * this.zoom, t.img.height * sr * this.zoom);
+        }
+      }
+      return complete;
+    }
+
+    draw() {
+      const g = this.canvas.getContext("2d");
+      const W = this.canvas.width, H = this.canvas.height;
+      g.fillStyle = "#000"; g.fillRect(0, 0, W, H);
+      if (!this.fitted) this.fit();
+      const a = this.axis, idx = cursor[a];
+      this.slider.value = idx;
+      const coarsest = info.levels.length - 1;
+      const L = this.level(info.levels);
+      g.imageSmoothingEnabled = this.zoom * info.levels[0].scale[this.colDim] < 2;
+      const wkey = `${win.lo.toFixed(3)},${win.hi.toFixed(3)}`;
+      const imgUrl = (lvl, ty, tx) => `${base}/slice?axis=${AXIS_NAMES[a]}&index=${idx}&level=${lvl}&tile=${ty},${tx}&tile_size=${TILE}&window=${wkey}`;
+      const imgKey = (lvl, ty, tx) => `i/${a}/${idx >> lvl}/${lvl}/${ty},${tx}/${wkey}`;
+      if (L !== coarsest) this.drawLayer(g, info.levels, coarsest, imgUrl, imgKey, "image");
+      this.drawLayer(g, info.levels, L, imgUrl, imgKey, "image");
+      if (segInfo && opacity > 0) {
+        g.globalAlpha = opacity;
+        g.imageSmoothingEnabled = false;
+        const levels = segInfo.levels;
+        const SL = Math.min(this.level(levels), levels.length - 1);
+        const segUrl = (lvl, ty, tx) => `${base}/segmentation/${encodeURIComponent(seg)}/slice?axis=${AXIS_NAMES[a]}&index=${idx}&level=${lvl}&tile=${ty},${tx}&tile_size=${TILE}`;
+        const segKey = (lvl, ty, tx) => `s/${seg}/${a}/${idx >> lvl}/${lvl}/${ty},${tx}`;
+        this.drawLayer(g, levels, SL, segUrl, segKey, "labels");
+        g.globalAlpha = 1;
+      }
+      // crosshair: the other two planes' positions
+      g.lineWidth = 1;
+      const [rd, cd] = [this.rowDim, this.colDim];
+      const [xLine] = this.toScreen((cursor[cd] + 0.5) * this.vs(cd), 0);
+      const [, yLine] = this.toScreen(0, (cursor[rd] + 0.5) * this.vs(rd));
+      g.setLineDash([4, 4]);
+      g.strokeStyle = AXIS_COLORS[cd]; g.beginPath(); g.moveTo(xLine, 0); g.lineTo(xLine, H); g.stroke();
+      g.strokeStyle = AXIS_COLORS[rd]; g.beginPath(); g.moveTo(0, yLine); g.lineTo(W, yLine); g.stroke();
+      g.setLineDash([]);
+      g.strokeStyle = AXIS_COLORS[a]; g.lineWidth = 3; g.strokeRect(1, 1, W - 2, H - 2);
+      this.title.textContent = `${PLANE_TITLES[a]} · slice ${idx + 1} / ${info.shape[a]} · level ${L} · ${Math.round(this.zoom * info.voxel_size[cd] * 100)}%`;
+    }
+  }
+
+  let drawQueued = false;
+  function requestDraw() {
+    if (drawQueued) return;
+    drawQueued = true;
+    requestAnimationFrame(() => { drawQueued = false; planes.forEach((p) => p.root.isConnected && p.draw()); });
+  }
+
+  function setupWindow() {
+    const { min, max, p_low, p_high } = info.intensity;
+    const step = (max - min) / 500 || 1;
+    for (const [id, v] of [["win-lo", p_low], ["win-hi", p_high]]) {
+      Object.assign($(id), { min, max: max === min ? min + 1 : max, step, value: v });
+    }
+    win.lo = p_low; win.hi = p_high;
+    let t = null;
+    const update = () => {
+      let lo = +$("win-lo").value, hi = +$("win-hi").value;
+      if (hi <= lo) hi = lo + step;
+      win.lo = lo; win.hi = hi;
+      $("win-text").textContent = `level ${+((lo + hi) / 2).toPrecision(4)}, width ${+(hi - lo).toPrecision(4)}`;
+      clearTimeout(t); t = setTimeout(requestDraw, 120);
+    };
+    $("win-lo").addEventListener("input", update); $("win-hi").addEventListener("input", update);
+    $("win-auto").addEventListener("click", () => { $("win-lo").value = p_low; $("win-hi").value = p_high; update(); });
+    update();
+  }
+
+  function renderClasses() {
+    const labels = [];
+    const n = Math.max(classes.length, 2);
+    for (let k = 1; k < n; k++) labels.push(k);
+    $("class-list").replaceChildren(...labels.map((k) => {
+      const color = el("input", { type: "color", value: classColor(classes, k), "aria-label": "colour" });
+      color.addEventListener("input", () => {
+        classes[k] = Object.assign({}, classes[k] || { name: `class ${k}` }, { color: color.value });
+        colorVersion++; requestDraw();
+      });
+      const box = el("input", { type: "checkbox", checked: !hidden.has(k), "aria-label": "visible" });
+      box.addEventListener("change", () => { box.checked ? hidden.delete(k) : hidden.add(k); colorVersion++; requestDraw(); });
+      return el("li", {}, box, color, (classes[k] && classes[k].name) || `label ${k}`);
+    }));
+  }
+
+  async function selectSeg(id) {
+    seg = id || null; segInfo = null;
+    if (seg) {
+      try {
+        segInfo = await apiJSON(`${base}/segmentation/${encodeURIComponent(seg)}`);
+        classes = (segInfo.classes || []).slice();
+        if (!segInfo.levels) segInfo = null;
+      } catch (err) { toast(err.message, true); }
+    }
+    colorVersion++; renderClasses(); requestDraw();
+  }
+
+  function layout() {
+    const v = $("layout").value;
+    const container = $("planes");
+    const show = v === "3" ? planes : planes.filter((p) => AXIS_NAMES[p.axis] === v);
+    container.classList.toggle("single", v !== "3");
+    container.replaceChildren(...show.map((p) => p.root));
+    show.forEach((p) => { p.fitted = false; });
+    requestDraw();
+  }
+
+  async function init() {
+    try {
+      info = await apiJSON(`${base}/image`);
+    } catch (err) {
+      $("viewer-empty").hidden = false;
+      if (err.status !== 404) $("viewer-empty").textContent = err.message;
+      return;
+    }
+    info.shape.forEach((s, i) => { cursor[i] = Math.floor(s / 2); });
+    $("viewer-info").textContent = `${info.shape.join(" × ")} voxels · ${info.dtype} · voxel ${info.voxel_size.map((v) => +v.toPrecision(3)).join(" × ")}${info.unit ? " " + info.unit : ""}`;
+    setupWindow();
+    for (let a = 0; a < 3; a++) planes.push(new Plane(a));
+    $("layout").addEventListener("change", layout);
+    layout();
+    const out = await apiJSON(`${base}/outputs`);
+    const segs = out.segmentations.filter((s) => s.labels);
+    if (segs.length) {
+      $("overlay-controls").hidden = false;
+      const wanted = new URLSearchParams(location.search).get("seg");
+      $("seg-select").replaceChildren(el("option", { value: "" }, "none"), ...segs.map((s) => el("option", { value: s.id }, s.id)));
+      $("seg-select").value = segs.some((s) => s.id === wanted) ? wanted : segs[segs.length - 1].id;
+      $("seg-select").addEventListener("change", () => selectSeg($("seg-select").value));
+      $("seg-opacity").addEventListener("input", () => { opacity = +$("seg-opacity").value / 100; requestDraw(); });
+      await selectSeg($("seg-select").value);
+    }
+  }
+  init();
+})();
