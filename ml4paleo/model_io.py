@@ -1,0 +1,194 @@
+"""Random forests stored as plain arrays (``.npz`` + JSON), never pickled.
+
+A model file may come from an untrusted upload, so it is loaded with
+``numpy.load(allow_pickle=False)`` and the trees are rebuilt from their arrays
+(children, split feature, threshold, leaf class fractions). Prediction runs scikit-learn's
+compiled tree traversal on the rebuilt trees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.tree._tree import NODE_DTYPE, Tree
+
+_MAX_NODES = 50_000_000  # refuse absurd files rather than allocating without bound
+
+
+class Forest:
+    """A trained random forest: per tree, its node arrays and per-leaf class fractions.
+
+    Parameters
+    ----------
+    trees : list of dict
+        Each with ``left``, ``right``, ``feature`` (int), ``threshold`` (float) per node and
+        ``value`` (nodes x n_classes fractions).
+    n_features : int
+        Number of input features.
+    n_classes : int
+        Number of output classes (columns of :meth:`predict_proba`).
+    """
+
+    def __init__(self, trees: list[dict], n_features: int, n_classes: int) -> None:
+        if not trees:
+            raise ValueError("a forest needs at least one tree")
+        self.n_features = int(n_features)
+        self.n_classes = int(n_classes)
+        self._arrays = trees
+        self._trees = [self._build(t) for t in trees]
+        self._values = [np.asarray(t["value"], np.float32) for t in trees]
+
+    @classmethod
+    def from_sklearn(cls, rf, classes: Sequence[int], n_classes: int) -> Forest:
+        """Take the trees of a fitted ``RandomForestClassifier``.
+
+        ``classes`` maps the forest's class columns to our class indices (a class with no
+        labels is absent from the forest and gets probability 0).
+        """
+        trees = []
+        for est in rf.estimators_:
+            t = est.tree_
+            val = np.asarray(t.value[:, 0, :], np.float64)
+            val = val / np.maximum(val.sum(axis=1, keepdims=True), 1e-12)
+            full = np.zeros((t.node_count, n_classes), np.float32)
+            full[:, list(classes)] = val
+            trees.append(
+                {
+                    "left": np.asarray(t.children_left, np.int64),
+                    "right": np.asarray(t.children_right, np.int64),
+                    "feature": np.asarray(t.feature, np.int64),
+                    "threshold": np.asarray(t.threshold, np.float64),
+                    "value": full,
+                }
+            )
+        return cls(trees, rf.n_features_in_, n_classes)
+
+    def _build(self, a: dict) -> Tree:
+        left, right = np.asarray(a["left"]), np.asarray(a["right"])
+        feature, threshold = np.asarray(a["feature"]), np.asarray(a["threshold"])
+        n = len(left)
+        if not 0 < n <= _MAX_NODES or any(len(x) != n for x in (right, feature, threshold)):
+            raise ValueError("corrupt tree: node arrays of different lengths")
+        leaf = left == -1
+        inner = ~leaf
+        if np.any((right == -1) != leaf):
+            raise ValueError("corrupt tree: leaf flags of left and right children differ")
+        for child in (left[inner], right[inner]):
+            if np.any(child <= np.flatnonzero(inner)) or np.any(child >= n):
+                raise ValueError("corrupt tree: child index out of range")
+        if np.any(feature[inner] < 0) or np.any(feature[inner] >= self.n_features):
+            raise ValueError("corrupt tree: split feature out of range")
+        value = np.asarray(a["value"])
+        if value.shape != (n, self.n_classes):
+            raise ValueError("corrupt tree: leaf value shape mismatch")
+        nodes = np.zeros(n, dtype=NODE_DTYPE)
+        nodes["left_child"] = left
+        nodes["right_child"] = right
+        nodes["feature"] = np.where(leaf, -2, feature)
+        nodes["threshold"] = np.where(leaf, -2.0, threshold)
+        nodes["n_node_samples"] = 1
+        nodes["weighted_n_node_samples"] = 1.0
+        depth = _depth(left, right)
+        tree = Tree(self.n_features, np.array([self.n_classes], dtype=np.intp), 1)
+        tree.__setstate__(
+            {
+                "max_depth": depth,
+                "node_count": n,
+                "nodes": nodes,
+                "values": np.ascontiguousarray(value, np.float64).reshape(n, 1, self.n_classes),
+            }
+        )
+        return tree
+
+    def predict_proba(self, X: np.ndarray, chunk: int = 131072) -> np.ndarray:
+        """Mean class fractions over the trees.
+
+        Parameters
+        ----------
+        X : ndarray (N, n_features)
+            Features (converted to C-contiguous float32).
+        chunk : int
+            Rows per batch (bounds temporary memory).
+
+        Returns
+        -------
+        ndarray float32 (N, n_classes)
+        """
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must be (N, {self.n_features}), got {X.shape}")
+        out = np.zeros((X.shape[0], self.n_classes), np.float32)
+        for i in range(0, X.shape[0], chunk):
+            xb = np.ascontiguousarray(X[i : i + chunk], dtype=np.float32)
+            acc = out[i : i + chunk]
+            for tree, val in zip(self._trees, self._values, strict=True):
+                acc += val[tree.apply(xb)]
+        out /= np.float32(len(self._trees))
+        return out
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """Flatten into named arrays for ``numpy.savez`` (node arrays concatenated)."""
+        offsets = np.cumsum([0] + [len(t["left"]) for t in self._arrays])
+        return {
+            f"{prefix}offsets": offsets.astype(np.int64),
+            f"{prefix}left": np.concatenate([t["left"] for t in self._arrays]).astype(np.int32),
+            f"{prefix}right": np.concatenate([t["right"] for t in self._arrays]).astype(np.int32),
+            f"{prefix}feature": np.concatenate([t["feature"] for t in self._arrays]).astype(np.int32),
+            f"{prefix}threshold": np.concatenate([t["threshold"] for t in self._arrays]),
+            f"{prefix}value": np.concatenate([t["value"] for t in self._arrays]).astype(np.float32),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str, n_features: int, n_classes: int) -> Forest:
+        """Inverse of :meth:`to_arrays`."""
+        try:
+            off = np.asarray(arrays[f"{prefix}offsets"], np.int64)
+            cols = {k: np.asarray(arrays[f"{prefix}{k}"]) for k in ("left", "right", "feature", "threshold", "value")}
+        except KeyError as exc:
+            raise ValueError(f"model file lacks array {exc}") from exc
+        if off.ndim != 1 or len(off) < 2 or off[0] != 0 or np.any(np.diff(off) <= 0):
+            raise ValueError("corrupt model file: bad tree offsets")
+        if off[-1] != len(cols["left"]):
+            raise ValueError("corrupt model file: node count mismatch")
+        trees = []
+        for a, b in zip(off[:-1], off[1:], strict=True):
+            t = {k: v[a:b] for k, v in cols.items()}
+            t["left"] = t["left"].astype(np.int64)
+            t["right"] = t["right"].astype(np.int64)
+            t["feature"] = t["feature"].astype(np.int64)
+            t["threshold"] = t["threshold"].astype(np.float64)
+            trees.append(t)
+        return cls(trees, n_features, n_classes)
+
+    @property
+    def n_trees(self) -> int:
+        return len(self._trees)
+
+
+def _depth(left: np.ndarray, right: np.ndarray) -> int:
+    depth = np.zeros(len(left), np.int64)
+    # children always have larger indices than their parent in scikit-learn's layout
+    for i in range(len(left)):
+        if left[i] != -1:
+            depth[left[i]] = depth[i] + 1
+            depth[right[i]] = depth[i] + 1
+    return int(depth.max())
+
+
+def save_forests(path: Path, forests: Sequence[Forest]) -> None:
+    """Write forests to one ``.npz`` (uncompressed arrays, no pickled objects)."""
+    arrays = {}
+    for i, f in enumerate(forests):
+        arrays.update(f.to_arrays(f"s{i}_"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    tmp.replace(path)
+
+
+def load_forests(path: Path, shapes: Sequence[tuple[int, int]]) -> list[Forest]:
+    """Read forests written by :func:`save_forests`; ``shapes`` = (n_features, n_classes) each."""
+    with np.load(path, allow_pickle=False) as data:
+        return [Forest.from_arrays(data, f"s{i}_", nf, nc) for i, (nf, nc) in enumerate(shapes)]
