@@ -1,0 +1,796 @@
+"""Quantification report of a segmentation: an HTML page and a PDF.
+
+One report per segmentation holds
+
+- the per-class table: voxels, volume, surface area, connected components, bounding box,
+  in physical units (from the segmentation's ``stats.csv`` written by meshing, or computed
+  block by block with :func:`ml4paleo.meshing.label_stats`);
+- slice montages of the image with the labels overlaid (evenly spaced slices through the
+  labelled range, plus the three orthogonal central planes);
+- a 3D snapshot of the meshes (decimated, rendered with matplotlib's mplot3d);
+- the model's metrics and settings (its ``meta.json``).
+
+Slices are read one at a time from a pyramid level of at most ~512 pixels, and meshes
+are decimated before rendering, so a report of a 50 GB scan needs little memory.
+
+Examples
+--------
+>>> paths = build_report("data/jobs/<job_id>", "report/")        # doctest: +SKIP
+>>> sorted(paths)                                                 # doctest: +SKIP
+['html', 'pdf']
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: default class colours when neither the model nor the label store names any
+DEFAULT_COLORS = ("#9e9e9e", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
+                  "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990", "#dcbeff")
+MESH_EXTENSIONS = ("ply", "stl", "glb", "obj")
+#: longest side of a montage panel, pixels (a pyramid level at most this big is read)
+PANEL_PIXELS = 512
+#: faces kept over all meshes of the 3D snapshot
+SNAPSHOT_FACES = 40_000
+_UNIT_SYMBOLS = {
+    "angstrom": "Å", "nanometer": "nm", "micrometer": "µm", "micron": "µm", "millimeter": "mm",
+    "centimeter": "cm", "meter": "m", "nm": "nm", "um": "µm", "µm": "µm", "mm": "mm",
+    "cm": "cm", "m": "m",
+}
+
+
+class ReportError(ValueError):
+    """The report cannot be built (missing segmentation, unreadable files); one line."""
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows, gathered from a job folder or a segmentation folder."""
+
+    title: str
+    labels_path: Path
+    image_path: Path | None
+    segmentation_id: str | None
+    shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    unit: str | None
+    classes: list[dict]
+    stats: list[dict]
+    job: dict | None = None
+    model_id: str | None = None
+    model: dict | None = None
+    mesh_files: dict[int, Path] = field(default_factory=dict)
+    created_at: str = field(
+        default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
+
+    @property
+    def unit_symbol(self) -> str:
+        """Short unit (``"µm"``); ``"voxel"`` when unknown."""
+        if not self.unit:
+            return "voxel"
+        return _UNIT_SYMBOLS.get(self.unit.lower(), self.unit)
+
+    def class_name(self, label: int) -> str:
+        if 0 <= label < len(self.classes):
+            return str(self.classes[label].get("name") or f"class {label}")
+        return f"label {label}"
+
+    def class_color(self, label: int) -> str:
+        if 0 <= label < len(self.classes) and self.classes[label].get("color"):
+            return str(self.classes[label]["color"])
+        return DEFAULT_COLORS[label % len(DEFAULT_COLORS)]
+
+
+# ----------------------------------------------------------------------------- collect
+def collect(
+    source: str | os.PathLike,
+    *,
+    segmentation_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReportData:
+    """Gather the report's data.
+
+    Parameters
+    ----------
+    source : path
+        A job folder (its current segmentation, or ``segmentation_id``), a segmentation
+        folder (``segmentations/<id>/`` holding ``labels.ome.zarr``) or a label OME-Zarr.
+    segmentation_id : str, optional
+        With a job folder: which segmentation (default: the job's current one).
+    progress : callable, optional
+        ``progress(done, total)`` while statistics are computed (when no ``stats.csv``).
+
+    Raises
+    ------
+    ReportError
+        When no segmentation is found.
+    """
+    from ml4paleo.omezarr import open_image
+
+    source = Path(source)
+    if not source.exists():
+        raise ReportError(f"{source}: no such job, segmentation folder or label image")
+    job: dict | None = None
+    job_dir: Path | None = None
+    if (source / "job.json").is_file():
+        job_dir = source
+        job = _read_json(source / "job.json")
+        seg_id = segmentation_id or job.get("segmentation_id")
+        if not seg_id:
+            raise ReportError(f"{source}: the job has no segmentation yet")
+        seg_dir = source / "segmentations" / seg_id
+        labels_path = seg_dir / "labels.ome.zarr"
+    elif (source / "labels.ome.zarr").exists():
+        seg_dir = source
+        labels_path = source / "labels.ome.zarr"
+        if source.parent.name == "segmentations" and (source.parents[1] / "job.json").is_file():
+            job_dir = source.parents[1]
+            job = _read_json(job_dir / "job.json")
+    else:
+        seg_dir = None
+        labels_path = source
+    if not labels_path.exists():
+        raise ReportError(f"{labels_path}: the segmentation's label image does not exist")
+    try:
+        labels = open_image(labels_path)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from exc
+    if len(labels.shape) != 3:
+        raise ReportError(f"{labels_path}: labels must be 3-D (z, y, x), got {labels.shape}")
+
+    seg_meta = _read_json(seg_dir / "segmentation.json") if seg_dir else {}
+    seg_id = seg_meta.get("id") or (seg_dir.name if seg_dir else None)
+    image_path = None
+    if job_dir is not None and (job_dir / "image.ome.zarr").exists():
+        image_path = job_dir / "image.ome.zarr"
+    model_id = seg_meta.get("model_id") or (job or {}).get("model_id")
+    model = None
+    if job_dir is not None and model_id:
+        model = _read_json(job_dir / "models" / str(model_id) / "meta.json") or None
+
+    classes = _classes(model, job_dir)
+    stats = _stats(seg_dir, labels, progress)
+    mesh_files = _mesh_files(seg_dir / "meshes") if seg_dir else {}
+    title = (job or {}).get("name") or (seg_dir.name if seg_dir else labels_path.stem)
+    return ReportData(
+        title=str(title),
+        labels_path=labels_path,
+        image_path=image_path,
+        segmentation_id=seg_id,
+        shape=tuple(int(s) for s in labels.shape),
+        voxel_size=tuple(float(v) for v in labels.voxel_size),
+        unit=labels.unit,
+        classes=classes,
+        stats=stats,
+        job=job,
+        model_id=model_id,
+        model=model,
+        mesh_files=mesh_files,
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _classes(model: dict | None, job_dir: Path | None) -> list[dict]:
+    raw: Any = (model or {}).get("classes")
+    if not raw and job_dir is not None:
+        raw = _read_json(job_dir / "annotations" / "classes.json").get("classes")
+        if raw is None:
+            try:
+                raw = json.loads((job_dir / "annotations" / "classes.json").read_text())
+            except (OSError, ValueError):
+                raw = None
+    out = []
+    for k, item in enumerate(raw or []):
+        if isinstance(item, dict):
+            out.append({"name": str(item.get("name") or f"class {k}"),
+                        "color": item.get("color") or DEFAULT_COLORS[k % len(DEFAULT_COLORS)]})
+        else:
+            out.append({"name": str(item), "color": DEFAULT_COLORS[k % len(DEFAULT_COLORS)]})
+    return out
+
+
+def _stats(seg_dir: Path | None, labels, progress) -> list[dict]:
+    for candidate in ((seg_dir / "stats.csv", seg_dir / "meshes" / "stats.csv") if seg_dir else ()):
+        if candidate.is_file():
+            with open(candidate, newline="") as fh:
+                return [_typed(row) for row in csv.DictReader(fh)]
+    from ml4paleo.meshing import label_stats
+
+    return label_stats(labels, voxel_size=labels.voxel_size, progress=progress)
+
+
+def _typed(row: dict) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if value is None or value == "":
+            out[key] = None
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            out[key] = value
+            continue
+        out[key] = int(number) if number.is_integer() and "." not in value and "e" not in value \
+            else number
+    return out
+
+
+def _mesh_files(folder: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    if not folder.is_dir():
+        return found
+    for ext in MESH_EXTENSIONS:  # preference order: binary formats load fastest
+        for path in sorted(folder.glob(f"*.{ext}")):
+            try:
+                label = int(path.stem.split("_")[-1]) if not path.stem.isdigit() else int(path.stem)
+            except ValueError:
+                continue
+            found.setdefault(label, path)
+    return found
+
+
+# ----------------------------------------------------------------------------- figures
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor="white")
+    return buffer.getvalue()
+
+
+def _level_for(image, max_pixels: int) -> int:
+    for i in range(len(image.levels)):
+        if max(image.level(i).shape[1:]) <= max_pixels:
+            return i
+    return len(image.levels) - 1
+
+
+def _plane(image, axis: int, index: int, max_pixels: int) -> np.ndarray:
+    from ml4paleo.omezarr import read_slice
+
+    level = _level_for(image, max_pixels)
+    plane = read_slice(image, axis, index, level)
+    step = max(1, int(np.ceil(max(plane.shape) / max_pixels)))
+    return plane[::step, ::step]
+
+
+def _resize_nearest(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if plane.shape == shape:
+        return plane
+    rows = np.minimum((np.arange(shape[0]) * plane.shape[0]) // shape[0], plane.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * plane.shape[1]) // shape[1], plane.shape[1] - 1)
+    return plane[np.ix_(rows, cols)]
+
+
+def _rgba(data: ReportData, labels2d: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    from matplotlib.colors import to_rgba
+
+    top = max(int(labels2d.max()) if labels2d.size else 0, len(data.classes) - 1, 1)
+    lut = np.zeros((top + 1, 4), np.float32)
+    for k in range(1, top + 1):
+        lut[k] = to_rgba(data.class_color(k), alpha)
+    return lut[np.clip(labels2d.astype(np.int64), 0, top)]
+
+
+def montage_slices(data: ReportData, count: int) -> list[int]:
+    """``count`` evenly spaced z indices through the labelled range (from the stats)."""
+    lo = [r.get("min_z_vox") for r in data.stats if r.get("min_z_vox") is not None]
+    hi = [r.get("max_z_vox") for r in data.stats if r.get("max_z_vox") is not None]
+    z0, z1 = (int(min(lo)), int(max(hi))) if lo and hi else (0, data.shape[0] - 1)
+    count = max(1, min(count, z1 - z0 + 1))
+    return sorted({int(round(v)) for v in np.linspace(z0, z1, count + 2)[1:-1]} or {z0})
+
+
+def render_montage(data: ReportData, slices: Sequence[int] | int = 6,
+                   max_pixels: int = PANEL_PIXELS) -> bytes:
+    """PNG: z slices with the labels overlaid, then the three orthogonal central planes."""
+    from ml4paleo.omezarr import open_image
+
+    labels = open_image(data.labels_path)
+    image = open_image(data.image_path) if data.image_path else None
+    zs = montage_slices(data, slices) if isinstance(slices, int) else list(slices)
+    centre = [s // 2 for s in data.shape]
+    panels = [(0, z) for z in zs] + [(0, centre[0]), (1, centre[1]), (2, centre[2])]
+    ncols = 3 if len(zs) <= 6 else 4
+    zrows = -(-len(zs) // ncols)
+    fig = _figure(2.6 * ncols, 2.8 * (zrows + 1) + 0.4)
+    grid = fig.add_gridspec(zrows + 1, ncols)
+    vz, vy, vx = data.voxel_size
+    aspects = {0: vy / vx, 1: vz / vx, 2: vz / vy}
+    names = {0: "z", 1: "y", 2: "x"}
+    planes = []
+    for axis, index in panels:
+        lab = _plane(labels, axis, index, max_pixels)
+        img = _plane(image, axis, index, max_pixels) if image is not None else None
+        planes.append((axis, index, img, lab))
+    window = _window([p[2] for p in planes if p[2] is not None])
+    for i, (axis, index, img, lab) in enumerate(planes):
+        if i < len(zs):
+            ax = fig.add_subplot(grid[i // ncols, i % ncols])
+        else:
+            ax = fig.add_subplot(grid[zrows, i - len(zs)])
+        if img is not None:
+            ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspects[axis],
+                      interpolation="nearest")
+            lab = _resize_nearest(lab, img.shape)
+        else:
+            ax.imshow(np.zeros(lab.shape), cmap="gray", vmin=0, vmax=1, aspect=aspects[axis])
+        ax.imshow(_rgba(data, lab), aspect=aspects[axis], interpolation="nearest")
+        title = f"{names[axis]} = {index}"
+        if i >= len(zs):
+            title += " (centre)"
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    _legend(fig, data)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return _png(fig)
+
+
+def _window(planes: list[np.ndarray]) -> tuple[float, float]:
+    if not planes:
+        return 0.0, 1.0
+    values = np.concatenate([p.ravel()[:: max(1, p.size // 20000)] for p in planes])
+    lo, hi = np.percentile(values.astype(np.float64), (1, 99.5))
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def _legend(fig, data: ReportData) -> None:
+    from matplotlib.patches import Patch
+
+    labels = sorted({int(r["label"]) for r in data.stats if r.get("label") is not None})
+    if not labels:
+        return
+    handles = [Patch(color=data.class_color(k), label=data.class_name(k)) for k in labels]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
+               fontsize=9)
+
+
+def render_meshes(data: ReportData, max_faces: int = SNAPSHOT_FACES) -> bytes | None:
+    """PNG of the meshes from two viewpoints, or None when there are no meshes."""
+    if not data.mesh_files:
+        return None
+    import trimesh
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    budget = max(200, max_faces // len(data.mesh_files))
+    meshes = []
+    for label, path in sorted(data.mesh_files.items()):
+        try:
+            loaded = trimesh.load(path, force="mesh", process=False)
+        except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
+            log.warning("cannot read mesh %s: %s", path, exc)
+            continue
+        if len(loaded.faces) == 0:
+            continue
+        meshes.append((label, _decimate(loaded, budget)))
+    if not meshes:
+        return None
+    allv = np.concatenate([m.vertices for _, m in meshes])
+    lo, hi = allv.min(axis=0), allv.max(axis=0)
+    span = np.maximum(hi - lo, 1e-9)
+    fig = _figure(10, 5.2)
+    light = np.array([0.4, -0.5, 0.77])
+    light /= np.linalg.norm(light)
+    from matplotlib.colors import to_rgb
+
+    tris_all, colors_all = [], []
+    for label, m in meshes:
+        tris = m.vertices[m.faces]
+        normals = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        shade = 0.35 + 0.65 * np.abs(normals @ light)
+        base = np.array(to_rgb(data.class_color(label)))
+        tris_all.append(tris)
+        colors_all.append(np.clip(base[None, :] * shade[:, None], 0, 1))
+    tris = np.concatenate(tris_all)
+    colors = np.concatenate(colors_all)
+    for col, (elev, azim) in enumerate(((22, -60), (22, 120))):
+        ax = fig.add_subplot(1, 2, col + 1, projection="3d")
+        # one collection: faces of every label are depth-sorted together
+        ax.add_collection3d(Poly3DCollection(tris, facecolors=colors, edgecolors="none",
+                                             linewidths=0))
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_zlim(lo[2], hi[2])
+        ax.set_box_aspect(tuple(span / span.max()))
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_xlabel(f"x ({data.unit_symbol})", fontsize=8)
+        ax.set_ylabel(f"y ({data.unit_symbol})", fontsize=8)
+        ax.set_zlabel(f"z ({data.unit_symbol})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    _legend(fig, data)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _png(fig)
+
+
+def _decimate(mesh, faces: int):
+    if len(mesh.faces) <= faces:
+        return mesh
+    try:
+        smaller = mesh.simplify_quadric_decimation(face_count=faces)
+        if len(smaller.faces):
+            return smaller
+    except Exception as exc:  # noqa: BLE001 - fall back to a face subsample
+        log.info("quadric decimation failed (%s); sampling faces instead", exc)
+    import trimesh
+
+    keep = np.random.default_rng(0).choice(len(mesh.faces), faces, replace=False)
+    return trimesh.Trimesh(mesh.vertices, mesh.faces[np.sort(keep)], process=False)
+
+
+# ----------------------------------------------------------------------------- tables
+def class_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-class table, formatted for display."""
+    u = data.unit_symbol
+    total = float(np.prod(data.shape)) * float(np.prod(data.voxel_size))
+    header = ["Class", "Label", "Voxels", f"Volume ({u}³)", "% of scan",
+              f"Mesh volume ({u}³)", f"Surface ({u}²)", "Components", f"Extent z×y×x ({u})"]
+    rows = []
+    for r in sorted(data.stats, key=lambda r: int(r.get("label") or 0)):
+        label = int(r.get("label") or 0)
+        volume = r.get("volume")
+        extent = "–"
+        if all(r.get(k) is not None for k in ("min_z_vox", "max_z_vox", "min_y_vox",
+                                               "max_y_vox", "min_x_vox", "max_x_vox")):
+            sizes = [(r[f"max_{a}_vox"] - r[f"min_{a}_vox"] + 1) * v
+                     for a, v in zip("zyx", data.voxel_size, strict=True)]
+            extent = " × ".join(_num(s) for s in sizes)
+        rows.append([
+            data.class_name(label),
+            str(label),
+            _num(r.get("voxel_count")),
+            _num(volume),
+            _num(100.0 * float(volume) / total, digits=3) if volume is not None and total else "–",
+            _num(r.get("mesh_volume")),
+            _num(r.get("surface_area")),
+            _num(r.get("components")),
+            extent,
+        ])
+    return header, rows
+
+
+def model_rows(data: ReportData) -> list[tuple[str, str]]:
+    """(key, value) rows describing the model: metrics first, then settings."""
+    meta = data.model or {}
+    rows: list[tuple[str, str]] = []
+    if data.model_id:
+        rows.append(("model id", str(data.model_id)))
+    for key in ("created_at", "kind", "n_estimators", "voxel_size"):
+        if meta.get(key) is not None:
+            rows.append((key.replace("_", " "), _value(meta[key])))
+    metrics = meta.get("metrics") or {}
+    rows += [(f"metric: {k}", v) for k, v in _flatten(metrics)]
+    for key in ("label_counts", "counts", "training_samples", "n_samples"):
+        if meta.get(key) is not None:
+            rows += [(f"{key.replace('_', ' ')}: {k}" if k else key.replace("_", " "), v)
+                     for k, v in _flatten(meta[key])]
+    settings = meta.get("feature_settings") or meta.get("features")
+    if settings:
+        rows += [(f"features: {k}", v) for k, v in _flatten(settings)]
+    return rows
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterable[tuple[str, str]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, _value(value)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, list | tuple):
+        if len(value) and all(isinstance(v, list | tuple) for v in value):  # a matrix
+            return "; ".join("[" + ", ".join(_value(x) for x in row) + "]" for row in value)
+        return ", ".join(_value(v) for v in value)
+    return str(value)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}".replace(",", " ")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number != 0 and (abs(number) >= 1e7 or abs(number) < 1e-3):
+        return f"{number:.{digits - 1}e}"
+    if number.is_integer() and abs(number) >= 10**digits:
+        return f"{int(number):,}".replace(",", " ")
+    return f"{number:.{digits}g}"
+
+
+# ----------------------------------------------------------------------------- output
+def build_report(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    formats: Sequence[str] = ("html", "pdf"),
+    segmentation_id: str | None = None,
+    slices: int = 6,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Path]:
+    """Write the report of a segmentation as HTML and/or PDF.
+
+    Parameters
+    ----------
+    source : path
+        Job folder, segmentation folder or label OME-Zarr (see :func:`collect`).
+    out : path
+        Output folder (files ``<name>-report.html`` / ``.pdf``), or a file path ending in
+        ``.html`` or ``.pdf`` (the other format goes beside it with the same stem).
+    formats : sequence of {"html", "pdf"}
+        What to write.
+    segmentation_id : str, optional
+        Which segmentation of a job (default: the current one).
+    slices : int
+        Number of z slices in the montage.
+    progress : callable, optional
+        ``progress(done, total)`` over the report's steps.
+
+    Returns
+    -------
+    dict
+        ``{"html": Path, "pdf": Path}`` for the formats written (written atomically).
+    """
+    formats = tuple(formats)
+    unknown = set(formats) - {"html", "pdf"}
+    if unknown or not formats:
+        raise ValueError(f"formats must be html and/or pdf, got {formats}")
+    total = 3 + len(formats)
+    step = 0
+
+    def advance() -> None:
+        nonlocal step
+        step += 1
+        if progress:
+            progress(step, total)
+
+    data = collect(source, segmentation_id=segmentation_id)
+    advance()
+    montage = render_montage(data, slices)
+    advance()
+    snapshot = render_meshes(data)
+    advance()
+    out = Path(out)
+    if out.suffix.lower() in (".html", ".pdf"):
+        folder, stem = out.parent, out.stem
+    else:
+        folder, stem = out, _safe_stem(data.title) + "-report"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if "html" in formats:
+        target = folder / f"{stem}.html"
+        _atomic_write(target, render_html(data, montage, snapshot).encode("utf-8"))
+        written["html"] = target
+        advance()
+    if "pdf" in formats:
+        target = folder / f"{stem}.pdf"
+        _atomic_write(target, render_pdf(data, montage, snapshot))
+        written["pdf"] = target
+        advance()
+    return written
+
+
+def render_html(data: ReportData, montage: bytes, snapshot: bytes | None) -> str:
+    """A self-contained HTML page (images embedded as data URLs)."""
+    e = html.escape
+    header, rows = class_table(data)
+    table = "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>"
+    table += "<tbody>"
+    for row in rows:
+        label = int(row[1])
+        swatch = f'<span class="sw" style="background:{e(data.class_color(label))}"></span>'
+        table += "<tr><td>" + swatch + e(row[0]) + "</td>"
+        table += "".join(f'<td class="n">{e(c)}</td>' for c in row[1:]) + "</tr>"
+    if not rows:
+        table += f'<tr><td colspan="{len(header)}">No labelled voxels.</td></tr>'
+    table += "</tbody></table>"
+    model = model_rows(data)
+    model_html = (
+        "<table class='kv'>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in model)
+        + "</table>" if model else "<p>No model information (segmentation made elsewhere).</p>"
+    )
+    snapshot_html = (
+        f'<img alt="3D view of the meshes" src="data:image/png;base64,{_b64(snapshot)}">'
+        if snapshot else "<p>No meshes yet: run meshing to see the 3D view.</p>"
+    )
+    facts = _facts(data)
+    facts_html = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{e(data.title)} – segmentation report</title>
+<style>
+body{{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;
+color:#222;padding:0 1rem}}
+h1{{font-size:1.6rem;margin-bottom:.2rem}} h2{{font-size:1.2rem;margin-top:2rem;
+border-bottom:1px solid #ddd;padding-bottom:.2rem}}
+table{{border-collapse:collapse;font-size:.9rem}} th,td{{padding:.3rem .6rem;
+border-bottom:1px solid #eee;text-align:left}} td.n{{text-align:right;
+font-variant-numeric:tabular-nums}}
+table.kv th{{font-weight:500;color:#555}} .sw{{display:inline-block;width:.9em;height:.9em;
+margin-right:.4em;border-radius:2px;vertical-align:-1px}}
+img{{max-width:100%;height:auto;border:1px solid #eee}} .muted{{color:#777}}
+</style></head><body>
+<h1>{e(data.title)}</h1>
+<p class="muted">Segmentation report · generated {e(data.created_at)} by ml4paleo</p>
+<table class="kv">{facts_html}</table>
+<h2>Per-class quantification</h2>
+{table}
+<p class="muted">Volume = voxel count × voxel volume; mesh volume and surface from the
+marching-cubes surface; components are face-connected objects.</p>
+<h2>Slices with the segmentation overlaid</h2>
+<img alt="slice montage" src="data:image/png;base64,{_b64(montage)}">
+<h2>3D view</h2>
+{snapshot_html}
+<h2>Model</h2>
+{model_html}
+</body></html>
+"""
+
+
+def _facts(data: ReportData) -> list[tuple[str, str]]:
+    u = data.unit_symbol
+    facts = []
+    if data.job:
+        facts.append(("job", str(data.job.get("id"))))
+    if data.segmentation_id:
+        facts.append(("segmentation", str(data.segmentation_id)))
+    facts.append(("shape (z, y, x)", " × ".join(str(s) for s in data.shape)))
+    facts.append(("voxel size (z, y, x)", " × ".join(_num(v) for v in data.voxel_size) + f" {u}"))
+    physical = [s * v for s, v in zip(data.shape, data.voxel_size, strict=True)]
+    facts.append(("physical size", " × ".join(_num(p) for p in physical) + f" {u}"))
+    meta = (data.job or {}).get("metadata") or {}
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    for key in ("modality", "manufacturer", "manufacturer_model", "series_description"):
+        if source.get(key):
+            facts.append((key.replace("_", " "), str(source[key])))
+    return facts
+
+
+def render_pdf(data: ReportData, montage: bytes, snapshot: bytes | None) -> bytes:
+    """The report as PDF bytes (A4, reportlab)."""
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import (
+        Image,
+        PageBreak,
+        Paragraph,
+        SimpleDocTemplate,
+        Spacer,
+        Table,
+        TableStyle,
+    )
+
+    styles = getSampleStyleSheet()
+    body = styles["BodyText"]
+    small = styles["BodyText"].clone("small", fontSize=8, leading=10)
+    buffer = io.BytesIO()
+    page = landscape(A4)
+    doc = SimpleDocTemplate(buffer, pagesize=page, leftMargin=15 * mm, rightMargin=15 * mm,
+                            topMargin=14 * mm, bottomMargin=14 * mm,
+                            title=f"{data.title} – segmentation report", author="ml4paleo")
+    width = page[0] - 30 * mm
+    height = page[1] - 28 * mm
+
+    def esc(text: str) -> str:
+        return html.escape(str(text))
+
+    def kv_table(rows: list[tuple[str, str]]) -> Table:
+        t = Table([[Paragraph(esc(k), small), Paragraph(esc(v), small)] for k, v in rows],
+                  colWidths=[60 * mm, width - 60 * mm], hAlign="LEFT")
+        t.setStyle(TableStyle([("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+                               ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        return t
+
+    def image(png: bytes, max_height: float) -> Image:
+        from PIL import Image as PILImage
+
+        with PILImage.open(io.BytesIO(png)) as im:
+            w, h = im.size
+        scale = min(width / w, max_height / h)
+        return Image(io.BytesIO(png), width=w * scale, height=h * scale)
+
+    story: list = [
+        Paragraph(esc(data.title), styles["Title"]),
+        Paragraph(f"Segmentation report · generated {esc(data.created_at)} by ml4paleo", small),
+        Spacer(1, 4 * mm),
+        kv_table(_facts(data)),
+        Spacer(1, 5 * mm),
+        Paragraph("Per-class quantification", styles["Heading2"]),
+    ]
+    header, rows = class_table(data)
+    cells = [[Paragraph(f"<b>{esc(h)}</b>", small) for h in header]]
+    for row in rows:
+        cells.append([Paragraph(esc(c), small) for c in row])
+    if not rows:
+        cells.append([Paragraph("No labelled voxels.", small)] + [""] * (len(header) - 1))
+    table = Table(cells, repeatRows=1, hAlign="LEFT",
+                  colWidths=[width * f for f in (.14, .06, .11, .12, .08, .13, .12, .09, .15)])
+    style = [("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+             ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
+             ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]
+    for i, row in enumerate(rows, start=1):
+        style.append(("BACKGROUND", (0, i), (0, i),
+                      colors.HexColor(data.class_color(int(row[1]))).clone(alpha=0.35)))
+    table.setStyle(TableStyle(style))
+    story += [table, Spacer(1, 2 * mm), Paragraph(
+        "Volume = voxel count × voxel volume; mesh volume and surface from the marching-cubes "
+        "surface; components are face-connected objects.", small)]
+    model = model_rows(data)
+    story += [Spacer(1, 5 * mm), Paragraph("Model", styles["Heading2"])]
+    story += [kv_table(model)] if model else [
+        Paragraph("No model information (segmentation made elsewhere).", body)]
+    story += [PageBreak(), Paragraph("Slices with the segmentation overlaid", styles["Heading2"]),
+              image(montage, height - 15 * mm)]
+    story += [PageBreak(), Paragraph("3D view", styles["Heading2"])]
+    story += [image(snapshot, height - 15 * mm)] if snapshot else [
+        Paragraph("No meshes yet: run meshing to see the 3D view.", body)]
+
+    def footer(canvas, doc_):
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.drawRightString(page[0] - 15 * mm, 8 * mm, f"{data.title} · page {doc_.page}")
+        canvas.restoreState()
+
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+    return buffer.getvalue()
+
+
+def _b64(png: bytes | None) -> str:
+    return base64.b64encode(png or b"").decode("ascii")
+
+
+def _safe_stem(text: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_")
+    return stem[:60] or "segmentation"
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
