@@ -88,7 +88,7 @@ def public_status(record: dict) -> dict:
         "meshes": record.get("meshes", {}),
         "annotations_pending": bool(record.get("annotations_pending")),
         "upload_bytes": record.get("upload_bytes", 0),
-        "attempts": lease.get("attempts", 0),
+        "attempts": lease.get("attempts") or record.get("attempts") or 0,
         "last_error": record.get("last_error"),
         "history": record.get("history", []),
     }

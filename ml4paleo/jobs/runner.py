@@ -262,7 +262,7 @@ def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
             reason = (f"gave up after {attempts} attempt(s): "
                       f"{record.get('last_error') or 'unknown error'}")
             set_status(record, stage.error, reason)
-            record.update(error=reason, lease=None)
+            record.update(error=reason, lease=None, attempts=attempts)
             outcome["result"] = "gave_up"
             return
         first = _first_running(stage, record)
@@ -338,7 +338,7 @@ def process_job(store: JobStore, record: dict, stage: Stage, owner: str, setting
     def finish(rec: dict) -> None:
         set_status(rec, status, message)
         rec.update(result)
-        rec.update(progress=1.0, error=None, lease=None, last_error=None)
+        rec.update(progress=1.0, error=None, lease=None, last_error=None, attempts=attempts)
 
     try:
         final = ctx.owned_update(finish)
@@ -376,7 +376,7 @@ def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
         if give_up:
             error = reason if permanent else f"failed {attempts} time(s); last error: {reason}"
             set_status(rec, ctx.stage.error, error)
-            rec.update(error=error, lease=None, last_error=reason)
+            rec.update(error=error, lease=None, last_error=reason, attempts=attempts)
         else:
             backoff = min(2.0 ** (attempts - 1), 30.0)
             set_status(rec, ctx.stage.queued, f"attempt {attempts} failed ({reason}); retrying")

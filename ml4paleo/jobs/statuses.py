@@ -216,7 +216,7 @@ def check_transition(record: dict, new: Status | str, actor: str = USER) -> str 
     old = parse_status(record.get("status", Status.PENDING))
     rule = TRANSITIONS.get(old, {}).get(new)
     if rule is None:
-        if old in BUSY and new not in BUSY:
+        if old in BUSY and new != Status.UPLOADED:
             return (f"cannot move to {new.value}: the job is busy ({old.value}); "
                     "wait for it to finish or cancel it")
         why = _WHY_TARGET.get(new)

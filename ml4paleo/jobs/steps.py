@@ -55,13 +55,6 @@ def _executor(settings):
     return settings.dask_scheduler or None
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _replace_dir(tmp: Path, dest: Path) -> None:
     """Move a finished folder into place, replacing ``dest`` (old copy removed after)."""
     old = None
@@ -100,11 +93,10 @@ def convert_step(ctx) -> dict:
     if not upload.is_dir() or not any(p.is_file() for p in upload.rglob("*")):
         raise StepError(f"{upload}: no uploaded files to convert")
     dest = ctx.job_dir / "image.ome.zarr"
-    if dest.exists():  # a previous attempt finished the image but not the record
-        _remove(dest)
     ctx.message("converting the upload to OME-Zarr")
+    # written under a temp name and renamed when complete, replacing an earlier attempt's
     convert(upload, dest, chunks=ctx.settings.chunk_size, progress=ctx.progress,
-            workers=ctx.settings.workers)
+            workers=ctx.settings.workers, overwrite=True)
     metadata = image_metadata(dest)
     fields: dict = {"metadata": metadata,
                     "message": f"converted: {' x '.join(map(str, metadata['shape']))} "
@@ -115,15 +107,6 @@ def convert_step(ctx) -> dict:
 
 
 # --------------------------------------------------------------------------- segment
-def _label_volume(label_store) -> Any:
-    """The label volume of a LabelStore, in a form ``train`` accepts."""
-    for attr in ("labels", "array", "volume"):
-        value = getattr(label_store, attr, None)
-        if value is not None and not callable(value):
-            return value
-    return label_store
-
-
 def segment_step(ctx) -> dict:
     """Train a model on the annotations (unless an existing model is requested) and
     segment the whole image with it."""
@@ -145,12 +128,17 @@ def segment_step(ctx) -> dict:
         annotations = ctx.job_dir / "annotations"
         if not annotations.exists():
             raise StepError(f"{annotations}: no annotations to train on")
-        labels = label_store_cls(annotations)
-        classes = getattr(labels, "classes", None)
+        try:
+            labels = label_store_cls(annotations)
+        except (FileNotFoundError, ValueError) as exc:
+            raise StepError(f"{annotations}: no usable annotations ({exc})") from None
         ctx.set_fields(annotations_pending=False)  # the annotations as of now are used
         ctx.message("training a model on the annotations")
         ctx.set_range(0.0, 0.3 if do_segment else 1.0)
-        model = train(image, _label_volume(labels), classes=classes, progress=ctx.progress)
+        try:
+            model = train(image, labels, progress=ctx.progress)
+        except ValueError as exc:  # e.g. only one class annotated: retrying cannot help
+            raise StepError(f"training failed: {exc}") from None
         ctx.check()
         model_id = new_id()
         models_dir.mkdir(exist_ok=True)
@@ -165,7 +153,10 @@ def segment_step(ctx) -> dict:
         model_id = request.get("model_id") or ctx.record.get("model_id")
         if not model_id or not (models_dir / model_id).is_dir():
             raise StepError(f"model {model_id!r} does not exist in job {ctx.job_id}")
-        model = model_cls.load(models_dir / model_id)
+        try:
+            model = model_cls.load(models_dir / model_id)
+        except ValueError as exc:
+            raise StepError(str(exc)) from None
         ctx.set_fields(model_id=model_id)
 
     if not do_segment:
@@ -175,11 +166,14 @@ def segment_step(ctx) -> dict:
     segment = library("ml4paleo.segmentation", "segment", "segmentation")
     ctx.set_status(Status.SEGMENTING, "segmenting the whole image")
     ctx.set_range(0.3 if do_train else 0.0, 1.0)
-    seg_id = new_id()
+    # a retried attempt (runner died) resumes the same segmentation from its done-markers
+    seg_id = ctx.record.get("pending_segmentation_id") or new_id()
+    ctx.set_fields(pending_segmentation_id=seg_id)
     seg_dir = ctx.job_dir / "segmentations" / seg_id
-    seg_dir.mkdir(parents=True)
+    seg_dir.mkdir(parents=True, exist_ok=True)
     segment(image, model, seg_dir / "labels.ome.zarr", chunk_size=ctx.settings.chunk_size,
-            executor=_executor(ctx.settings), progress=ctx.progress)
+            executor=_executor(ctx.settings), workers=ctx.settings.workers,
+            progress=ctx.progress)
     ctx.check()
     meta = {"id": seg_id, "job_id": ctx.job_id, "model_id": model_id,
             "created_at": isoformat(utcnow())}
@@ -190,6 +184,7 @@ def segment_step(ctx) -> dict:
     def add(record: dict) -> None:
         record["segmentations"] = [*record.get("segmentations", []), seg_id]
         record["segmentation_id"] = seg_id
+        record["pending_segmentation_id"] = None
 
     ctx.owned_update(add)
     return {"status": Status.SEGMENTED.value, "message": f"segmentation {seg_id} finished"}
@@ -232,7 +227,7 @@ def mesh_step(ctx) -> dict:
     try:
         summary = mesh(labels, tmp, chunk_size=ctx.settings.chunk_size, formats=formats,
                        simplify=request.get("simplify"), executor=_executor(ctx.settings),
-                       progress=ctx.progress)
+                       workers=ctx.settings.workers, progress=ctx.progress)
         ctx.check()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -501,7 +501,7 @@ class JobStore:
                        "queued for training" if train else "queued for segmentation")
             record.update(request={"kind": "segment", "train": train, "segment": bool(segment),
                                    "model_id": model_id},
-                          progress=0.0, error=None, lease=None)
+                          progress=0.0, error=None, lease=None, pending_segmentation_id=None)
 
         return self.update(job_id, apply)
 
