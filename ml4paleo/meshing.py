@@ -133,7 +133,11 @@ def _is_zarr_folder(path: Path) -> bool:
     return path.is_dir() and any((path / m).exists() for m in _ZARR_MARKERS)
 
 
-def open_labels(labels: Any, voxel_size: Sequence[float] | float | None = None) -> LabelVolume:
+def open_labels(
+    labels: Any,
+    voxel_size: Sequence[float] | float | None = None,
+    unit: str | None = None,
+) -> LabelVolume:
     """Open a label volume from a path, an OME-Zarr image or an array.
 
     Parameters
@@ -145,6 +149,8 @@ def open_labels(labels: Any, voxel_size: Sequence[float] | float | None = None) 
     voxel_size : float or sequence of 3 floats, optional
         Physical voxel size ``(z, y, x)``; overrides the one stored with ``labels``.
         Voxel units (1.0) when neither is known.
+    unit : str, optional
+        Unit of the voxel size (e.g. ``"micrometer"``); overrides the stored one.
 
     Returns
     -------
@@ -160,12 +166,12 @@ def open_labels(labels: Any, voxel_size: Sequence[float] | float | None = None) 
     from ml4paleo.omezarr import OmeImage, open_image
 
     stored_vs: Sequence[float] | None = None
-    unit = None
+    stored_unit = None
     name = repr(type(labels).__name__)
     if isinstance(labels, OmeImage):
         source = _Source("zarr", str(Path(labels.path) / labels.levels[0]))
         shape, dtype = labels.shape, labels.dtype
-        stored_vs, unit, name = labels.voxel_size, labels.unit, str(labels.path)
+        stored_vs, stored_unit, name = labels.voxel_size, labels.unit, str(labels.path)
     elif isinstance(labels, str | os.PathLike):
         path = Path(labels)
         name = str(path)
@@ -179,7 +185,7 @@ def open_labels(labels: Any, voxel_size: Sequence[float] | float | None = None) 
             image = open_image(path)
             source = _Source("zarr", str(path / image.levels[0]))
             shape, dtype = image.shape, image.dtype
-            stored_vs, unit = image.voxel_size, image.unit
+            stored_vs, stored_unit = image.voxel_size, image.unit
         elif path.suffix.lower() == ".npy":
             source = _Source("npy", str(path))
             arr = _array_of(source)
@@ -194,12 +200,12 @@ def open_labels(labels: Any, voxel_size: Sequence[float] | float | None = None) 
             source = _Source("volume", str(path))
             vol = _array_of(source)
             shape, dtype = vol.shape, vol.dtype
-            stored_vs, unit = getattr(vol, "voxel_size", None), getattr(vol, "unit", None)
+            stored_vs, stored_unit = getattr(vol, "voxel_size", None), getattr(vol, "unit", None)
     elif hasattr(labels, "shape") and hasattr(labels, "__getitem__") and hasattr(labels, "dtype"):
         source = _Source("array", array=labels)
         shape, dtype = labels.shape, labels.dtype
         stored_vs = getattr(labels, "voxel_size", None)
-        unit = getattr(labels, "unit", None)
+        stored_unit = getattr(labels, "unit", None)
     else:
         raise ValueError(f"labels must be a path, an OME-Zarr image or an array, got {name}")
     shape = tuple(int(s) for s in shape)
@@ -211,7 +217,7 @@ def open_labels(labels: Any, voxel_size: Sequence[float] | float | None = None) 
     if dtype.kind not in "biu":
         raise ValueError(f"{name}: labels must be integers, got dtype {dtype}")
     vs = _voxel_size(voxel_size if voxel_size is not None else stored_vs)
-    return LabelVolume(source, shape, dtype, vs, unit if voxel_size is None else unit)
+    return LabelVolume(source, shape, dtype, vs, unit or stored_unit)
 
 
 def _voxel_size(value: Sequence[float] | float | None) -> tuple[float, float, float]:
@@ -447,7 +453,7 @@ def _merge_stats(
             "surface_area": m["area"],
             "components": components.get(value, 0),
             "mesh_bodies": None,
-            "unit": vol.unit or "voxel",
+            "unit": vol.unit or "",
             "min_x_vox": int(lo[2]),
             "min_y_vox": int(lo[1]),
             "min_z_vox": int(lo[0]),
@@ -509,6 +515,7 @@ def label_stats(
     labels: Any,
     voxel_size: Sequence[float] | float | None = None,
     *,
+    unit: str | None = None,
     chunk_size: int = 256,
     labels_to_mesh: Iterable[int] | None = None,
     executor: Any = None,
@@ -523,6 +530,8 @@ def label_stats(
         Label volume ``(z, y, x)``, 0 = background (see :func:`open_labels`).
     voxel_size : float or sequence of 3 floats, optional
         Physical voxel size ``(z, y, x)``; default: the stored one, else 1.0.
+    unit : str, optional
+        Unit of the voxel size; default: the stored one (empty when unknown).
     chunk_size : int
         Block edge in voxels.
     labels_to_mesh : iterable of int, optional
@@ -551,7 +560,7 @@ def label_stats(
     >>> row["label"], row["voxel_count"], row["volume"], row["components"]
     (2, 18, 36.0, 1)
     """
-    vol = open_labels(labels, voxel_size)
+    vol = open_labels(labels, voxel_size, unit)
     selection = _selection(labels_to_mesh)
     work_dir = _work_dir(None)
     try:
@@ -756,6 +765,7 @@ def mesh(
     executor: Any = None,
     progress: ProgressCallback | None = None,
     voxel_size: Sequence[float] | float | None = None,
+    unit: str | None = None,
     workers: int | None = None,
     stats_path: str | os.PathLike | None = None,
 ) -> dict:
@@ -783,6 +793,8 @@ def mesh(
         writing the meshes (``total = blocks + 1``).
     voxel_size : float or sequence of 3 floats, optional
         Physical voxel size ``(z, y, x)``; default: the stored one, else 1.0.
+    unit : str, optional
+        Unit of the voxel size; default: the stored one (empty when unknown).
     workers : int, optional
         Local worker processes.
     stats_path : path, optional
@@ -815,7 +827,7 @@ def mesh(
     fmts = _parse_formats(formats)
     if simplify is not None and not 0.0 < float(simplify) < 1.0:
         raise ValueError(f"simplify must be a fraction of faces to remove in (0, 1), got {simplify}")
-    vol = open_labels(labels, voxel_size)
+    vol = open_labels(labels, voxel_size, unit)
     selection = _selection(labels_to_mesh)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
