@@ -872,9 +872,8 @@ class JobAnnotator:
                 f"labels hold class value {int(labels2d.max())} but only "
                 f"{len(self.classes)} classes exist"
             )
-        self.labels.clear_slice(axis, index)
-        if labels2d.any():
-            self.labels.write_slice(axis, index, labels2d)
+        # the plane becomes exactly labels2d (0 erases), one log entry per submission
+        self.labels.write_slice(axis, index, labels2d, source="annotator")
         self._labels_changed()
         return {"axis": AXIS_NAMES[axis], "index": int(index), "labelled": int((labels2d > 0).sum())}
 

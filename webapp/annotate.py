@@ -307,6 +307,7 @@ def submit_labels(job_id: str):
     Body: ``{axis, index, mask, preview?: true}``; ``mask`` is a grey class-index PNG
     data URL or ``{encoding: rle|raw|zlib, shape, data}`` (0 = unlabelled, k+1 = class k).
     """
+    get_job(job_id)
     body = json_body()
     axis, index = _axis_index(body)
     if "mask" not in body and "labels" not in body:
@@ -402,6 +403,7 @@ def get_classes(job_id: str):
 @bp.post("/api/job/<job_id>/annotate/classes")
 def put_classes(job_id: str):
     """Replace the class list ``{classes: [{name, color}, ...]}`` (add, rename, recolour)."""
+    get_job(job_id)
     body = json_body()
     with _annotator(job_id) as ann:
         classes = ann.set_classes(body.get("classes"))
@@ -569,9 +571,9 @@ def model_import(job_id: str):
     The model is loaded with the engine's safe loader first (no pickle), so only the
     trusted format is ever copied.
     """
-    from ml4paleo.segmentation import Model
-
+    get_job(job_id)
     from ml4paleo.jobs import JobStore
+    from ml4paleo.segmentation import Model
 
     body = json_body()
     src_job, src_model = body.get("source_job_id"), body.get("model_id")
@@ -774,6 +776,7 @@ def legacy_submit(job_id: str):
     background, as the original trained); the reply's ``prediction`` is the retrained
     model's red-alpha overlay of the annotated slice.
     """
+    get_job(job_id)
     payload = json_body()
     polygons = _uses_polygons(payload)
     image_text = _field(payload, "image")
@@ -835,6 +838,7 @@ def legacy_predict(job_id: str):
     """Original predict: ``{sample_metadata, annotated_local_z_index, intensity_window}``
     or ``{image}`` -> ``{prediction: base64 RGBA PNG | null}`` from the in-memory model.
     """
+    get_job(job_id)
     payload = json_body()
     image_text = _field(payload, "image")
     raw_meta = _field(payload, "sample_metadata", "sampleMetadata")
