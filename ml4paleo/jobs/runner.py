@@ -252,12 +252,14 @@ def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
             raise _NotClaimable
         lease = record.get("lease") or {}
         attempts = int(lease.get("attempts") or 0)
+        note = ""
         if record["status"] != stage.queued.value:
             # a running status with an expired lease: that runner died mid-job
             died = (f"runner {lease.get('owner')} stopped responding "
                     f"(lease expired {lease.get('expires_at')})")
             log.warning("job %s: %s", record["id"], died)
             record["last_error"] = died
+            note = f" after {died}"
         if attempts >= settings.max_attempts:
             reason = (f"gave up after {attempts} attempt(s): "
                       f"{record.get('last_error') or 'unknown error'}")
@@ -266,7 +268,7 @@ def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
             outcome["result"] = "gave_up"
             return
         first = _first_running(stage, record)
-        set_status(record, first, f"attempt {attempts + 1} started by {owner}")
+        set_status(record, first, f"attempt {attempts + 1} started by {owner}{note}")
         record.update(
             lease={"owner": owner,
                    "expires_at": isoformat(now + timedelta(seconds=settings.lease_seconds)),
