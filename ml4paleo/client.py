@@ -563,7 +563,8 @@ class Client:
             ``"report.pdf"``; converted image: ``"image-zarr"``, ``"image-png"``,
             ``"image-tiff"``, ``"image-nifti"``; model: ``"model"`` (zip), ``"model.json"``.
         dest : path
-            A folder (the server's file name is used) or a file path.
+            A folder (existing, ending in ``/`` or without a file extension: the
+            server's file name is used) or a file path.
         segmentation_id, model_id : str, optional
             Default: the job's current segmentation / model.
         progress : callable, optional
@@ -624,7 +625,7 @@ class Client:
         response = self.request("GET", path, expect_json=False, stream=True)
         with response:
             dest = Path(dest)
-            if dest.is_dir() or str(dest).endswith(("/", os.sep)):
+            if dest.is_dir() or str(dest).endswith(("/", os.sep)) or not dest.suffix:
                 dest.mkdir(parents=True, exist_ok=True)
                 target = dest / _filename(response, fallback_name)
             else:

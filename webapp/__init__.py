@@ -34,7 +34,8 @@ from ml4paleo.config import Settings
 log = logging.getLogger(__name__)
 
 # blueprint modules, each exposing ``bp``
-_BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "openapi", "annotate")
+_BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "openapi", "annotate",
+               "reports")
 
 CSRF_COOKIE = "ml4paleo_csrf"
 CSRF_HEADER = "X-CSRF-Token"

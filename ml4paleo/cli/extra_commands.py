@@ -61,4 +61,39 @@ def dicom_listen(port: int, ae_title: str, host: str, data_dir: Path | None,
         receiver.stop()
 
 
-commands: list[click.Command] = [dicom_listen]
+@click.command("report")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="Output folder, or a file name ending in .html or .pdf.")
+@click.option("--format", "formats", type=click.Choice(["html", "pdf"]), multiple=True,
+              help="Formats to write (repeatable; default: html and pdf).")
+@click.option("--segmentation", "segmentation_id", default=None,
+              help="With a job folder: which segmentation (default: the current one).")
+@click.option("--slices", type=click.IntRange(1, 24), default=6, show_default=True,
+              help="Number of z slices in the montage.")
+def report(source: Path, out: Path, formats: tuple[str, ...], segmentation_id: str | None,
+           slices: int) -> None:
+    """Write the quantification report (HTML + PDF) of a segmentation.
+
+    SOURCE is a job folder (data/jobs/<id>), a segmentation folder
+    (data/jobs/<id>/segmentations/<seg_id>) or a label OME-Zarr.
+    """
+    from ml4paleo.blocks import tqdm_progress
+    from ml4paleo.cli import fail
+    from ml4paleo.report import ReportError, build_report
+
+    if not formats:
+        formats = ("html", "pdf")
+        if out.suffix.lower() in (".html", ".pdf"):
+            formats = (out.suffix.lower()[1:],)
+    try:
+        paths = build_report(source, out, formats=formats, segmentation_id=segmentation_id,
+                             slices=slices, progress=tqdm_progress("report"))
+    except (ReportError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")
+
+
+commands: list[click.Command] = [dicom_listen, report]

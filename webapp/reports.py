@@ -1,0 +1,66 @@
+"""Segmentation reports: ``/api/job/<id>/segmentation/<seg_id>/report.html|.pdf``.
+
+Thin over :func:`ml4paleo.report.build_report`. A report is built on first request and
+cached in ``jobs/<id>/exports/``; it is rebuilt when the segmentation's statistics,
+meshes, model metadata or class names are newer than the cached file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from flask import Blueprint, abort, request, send_file
+
+from .common import get_job, job_dir, segmentation_dir
+
+log = logging.getLogger(__name__)
+bp = Blueprint("reports", __name__)
+
+_MIMETYPES = {"html": "text/html; charset=utf-8", "pdf": "application/pdf"}
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def _inputs_mtime(root: Path, seg: Path, record: dict) -> float:
+    """Newest modification time of what the report shows."""
+    candidates = [seg / "stats.csv", seg / "segmentation.json", seg / "meshes",
+                  seg / "labels.ome.zarr", root / "annotations" / "classes.json"]
+    if (seg / "meshes").is_dir():
+        candidates += list((seg / "meshes").iterdir())
+    model_id = record.get("model_id")
+    if model_id:
+        candidates.append(root / "models" / str(model_id) / "meta.json")
+    times = [p.stat().st_mtime for p in candidates if p.exists()]
+    return max(times, default=0.0)
+
+
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>/report.<fmt>")
+def segmentation_report(job_id: str, seg_id: str, fmt: str):
+    """The quantification report of a segmentation (``?download=1`` as an attachment)."""
+    from ml4paleo.report import ReportError, build_report
+
+    if fmt not in _MIMETYPES:
+        abort(404, f"no report format {fmt!r}; use report.html or report.pdf")
+    record = get_job(job_id)
+    seg = segmentation_dir(job_id, seg_id)
+    root = job_dir(job_id)
+    cache = root / "exports" / f"report-{seg_id}.{fmt}"
+    with _lock(str(cache)):
+        if not cache.is_file() or cache.stat().st_mtime < _inputs_mtime(root, seg, record):
+            try:
+                build_report(root, cache, formats=(fmt,), segmentation_id=seg_id)
+            except (ReportError, FileNotFoundError) as exc:
+                abort(404, str(exc))
+            log.info("built %s report of job %s segmentation %s", fmt, job_id, seg_id)
+    name = f"{record.get('name') or job_id}-{seg_id}-report.{fmt}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    attachment = request.args.get("download") in ("1", "true", "yes")
+    return send_file(cache, mimetype=_MIMETYPES[fmt], as_attachment=attachment,
+                     download_name=safe, max_age=0)
