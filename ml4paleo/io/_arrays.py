@@ -22,7 +22,7 @@ def _check_dtype(path: Path, dtype: np.dtype) -> np.dtype:
         return np.dtype(np.uint8)
     if dtype.kind not in "uif" or dtype.itemsize > 8:
         raise InputError(f"{path}: unsupported voxel type {dtype}")
-    return dtype
+    return dtype.newbyteorder("=")
 
 
 class NiftiVolume(Volume):
@@ -55,7 +55,8 @@ class NiftiVolume(Volume):
         self._ndim = len(shape)
         sx, sy = shape[0], shape[1]
         sz = shape[2] if len(shape) > 2 else 1
-        slope, inter = header.get_slope_inter()
+        # nibabel moves the header's scaling onto the data proxy when loading
+        slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
         slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
         inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
         raw = _check_dtype(path, raw)
@@ -109,7 +110,12 @@ class NiftiVolume(Volume):
 
 
 class NpyVolume(Volume):
-    """A ``.npy`` file, memory-mapped (2D arrays become one slice)."""
+    """A ``.npy`` file (2D arrays become one slice).
+
+    C-ordered arrays are read with plain positional reads (a z-slab is contiguous), so
+    pages of the file do not pile up in the process's memory as they would through a
+    memory map; Fortran-ordered arrays go through a memory map.
+    """
 
     source_type = "npy"
 
@@ -119,27 +125,43 @@ class NpyVolume(Volume):
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:
             raise InputError(f"{path}: not a readable .npy file ({_short(exc)})") from exc
+        if arr.ndim not in (2, 3):
+            raise InputError(f"{path}: array of shape {arr.shape} is not 2D or 3D")
+        shape, dtype = arr.shape, arr.dtype
+        self._offset = int(getattr(arr, "offset", 0))
+        self._fortran = not arr.flags.c_contiguous
+        self._raw = np.dtype(dtype)
         if arr.ndim == 2:
             arr = arr[None]
-        if arr.ndim != 3:
-            raise InputError(f"{path}: array of shape {arr.shape} is not 2D or 3D")
-        dtype = _check_dtype(path, arr.dtype)
-        self._arr = arr
-        meta = {"file": path.name, "fortran_order": bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)}
-        super().__init__(path, arr.shape, dtype, metadata=meta, **kw)
+        self._arr = arr if self._fortran else None
+        self._fd = None if self._fortran else os.open(path, os.O_RDONLY)
+        if not self._fortran:
+            del arr  # the map was only for validating the size
+        meta = {"file": path.name, "fortran_order": self._fortran}
+        super().__init__(path, shape if len(shape) == 3 else (1,) + tuple(shape),
+                         _check_dtype(path, np.dtype(dtype)), metadata=meta, **kw)
 
     def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
-        return np.array(self._arr[z0:z1, rows, cols], dtype=self.dtype)
+        if self._fortran:
+            return np.array(self._arr[z0:z1, rows, cols], dtype=self.dtype)
+        plane = self.shape[1] * self.shape[2] * self._raw.itemsize
+        size = (z1 - z0) * plane
+        buf = bytearray(size)
+        view, got = memoryview(buf), 0
+        while got < size:
+            n = os.preadv(self._fd, [view[got:]], self._offset + z0 * plane + got)
+            if n <= 0:
+                raise InputError(f"{self.path}: truncated .npy file")
+            got += n
+        data = np.frombuffer(buf, self._raw).reshape((z1 - z0,) + self.shape[1:])
+        return np.ascontiguousarray(data[:, rows, cols], dtype=self.dtype)
 
     def close(self) -> None:
         super().close()
-        mm = getattr(self._arr, "_mmap", None)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._arr = None
-        if mm is not None:
-            try:
-                mm.close()
-            except (BufferError, ValueError):  # still referenced by a returned view
-                pass
 
 
 class ZarrVolume(Volume):

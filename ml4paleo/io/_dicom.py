@@ -76,8 +76,8 @@ def _first(ds: Any, *path: str) -> Any:
         if node is None or key not in node:
             return None
         node = node[key].value
-        if isinstance(node, list | tuple) and key.endswith("Sequence"):
-            node = node[0] if len(node) else None
+        if key.endswith("Sequence"):
+            node = node[0] if node is not None and len(node) else None
     return node
 
 

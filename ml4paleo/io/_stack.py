@@ -284,10 +284,20 @@ class TiffVolume(Volume):
         try:
             self._fh = open(path, "rb") if path else source.open(name)
             self._tif = tifffile.TiffFile(self._fh)
-            series = self._tif.series[0]
+            all_series = self._tif.series
+            series = all_series[0]
             shape, axes = tuple(series.shape), series.axes
             dtype = np.dtype(series.dtype)
             npages = len(series.pages) if series.pages is not None else 1
+            self._page_index: list[int] | None = None
+            if len(all_series) > 1 and all(
+                len(s.pages) == 1 and s.shape == series.shape and s.dtype == series.dtype
+                for s in all_series
+            ):
+                # each page written as its own series (e.g. page by page by tifffile): the
+                # pages are the planes
+                self._page_index = [s.pages[0].index for s in all_series]
+                shape, axes, npages = (len(all_series),) + shape, "Z" + axes, len(all_series)
         except InputError:
             raise
         except Exception as exc:
@@ -326,7 +336,10 @@ class TiffVolume(Volume):
 
     def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
         try:
-            if self._pages_are_planes:
+            if self._page_index is not None:
+                data = self._tif.asarray(key=self._page_index[z0:z1], maxworkers=self.workers)
+                data = data.reshape((z1 - z0,) + data.shape[-(2 if self._samples == 1 else 3):])
+            elif self._pages_are_planes:
                 data = self._tif.asarray(key=range(z0, z1), series=0, maxworkers=self.workers)
                 data = data.reshape((z1 - z0,) + data.shape[-(2 if self._samples == 1 else 3):])
             else:
