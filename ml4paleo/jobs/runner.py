@@ -539,11 +539,16 @@ def run_runner(kind: str, settings: Settings | None = None, once: bool = False,
     settings = settings or Settings.from_env()
     runner = Runner(kind, settings, stop_event)
     previous = {}
+    first_signal: list[float] = []
     if threading.current_thread() is threading.main_thread():
         def _stop(signum, _frame):
-            if runner.stop_event.is_set():  # second signal: leave now
-                raise KeyboardInterrupt
-            log.info("%s runner: signal %d, stopping", kind, signum)
+            # a second signal soon after the first is the same Ctrl-C reaching the whole
+            # process group (SIGINT) plus the parent's SIGTERM: keep stopping gracefully
+            if first_signal and time.monotonic() - first_signal[0] > 2.0:
+                raise KeyboardInterrupt  # asked again later: leave now
+            if not first_signal:
+                first_signal.append(time.monotonic())
+                log.info("%s runner: signal %d, stopping", kind, signum)
             runner.stop_event.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):

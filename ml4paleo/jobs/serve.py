@@ -39,6 +39,16 @@ def runner_command(kind: str, settings: Settings) -> list[str]:
             "--poll-interval", str(settings.poll_interval)]
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (Linux), so no runner is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class RunnerProcesses:
     """The runner child processes of :func:`serve`; restarts a runner that crashed."""
 
@@ -50,7 +60,7 @@ class RunnerProcesses:
         self._watch: threading.Thread | None = None
 
     def _spawn(self, kind: str) -> subprocess.Popen:
-        proc = subprocess.Popen(runner_command(kind, self.settings))
+        proc = subprocess.Popen(runner_command(kind, self.settings), preexec_fn=_die_with_parent)
         log.info("started %s runner (pid %d)", kind, proc.pid)
         return proc
 
