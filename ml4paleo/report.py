@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ MESH_EXTENSIONS = ("ply", "stl", "glb", "obj")
 #: longest side of a montage panel, pixels (a pyramid level at most this big is read)
 PANEL_PIXELS = 512
 #: faces kept over all meshes of the 3D snapshot
-SNAPSHOT_FACES = 40_000
+SNAPSHOT_FACES = 20_000
 _UNIT_SYMBOLS = {
     "angstrom": "Å", "nanometer": "nm", "micrometer": "µm", "micron": "µm", "millimeter": "mm",
     "centimeter": "cm", "meter": "m", "nm": "nm", "um": "µm", "µm": "µm", "mm": "mm",
@@ -779,7 +780,7 @@ def _b64(png: bytes | None) -> str:
 
 
 def _safe_stem(text: str) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_")
+    stem = re.sub(r"[^A-Za-z0-9-]+", "_", text).strip("_")
     return stem[:60] or "segmentation"
 
 

@@ -52,10 +52,11 @@ def segmentation_report(job_id: str, seg_id: str, fmt: str):
     seg = segmentation_dir(job_id, seg_id)
     root = job_dir(job_id)
     cache = root / "exports" / f"report-{seg_id}.{fmt}"
-    with _lock(str(cache)):
+    with _lock(f"{job_id}/{seg_id}"):
         if not cache.is_file() or cache.stat().st_mtime < _inputs_mtime(root, seg, record):
+            # both formats at once: the figures are the expensive part
             try:
-                build_report(root, cache, formats=(fmt,), segmentation_id=seg_id)
+                build_report(root, cache, formats=("html", "pdf"), segmentation_id=seg_id)
             except (ReportError, FileNotFoundError) as exc:
                 abort(404, str(exc))
             log.info("built %s report of job %s segmentation %s", fmt, job_id, seg_id)
