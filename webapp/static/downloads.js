@@ -9,7 +9,7 @@
       const data = await apiJSON(`/api/job/${encodeURIComponent(jobId)}/downloads`);
       const body = document.querySelector("#downloads-table tbody");
       body.replaceChildren(...data.downloads.map((d) => el("tr", {},
-        el("td", {}, d.group), el("td", {}, FORMAT[d.kind] || d.kind), el("td", { class: "muted" }, d.description),
+        el("td", {}, d.group), el("td", {}, FORMAT[d.kind] || d.kind), el("td", { class: "muted wrap" }, d.description),
         el("td", { title: d.size_is_estimate ? "size of the data before packing" : "exact" }, (d.size_is_estimate ? "≈ " : "") + fmtBytes(d.bytes)),
         el("td", {}, el("a", { class: "btn small primary", href: d.url, download: "" }, "Download")))));
       document.getElementById("downloads-empty").hidden = data.downloads.length > 0;

@@ -2,7 +2,8 @@
 // folder traversal for drag-and-drop, and source-type detection. window.ml4pUpload.
 "use strict";
 (function () {
-  const CHUNK = 8 * 1024 * 1024;
+  // chunk size in bytes; settable (window.ml4pUpload.chunkSize) before an upload starts
+  const DEFAULT_CHUNK = 8 * 1024 * 1024;
   const MAX_TRIES = 6;
 
   // Files of a drop: plain files, whole folders (recursively) and zips.
@@ -68,6 +69,7 @@
 
   class Uploader {
     constructor(jobId, entries, onProgress) {
+      this.chunk = window.ml4pUpload.chunkSize || DEFAULT_CHUNK;
       this.jobId = jobId;
       this.entries = entries;
       this.onProgress = onProgress || (() => {});
@@ -97,7 +99,7 @@
         fd.append("dzchunkbyteoffset", String(offset));
         fd.append("dztotalchunkcount", String(count));
         fd.append("dztotalfilesize", String(entry.file.size));
-        fd.append("dzchunksize", String(CHUNK));
+        fd.append("dzchunksize", String(this.chunk));
         fd.append("job_id", this.jobId);
         fd.append("fullPath", name);
         fd.append("file", blob, name.split("/").pop());
@@ -122,16 +124,16 @@
     async uploadFile(entry, before) {
       const name = uploadName(entry.path);
       const size = entry.file.size;
-      const count = Math.max(1, Math.ceil(size / CHUNK));
+      const count = Math.max(1, Math.ceil(size / this.chunk));
       let offset = Math.min(await this.serverOffset(name), size);
-      offset -= offset % CHUNK; // resume at a chunk boundary the server has in full
+      offset -= offset % this.chunk; // resume at a chunk boundary the server has in full
       let tries = 0;
       if (size === 0) offset = -1; // still send one empty chunk
       while (offset < size) {
         if (this.paused) { const e = new Error("paused"); e.paused = true; throw e; }
         const start = Math.max(0, offset);
-        const index = Math.floor(start / CHUNK);
-        const blob = entry.file.slice(start, Math.min(size, start + CHUNK));
+        const index = Math.floor(start / this.chunk);
+        const blob = entry.file.slice(start, Math.min(size, start + this.chunk));
         try {
           await this.sendChunk(entry, name, index, count, start, blob, before + start);
           offset = start + blob.size;
@@ -143,7 +145,7 @@
           if (++tries >= MAX_TRIES) throw err;
           await new Promise((r) => setTimeout(r, Math.min(8000, 500 * 2 ** tries)));
           const server = await this.serverOffset(name); // ask where to carry on
-          offset = Math.min(server - (server % CHUNK), size);
+          offset = Math.min(server - (server % this.chunk), size);
           if (size === 0) offset = -1;
         }
       }
@@ -166,5 +168,5 @@
     }
   }
 
-  window.ml4pUpload = { filesFromDrop, filesFromInput, keep, detectSourceType, Uploader, uploadName, CHUNK };
+  window.ml4pUpload = { filesFromDrop, filesFromInput, keep, detectSourceType, Uploader, uploadName, chunkSize: DEFAULT_CHUNK };
 })();

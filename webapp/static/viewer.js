@@ -86,9 +86,16 @@
     physW() { return info.shape[this.colDim] * this.vs(this.colDim); }
     physH() { return info.shape[this.rowDim] * this.vs(this.rowDim); }
 
+    sizeCanvas() {
+      const r = this.canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+      const w = Math.max(1, Math.round(r.width * dpr)), h = Math.max(1, Math.round(r.height * dpr));
+      if (this.canvas.width !== w || this.canvas.height !== h) { this.canvas.width = w; this.canvas.height = h; }
+      return r.width > 0 && r.height > 0;
+    }
+
     fit() {
+      if (!this.sizeCanvas()) return;
       const W = this.canvas.width, H = this.canvas.height;
-      if (!W || !H) return;
       this.zoom = 0.96 * Math.min(W / this.physW(), H / this.physH());
       this.cx = this.physW() / 2; this.cy = this.physH() / 2; this.fitted = true;
     }
@@ -135,8 +142,7 @@
       });
       c.addEventListener("dblclick", () => { this.fit(); requestDraw(); });
       new ResizeObserver(() => {
-        const r = c.getBoundingClientRect();
-        c.width = Math.max(1, Math.round(r.width * dpr())); c.height = Math.max(1, Math.round(r.height * dpr()));
+        this.sizeCanvas();
         if (!this.fitted) this.fit();
         requestDraw();
       }).observe(c);
@@ -170,10 +176,11 @@
     }
 
     draw() {
+      if (!this.fitted) this.fit();
+      if (!this.fitted) return; // not laid out yet
       const g = this.canvas.getContext("2d");
       const W = this.canvas.width, H = this.canvas.height;
       g.fillStyle = "#000"; g.fillRect(0, 0, W, H);
-      if (!this.fitted) this.fit();
       const a = this.axis, idx = cursor[a];
       this.slider.value = idx;
       const coarsest = info.levels.length - 1;
