@@ -12,6 +12,7 @@ whatever the slice size.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -26,7 +27,7 @@ import numcodecs
 import numpy as np
 
 from ml4paleo.io import InputError, Volume, open_volume
-from ml4paleo.omezarr import OmeImage, build_pyramid, create_image, open_image
+from ml4paleo.omezarr import OmeImage, build_pyramid, create_image, downsample2, open_image
 
 log = logging.getLogger(__name__)
 
@@ -156,28 +157,40 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
         compressor=numcodecs.Blosc(cname="zstd", clevel=CONVERT_CLEVEL, shuffle=numcodecs.Blosc.SHUFFLE),
     )
     nz, ny, nx = volume.shape
-    cz = min(chunk[0], nz)
+    cz = image.array.chunks[0]
     slabs = list(range(0, nz, cz))
-    pyramid_total = _pyramid_task_count(image)
+    slab_bytes = cz * ny * nx * volume.dtype.itemsize
+    in_memory = slab_bytes <= memory_limit
+    # Level 1 is downsampled from the slabs while they are in memory (saves reading level 0
+    # back); that needs slabs of even thickness so 2x2x2 cells never straddle two slabs.
+    inline_level1 = in_memory and len(image.levels) > 1 and cz % 2 == 0
+    first_pyramid_level = 2 if inline_level1 else 1
+    pyramid_total = _pyramid_task_count(image, first_pyramid_level)
     total = len(slabs) + pyramid_total
     if progress is not None:
         progress(0, total)
     threads = workers or volume.workers
-    slab_bytes = cz * ny * nx * volume.dtype.itemsize
-    writer = ThreadPoolExecutor(threads, thread_name_prefix="ml4paleo-convert")
+    level0 = _ChunkWriter(image, 0)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="ml4paleo-convert")
     try:
-        array = image.array
-        if slab_bytes <= memory_limit:
+        if in_memory:
+            level1 = _Level1Builder(image, pool) if inline_level1 else None
             for k, z0 in enumerate(slabs, start=1):
                 data = volume.read_slab(z0, min(z0 + cz, nz))
-                _write_bands(array, writer, data, z0, chunk[1])
+                futures = level0.submit_slab(pool, data, z0)
+                if level1 is not None:
+                    level1.add(data, z0)
+                for f in futures:
+                    f.result()
                 del data
                 if progress is not None:
                     progress(k, total)
+            if level1 is not None:
+                level1.finish()
         else:
             log.info("slab of %d MiB > memory limit: staging slices through %s",
                      slab_bytes >> 20, staging)
-            with _BandStager(staging, cz, ny, nx, chunk[1], volume.dtype) as stager:
+            with _BandStager(staging, cz, ny, nx, level0.chunks[1], volume.dtype) as stager:
                 step = max(1, memory_limit // (2 * ny * nx * volume.dtype.itemsize))
                 for k, z0 in enumerate(slabs, start=1):
                     z1 = min(z0 + cz, nz)
@@ -186,41 +199,119 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
                         for i, plane in enumerate(part):
                             stager.put(s0 - z0 + i, plane)
                         del part
-                    list(writer.map(
-                        lambda b, z0=z0, z1=z1: _write_region(array, stager.band(b, z1 - z0), z0,
-                                                             stager.bands[b][0]),
-                        range(len(stager.bands)),
-                    ))
+                    for b in range(len(stager.bands)):
+                        band = stager.band(b, z1 - z0)
+                        for f in level0.submit_slab(pool, band, z0, stager.bands[b][0]):
+                            f.result()
+                        del band
                     if progress is not None:
                         progress(k, total)
     finally:
-        writer.shutdown(wait=True)
+        pool.shutdown(wait=True)
     base = len(slabs)
 
     def pyramid_progress(done: int, _total: int) -> None:
         if progress is not None:
             progress(base + done, total)
 
-    build_pyramid(image, progress=pyramid_progress, workers=threads)
+    build_pyramid(image, progress=pyramid_progress, workers=threads, first_level=first_pyramid_level)
     return image
 
 
-def _pyramid_task_count(image: OmeImage) -> int:
+def _pyramid_task_count(image: OmeImage, first_level: int) -> int:
     count = 0
-    for i in range(1, len(image.levels)):
+    for i in range(first_level, len(image.levels)):
         arr = image.level(i)
         count += int(np.prod([-(-s // c) for s, c in zip(arr.shape, arr.chunks, strict=True)]))
     return count
 
 
-def _write_region(array: Any, data: np.ndarray, z0: int, y0: int) -> None:
-    array[z0 : z0 + data.shape[0], y0 : y0 + data.shape[1], :] = data
+class _ChunkWriter:
+    """Encodes and writes whole chunks of one level straight to their files.
+
+    The level was just created by :func:`ml4paleo.omezarr.create_image` as a zarr v2 array
+    with ``/``-separated chunk keys, C order and no filters; a chunk file is the compressor's
+    encoding of the full-size chunk (edge chunks padded with the fill value), exactly what
+    zarr writes, minus zarr's per-chunk bookkeeping (which costs as much CPU as blosc here).
+    """
+
+    def __init__(self, image: OmeImage, level: int) -> None:
+        self.folder = Path(image.path) / image.levels[level]
+        meta = json.loads((self.folder / ".zarray").read_text())
+        ok = (meta.get("zarr_format") == 2 and meta.get("order") == "C" and not meta.get("filters")
+              and meta.get("dimension_separator") == "/" and meta.get("compressor"))
+        if not ok:
+            raise RuntimeError(f"{self.folder}: unexpected zarr layout {meta}")
+        self.codec = numcodecs.get_codec(meta["compressor"])
+        self.shape = tuple(meta["shape"])
+        self.chunks = tuple(meta["chunks"])
+        self.dtype = np.dtype(meta["dtype"])
+        self.fill = meta.get("fill_value") or 0
+
+    def write_chunk(self, index: tuple[int, int, int], block: np.ndarray) -> None:
+        if block.shape != self.chunks:
+            full = np.full(self.chunks, self.fill, self.dtype)
+            full[tuple(slice(0, s) for s in block.shape)] = block
+            block = full
+        encoded = self.codec.encode(np.ascontiguousarray(block, dtype=self.dtype))
+        path = self.folder.joinpath(*map(str, index))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(encoded)
+
+    def submit_slab(self, pool: ThreadPoolExecutor, data: np.ndarray, z0: int, y0: int = 0) -> list:
+        """Queue every chunk of ``data`` (placed at ``z0, y0, 0``; chunk aligned)."""
+        cz, cy, cx = self.chunks
+        futures = []
+        for dy in range(0, data.shape[1], cy):
+            for dx in range(0, data.shape[2], cx):
+                index = (z0 // cz, (y0 + dy) // cy, dx // cx)
+                block = data[:, dy : dy + cy, dx : dx + cx]
+                futures.append(pool.submit(self.write_chunk, index, block))
+        return futures
 
 
-def _write_bands(array: Any, pool: ThreadPoolExecutor, data: np.ndarray, z0: int, cy: int) -> None:
-    """Write a slab as chunk-row bands in parallel (each band is whole chunks)."""
-    ny = data.shape[1]
-    list(pool.map(lambda y0: _write_region(array, data[:, y0 : y0 + cy], z0, y0), range(0, ny, cy)))
+class _Level1Builder:
+    """Downsamples level-0 slabs into a buffer one level-1 chunk thick, written when full."""
+
+    def __init__(self, image: OmeImage, pool: ThreadPoolExecutor) -> None:
+        self.writer = _ChunkWriter(image, 1)
+        self.pool = pool
+        self.label = "image-label" in image.attrs
+        self.cz = self.writer.chunks[0]
+        self.buffer = np.zeros((self.cz,) + self.writer.shape[1:], self.writer.dtype)
+        self.base = 0  # level-1 z of buffer[0]
+        self.filled = 0
+
+    def add(self, slab: np.ndarray, z0: int) -> None:
+        cy, cx = (2 * c for c in self.writer.chunks[1:])
+        z1 = z0 // 2 - self.base
+
+        def tile(y: int, x: int) -> None:
+            small = downsample2(slab[:, y : y + cy, x : x + cx], self.label)
+            self.buffer[z1 : z1 + small.shape[0], y // 2 : y // 2 + small.shape[1],
+                        x // 2 : x // 2 + small.shape[2]] = small
+
+        futures = [self.pool.submit(tile, y, x)
+                   for y in range(0, slab.shape[1], cy) for x in range(0, slab.shape[2], cx)]
+        for f in futures:
+            f.result()
+        self.filled = z1 + (slab.shape[0] + 1) // 2
+        if self.filled >= self.cz:
+            self._flush()
+
+    def _flush(self) -> None:
+        n = min(self.filled, self.writer.shape[0] - self.base)
+        if n <= 0:
+            return
+        for f in self.writer.submit_slab(self.pool, self.buffer[:n], self.base):
+            f.result()
+        self.base += self.cz
+        self.filled = 0
+
+    def finish(self) -> None:
+        if self.filled:
+            self._flush()
 
 
 class _BandStager:

@@ -263,8 +263,14 @@ def downsample2(block: np.ndarray, label: bool) -> np.ndarray:
     return acc.astype(block.dtype)
 
 
-def build_pyramid(image: OmeImage, progress=None, slab: int | None = None, workers: int | None = None) -> None:
-    """Fill levels 1.. of ``image`` from level 0, chunk by chunk (flat memory).
+def build_pyramid(
+    image: OmeImage,
+    progress=None,
+    slab: int | None = None,
+    workers: int | None = None,
+    first_level: int = 1,
+) -> None:
+    """Fill levels ``first_level``.. of ``image`` from the level above, chunk by chunk (flat memory).
 
     Each task reads the 2x2x2 chunks under one output chunk, downsamples and writes it;
     tasks run on a few threads (blosc and numpy release the GIL).
@@ -279,6 +285,8 @@ def build_pyramid(image: OmeImage, progress=None, slab: int | None = None, worke
         z-thickness of an output block, in voxels of the level written (default: one chunk).
     workers : int, optional
         Threads (default: CPUs available, at most 8).
+    first_level : int
+        First level to fill (levels before it must already be written).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -287,7 +295,7 @@ def build_pyramid(image: OmeImage, progress=None, slab: int | None = None, worke
     label = "image-label" in image.attrs
     n = len(image.levels)
     tasks = []
-    for i in range(1, n):
+    for i in range(max(1, first_level), n):
         dst = image.level(i)
         bz = slab or dst.chunks[0]
         for z0 in range(0, dst.shape[0], bz):
@@ -310,7 +318,7 @@ def build_pyramid(image: OmeImage, progress=None, slab: int | None = None, worke
 
     threads = workers or min(8, default_workers())
     done = 0
-    for level in range(1, n):
+    for level in range(max(1, first_level), n):
         # a level is complete before the next one reads it
         batch = [t for t in tasks if t[0] == level]
         with ThreadPoolExecutor(threads) as pool:

@@ -125,7 +125,7 @@ class Volume:
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(dtype).newbyteorder("=")  # native byte order: what zarr writes
         self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
         self.unit = unit
         self.metadata = dict(metadata or {})

@@ -352,7 +352,7 @@ class TiffVolume(Volume):
             ) from exc
         if self._samples > 1:
             data = np.stack([to_gray(p)[0] for p in data])
-        return np.ascontiguousarray(data[:, rows, cols])
+        return np.ascontiguousarray(data[:, rows, cols], dtype=self.dtype)
 
     def _close_files(self) -> None:
         tif = getattr(self, "_tif", None)
