@@ -49,8 +49,8 @@
     $("job-bar").style.width = `${(p * 100).toFixed(1)}%`;
     $("job-bar").parentElement.className = "progress grow" + (String(job.status).endsWith("error") ? " failed" : p >= 1 ? " done" : "");
     $("job-percent").textContent = `${Math.round(p * 100)}%`;
-    $("job-message").textContent = job.message || "";
     const failed = String(job.status).endsWith("error");
+    $("job-message").textContent = failed && job.message === job.error ? "" : (job.message || "");
     $("job-error").hidden = !failed;
     $("job-error-text").textContent = failed ? (job.error || "The step failed.") : "";
     $("history").replaceChildren(...(job.history || []).slice().reverse().map((h) =>

@@ -1,0 +1,97 @@
+"""Browser: a chunked upload survives a failed chunk and a pause, byte-exact; the access
+key is asked for once; the job page shows a failure with a working retry button."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from ml4paleo import keys
+
+from .conftest import shot
+
+
+@pytest.mark.timeout(180)
+def test_chunked_upload_retries_and_resumes(page, live_server, tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "volume.npy"
+    np.save(path, rng.integers(0, 4000, size=(12, 40, 50), dtype=np.uint16))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    failed = {"n": 0}
+
+    def flaky(route):
+        # the 3rd chunk fails once at the network level: the uploader must retry it
+        failed["n"] += 1
+        if failed["n"] == 3:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/api/upload", flaky)
+    page.goto("/")
+    page.evaluate("() => { window.ml4pUpload.chunkSize = 4096; }")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#selection:not([hidden])")
+    assert page.input_value("#source-type") == "npy"
+    page.fill("#job-name", "resumable")
+    page.click("#upload-start")
+    # pause part-way, then resume: the server's byte count decides where to go on
+    page.wait_for_function("() => /\\(([1-9]\\d?)%\\)/.test("
+                           "document.querySelector('#upload-text').textContent)")
+    page.click("#upload-cancel")
+    page.wait_for_selector("#upload-resume:not([hidden])")
+    shot(page, "10-upload-paused")
+    page.click("#upload-resume")
+    page.wait_for_url("**/job/*", timeout=60_000)
+    job_id = page.url.rsplit("/", 1)[-1]
+    assert failed["n"] >= 13  # 12 chunks of 4 KB, the failed one sent again
+    uploaded = live_server.store.job_dir(job_id) / "upload" / "volume.npy"
+    assert hashlib.sha256(uploaded.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.timeout(120)
+def test_access_key_is_asked_once(page, live_server):
+    job_id = live_server.seed_job("keyed job", np.zeros((8, 16, 16), np.uint8))
+    _, secret = keys.add_key(live_server.data_dir, "browser-test")
+    try:
+        page.goto("/")
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key-input", "m4p_wrong")
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("#key-error:not([hidden])")
+        shot(page, "11-key-dialog")
+        page.fill("#key-input", secret)
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}']")
+        # a new page of the same browser does not ask again
+        page.goto(f"/job/{job_id}")
+        page.wait_for_function("() => document.querySelector('#status-badge')"
+                               ".textContent === 'converted'")
+        assert not page.locator("#key-dialog[open]").count()
+        # the key cookie lets plain links (downloads, CSV) through too
+        r = page.request.get("/api/jobs.csv")
+        assert r.ok and "keyed job" in r.text()
+    finally:
+        keys.revoke_key(live_server.data_dir, "browser-test")
+
+
+@pytest.mark.timeout(120)
+def test_failed_job_shows_error_and_retry(page, live_server):
+    store = live_server.store
+    job_id = store.create("broken upload", "image_stack")["id"]
+    (store.job_dir(job_id) / "upload" / "notes.txt").write_text("not an image")
+    store.mark_uploaded(job_id)  # the real convert runner fails on this upload
+    page.goto(f"/job/{job_id}")
+    page.wait_for_selector("#job-error:not([hidden])", timeout=90_000)
+    assert page.text_content("#job-error-text").strip()
+    assert page.locator("#pipeline li[data-step=convert].failed").count() == 1
+    shot(page, "12-job-failed")
+    page.click("#retry-btn")
+    page.wait_for_function("() => !document.querySelector('#status-badge').textContent"
+                           ".endsWith('_error') || document.querySelectorAll('.toast').length",
+                           timeout=10_000)
+    history = [h["message"] for h in store.get(job_id)["history"]]
+    assert any("retry" in (m or "") for m in history)
