@@ -722,14 +722,18 @@ class SessionPool:
                 self._items[key] = obj
                 self._items.move_to_end(key)
                 while len(self._items) > self.max_size:
-                    old, _ = self._items.popitem(last=False)
+                    old, old_obj = self._items.popitem(last=False)
                     log.info("dropped interactive session %s (LRU)", old)
+                    if callable(getattr(old_obj, "close", None)):
+                        old_obj.close()
             return obj
 
     def drop(self, key: str) -> None:
         """Forget ``key``'s object (e.g. after its job was deleted)."""
         with self._guard:
-            self._items.pop(key, None)
+            obj = self._items.pop(key, None)
+        if callable(getattr(obj, "close", None)):
+            obj.close()
 
     def __contains__(self, key: str) -> bool:
         with self._guard:
@@ -807,6 +811,9 @@ class JobAnnotator:
         self._window: dict | None = None
         self._issued: OrderedDict[str, dict] = OrderedDict()  # legacy cut-outs by content hash
         self.last_timing: dict[str, float] = {}
+        self._prefetch: dict[tuple[int, int], Any] = {}
+        self._prefetch_pool: Any = None
+        self._prefetch_lock = threading.Lock()
 
     # ---------------------------------------------------------------- labels
     def _open_store(self, classes: Sequence[dict] | None) -> Any:
@@ -905,6 +912,10 @@ class JobAnnotator:
         self.revision += 1
 
     def _invalidate_model(self) -> None:
+        with self._prefetch_lock:
+            for f in self._prefetch.values():
+                f.cancel()
+            self._prefetch.clear()
         self._session = None
         self.model = None
         self._predictions.clear()
@@ -926,6 +937,44 @@ class JobAnnotator:
             self._session = InteractiveSession(self.image, self.labels)
         return self._session
 
+    def prefetch(self, axis: int, index: int) -> None:
+        """Start computing the features of a plane in the background.
+
+        Called when the browser opens a plane: the features are ready by the time the
+        first strokes arrive, so the first retrain + preview does not wait for them.
+        Safe to call without holding :attr:`lock`; at most one plane is computed at once.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._check_index(axis, index)
+        key = (int(axis), int(index))
+        with self._prefetch_lock:
+            fut = self._prefetch.get(key)
+            if fut is not None and not fut.cancelled():
+                return
+            for k, f in list(self._prefetch.items()):
+                if f.done() or f.cancel():  # drop finished and not-yet-started planes
+                    del self._prefetch[k]
+            if self._prefetch_pool is None:
+                self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="features")
+            session = self.session
+            self._prefetch[key] = self._prefetch_pool.submit(session.slice_features, *key)
+
+    def _await_prefetch(self, axis: int, index: int) -> None:
+        """Wait for a running feature prefetch of this plane instead of computing twice."""
+        with self._prefetch_lock:
+            fut = self._prefetch.get((int(axis), int(index)))
+        if fut is not None:
+            try:
+                fut.result()
+            except Exception as exc:  # the synchronous path reports real errors
+                log.warning("feature prefetch failed: %s", exc)
+
+    def close(self) -> None:
+        """Stop the background feature thread (pending prefetches are dropped)."""
+        if self._prefetch_pool is not None:
+            self._prefetch_pool.shutdown(wait=False, cancel_futures=True)
+
     def labelled_classes(self) -> int:
         return sum(1 for n in self.count_by_class().values() if n)
 
@@ -943,6 +992,11 @@ class JobAnnotator:
             return None
         import time
 
+        with self._prefetch_lock:
+            pending = set(self._prefetch)
+        for s in self.labels.annotated_slices():
+            if (int(s["axis"]), int(s["index"])) in pending:
+                self._await_prefetch(int(s["axis"]), int(s["index"]))
         t0 = time.perf_counter()
         self.model = self.session.retrain()
         self.last_timing["retrain_s"] = time.perf_counter() - t0
@@ -968,6 +1022,7 @@ class JobAnnotator:
             return hit[1], hit[2]
         import time
 
+        self._await_prefetch(axis, index)
         t0 = time.perf_counter()
         classes2d, probs = self.session.predict_slice(axis, int(index))
         self.last_timing["predict_s"] = time.perf_counter() - t0

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import time
@@ -65,13 +64,14 @@ from ml4paleo.annotation import (
     zinfo_header,
 )
 
-from .common import check_name, get_job, json_body, store
+from .common import get_job, json_body, store
 
 log = logging.getLogger(__name__)
 bp = Blueprint("annotate", __name__)
 
 POOL_SIZE = 3
-_MODEL_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# model / segmentation ids (the job store's are URL-safe base64 and may start with "-")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -297,6 +297,8 @@ def get_labels(job_id: str):
     axis, index = _axis_index()
     with _annotator(job_id) as ann:
         labels = ann.read_labels(axis, index)
+        if request.args.get("prefetch", "1") != "0":
+            ann.prefetch(axis, index)  # features ready before the first strokes arrive
     return jsonify(axis=AXIS_NAMES[axis], index=index, labels=encode_rle(labels))
 
 
@@ -488,7 +490,8 @@ def models_list(job_id: str):
 
 
 def _model_folder(job_id: str, model_id: str) -> Path:
-    check_name(model_id, "model")
+    if not _MODEL_ID.match(model_id) or ".." in model_id:
+        abort(404, f"no model {model_id!r}")
     folder = _models_dir(job_id) / model_id
     if not folder.is_dir():
         abort(404, f"no model {model_id!r} in job {job_id!r}")
@@ -532,7 +535,9 @@ def model_migrate(job_id: str, model_id: str):
 
 
 def _new_model_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    from ml4paleo.jobs.store import new_id
+
+    return new_id()
 
 
 def _add_model(job_id: str, fill, source: dict) -> str:

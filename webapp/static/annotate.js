@@ -488,6 +488,8 @@
     const hist = S.history.get(planeKey()) || { undo: [], redo: [] };
     S.undo = hist.undo; S.redo = hist.redo;
     S.poly = [];
+    delete viewport.dataset.prediction;
+    delete viewport.dataset.loaded;
     syncSliceInputs();
     location.replace(`#axis=${AXES[axis]}&index=${index}`);
     const [h, w] = planeDims(axis);
@@ -614,6 +616,7 @@
     S.brush = Math.max(1, Math.min(80, n | 0));
     $("ann-brush").value = S.brush;
     $("ann-brush-val").textContent = S.brush;
+    try { localStorage.setItem("ml4paleo-brush", String(S.brush)); } catch (e) { /* ignore */ }
     draw();
   }
 
@@ -850,7 +853,7 @@
   async function start() {
     wire();
     setTool("brush");
-    setBrush(8);
+    setBrush(Number(localStorage.getItem("ml4paleo-brush")) || 8);
     try {
       S.info = await api("GET", `${API}/annotate/info`);
     } catch (err) {
