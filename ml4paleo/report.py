@@ -104,6 +104,9 @@ def collect(
     source: str | os.PathLike,
     *,
     segmentation_id: str | None = None,
+    image: str | os.PathLike | None = None,
+    model: Any = None,
+    title: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReportData:
     """Gather the report's data.
@@ -115,6 +118,13 @@ def collect(
         folder (``segmentations/<id>/`` holding ``labels.ome.zarr``) or a label OME-Zarr.
     segmentation_id : str, optional
         With a job folder: which segmentation (default: the job's current one).
+    image : path, optional
+        The scan's OME-Zarr, for the overlays (default: the job's ``image.ome.zarr``).
+    model : Model or path, optional
+        The model that segmented (a :class:`ml4paleo.segmentation.Model` or its saved
+        folder), for class names and metrics (default: the job's model).
+    title : str, optional
+        Report title (default: the job's name or the folder's name).
     progress : callable, optional
         ``progress(done, total)`` while statistics are computed (when no ``stats.csv``).
 
@@ -158,18 +168,27 @@ def collect(
 
     seg_meta = _read_json(seg_dir / "segmentation.json") if seg_dir else {}
     seg_id = seg_meta.get("id") or (seg_dir.name if seg_dir else None)
-    image_path = None
-    if job_dir is not None and (job_dir / "image.ome.zarr").exists():
+    image_path = Path(image) if image is not None else None
+    if image_path is not None and not image_path.exists():
+        raise ReportError(f"{image_path}: no such image")
+    if image_path is None and job_dir is not None and (job_dir / "image.ome.zarr").exists():
         image_path = job_dir / "image.ome.zarr"
     model_id = seg_meta.get("model_id") or (job or {}).get("model_id")
-    model = None
-    if job_dir is not None and model_id:
-        model = _read_json(job_dir / "models" / str(model_id) / "meta.json") or None
+    model_meta = None
+    if model is not None:
+        if isinstance(model, str | os.PathLike):
+            model_meta = _read_json(Path(model) / "meta.json") or None
+            model_id = Path(model).name
+        else:
+            model_meta = dict(getattr(model, "meta", None) or {})
+            model_id = model_meta.get("id", model_id)
+    elif job_dir is not None and model_id:
+        model_meta = _read_json(job_dir / "models" / str(model_id) / "meta.json") or None
 
-    classes = _classes(model, job_dir)
+    classes = _classes(model_meta, job_dir)
     stats = _stats(seg_dir, labels, progress)
     mesh_files = _mesh_files(seg_dir / "meshes") if seg_dir else {}
-    title = (job or {}).get("name") or (seg_dir.name if seg_dir else labels_path.stem)
+    title = title or (job or {}).get("name") or (seg_dir.name if seg_dir else labels_path.stem)
     return ReportData(
         title=str(title),
         labels_path=labels_path,
@@ -182,7 +201,7 @@ def collect(
         stats=stats,
         job=job,
         model_id=model_id,
-        model=model,
+        model=model_meta,
         mesh_files=mesh_files,
     )
 
@@ -487,18 +506,21 @@ def model_rows(data: ReportData) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if data.model_id:
         rows.append(("model id", str(data.model_id)))
-    for key in ("created_at", "kind", "n_estimators", "voxel_size"):
+    for key in ("created_at", "format", "kind", "voxel_size"):
         if meta.get(key) is not None:
             rows.append((key.replace("_", " "), _value(meta[key])))
     metrics = meta.get("metrics") or {}
     rows += [(f"metric: {k}", v) for k, v in _flatten(metrics)]
-    for key in ("label_counts", "counts", "training_samples", "n_samples"):
-        if meta.get(key) is not None:
-            rows += [(f"{key.replace('_', ' ')}: {k}" if k else key.replace("_", " "), v)
-                     for k, v in _flatten(meta[key])]
-    settings = meta.get("feature_settings") or meta.get("features")
-    if settings:
-        rows += [(f"features: {k}", v) for k, v in _flatten(settings)]
+    for key in ("label_counts", "training_voxels", "train_settings", "feature_settings"):
+        if key == "training_voxels" and meta.get(key) == meta.get("label_counts"):
+            continue
+        if meta.get(key):
+            name = key.replace("_", " ")
+            rows += [(f"{name}: {k}" if k else name, v) for k, v in _flatten(meta[key])]
+    seconds = (meta.get("seconds") or {}).get("total") if isinstance(meta.get("seconds"), dict) \
+        else None
+    if seconds is not None:
+        rows.append(("training time (s)", _num(seconds)))
     return rows
 
 
@@ -543,6 +565,9 @@ def build_report(
     *,
     formats: Sequence[str] = ("html", "pdf"),
     segmentation_id: str | None = None,
+    image: str | os.PathLike | None = None,
+    model: Any = None,
+    title: str | None = None,
     slices: int = 6,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Path]:
@@ -559,6 +584,12 @@ def build_report(
         What to write.
     segmentation_id : str, optional
         Which segmentation of a job (default: the current one).
+    image : path, optional
+        The scan's OME-Zarr for the overlays (default: the job's image).
+    model : Model or path, optional
+        The model that segmented, for class names and metrics (default: the job's).
+    title : str, optional
+        Report title (default: the job's name).
     slices : int
         Number of z slices in the montage.
     progress : callable, optional
@@ -582,7 +613,8 @@ def build_report(
         if progress:
             progress(step, total)
 
-    data = collect(source, segmentation_id=segmentation_id)
+    data = collect(source, segmentation_id=segmentation_id, image=image, model=model,
+                   title=title)
     advance()
     montage = render_montage(data, slices)
     advance()

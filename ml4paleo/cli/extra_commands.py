@@ -69,10 +69,12 @@ def dicom_listen(port: int, ae_title: str, host: str, data_dir: Path | None,
               help="Formats to write (repeatable; default: html and pdf).")
 @click.option("--segmentation", "segmentation_id", default=None,
               help="With a job folder: which segmentation (default: the current one).")
+@click.option("--image", type=click.Path(exists=True, path_type=Path), default=None,
+              help="The scan's OME-Zarr for the overlays (default: the job's image).")
 @click.option("--slices", type=click.IntRange(1, 24), default=6, show_default=True,
               help="Number of z slices in the montage.")
 def report(source: Path, out: Path, formats: tuple[str, ...], segmentation_id: str | None,
-           slices: int) -> None:
+           image: Path | None, slices: int) -> None:
     """Write the quantification report (HTML + PDF) of a segmentation.
 
     SOURCE is a job folder (data/jobs/<id>), a segmentation folder
@@ -88,7 +90,7 @@ def report(source: Path, out: Path, formats: tuple[str, ...], segmentation_id: s
             formats = (out.suffix.lower()[1:],)
     try:
         paths = build_report(source, out, formats=formats, segmentation_id=segmentation_id,
-                             slices=slices, progress=tqdm_progress("report"))
+                             image=image, slices=slices, progress=tqdm_progress("report"))
     except (ReportError, FileNotFoundError) as exc:
         fail(str(exc))
         return
