@@ -65,11 +65,16 @@ class LiveServer:
     process: subprocess.Popen
     log_path: Path
 
+    _store: object = None
+
     @property
     def store(self):
-        from ml4paleo.jobs import JobStore
+        """One JobStore for the tests (constructing one sweeps temp files: do it once)."""
+        if self._store is None:
+            from ml4paleo.jobs import JobStore
 
-        return JobStore(self.data_dir)
+            self._store = JobStore(self.data_dir)
+        return self._store
 
     def seed_job(self, name: str, image: np.ndarray, voxel_size=(1.0, 1.0, 1.0)) -> str:
         """A job in status ``converted`` holding ``image`` (z, y, x) with its pyramid."""
@@ -132,6 +137,15 @@ def live_server(tmp_path_factory):
             proc.kill()
             pytest.fail(f"main.py did not answer within 60 s:\n{server.log_tail()}")
         time.sleep(0.3)
+    # the runners sweep stray temp files when they start; let them finish starting so
+    # the sweep cannot meet a job a test is creating at that moment
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        if all(f"{kind} runner " in text and "started on" in text
+               for kind in ("convert", "segment", "mesh")) and text.count("started on") >= 3:
+            break
+        time.sleep(0.2)
+    server.store  # noqa: B018 -- build (and sweep) once, now
     yield server
     try:
         os.killpg(proc.pid, signal.SIGTERM)

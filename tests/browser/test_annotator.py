@@ -20,6 +20,7 @@ from .conftest import shot
 pytestmark = pytest.mark.browser
 
 Z = 16
+Z2 = 24
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,9 @@ def _labels_in_page(page) -> np.ndarray:
     return np.array(page.evaluate("Array.from(window.ml4paleoAnnotator.labels)"), np.uint8)
 
 
-def _server_labels(live_server, job_id: str) -> np.ndarray:
+def _server_labels(live_server, job_id: str, index: int = Z) -> np.ndarray:
     r = requests.get(f"{live_server.url}/api/job/{job_id}/annotate/labels",
-                     params={"axis": "z", "index": Z}, timeout=30)
+                     params={"axis": "z", "index": index}, timeout=30)
     return decode_label_mask(r.json()["labels"])
 
 
@@ -146,12 +147,40 @@ def test_annotate_retrain_undo_reload_segment_mesh(page, live_server, phantom):
     _wait_saved(page)  # the restored draft is submitted
     np.testing.assert_array_equal(_server_labels(live_server, job_id), drafted)
 
+    # polygon, fill and eraser on another slice
+    page.check("#ann-autotrain")
+    page.fill("#ann-index", str(Z2))
+    page.dispatch_event("#ann-index", "change")
+    page.wait_for_selector(f"#ann-viewport[data-loaded='z:{Z2}']")
+    page.keyboard.press("l")
+    page.keyboard.press("1")
+    for x, y in ((4, 4), (30, 4), (30, 20), (4, 20)):
+        page.mouse.click(*_to_page(page, x, y))
+    page.keyboard.press("Enter")
+    poly = _labels_in_page(page).reshape(128, 128)
+    assert 300 < (poly == 1).sum() < 600 and poly[10, 15] == 1 and poly[40, 40] == 0
+    page.keyboard.press("f")
+    page.keyboard.press("2")
+    fr, fa, fb = _longest_run(truth[Z2] > 0)
+    page.mouse.click(*_to_page(page, (fa + fb) // 2, fr))
+    filled = _labels_in_page(page).reshape(128, 128)
+    assert (filled == 2).sum() > 10
+    page.keyboard.press("e")
+    _stroke(page, 12, 2, 34)  # erase a band through the polygon
+    erased = _labels_in_page(page).reshape(128, 128)
+    assert (erased == 1).sum() < (poly == 1).sum() and erased[12, 15] == 0
+    page.wait_for_selector("#ann-viewport[data-prediction]", timeout=60_000)
+    _wait_saved(page)
+    np.testing.assert_array_equal(_server_labels(live_server, job_id, Z2), erased)
+    shot(page, "annotator-3-polygon-fill-eraser")
+    page.keyboard.press("b")
+
     # suggest a slice, navigate along y and back
     page.click("#ann-suggest")
     page.wait_for_function("() => document.getElementById('ann-suggest-info').textContent.length > 0")
     page.select_option("#ann-axis", "y")
     page.wait_for_selector("#ann-viewport[data-loaded='y:64'][data-prediction]", timeout=60_000)
-    shot(page, "annotator-3-y-plane")
+    shot(page, "annotator-4-y-plane")
     page.select_option("#ann-axis", "z")  # back to the middle z slice, Z
     page.wait_for_selector(f"#ann-viewport[data-loaded='z:{Z}']")
 
@@ -162,7 +191,7 @@ def test_annotate_retrain_undo_reload_segment_mesh(page, live_server, phantom):
     assert record["status"] == "segmented", record
     assert record["segmentations"]
     page.wait_for_timeout(1500)
-    shot(page, "annotator-4-segmentation-in-viewer")
+    shot(page, "annotator-5-segmentation-in-viewer")
 
     # make meshes from the annotator: the 3D view opens
     page.goto(f"/job/{job_id}/annotate")
@@ -172,13 +201,14 @@ def test_annotate_retrain_undo_reload_segment_mesh(page, live_server, phantom):
     record = live_server.store.get(job_id)
     assert record["status"] == "meshed", record
     page.wait_for_timeout(1500)
-    shot(page, "annotator-5-meshes-in-3d")
+    shot(page, "annotator-6-meshes-in-3d")
 
     # gallery and models pages show the work
     page.goto(f"/job/{job_id}/annotations")
     page.wait_for_selector(f".ann-card[data-axis='z'][data-index='{Z}'] img")
-    shot(page, "annotator-6-gallery")
+    shot(page, "annotator-7-gallery")
     page.goto(f"/job/{job_id}/models")
     page.wait_for_selector("#mod-table tbody tr")
-    shot(page, "annotator-7-models")
+    page.wait_for_selector("#mod-chart svg")  # two annotated planes: held-out metrics exist
+    shot(page, "annotator-8-models")
     assert not page.js_errors, page.js_errors

@@ -65,11 +65,15 @@ def test_upload_convert_view_segment_mesh_download(page, live_server, tmp_path):
         Image.fromarray(image[z]).save(path)
         files.append(str(path))
 
-    # ---- home: choose files, name the job (hostile name), upload, go to the job page
+    (folder / ".DS_Store").write_bytes(b"junk")  # hidden files are left out
+    assert len(files) == SHAPE[0]
+
+    # ---- home: choose a whole folder, name the job (hostile name), upload
     page.goto("/")
-    page.set_input_files("#file-input", files)
+    page.set_input_files("#folder-input", str(folder))
     page.wait_for_selector("#selection:not([hidden])")
     assert page.input_value("#source-type") == "image_stack"
+    assert page.input_value("#job-name") == "ammonite_scan"
     assert "24 files" in page.text_content("#selection-summary")
     name = '<img src=x onerror="window.pwned=1"> Ammonite'
     page.fill("#job-name", name)
@@ -77,6 +81,8 @@ def test_upload_convert_view_segment_mesh_download(page, live_server, tmp_path):
     page.click("#upload-start")
     page.wait_for_url(re.compile(r"/job/[A-Za-z0-9_-]{22,}$"), timeout=60_000)
     job_id = page.url.rsplit("/", 1)[-1]
+    uploaded = sorted(p.name for p in (live_server.store.job_dir(job_id) / "upload").rglob("*.png"))
+    assert uploaded == [f"slice_{z:03d}.png" for z in range(SHAPE[0])]
     assert page.text_content("#job-name") == name  # shown as text, never as HTML
     assert page.evaluate("window.pwned") is None
 

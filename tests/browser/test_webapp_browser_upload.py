@@ -95,3 +95,42 @@ def test_failed_job_shows_error_and_retry(page, live_server):
                            timeout=10_000)
     history = [h["message"] for h in store.get(job_id)["history"]]
     assert any("retry" in (m or "") for m in history)
+
+
+@pytest.mark.timeout(120)
+def test_viewer_picks_the_pyramid_level_of_the_zoom(page, live_server):
+    image = np.tile(np.arange(1024, dtype=np.uint16) % 256, (8, 1024, 1)).astype(np.uint8)
+    job_id = live_server.seed_job("big slices", image)
+    requested: list[str] = []
+    page.on("request", lambda r: "/slice?" in r.url and requested.append(r.url))
+    page.goto(f"/job/{job_id}/viewer")
+    page.select_option("#layout", "z")
+    z_plane = "#planes .plane[data-axis=z] canvas"
+    page.wait_for_selector(z_plane)
+    label = page.locator("#planes .plane[data-axis=z] .label")
+    page.wait_for_function("() => /level [1-9]/.test(document.querySelector("
+                           "'#planes .plane[data-axis=z] .label').textContent)")
+    fit_level = int(label.text_content().split("level ")[1].split()[0])
+    assert fit_level >= 1  # a 1024^2 slice on a ~1100 px canvas at 1x DPR: level 1
+    page.wait_for_timeout(500)
+    coarse = [u for u in requested if "level=0" not in u]
+    assert coarse and all("level=0" not in u for u in requested), requested[:5]
+    # zoom in with ctrl+wheel: full-resolution tiles of only the visible part
+    box = page.locator(z_plane).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.keyboard.down("Control")
+    for _ in range(8):
+        page.mouse.wheel(0, -200)
+        page.wait_for_timeout(50)
+    page.keyboard.up("Control")
+    page.wait_for_function("() => document.querySelector("
+                           "'#planes .plane[data-axis=z] .label').textContent.includes('level 0')")
+    page.wait_for_timeout(800)
+    requested.clear()
+    page.mouse.wheel(0, 120)  # next slice: only the visible tiles are fetched
+    page.wait_for_function("() => document.querySelector("
+                           "'#planes .plane[data-axis=z] .label').textContent.includes('slice 6 /')")
+    page.wait_for_timeout(800)
+    fine = [u for u in requested if "level=0" in u and "index=5" in u]
+    assert 0 < len(fine) < 16, len(fine)  # 16 tiles of 256^2 make the whole plane
+    shot(page, "13-viewer-zoomed")

@@ -148,10 +148,10 @@
       }).observe(c);
     }
 
-    // finest level whose pixels are not smaller than a screen pixel
+    // the level whose pixel size is nearest (in log scale) to one canvas pixel
     level(levels) {
       let L = 0;
-      while (L + 1 < levels.length && this.zoom * levels[L + 1].scale[this.colDim] <= 1.0) L++;
+      while (L + 1 < levels.length && this.zoom * levels[L + 1].scale[this.colDim] <= Math.SQRT2) L++;
       return L;
     }
 
