@@ -293,3 +293,18 @@ def test_main_py_serves_runs_runners_and_ctrl_c_stops_all(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_single_shot_upload_of_a_spooled_file(tmp_path):
+    """A whole file in one request (no dz fields): werkzeug spools it to disk, we copy it."""
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+    client = app.test_client()
+    job_id = _new(client)
+    data = np.random.default_rng(2).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
+    res = client.post("/api/upload", data={"job_id": job_id, "file": (io.BytesIO(data), "s.raw")},
+                      content_type="multipart/form-data")
+    assert res.status_code == 200 and res.get_json()["complete"] is True
+    store = app.extensions["ml4paleo_store"]
+    assert (store.job_dir(job_id) / "upload" / "s.raw").read_bytes() == data
+    res = client.post("/api/job/status/upload-complete", json={"job_id": job_id})
+    assert res.get_json()["upload_bytes"] == 3_000_000

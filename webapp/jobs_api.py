@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ UPLOAD_STATE_DIR = ".uploads"
 UPLOAD_LOCK = ".upload.lock"
 MAX_PATH_DEPTH = 16
 MAX_PART_LENGTH = 200
+COPY_BLOCK = 8 * 1024 * 1024
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ ()+,=@~-]")
 
 
@@ -267,7 +269,14 @@ def upload_chunk():
         rel = sanitize_upload_path(raw_name)
     except ValueError as exc:
         abort(400, str(exc))
-    data = upload.read()
+    stream = upload.stream  # werkzeug spools big parts to disk; copied in blocks below
+    try:
+        stream.seek(0, os.SEEK_END)
+        length = stream.tell()
+        stream.seek(0)
+    except (AttributeError, OSError):
+        data = upload.read()
+        stream, length = io.BytesIO(data), len(data)
     index = _int_field("dzchunkindex", 0)
     chunk_size = _int_field("dzchunksize", None)
     offset = _int_field("dzchunkbyteoffset", None)
@@ -277,12 +286,12 @@ def upload_chunk():
     if total is None:
         if _int_field("dztotalchunkcount", 1) > 1:
             abort(400, "dztotalfilesize is required for chunked uploads")
-        total = offset + len(data)
+        total = offset + length
     limit = _settings().max_upload_bytes
     if total > limit:
         abort(413, f"file {rel!r} is {total} bytes; the limit is {limit} bytes")
-    if offset + len(data) > total:
-        abort(400, f"chunk at offset {offset} with {len(data)} bytes runs past the file size "
+    if offset + length > total:
+        abort(400, f"chunk at offset {offset} with {length} bytes runs past the file size "
                    f"{total}")
     store = _store()
     if record["status"] != Status.UPLOADING.value:
@@ -293,7 +302,7 @@ def upload_chunk():
         if record["status"] != Status.UPLOADING.value:
             abort(409, f"uploads are only accepted while the job is uploading (it is "
                        f"{record['status']})")
-        state, added = _write_chunk(store, job_id, rel, data, offset, total)
+        state, added = _write_chunk(store, job_id, rel, stream, length, offset, total)
     if added:
         try:
             store.update(job_id, lambda r: r.__setitem__(
@@ -305,7 +314,7 @@ def upload_chunk():
                    complete=got >= total, chunk_index=index)
 
 
-def _write_chunk(store: JobStore, job_id: str, rel: str, data: bytes, offset: int,
+def _write_chunk(store: JobStore, job_id: str, rel: str, stream, length: int, offset: int,
                  total: int) -> tuple[dict, int]:
     folder = store.job_dir(job_id) / "upload"
     target = folder.joinpath(*rel.split("/"))
@@ -328,17 +337,21 @@ def _write_chunk(store: JobStore, job_id: str, rel: str, data: bytes, offset: in
     try:
         if os.fstat(fd).st_size != total:
             os.ftruncate(fd, total)
-        view = memoryview(data)
-        pos = offset
-        while view:
-            n = os.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
+        pos, end = offset, offset + length
+        while pos < end:
+            block = stream.read(min(COPY_BLOCK, end - pos))
+            if not block:
+                abort(400, "the uploaded chunk is shorter than announced")
+            view = memoryview(block)
+            while view:
+                n = os.pwrite(fd, view, pos)
+                view, pos = view[n:], pos + n
         os.fsync(fd)
     finally:
         os.close(fd)
     before = _received(state)
-    if data or total == 0:
-        state["ranges"] = _merge(state["ranges"], offset, offset + len(data))
+    if length or total == 0:
+        state["ranges"] = _merge(state["ranges"], offset, offset + length)
     tmp = state_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, state_path)
