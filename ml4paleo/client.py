@@ -251,6 +251,13 @@ class Client:
             items += _job_list(self._get("/api/jobs", params={**params, "page": page}))
         return items
 
+    def jobs_csv(self, dest: str | os.PathLike, **filters) -> Path:
+        """Save the catalogue (every job matching ``filters``, see :meth:`jobs`) as CSV."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        query = requests.compat.urlencode(params)
+        return self.download_url("/api/jobs.csv" + (f"?{query}" if query else ""), dest,
+                                 fallback_name="ml4paleo-jobs.csv")
+
     def delete(self, job_id: str) -> dict:
         """Delete a job and its data."""
         return self.request("DELETE", f"/api/job/{_q(job_id)}")

@@ -443,7 +443,7 @@ def render_meshes(data: ReportData, max_faces: int = SNAPSHOT_FACES) -> bytes | 
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
         ax.set_zlim(lo[2], hi[2])
-        ax.set_box_aspect(tuple(span / span.max()))
+        ax.set_box_aspect(tuple(span / span.max()), zoom=0.88)
         ax.view_init(elev=elev, azim=azim)
         ax.set_xlabel(f"x ({data.unit_symbol})", fontsize=8)
         ax.set_ylabel(f"y ({data.unit_symbol})", fontsize=8)
@@ -510,6 +510,10 @@ def model_rows(data: ReportData) -> list[tuple[str, str]]:
         if meta.get(key) is not None:
             rows.append((key.replace("_", " "), _value(meta[key])))
     metrics = meta.get("metrics") or {}
+    if meta.get("preview"):
+        rows.append(("kind", "fast preview model from the annotator"))
+    if meta and not metrics:
+        rows.append(("metrics", "none recorded (train on the runner for held-out metrics)"))
     rows += [(f"metric: {k}", v) for k, v in _flatten(metrics)]
     for key in ("label_counts", "training_voxels", "train_settings", "feature_settings"):
         if key == "training_voxels" and meta.get(key) == meta.get("label_counts"):

@@ -210,7 +210,8 @@ def test_full_pipeline(server, phantom, tmp_path):
     assert [m["id"] for m in models] == [trained["model_id"]]
     assert models[0]["chosen"]
 
-    client.segment(job)
+    # a full model trained on the runner (held-out metrics), then the whole volume
+    client.segment(job, train=True)
     final = client.wait_for(job, "segmented", timeout=90, poll=0.3)
     assert final["status"] == "segmented", _server_log(server)
     client.mesh(job, formats=["stl", "obj"])
@@ -241,10 +242,16 @@ def test_full_pipeline(server, phantom, tmp_path):
         if path.suffix == ".zip":
             assert zipfile.ZipFile(path).testzip() is None
     meta = json.loads((out / f"{job}-model-json").read_text())
-    assert meta["classes"]
+    assert [c["name"] for c in meta["classes"]] == ["matrix", "bone", "tooth"]
+    assert 0.5 < meta["metrics"]["accuracy"] <= 1
+    assert len(client.models(job)) == 2 and final["model_id"] != trained["model_id"]
 
     everything = client.download_all(job, tmp_path / "all")
     assert len(everything) >= 10
+    report = client.download(job, "report.pdf", out)
+    assert report.read_bytes().startswith(b"%PDF")
+    page = client.download(job, "report.html", out).read_text()
+    assert "client e2e" in page and "tooth" in page and "metric: accuracy" in page
 
     listed = client.jobs(status="meshed")
     assert job in [j.get("id", j.get("job_id")) for j in listed]
@@ -283,6 +290,35 @@ def test_folder_upload_and_failed_conversion(server, tmp_path):
     while time.monotonic() < deadline and not server["hooks"].for_job(bad):
         time.sleep(0.2)
     assert server["hooks"].for_job(bad) == ["convert_error"]
+
+
+def test_dicom_receive_to_catalogue(server, tmp_path):
+    """A series sent with C-STORE becomes a job, is converted by the running server, and
+    the catalogue finds it by the DICOM fields kept from conversion."""
+    from test_dicom_listen import make_series, send
+
+    from ml4paleo.config import Settings
+    from ml4paleo.dicom_listen import DicomReceiver
+
+    uid, folder = make_series(tmp_path / "series", n=5, expected=5, description="Jaw CT")
+    receiver = DicomReceiver(Settings(data_dir=server["data"]), port=_free_port(),
+                             host="127.0.0.1", idle_seconds=60)
+    with receiver:
+        assert send(sorted(folder.glob("*.dcm")), receiver.port) == [0] * 5
+        (job,) = receiver.wait_for_jobs(1, timeout=10)
+    client = Client(server["url"])
+    record = client.wait_for(job, "converted", timeout=60, poll=0.2)
+    assert record["status"] == "converted", _server_log(server)
+    assert tuple(client.record(job)["metadata"]["shape"]) == (5, 16, 16)
+    found = client.jobs(modality="CT", series_uid=uid)
+    assert [j["id"] for j in found] == [job]
+    assert found[0]["name"] == "Jaw CT" and found[0]["manufacturer"] == "TestScan"
+    assert client.jobs(modality="MR", series_uid=uid) == []
+    table = client.jobs_csv(tmp_path / "jobs.csv", series_uid=uid)
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert [r["id"] for r in rows] == [job] and rows[0]["modality"] == "CT"
+    everything = client.jobs(per_page=1, all_pages=True)
+    assert job in [j["id"] for j in everything] and len(everything) >= 4
 
 
 def test_http_errors_are_client_errors(server):
