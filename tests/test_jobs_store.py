@@ -87,8 +87,13 @@ def test_stray_temp_files_swept_at_start(store):
     folder = store.job_dir(job["id"])
     stray = folder / ".job.json.tmp-99999-1"
     stray.write_text('{"half": ')
+    debris = store.jobs_dir / ("D" * 22)  # re-created by a step after its job was deleted
+    (debris / "image.ome.zarr").mkdir(parents=True)
+    fresh = store.jobs_dir / ("F" * 22)  # being created right now: too young to touch
+    fresh.mkdir()
+    os.utime(debris, (time.time() - 7200, time.time() - 7200))
     JobStore(store.data_dir)
-    assert not stray.exists()
+    assert not stray.exists() and not debris.exists() and fresh.exists()
     assert store.get(job["id"])["name"] == "a"
 
 

@@ -45,6 +45,8 @@ _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 MAX_NAME_LENGTH = 200
 MAX_HISTORY = 500
+#: a job folder without job.json older than this is debris of a deleted job
+ORPHAN_SECONDS = 3600.0
 
 #: accepted ``source_type`` values and aliases -> canonical source type
 SOURCE_TYPES: dict[str, str] = {
@@ -247,7 +249,8 @@ class JobStore:
         os.replace(tmp, path)
 
     def sweep(self) -> int:
-        """Remove stray temp files (left by a killed writer) and half-deleted jobs.
+        """Remove stray temp files (left by a killed writer), half-deleted jobs and
+        record-less job folders older than an hour.
 
         A job's temp files are removed only while holding its lock, so a writer that is
         alive right now is never disturbed. Returns the number of paths removed.
@@ -259,6 +262,16 @@ class JobStore:
                 removed += 1
                 continue
             if not entry.is_dir() or not self.is_valid_id(entry.name):
+                continue
+            if not (entry / RECORD_NAME).exists():
+                # a folder re-created by a step still writing into a job deleted under it
+                try:
+                    orphan = time.time() - entry.stat().st_mtime > ORPHAN_SECONDS
+                except FileNotFoundError:
+                    continue
+                if orphan:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
                 continue
             temps = list(entry.glob(_TMP_PREFIX + "*"))
             if not temps:
