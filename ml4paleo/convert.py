@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -175,16 +176,30 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
     try:
         if in_memory:
             level1 = _Level1Builder(image, pool) if inline_level1 else None
-            for k, z0 in enumerate(slabs, start=1):
-                data = volume.read_slab(z0, min(z0 + cz, nz))
-                futures = level0.submit_slab(pool, data, z0)
-                if level1 is not None:
-                    level1.add(data, z0)
-                for f in futures:
-                    f.result()
-                del data
-                if progress is not None:
-                    progress(k, total)
+            # Read slab k+1 while slab k is compressed: overlaps file I/O and decoding with
+            # compression (two slabs in memory at most).
+            # Two slab buffers, allocated once and reused (fresh buffers cost page faults).
+            buffers = [np.empty((min(cz, nz), ny, nx), volume.dtype) for _ in range(min(2, len(slabs)))]
+
+            def read(k: int) -> np.ndarray:
+                z0 = slabs[k]
+                z1 = min(z0 + cz, nz)
+                return volume.read_slab(z0, z1, out=buffers[k % len(buffers)][: z1 - z0])
+
+            with ThreadPoolExecutor(1, thread_name_prefix="ml4paleo-prefetch") as reader:
+                pending = reader.submit(read, 0)
+                for k, z0 in enumerate(slabs, start=1):
+                    data = pending.result()
+                    if k < len(slabs):
+                        pending = reader.submit(read, k)
+                    futures = level0.submit_slab(pool, data, z0)
+                    if level1 is not None:
+                        level1.add(data, z0)
+                    for f in futures:
+                        f.result()
+                    del data
+                    if progress is not None:
+                        progress(k, total)
             if level1 is not None:
                 level1.finish()
         else:
@@ -247,13 +262,21 @@ class _ChunkWriter:
         self.chunks = tuple(meta["chunks"])
         self.dtype = np.dtype(meta["dtype"])
         self.fill = meta.get("fill_value") or 0
+        self._local = threading.local()
 
     def write_chunk(self, index: tuple[int, int, int], block: np.ndarray) -> None:
         if block.shape != self.chunks:
             full = np.full(self.chunks, self.fill, self.dtype)
             full[tuple(slice(0, s) for s in block.shape)] = block
             block = full
-        encoded = self.codec.encode(np.ascontiguousarray(block, dtype=self.dtype))
+        if not (block.flags.c_contiguous and block.dtype == self.dtype):
+            # copy into this thread's reusable buffer rather than a fresh array per chunk
+            buf = getattr(self._local, "buf", None)
+            if buf is None:
+                buf = self._local.buf = np.empty(self.chunks, self.dtype)
+            buf[...] = block
+            block = buf
+        encoded = self.codec.encode(block)
         path = self.folder.joinpath(*map(str, index))
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:

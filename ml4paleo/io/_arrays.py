@@ -88,7 +88,7 @@ class NiftiVolume(Volume):
             unit=_NIFTI_UNITS.get(space_unit), metadata=meta, **kw,
         )
 
-    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
         try:
             if self._ndim == 2:
                 data = np.asarray(self._proxy[cols, rows])[..., None]
@@ -141,7 +141,7 @@ class NpyVolume(Volume):
         super().__init__(path, shape if len(shape) == 3 else (1,) + tuple(shape),
                          _check_dtype(path, np.dtype(dtype)), metadata=meta, **kw)
 
-    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
         if self._fortran:
             return np.array(self._arr[z0:z1, rows, cols], dtype=self.dtype)
         plane = self.shape[1] * self.shape[2] * self._raw.itemsize
@@ -215,7 +215,7 @@ class ZarrVolume(Volume):
         super().__init__(path, shape, _check_dtype(path, np.dtype(arr.dtype)),
                          voxel_size=voxel_size, unit=unit, metadata=meta, **kw)
 
-    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
         try:
             if self._lead is None:
                 data = np.asarray(self._arr[rows, cols])[None]

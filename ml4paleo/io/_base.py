@@ -150,16 +150,33 @@ class Volume:
             f"dtype={self.dtype} voxel_size={self.voxel_size} unit={self.unit}>"
         )
 
-    def read_slab(self, z0: int, z1: int) -> np.ndarray:
-        """Read slices ``z0 .. z1-1`` as a ``(z1 - z0, y, x)`` array of :attr:`dtype`."""
+    def read_slab(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Read slices ``z0 .. z1-1`` as a ``(z1 - z0, y, x)`` array of :attr:`dtype`.
+
+        ``out``, when given, is a C-contiguous array of that shape and dtype to fill (and
+        return); reusing one buffer saves allocating and page-faulting a new slab each time.
+        """
         nz = self.shape[0]
         z0, z1 = max(0, int(z0)), min(nz, int(z1))
+        shape = (max(0, z1 - z0),) + self.shape[1:]
+        if out is not None and (out.shape != shape or out.dtype != self.dtype
+                                or not out.flags.c_contiguous):
+            raise ValueError(f"out must be a C-contiguous {shape} {self.dtype} array")
         if z1 <= z0:
-            return np.empty((0,) + self.shape[1:], self.dtype)
-        return self._read_slab(z0, z1, slice(0, self.shape[1]), slice(0, self.shape[2]))
+            return np.empty(shape, self.dtype) if out is None else out
+        data = self._read_slab(z0, z1, slice(0, self.shape[1]), slice(0, self.shape[2]), out)
+        if out is not None and data is not out:
+            out[...] = data
+            return out
+        return data
 
-    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
-        """Read ``[z0:z1, rows, cols]`` (0 <= z0 < z1 <= nz; rows/cols have step 1)."""
+    def _read_slab(
+        self, z0: int, z1: int, rows: slice, cols: slice, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Read ``[z0:z1, rows, cols]`` (0 <= z0 < z1 <= nz; rows/cols have step 1).
+
+        Readers may fill and return ``out`` (same shape/dtype) or ignore it.
+        """
         raise NotImplementedError
 
     def __getitem__(self, key: Any) -> np.ndarray:

@@ -334,8 +334,9 @@ class DicomVolume(Volume):
             return (arr.astype(np.int64) * int(f.slope) + int(f.intercept)).astype(self.dtype)
         return (arr.astype(np.float64) * f.slope + f.intercept).astype(self.dtype)
 
-    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
-        out = np.empty((z1 - z0, rows.stop - rows.start, cols.stop - cols.start), self.dtype)
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
+        if out is None:
+            out = np.empty((z1 - z0, rows.stop - rows.start, cols.stop - cols.start), self.dtype)
 
         def work(z: int) -> None:
             out[z - z0] = self._decode(z)[rows, cols]

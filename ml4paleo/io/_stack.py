@@ -80,8 +80,12 @@ def probe_slice(source: FileSource, name: str) -> SliceInfo:
         raise InputError(f"{where}: not a readable {kind.upper()} image ({_short(exc)})") from exc
 
 
-def decode_slice(source: FileSource, name: str) -> np.ndarray:
-    """Decode one slice file to an array (2D, or 3D with channels last)."""
+def decode_slice(source: FileSource, name: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one slice file to an array (2D, or 3D with channels last).
+
+    A single-channel TIFF whose size and dtype match ``out`` is decoded straight into
+    ``out`` (which is returned); otherwise a new array is returned.
+    """
     kind = IMAGE_EXTS[ext_of(name)]
     where = source.display(name)
     try:
@@ -92,6 +96,9 @@ def decode_slice(source: FileSource, name: str) -> np.ndarray:
             src: Any = path if path is not None else io.BytesIO(source.read(name))
             with tifffile.TiffFile(src) as tif:
                 page = tif.pages.first
+                if out is not None and page.shape == out.shape and page.dtype == out.dtype:
+                    page.asarray(out=out, maxworkers=1)
+                    return out
                 arr = page.asarray(maxworkers=1)
                 if arr.ndim == 3 and page.planarconfig == 2 and arr.shape[0] == page.samplesperpixel:
                     arr = np.moveaxis(arr, 0, -1)
@@ -177,9 +184,11 @@ class ImageStackVolume(Volume):
         info = self.source._infos[name]  # type: ignore[attr-defined]
         return info.compress_type == zipfile.ZIP_STORED
 
-    def _decode(self, z: int) -> np.ndarray:
+    def _decode(self, z: int, out: np.ndarray | None = None) -> np.ndarray:
         name = self.names[z]
-        arr = decode_slice(self.source, name)
+        arr = decode_slice(self.source, name, out)
+        if arr is out:
+            return arr
         if arr.ndim == 3:
             arr, lossy = to_gray(arr)
             if lossy and not self.metadata.get("rgb_reduced_to_gray"):
@@ -199,11 +208,17 @@ class ImageStackVolume(Volume):
                 )
         return arr
 
-    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
-        out = np.empty((z1 - z0, rows.stop - rows.start, cols.stop - cols.start), self.dtype)
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
+        if out is None:
+            out = np.empty((z1 - z0, rows.stop - rows.start, cols.stop - cols.start), self.dtype)
+
+        full = (rows.stop - rows.start, cols.stop - cols.start) == self._size
 
         def work(z: int) -> None:
-            out[z - z0] = self._decode(z)[rows, cols]
+            target = out[z - z0]
+            arr = self._decode(z, target if full else None)
+            if arr is not target:
+                target[...] = arr[rows, cols]
 
         self._map(work, range(z0, z1))
         return out
@@ -334,7 +349,7 @@ class TiffVolume(Volume):
         super().__init__(source.root if name != "" else source.root, shape, dtype,
                          voxel_size=voxel_size, unit=unit, metadata=meta, **kw)
 
-    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice) -> np.ndarray:
+    def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
         try:
             if self._page_index is not None:
                 data = self._tif.asarray(key=self._page_index[z0:z1], maxworkers=self.workers)
