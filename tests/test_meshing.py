@@ -198,6 +198,18 @@ def test_formats_load_back_with_trimesh(tmp_path):
         np.testing.assert_allclose(m.bounds, ref.bounds, atol=1e-5)
 
 
+def test_stl_written_in_pieces_equals_one_trimesh_export():
+    import io
+
+    from ml4paleo.meshing import _export_stl_pieces
+
+    m = _reference(torus(), VOXEL)
+    buf = io.BytesIO()
+    _export_stl_pieces(m.vertices, m.faces, buf, step=1000)
+    assert len(m.faces) > 3000
+    assert buf.getvalue() == trimesh.exchange.stl.export_stl(m)
+
+
 def test_simplify_keeps_meshes_closed(tmp_path):
     vol = sphere((34, 34, 34), (16.5, 16.5, 16.5), 13).astype(np.uint8)
     full = mesh(vol, tmp_path / "full", chunk_size=16, formats="ply", executor="serial")

@@ -1,0 +1,176 @@
+"""Benchmark: mesh a generated multi-label volume; report seconds and peak memory.
+
+    .venv/bin/python benchmarks/mesh.py                 # 512^3, chunk 256, 2 workers
+    .venv/bin/python benchmarks/mesh.py --size 256 --chunk-size 128 --workers 1
+
+The label volume (spheres, tori, a metaball blob, a thin shell and many small grains)
+is written slab by slab to an OME-Zarr label image in a temp folder, then
+:func:`ml4paleo.meshing.mesh` runs in a child process while this process samples the
+memory of the child and its workers (RSS and PSS summed over the process tree, and the
+largest single process).  Every mesh is then checked to be watertight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _shapes(size: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    s = size / 512.0
+    return {
+        "spheres": [((130 * s, 140 * s, 150 * s), 70 * s), ((380 * s, 360 * s, 120 * s), 55 * s),
+                    ((250 * s, 120 * s, 400 * s), 40 * s)],
+        "tori": [((260 * s, 380 * s, 380 * s), 80 * s, 22 * s), ((100 * s, 400 * s, 250 * s), 50 * s,
+                                                                  12 * s)],
+        "blob": [(tuple(rng.uniform(300, 450, 3) * s), rng.uniform(25, 45) * s) for _ in range(12)],
+        "shell": ((256 * s, 256 * s, 256 * s), 200 * s, 3.0 * max(s, 0.5)),
+        "grains": [(tuple(rng.uniform(20, 492, 3) * s), rng.uniform(2, 5) * max(s, 0.5))
+                   for _ in range(300)],
+    }
+
+
+def _slab(shapes: dict, size: int, z0: int, z1: int) -> np.ndarray:
+    z, y, x = np.ogrid[z0:z1, :size, :size]
+    z = z.astype(np.float32)
+    y = y.astype(np.float32)
+    x = x.astype(np.float32)
+    out = np.zeros((z1 - z0, size, size), np.uint8)
+
+    def d2(c):
+        return (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2
+
+    c, r_out, thick = shapes["shell"]
+    dist = np.sqrt(d2(c))
+    out[(dist >= r_out - thick) & (dist <= r_out) & (x < c[2] + 0.3 * r_out)] = 4
+    for c, r in shapes["spheres"]:
+        out[d2(c) <= r * r] = 1
+    for c, big, small in shapes["tori"]:
+        ring = np.sqrt((y - c[1]) ** 2 + (x - c[2]) ** 2) - big
+        out[ring**2 + (z - c[0]) ** 2 <= small * small] = 2
+    field = np.zeros(out.shape, np.float32)
+    for c, r in shapes["blob"]:
+        field += np.exp(-d2(c) / (r * r))
+    out[field > 0.6] = 3
+    for c, r in shapes["grains"]:
+        if c[0] + r < z0 or c[0] - r > z1:
+            continue
+        out[d2(c) <= r * r] = 5
+    return out
+
+
+def generate(path: Path, size: int, chunks: int = 128) -> float:
+    """Write the benchmark label volume to an OME-Zarr label image; return seconds."""
+    from ml4paleo.omezarr import create_image
+
+    t0 = time.perf_counter()
+    shapes = _shapes(size)
+    img = create_image(path, (size,) * 3, np.uint8, chunks=chunks, voxel_size=(0.02, 0.01, 0.01),
+                       unit="millimeter", label=True, pyramid=False)
+    step = min(chunks, size)
+    for z0 in range(0, size, step):
+        img.array[z0 : z0 + step] = _slab(shapes, size, z0, min(z0 + step, size))
+    return time.perf_counter() - t0
+
+
+def _run_child(args) -> None:
+    from ml4paleo.meshing import mesh
+
+    t0 = time.perf_counter()
+    out = mesh(args.labels, args.out, chunk_size=args.chunk_size, formats=args.formats,
+               workers=args.workers, executor="serial" if args.workers == 1 else None)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "faces": {str(k): v for k, v in out["faces"].items()},
+                      "stats": out["stats"], "blocks": out["blocks"]}))
+
+
+def _tree_memory(proc) -> tuple[int, int, int]:
+    import psutil
+
+    rss = pss = biggest = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            info = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+        biggest = max(biggest, info.rss)
+    return rss, pss, biggest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--formats", default="stl")
+    parser.add_argument("--keep", action="store_true", help="Keep the temp folder.")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--labels", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _run_child(args)
+        return
+
+    import psutil
+    import trimesh
+
+    tmp = Path(tempfile.mkdtemp(prefix="ml4paleo-bench-mesh-"))
+    try:
+        labels = tmp / "labels.ome.zarr"
+        gen_s = generate(labels, args.size)
+        print(f"generated {args.size}^3 labels in {gen_s:.1f} s", flush=True)
+        cmd = [sys.executable, __file__, "--child", "--labels", str(labels), "--out",
+               str(tmp / "meshes"), "--chunk-size", str(args.chunk_size), "--workers",
+               str(args.workers), "--formats", args.formats]
+        t0 = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        proc = psutil.Process(child.pid)
+        peak = [0, 0, 0]
+        while child.poll() is None:
+            try:
+                now = _tree_memory(proc)
+            except psutil.NoSuchProcess:
+                break
+            peak = [max(a, b) for a, b in zip(peak, now, strict=True)]
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        output = child.stdout.read()
+        if child.returncode:
+            raise SystemExit(f"meshing failed (exit {child.returncode})")
+        result = json.loads(output.strip().splitlines()[-1])
+        closed = {}
+        for f in sorted((tmp / "meshes").glob("*.stl")):
+            m = trimesh.load(f, force="mesh")
+            closed[f.stem] = bool(m.is_watertight and m.is_winding_consistent)
+        mb = 1024**2
+        report = {
+            "size": args.size, "chunk_size": args.chunk_size, "workers": args.workers,
+            "blocks": result["blocks"], "mesh_seconds": round(result["seconds"], 1),
+            "wall_seconds_with_startup": round(wall, 1),
+            "peak_rss_tree_mb": round(peak[0] / mb), "peak_pss_tree_mb": round(peak[1] / mb),
+            "peak_rss_largest_process_mb": round(peak[2] / mb),
+            "faces": result["faces"], "watertight": closed,
+            "components": {str(r["label"]): r["components"] for r in result["stats"]},
+        }
+        print(json.dumps(report, indent=2))
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}")
+
+
+if __name__ == "__main__":
+    main()
