@@ -10,6 +10,9 @@ does, which starts the feature prefetch), repeated submissions with a few more s
 each (features cached: the case the issue's "p50 <= 1 s" is about), the first
 submission on another slice, and one on a slice opened without prefetch (cold).
 
+``warm_cpu_p50_s`` is the CPU time the server process spent per warm submission (all
+threads): on a shared, loaded machine it estimates the latency of an idle one.
+
 Usage::
 
     .venv/bin/python benchmarks/annotate_loop.py [--size 512] [--rounds 15] [--json out.json]
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -88,14 +92,15 @@ def strokes(truth2d: np.ndarray, rng: np.random.Generator, n: int = 6, length: i
 
 
 def submit(client, jid, index, labels):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = client.post(f"/api/job/{jid}/annotate/labels",
                     json={"axis": "z", "index": int(index), "mask": encode_rle(labels)})
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     body = r.get_json()
     if r.status_code != 200 or not body["preview"].get("overlay"):
         raise RuntimeError(f"submit failed: {r.status_code} {body}")
-    return dt, body["preview"]["timing"]
+    return dt, dict(body["preview"]["timing"], cpu_s=round(cpu, 4))
 
 
 def main(argv=None) -> dict:
@@ -152,6 +157,9 @@ def main(argv=None) -> dict:
         "first_submit_parts": first_t,
         "warm_p50_s": round(statistics.median(warm), 3),
         "warm_p95_s": round(q[18], 3),
+        "warm_cpu_p50_s": round(statistics.median(p["cpu_s"] for p in parts), 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "warm_retrain_p50_s": round(statistics.median(p["retrain_s"] for p in parts), 3),
         "warm_predict_p50_s": round(statistics.median(p["predict_s"] for p in parts), 3),
         "new_slice_submit_s": round(new_slice, 3),

@@ -806,9 +806,13 @@
     $("ann-axis").addEventListener("change", () => {
       const a = AXES.indexOf($("ann-axis").value);
       go(a, Math.floor(S.info.shape[a] / 2));
+      viewport.focus({ preventScroll: true });
     });
     $("ann-slider").addEventListener("input", () => go(S.axis, Number($("ann-slider").value)));
-    $("ann-index").addEventListener("change", () => go(S.axis, Number($("ann-index").value)));
+    $("ann-index").addEventListener("change", () => {
+      go(S.axis, Number($("ann-index").value));
+      viewport.focus({ preventScroll: true }); // shortcuts work again at once
+    });
     $("ann-prev").addEventListener("click", () => go(S.axis, S.index - 1));
     $("ann-next").addEventListener("click", () => go(S.axis, S.index + 1));
     $("ann-suggest").addEventListener("click", suggest);
