@@ -113,7 +113,10 @@
     }
     box.appendChild(svg);
   }
-  function fmtMetric(v) { return typeof v === "number" ? v.toFixed(3) : String(v); }
+  function fmtMetric(v) {
+    if (typeof v !== "number") return String(v);
+    return Number.isInteger(v) ? v.toLocaleString() : v.toFixed(3);
+  }
   function flatMetrics(m) {
     const out = {};
     for (const [k, v] of Object.entries(m || {})) {
@@ -153,13 +156,18 @@
           " ",
           el("a", { class: "btn small", href: m.download }, "Download"))));
     });
-    const keys = [...new Set(list.flatMap((m) => Object.keys(m.metrics)))];
+    // chartable metrics: scores in 0..1 (not counts such as n_voxels)
+    const keys = [...new Set(list.flatMap((m) => Object.keys(m.metrics)
+      .filter((k) => m.metrics[k] >= 0 && m.metrics[k] <= 1)))];
     const sel = $("mod-metric");
     const prev = sel.value;
     sel.textContent = "";
     for (const k of keys) sel.append(el("option", { value: k }, k));
     if (keys.includes(prev)) sel.value = prev;
-    else { const pref = keys.find((k) => /dice/i.test(k)) || keys[0]; if (pref) sel.value = pref; }
+    else {
+      const pref = keys.find((k) => /dice/i.test(k) && !/background/i.test(k)) || keys.find((k) => /dice/i.test(k)) || keys[0];
+      if (pref) sel.value = pref;
+    }
     sel.onchange = () => chart(list, sel.value);
     chart(list, sel.value);
   }
