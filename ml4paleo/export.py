@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 import zipfile
@@ -683,3 +684,15 @@ def read_stats_csv(path: str | os.PathLike) -> list[dict]:
     """Read a statistics CSV written by :func:`ml4paleo.meshing.write_stats_csv`."""
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+class _CallableModule(type(json)):
+    """Importing this module binds it to ``ml4paleo.export``, shadowing the verb that
+    ``ml4paleo.__init__`` exposes under the same name; calling the module calls :func:`export`
+    so ``ml4paleo.export(kind, source, dest)`` works whether or not the module was imported."""
+
+    def __call__(self, kind: str, source: Any, dest: str | os.PathLike, **options: Any) -> Path:
+        return export(kind, source, dest, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

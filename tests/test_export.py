@@ -276,3 +276,10 @@ def test_cli_export(data, tmp_path):
                                   to_uint8(data["image"][3], 0, 1000))
     result = CliRunner().invoke(main, ["export", "meshes", str(tmp_path), str(tmp_path / "m.zip")])
     assert result.exit_code == 1 and "no mesh files" in result.output
+
+
+def test_package_verb_works_after_the_module_was_imported(data, tmp_path):
+    import ml4paleo
+
+    out = ml4paleo.export("stats", data["seg"], tmp_path / "s.csv")  # module already imported
+    assert out.read_bytes() == (data["seg"] / "meshes" / "stats.csv").read_bytes()
