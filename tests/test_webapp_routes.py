@@ -176,6 +176,8 @@ def test_slice_tiles_match_the_volume(client, job, volume):
     assert tile.shape == (32, 32)  # (z, y) plane, second tile along y
     exp_tile = np.clip(image[0:32, 32:64, 50] * 255.0 / 1000, 0, 255).astype(np.uint8)
     assert np.abs(tile.astype(int) - exp_tile).max() <= 1
+    flat = _png(client.get(f"/api/job/{jid}/slice?axis=z&index=0&window=500,500"))
+    assert np.array_equal(flat, np.where(image[0] >= 500, 255, 0))
     small = _png(client.get(f"/api/job/{jid}/slice?axis=y&index=40&level=1"))
     assert small.shape == (20, 50)
     lab = _png(client.get(f"/api/job/{jid}/segmentation/{seg}/slice?axis=z&index=20"))
@@ -259,6 +261,15 @@ def test_previews_are_small_nifti(client, job):
         header = gzip.decompress(r.data)[:348]
         dims = np.frombuffer(header[40:56], "<i2")
         assert list(dims[1:4]) == [100, 80, 40]
+
+
+def test_new_annotation_keeps_existing_results_on_offer(client, store, job):
+    jid, seg = job
+    store.record_annotation(jid)  # segmented -> annotated
+    assert client.get(f"/api/job/{jid}/status").get_json()["status"] == "annotated"
+    urls = {d["url"] for d in client.get(f"/api/job/{jid}/downloads").get_json()["downloads"]}
+    assert f"/api/job/{jid}/meshes/{seg}/download" in urls
+    assert client.get(f"/api/job/{jid}/outputs").get_json()["segmentations"][0]["labels"]
 
 
 # ------------------------------------------------------------------ job actions

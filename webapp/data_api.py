@@ -290,8 +290,10 @@ def image_slice(job_id: str):
         stats = _intensity_stats(img)
         lo, hi = stats["p_low"], stats["p_high"]
     plane = _plane_region(img, axis, index, level, tile, tile_size).astype(np.float32)
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    out = np.clip((plane - lo) * scale, 0, 255).astype(np.uint8)
+    if hi > lo:
+        out = np.clip((plane - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    else:  # an empty window (e.g. a constant image) thresholds at its value
+        out = np.where(plane >= lo, 255, 0).astype(np.uint8)
     return _png(out)
 
 

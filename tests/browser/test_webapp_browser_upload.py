@@ -134,3 +134,47 @@ def test_viewer_picks_the_pyramid_level_of_the_zoom(page, live_server):
     fine = [u for u in requested if "level=0" in u and "index=5" in u]
     assert 0 < len(fine) < 16, len(fine)  # 16 tiles of 256^2 make the whole plane
     shot(page, "13-viewer-zoomed")
+
+
+@pytest.mark.timeout(120)
+def test_zip_upload_converts(page, live_server, tmp_path):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    stack = (np.arange(8 * 32 * 40) % 251).reshape(8, 32, 40).astype(np.uint8)
+    archive = tmp_path / "stack.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for z in range(8):
+            buf = io.BytesIO()
+            Image.fromarray(stack[z]).save(buf, format="PNG")
+            zf.writestr(f"scan/img_{z:02d}.png", buf.getvalue())
+    page.goto("/")
+    page.set_input_files("#file-input", str(archive))
+    page.wait_for_selector("#selection:not([hidden])")
+    assert page.input_value("#job-name") == "stack"
+    page.click("#upload-start")
+    page.wait_for_url("**/job/*", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#status-badge').textContent"
+                           " === 'converted'", timeout=90_000)
+    page.wait_for_function("() => document.querySelector('#image-meta').textContent"
+                           ".includes('8 × 32 × 40')")
+
+
+@pytest.mark.timeout(60)
+def test_pages_fit_a_phone_screen(browser, live_server):
+    job_id = live_server.seed_job("phone", np.full((4, 32, 32), 100, np.uint8))
+    context = browser.new_context(viewport={"width": 390, "height": 844},
+                                  base_url=live_server.url, device_scale_factor=2)
+    page = context.new_page()
+    try:
+        for url, name in (("/", "14-phone-home"), (f"/job/{job_id}", "15-phone-job"),
+                          (f"/job/{job_id}/viewer", "16-phone-viewer")):
+            page.goto(url)
+            page.wait_for_load_state("networkidle")
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 1, f"{url} is {overflow}px wider than the phone"
+            shot(page, name)
+    finally:
+        context.close()
