@@ -343,3 +343,13 @@ def test_zip_safety(tmp_path):
         zf.writestr("slice1.tif", bytes(64 << 20))
     with pytest.raises(InputError, match="zip bomb"):
         open_volume(tmp_path / "bomb.zip")
+
+
+def test_zip_bomb_entry_hidden_among_normal_entries(tmp_path):
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(tmp_path / "mixed.zip", "w") as zf:
+        zf.writestr("noise.bin", rng.bytes(5 << 20))  # stored: keeps the overall ratio low
+        zf.writestr("slice1.tif", bytes(130 << 20), compress_type=zipfile.ZIP_DEFLATED,
+                    compresslevel=1)
+    with pytest.raises(InputError, match=r"slice1\.tif.*zip bomb"):
+        open_volume(tmp_path / "mixed.zip")

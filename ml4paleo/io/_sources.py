@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import threading
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,9 @@ MAX_ZIP_TOTAL_BYTES = 1 << 40  # 1 TiB uncompressed
 MAX_ZIP_RATIO = 100.0  # overall uncompressed / compressed
 ZIP_RATIO_MIN_BYTES = 32 << 20  # ratio only matters past this much data
 MAX_ZIP_MEMBERS = 1_000_000
+MAX_MEMBER_RATIO = 100.0  # one large entry on its own (a bomb hidden among normal files)
+MEMBER_RATIO_MIN_BYTES = 128 << 20
+MAX_MEMBER_READ = 4 << 30  # entries read whole into memory (slices, DICOM files)
 
 
 def ext_of(name: str) -> str:
@@ -111,7 +113,6 @@ class ZipSource(FileSource):
             self._zip = zipfile.ZipFile(self.root)
         except (zipfile.BadZipFile, OSError) as exc:
             raise InputError(f"{self.root}: not a readable zip file ({exc})") from exc
-        self._lock = threading.Lock()
         try:
             infos = self._zip.infolist()
             check_zip_members(self.root, infos)
@@ -128,6 +129,8 @@ class ZipSource(FileSource):
             raise InputError(f"{self.display(name)}: cannot read zip entry ({exc})") from exc
 
     def read(self, name: str) -> bytes:
+        if self._infos[name].file_size > MAX_MEMBER_READ:
+            raise InputError(f"{self.display(name)}: zip entry too large to read ({self._infos[name].file_size} bytes)")
         try:
             with self._zip.open(self._infos[name]) as fh:
                 return fh.read()
@@ -162,6 +165,12 @@ def check_zip_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
             raise InputError(f"{path}: unsafe zip entry {name!r} (absolute path or '..')")
         total += info.file_size
         compressed += info.compress_size
+        if (info.file_size > MEMBER_RATIO_MIN_BYTES
+                and info.file_size > MAX_MEMBER_RATIO * max(info.compress_size, 1)):
+            raise InputError(
+                f"{path}: zip entry {name!r} expands {info.file_size // max(info.compress_size, 1)}:1 "
+                f"to {info.file_size} bytes (zip bomb?)"
+            )
     if total > MAX_ZIP_TOTAL_BYTES:
         raise InputError(f"{path}: zip declares {total} uncompressed bytes (zip bomb?)")
     if total > ZIP_RATIO_MIN_BYTES and total > MAX_ZIP_RATIO * max(compressed, 1):
