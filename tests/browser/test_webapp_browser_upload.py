@@ -178,3 +178,19 @@ def test_pages_fit_a_phone_screen(browser, live_server):
             shot(page, name)
     finally:
         context.close()
+
+
+@pytest.mark.timeout(60)
+def test_drag_and_drop_selects_files(page):
+    page.goto("/")
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        for (const n of ['a_001.tif', 'a_002.tif', '.DS_Store'])
+            dt.items.add(new File([new Uint8Array(300)], n, {type: 'image/tiff'}));
+        const dz = document.querySelector('#dropzone');
+        dz.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true}));
+        dz.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    }""")
+    page.wait_for_selector("#selection:not([hidden])")
+    assert page.text_content("#selection-summary").startswith("2 files")  # .DS_Store left out
+    assert page.input_value("#source-type") == "image_stack"
