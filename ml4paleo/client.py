@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 #: default upload chunk, bytes (Dropzone's default is 1 MB; we go bigger over fast links)
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 
+#: tries per upload chunk (lost connections and 5xx answers are retried)
+UPLOAD_ATTEMPTS = 4
+
 #: the pipeline's statuses in the order a job normally passes them
 STATUS_ORDER = (
     "pending",
@@ -335,13 +338,27 @@ class Client:
                     "dzchunksize": str(chunk_size),
                     "job_id": job_id,
                 }
-                self._post(
-                    "/api/upload",
-                    data=form,
-                    files={"file": (name, data, "application/octet-stream")},
-                    headers={"X-Job-ID": job_id},
-                )
+                self._send_chunk(job_id, form, name, data)
                 yield len(data)
+
+    def _send_chunk(self, job_id: str, form: dict, name: str, data: bytes) -> None:
+        """POST one chunk; retried on a lost connection or a 5xx (the server writes each chunk
+        at its byte offset, so sending it again is safe)."""
+        delay = 0.5
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            try:
+                self._post("/api/upload", data=form,
+                           files={"file": (name, data, "application/octet-stream")},
+                           headers={"X-Job-ID": job_id})
+                return
+            except ClientError as exc:
+                transient = exc.status_code is None or exc.status_code >= 500
+                if not transient or attempt == UPLOAD_ATTEMPTS:
+                    raise
+                log.warning("upload chunk %s of %s failed (%s); retrying in %.1f s",
+                            form["dzchunkindex"], name, exc.message, delay)
+                time.sleep(delay)
+                delay *= 2
 
     # ------------------------------------------------------------------ waiting
     def wait(

@@ -321,6 +321,29 @@ def test_dicom_receive_to_catalogue(server, tmp_path):
     assert job in [j["id"] for j in everything] and len(everything) >= 4
 
 
+def test_upload_retries_a_lost_chunk(server, monkeypatch):
+    """A chunk whose connection drops is sent again; the upload arrives byte-exact."""
+    client = Client(server["url"])
+    job = client.create_job("flaky network", "npy")
+    data = np.arange(6 * 10 * 12, dtype=np.uint16).reshape(6, 10, 12)
+    real = client.session.request
+    calls = {"n": 0}
+
+    def flaky(method, url, **kwargs):
+        if url.endswith("/api/upload"):
+            calls["n"] += 1
+            if calls["n"] in (2, 3):  # the second chunk fails twice
+                raise requests.ConnectionError("connection reset by peer")
+        return real(method, url, **kwargs)
+
+    monkeypatch.setattr(client.session, "request", flaky)
+    monkeypatch.setattr("ml4paleo.client.time.sleep", lambda s: None)
+    client.upload(job, data, chunk_size=500)
+    assert calls["n"] == -(-(data.nbytes + 128) // 500) + 2
+    uploaded = server["data"] / "jobs" / job / "upload" / "volume.npy"
+    np.testing.assert_array_equal(np.load(uploaded), data)
+
+
 def test_http_errors_are_client_errors(server):
     client = Client(server["url"])
     with pytest.raises(ClientError) as info:
