@@ -353,3 +353,14 @@ def test_zip_bomb_entry_hidden_among_normal_entries(tmp_path):
                     compresslevel=1)
     with pytest.raises(InputError, match=r"slice1\.tif.*zip bomb"):
         open_volume(tmp_path / "mixed.zip")
+
+
+def test_dicom_without_usable_positions_falls_back_to_instance_number(tmp_path):
+    raw = ramp_volume((5, 6, 6), np.uint16)
+    (tmp_path / "d").mkdir()
+    for k, z in enumerate([2, 4, 0, 3, 1]):  # file names shuffled against InstanceNumber
+        data = dicom_bytes(raw[z], position=(0.0, 0.0, 0.0), instance=z + 1)
+        (tmp_path / "d" / f"f{k}.dcm").write_bytes(data)
+    with open_volume(tmp_path / "d") as v:
+        _check(v, raw, "dicom")
+        assert v.metadata["sorted_by"] == "instance_number"

@@ -243,12 +243,15 @@ class DicomVolume(Volume):
                 f"{len(by_series)} series found; converted the largest ({counts[chosen_key]} slices)"
             )
         # order: position along the normal > InstanceNumber > file name (already natural order)
+        dist = None
         if normal is not None and all(f.position is not None for f in frames):
             dist = np.array([float(f.position @ normal) for f in frames])
+            if len(frames) > 1 and np.ptp(dist) == 0:
+                dist = None  # every slice claims the same position: positions are useless
+        if dist is not None:
             order = np.argsort(dist, kind="stable")
             meta["sorted_by"] = "position"
         else:
-            dist = None
             order = np.argsort([f.instance for f in frames], kind="stable")
             meta["sorted_by"] = "instance_number"
             log.warning("%s: no slice positions; ordered by InstanceNumber", source.root)
