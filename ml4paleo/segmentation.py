@@ -638,6 +638,9 @@ class TrainSettings:
         How much more likely a labelled voxel next to another class's label is sampled.
     two_stage : bool
         Train the auto-context second stage.
+    cross_fit : bool
+        Train the second stage on out-of-fold stage-1 probabilities (folds = annotated
+        planes) when there are at least two annotated planes.
     n_jobs : int
         Threads for fitting.
     seed : int
@@ -649,6 +652,7 @@ class TrainSettings:
     max_per_class: int = 30000
     border_weight: float = 4.0
     two_stage: bool = True
+    cross_fit: bool = False
     n_jobs: int = -1
     seed: int = 0
 
@@ -740,26 +744,33 @@ def _dice_scores(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> list[fl
     return out
 
 
-def _held_out_metrics(X, y, groups, ts: TrainSettings, classes) -> dict:
-    """2-fold metrics with folds split by annotated plane (stage 1 features only)."""
+def _held_out_metrics(X, y, groups, ts: TrainSettings, classes):
+    """2-fold metrics with folds split by annotated box (stage-1 features only).
+
+    Returns (metrics dict, fold forests or None, fold membership of each row). The fold
+    forests also provide out-of-fold stage-1 probabilities for training the second stage.
+    """
     ug = np.unique(groups)
     if len(ug) < 2:
-        return {"method": "none (one annotated plane)"}
+        return {"method": "none (one annotated plane)"}, None, None
     fold = np.isin(groups, ug[::2])
     pred = np.empty_like(y)
+    forests = []
     for test in (fold, ~fold):
         train = ~test
         if len(np.unique(y[train])) < 2:
-            return {"method": "none (a fold lacks classes)"}
-        f = _fit_forest(X[train], y[train], 16, ts, len(classes), ts.seed + 7)
+            return {"method": "none (a fold lacks classes)"}, None, None
+        f = _fit_forest(X[train], y[train], max(ts.n_trees[0] // 2, 8), ts, len(classes), ts.seed + 7)
+        forests.append(f)
         pred[test] = np.argmax(f.predict_proba(X[test]), axis=1)
     dice = _dice_scores(y, pred, len(classes))
-    return {
+    metrics = {
         "method": "2-fold cross-validation by annotated plane, stage-1 features",
         "accuracy": float((pred == y).mean()),
         "dice": {c["name"]: d for c, d in zip(classes, dice, strict=True)},
         "n_voxels": int(len(y)),
     }
+    return metrics, forests, fold
 
 
 def train(
@@ -841,15 +852,23 @@ def train(
         if progress is not None:
             progress(i + 1, len(boxes) + (1 if ctx else 0))
     t_feat = time.perf_counter() - t0
-    groups = coords[:, int(np.argmin([len(np.unique(coords[:, a])) for a in range(3)]))]
-    metrics = _held_out_metrics(X1, y, groups, ts, cls_list) if not preview else {}
+    groups = np.empty(len(y), np.int64)
+    for i, (_, members) in enumerate(boxes):
+        groups[members] = i
+    metrics, fold_forests, fold = ({}, None, None)
+    if not preview:
+        metrics, fold_forests, fold = _held_out_metrics(X1, y, groups, ts, cls_list)
     forest1 = _fit_forest(X1, y, ts.n_trees[0], ts, n_classes, ts.seed)
     forests = [forest1]
     if ctx is not None:
         Xctx = np.empty((len(y), n_classes * len(ctx.sigmas)), np.float32)
         for box, members, Xc, crange, want in ctx_items:
             cshape = tuple(c1 - c0 for c0, c1 in crange)
-            p1c = forest1.predict_proba(Xc.T).T.reshape(n_classes, *cshape)
+            # out-of-fold stage 1 (stacking): stage 2 learns from realistic stage-1 errors
+            f1 = forest1
+            if fold_forests is not None and ts.cross_fit:
+                f1 = fold_forests[0] if fold[members[0]] else fold_forests[1]
+            p1c = f1.predict_proba(Xc.T).T.reshape(n_classes, *cshape)
             cf = _context_features(p1c, box, crange, want, ctx, fs)
             local = coords[members] - np.array([b.start for b in box])
             flat = np.ravel_multi_index(local.T, tuple(b.stop - b.start for b in box))

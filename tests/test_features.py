@@ -1,0 +1,111 @@
+"""Tests for ml4paleo.features: closed-form eigenvalues, blockwise == whole volume."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from ml4paleo.blocks import block_grid, read_with_halo
+from ml4paleo.features import (
+    FeatureSettings,
+    compute_features,
+    eigvalsh2,
+    eigvalsh3,
+    feature_names,
+    halo_for,
+    n_features,
+)
+
+
+def test_eigvalsh3_matches_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5000, 3, 3))
+    a = a + a.transpose(0, 2, 1)
+    a[:10] = np.eye(3) * 2.5  # degenerate: all eigenvalues equal
+    a[10:20] = np.diag([1.0, 1.0, -3.0])  # two equal
+    got = np.stack(eigvalsh3(a[:, 0, 0], a[:, 1, 1], a[:, 2, 2], a[:, 0, 1], a[:, 0, 2], a[:, 1, 2]), 1)
+    ref = np.linalg.eigvalsh(a)[:, ::-1]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-4 * np.abs(ref).max())
+
+
+def test_eigvalsh2_matches_numpy():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(1000, 2, 2)).astype(np.float32)
+    a = a + a.transpose(0, 2, 1)
+    got = np.stack(eigvalsh2(a[:, 0, 0], a[:, 1, 1], a[:, 0, 1]), 1)
+    np.testing.assert_allclose(got, np.linalg.eigvalsh(a)[:, ::-1], atol=1e-5)
+
+
+def _tensor_scale(feats, settings):
+    """Per channel: largest magnitude among the channels of the same tensor (eigenvalues of
+    one matrix share its round-off), else of the channel itself."""
+    mags = np.abs(feats).reshape(feats.shape[0], -1).max(axis=1)
+    keys = [n.rstrip("_0123456789.").rstrip("012") + n.split("_")[-1] for n in feature_names(settings)]
+    return np.array([max(m for m, k2 in zip(mags, keys, strict=True) if k2 == k) for k in keys]) + 1e-6
+
+
+def _volume(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return ndi.gaussian_filter(rng.random(shape).astype(np.float32), 1.5) * 1000
+
+
+@pytest.mark.parametrize(
+    "settings,voxel_size",
+    [
+        (FeatureSettings(), None),
+        (FeatureSettings(scales=(0.7, 1.6, 3.0)), (2.0, 1.0, 1.0)),
+        (FeatureSettings(mode="2d"), None),
+    ],
+)
+def test_blockwise_equals_whole_volume(settings, voxel_size):
+    vol = _volume((40, 52, 46))
+    h = halo_for(settings, voxel_size)
+    whole = compute_features(read_with_halo(vol, block_grid(vol.shape, vol.shape, h)[0]), settings, voxel_size)
+    assert whole.shape == (n_features(settings), *vol.shape)
+    assert len(feature_names(settings)) == whole.shape[0]
+    out = np.full_like(whole, np.nan)
+    for b in block_grid(vol.shape, (17, 24, 20), h):
+        out[(slice(None), *b.write)] = compute_features(read_with_halo(vol, b), settings, voxel_size)
+    scale = _tensor_scale(whole, settings)[:, None, None, None]
+    # float32 round-off only: relative to each channel, or to the intensities for
+    # derivatives that cancel (e.g. a Laplacian of ~1 from values of ~1000)
+    tol = np.maximum(5e-4 * scale, 1e-5 * np.abs(vol).max())
+    assert not np.isnan(out).any()
+    assert np.all(np.abs(out - whole) <= tol)
+
+
+def test_thin_slab_equals_whole_volume():
+    s = FeatureSettings()
+    vol = _volume((30, 40, 40), seed=2)
+    h = halo_for(s)
+    whole = compute_features(read_with_halo(vol, block_grid(vol.shape, vol.shape, h)[0]), s)
+    for z in (0, 7, 29):
+        b = block_grid(vol.shape, (1, 40, 40), h)[z]
+        one = compute_features(read_with_halo(vol, b), s)
+        scale = _tensor_scale(whole, s)[:, None, None]
+        tol = np.maximum(5e-4 * scale, 1e-5 * np.abs(vol).max())
+        assert np.all(np.abs(one[:, 0] - whole[:, z]) <= tol)
+
+
+def test_features_respond_to_structure():
+    # a bright tube along x: the smallest Hessian eigenvalue is strongly negative on its axis
+    vol = np.zeros((32, 32, 32), np.float32)
+    vol[14:18, 14:18, :] = 100
+    s = FeatureSettings(scales=(1.6,), families=("hessian",), raw=False)
+    h = halo_for(s)
+    f = compute_features(np.pad(vol, [(x, x) for x in h], mode="symmetric"), s)
+    assert f.shape == (3, 32, 32, 32)
+    centre = f[:, 16, 16, 16]
+    assert centre[2] < -5 and centre[1] < -5 and abs(centre[0]) < 0.5 * abs(centre[2])
+    assert abs(f[2, 2, 2, 16]) < 1e-3  # far away: flat
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="halo"):
+        compute_features(np.zeros((10, 10, 10)), FeatureSettings(), halo=(1, 1, 1))
+    with pytest.raises(ValueError, match="scales"):
+        FeatureSettings(scales=(2.0, 1.0))
+    with pytest.raises(ValueError, match="families"):
+        FeatureSettings(families=("gaussian", "nope"))
+    s = FeatureSettings(scales=(1.0, 2.0), mode="2d")
+    assert FeatureSettings.from_dict(s.to_dict()) == s
