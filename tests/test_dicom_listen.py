@@ -11,28 +11,35 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
 
 from ml4paleo.dicom_listen import STAGING_DIR, DicomReceiver
 from ml4paleo.jobs import JobStore
 
 
 def make_series(folder: Path, n: int = 5, description: str = "Ammonite CT",
-                expected: int | None = None, size: int = 16, seed: int = 0) -> tuple[str, Path]:
-    """Write an ``n``-slice CT series (uint16, 0.5 mm pixels, 0.7 mm slices)."""
+                expected: int | None = None, size: int = 16, seed: int = 0,
+                sop_class: str = CTImageStorage, rle: bool = False) -> tuple[str, Path]:
+    """Write an ``n``-slice series (uint16, 0.5 mm pixels, 0.7 mm slices; CT by default)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     study, series_uid, frame = generate_uid(), generate_uid(), generate_uid()
     for i in range(n):
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(str(folder / f"s{i:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
+        ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series_uid, frame
-        ds.Modality = "CT"
+        ds.Modality = "CT" if sop_class == CTImageStorage else "MR"
         ds.PatientID = "FOSSIL-7"
         ds.PatientName = "Ammonite^Seven"
         ds.SeriesDescription = description
@@ -50,6 +57,8 @@ def make_series(folder: Path, n: int = 5, description: str = "Ammonite CT",
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.PixelData = rng.integers(0, 4000, (size, size), dtype=np.uint16).tobytes()
+        if rle:
+            ds.compress(RLELossless)
         ds.save_as(folder / f"s{i:03d}.dcm", enforce_file_format=True)
     return series_uid, folder
 
@@ -59,7 +68,8 @@ def send(files: list[Path], port: int, ae_title: str = "ML4PALEO") -> list[int]:
     from pynetdicom import AE
 
     ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
     assert assoc.is_established
     codes = [assoc.send_c_store(pydicom.dcmread(f)).Status for f in files]
@@ -132,6 +142,21 @@ def test_idle_series_without_count_and_two_series(tmp_path, receiver):
         job_dir = tmp_path / "data" / "jobs" / records[uid]["id"]
         assert len(list((job_dir / "upload").glob("*.dcm"))) == n
         assert records[uid]["status"] == "uploaded"
+
+
+def test_compressed_mr_series(tmp_path, receiver):
+    """Another storage class (MR) in a compressed transfer syntax is stored as sent."""
+    r = receiver()
+    uid, folder = make_series(tmp_path / "mr", n=3, expected=3, description="MR RLE",
+                              sop_class=MRImageStorage, rle=True)
+    assert send(sorted(folder.glob("*.dcm")), r.port) == [0] * 3
+    (job,) = r.wait_for_jobs(1, timeout=10)
+    upload = tmp_path / "data" / "jobs" / job / "upload"
+    stored = [pydicom.dcmread(p) for p in sorted(upload.glob("*.dcm"))]
+    assert len(stored) == 3
+    assert {ds.file_meta.TransferSyntaxUID for ds in stored} == {RLELossless}
+    assert {ds.SOPClassUID for ds in stored} == {MRImageStorage}
+    assert stored[0].pixel_array.shape == (16, 16)
 
 
 def test_wrong_called_ae_is_rejected(tmp_path, receiver):
