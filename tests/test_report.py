@@ -169,3 +169,18 @@ def test_web_route(job):
     missing = client.get(f"/api/job/{job['id']}/segmentation/segBBBBBBBBBBBBBBBBBBBB2/report.pdf")
     assert missing.status_code == 404 and "error" in missing.get_json()
     assert client.get(url + ".docx").status_code == 404
+
+
+def test_web_route_refuses_big_unmeshed(job, monkeypatch):
+    """Without stats.csv a big segmentation is not measured inside a request."""
+    import shutil
+
+    from webapp import create_app, reports
+
+    seg2 = "segCCCCCCCCCCCCCCCCCCC3"
+    shutil.copytree(job["seg"] / "labels.ome.zarr", job["dir"] / "segmentations" / seg2 /
+                    "labels.ome.zarr")
+    monkeypatch.setattr(reports, "MAX_VOXELS_WITHOUT_STATS", 1000)
+    client = create_app(data_dir=job["store"].data_dir).test_client()
+    answer = client.get(f"/api/job/{job['id']}/segmentation/{seg2}/report.html")
+    assert answer.status_code == 409 and "mesh it first" in answer.get_json()["error"]

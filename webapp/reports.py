@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("reports", __name__)
 
 _MIMETYPES = {"html": "text/html; charset=utf-8", "pdf": "application/pdf"}
+#: without meshing's stats.csv the statistics are computed in the request: only when small
+MAX_VOXELS_WITHOUT_STATS = 64 * 1024**2
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -41,6 +43,24 @@ def _inputs_mtime(root: Path, seg: Path, record: dict) -> float:
     return max(times, default=0.0)
 
 
+def _check_size(seg: Path) -> None:
+    """409 when the statistics would have to be computed over a big label volume here."""
+    if (seg / "stats.csv").is_file() or (seg / "meshes" / "stats.csv").is_file():
+        return
+    from ml4paleo.omezarr import open_image
+
+    try:
+        shape = open_image(seg / "labels.ome.zarr").shape
+    except (FileNotFoundError, ValueError):
+        abort(404, f"segmentation {seg.name!r} has no label image (yet)")
+    voxels = 1
+    for s in shape:
+        voxels *= int(s)
+    if voxels > MAX_VOXELS_WITHOUT_STATS:
+        abort(409, "the statistics of this segmentation are not computed yet: mesh it first "
+                   "(or run `ml4paleo report` on the server)")
+
+
 @bp.get("/api/job/<job_id>/segmentation/<seg_id>/report.<fmt>")
 def segmentation_report(job_id: str, seg_id: str, fmt: str):
     """The quantification report of a segmentation (``?download=1`` as an attachment)."""
@@ -54,6 +74,7 @@ def segmentation_report(job_id: str, seg_id: str, fmt: str):
     cache = root / "exports" / f"report-{seg_id}.{fmt}"
     with _lock(f"{job_id}/{seg_id}"):
         if not cache.is_file() or cache.stat().st_mtime < _inputs_mtime(root, seg, record):
+            _check_size(seg)
             # both formats at once: the figures are the expensive part
             try:
                 build_report(root, cache, formats=("html", "pdf"), segmentation_id=seg_id)
