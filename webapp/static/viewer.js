@@ -215,11 +215,29 @@
     }
   }
 
+  // the fourth cell of the three-plane layout: where the crosshair is
+  const infoCell = el("div", { class: "plane info-cell" });
+  function renderInfo() {
+    if (!infoCell.isConnected) return;
+    const unit = info.unit ? ` ${info.unit}` : "";
+    const pos = cursor.map((c, i) => +(c * info.voxel_size[i]).toPrecision(5));
+    infoCell.replaceChildren(
+      el("h3", {}, "Crosshair"),
+      el("dl", { class: "meta" },
+        ...["z", "y", "x"].flatMap((n, i) => [el("dt", {}, n), el("dd", {}, `${cursor[i]} / ${info.shape[i] - 1} · ${pos[i]}${unit}`)])),
+      el("p", { class: "small" }, "Click a plane to move the other two planes there."),
+      segInfo ? el("p", { class: "small" }, `Overlay: ${seg} at ${Math.round(opacity * 100)}% opacity`) : null);
+  }
+
   let drawQueued = false;
   function requestDraw() {
     if (drawQueued) return;
     drawQueued = true;
-    requestAnimationFrame(() => { drawQueued = false; planes.forEach((p) => p.root.isConnected && p.draw()); });
+    requestAnimationFrame(() => {
+      drawQueued = false;
+      planes.forEach((p) => p.root.isConnected && p.draw());
+      renderInfo();
+    });
   }
 
   function setupWindow() {
@@ -275,7 +293,7 @@
     const container = $("planes");
     const show = v === "3" ? planes : planes.filter((p) => AXIS_NAMES[p.axis] === v);
     container.classList.toggle("single", v !== "3");
-    container.replaceChildren(...show.map((p) => p.root));
+    container.replaceChildren(...show.map((p) => p.root), ...(v === "3" ? [infoCell] : []));
     show.forEach((p) => { p.fitted = false; });
     requestDraw();
   }
