@@ -194,3 +194,21 @@ def test_drag_and_drop_selects_files(page):
     page.wait_for_selector("#selection:not([hidden])")
     assert page.text_content("#selection-summary").startswith("2 files")  # .DS_Store left out
     assert page.input_value("#source-type") == "image_stack"
+
+
+@pytest.mark.timeout(60)
+def test_rename_and_delete_from_the_job_page(page, live_server):
+    job_id = live_server.seed_job("old name", np.zeros((4, 16, 16), np.uint8))
+    page.goto(f"/job/{job_id}")
+    page.wait_for_function("() => document.querySelector('#status-badge').textContent"
+                           " === 'converted'")
+    page.once("dialog", lambda d: d.accept("<i>new</i> name"))
+    page.click("#rename-btn")
+    page.wait_for_function("() => document.querySelector('#job-name').textContent"
+                           " === '<i>new</i> name'")
+    assert live_server.store.get(job_id)["name"] == "<i>new</i> name"
+    assert page.locator("#job-name i").count() == 0
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete-btn")
+    page.wait_for_url(live_server.url + "/")
+    assert not live_server.store.exists(job_id)
