@@ -21,7 +21,9 @@
     const m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
     return m ? decodeURIComponent(m[1]) : null;
   }
+  // API calls go through the shared helper (CSRF token, access key dialog on 401)
   async function api(method, path, body) {
+    if (window.ml4p) return window.ml4p.apiJSON(path, { method, json: body });
     const headers = { Accept: "application/json" };
     const token = cookie("ml4paleo_csrf");
     if (token) headers["X-CSRF-Token"] = token;
@@ -41,7 +43,9 @@
     }
     return data;
   }
+  const fetchRaw = (url) => (window.ml4p ? window.ml4p.api(url) : fetch(url, { credentials: "same-origin" }));
   function toast(text, kind) {
+    if (window.ml4p) return window.ml4p.toast(text, kind === "error");
     const box = $("toasts");
     if (!box) return;
     const el = document.createElement("div");
@@ -494,7 +498,7 @@
     location.replace(`#axis=${AXES[axis]}&index=${index}`);
     const [h, w] = planeDims(axis);
     const [rawResp, lab] = await Promise.all([
-      fetch(`${API}/annotate/slice?axis=${AXES[axis]}&index=${index}&format=raw`, { credentials: "same-origin" }),
+      fetchRaw(`${API}/annotate/slice?axis=${AXES[axis]}&index=${index}&format=raw`),
       api("GET", `${API}/annotate/labels?axis=${AXES[axis]}&index=${index}`),
     ]);
     if (!rawResp.ok) throw new Error(`slice: ${rawResp.status}`);

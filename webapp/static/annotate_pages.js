@@ -13,6 +13,7 @@
     return m ? decodeURIComponent(m[1]) : null;
   }
   async function api(method, path, body) {
+    if (window.ml4p) return window.ml4p.apiJSON(path, { method, json: body });
     const headers = { Accept: "application/json" };
     const token = cookie("ml4paleo_csrf");
     if (token) headers["X-CSRF-Token"] = token;
@@ -32,6 +33,7 @@
     return e;
   }
   function toast(text, kind) {
+    if (window.ml4p) return window.ml4p.toast(text, kind === "error");
     const box = $("toasts");
     if (!box) return;
     const t = el("div", { class: "toast " + (kind || "") }, text);
