@@ -26,6 +26,8 @@ _VERBS = {
     "mesh": ("ml4paleo.meshing", "mesh"),
     "export": ("ml4paleo.export", "export"),
     "Settings": ("ml4paleo.config", "Settings"),
+    "Client": ("ml4paleo.client", "Client"),
+    "make_phantom": ("ml4paleo.phantom", "make_phantom"),
 }
 
 __all__ = sorted(_VERBS) + ["__version__"]
