@@ -39,32 +39,49 @@ def _shapes(size: int, seed: int = 0) -> dict:
     }
 
 
+def _box(c, r, z0: int, z1: int, size: int):
+    """Slab-local slices and coordinate grids of the box of radius ``r`` around ``c``."""
+    lo = [max(int(np.floor(c[0] - r)), z0), max(int(np.floor(c[1] - r)), 0),
+          max(int(np.floor(c[2] - r)), 0)]
+    hi = [min(int(np.ceil(c[0] + r)) + 1, z1), min(int(np.ceil(c[1] + r)) + 1, size),
+          min(int(np.ceil(c[2] + r)) + 1, size)]
+    if any(h <= a for a, h in zip(lo, hi, strict=True)):
+        return None
+    z, y, x = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    sl = (slice(lo[0] - z0, hi[0] - z0), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    return sl, z.astype(np.float32), y.astype(np.float32), x.astype(np.float32)
+
+
 def _slab(shapes: dict, size: int, z0: int, z1: int) -> np.ndarray:
-    z, y, x = np.ogrid[z0:z1, :size, :size]
-    z = z.astype(np.float32)
-    y = y.astype(np.float32)
-    x = x.astype(np.float32)
     out = np.zeros((z1 - z0, size, size), np.uint8)
 
-    def d2(c):
-        return (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2
+    def paint(c, r, value, inside):
+        box = _box(c, r, z0, z1, size)
+        if box is not None:
+            sl, z, y, x = box
+            out[sl][inside(z - c[0], y - c[1], x - c[2])] = value
 
     c, r_out, thick = shapes["shell"]
-    dist = np.sqrt(d2(c))
-    out[(dist >= r_out - thick) & (dist <= r_out) & (x < c[2] + 0.3 * r_out)] = 4
+    paint(c, r_out, 4, lambda z, y, x: (np.abs(np.sqrt(z * z + y * y + x * x) - r_out + thick / 2)
+                                         <= thick / 2) & (x < 0.3 * r_out))
     for c, r in shapes["spheres"]:
-        out[d2(c) <= r * r] = 1
+        paint(c, r, 1, lambda z, y, x, r=r: z * z + y * y + x * x <= r * r)
     for c, big, small in shapes["tori"]:
-        ring = np.sqrt((y - c[1]) ** 2 + (x - c[2]) ** 2) - big
-        out[ring**2 + (z - c[0]) ** 2 <= small * small] = 2
-    field = np.zeros(out.shape, np.float32)
-    for c, r in shapes["blob"]:
-        field += np.exp(-d2(c) / (r * r))
-    out[field > 0.6] = 3
+        paint(c, big + small, 2, lambda z, y, x, big=big, small=small:
+              (np.sqrt(y * y + x * x) - big) ** 2 + z * z <= small * small)
+    centres = np.array([c for c, _ in shapes["blob"]])
+    radius = max(r for _, r in shapes["blob"])
+    mid = (centres.min(axis=0) + centres.max(axis=0)) / 2
+    reach = (centres.max(axis=0) - centres.min(axis=0)).max() / 2 + 2 * radius
+    box = _box(mid, reach, z0, z1, size)
+    if box is not None:
+        sl, z, y, x = box
+        field = np.zeros(out[sl].shape, np.float32)
+        for c, r in shapes["blob"]:
+            field += np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (r * r))
+        out[sl][field > 0.6] = 3
     for c, r in shapes["grains"]:
-        if c[0] + r < z0 or c[0] - r > z1:
-            continue
-        out[d2(c) <= r * r] = 5
+        paint(c, r, 5, lambda z, y, x, r=r: z * z + y * y + x * x <= r * r)
     return out
 
 
