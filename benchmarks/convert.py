@@ -64,12 +64,12 @@ def _child_ml4paleo(source: str, dest: str) -> dict:
 
 
 def _child_naive(source: str, dest: str) -> dict:
-    import numcodecs
     import tifffile
     import zarr
 
     from ml4paleo.convert import CONVERT_CLEVEL
     from ml4paleo.io import natural_key
+    from ml4paleo.omezarr import default_compressor
 
     files = sorted(os.listdir(source), key=natural_key)
     first = tifffile.imread(os.path.join(source, files[0]))
@@ -78,8 +78,7 @@ def _child_naive(source: str, dest: str) -> dict:
         volume[z] = tifffile.imread(os.path.join(source, name))
     arr = zarr.open_array(
         dest, mode="w", shape=volume.shape, chunks=(128, 128, 128), dtype=volume.dtype,
-        zarr_format=2, compressor=numcodecs.Blosc(cname="zstd", clevel=CONVERT_CLEVEL,
-                                                  shuffle=numcodecs.Blosc.SHUFFLE),
+        zarr_format=2, compressor=default_compressor(clevel=CONVERT_CLEVEL),
     )
     arr[:] = volume
     return {"levels": 1, "shape": list(volume.shape)}
@@ -111,7 +110,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=1024)
     parser.add_argument("--size", type=int, default=1024, help="slice edge in pixels")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep data here (reused by the next run) instead of a temp dir")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SOURCE", "DEST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,9 +121,15 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ml4paleo-bench-"))
     try:
         t = time.perf_counter()
-        nbytes = generate(work / "slices", args.slices, args.size)
-        print(f"generated {args.slices} slices of {args.size}x{args.size} uint16 = "
-              f"{nbytes / MiB:.0f} MiB in {time.perf_counter() - t:.0f} s (not timed)")
+        slices = work / "slices"
+        if slices.is_dir() and len(list(slices.glob("*.tif"))) == args.slices:
+            nbytes = args.slices * args.size * args.size * 2  # kept from an earlier --workdir run
+        else:
+            nbytes = generate(slices, args.slices, args.size)
+        print(f"{args.slices} slices of {args.size}x{args.size} uint16 = {nbytes / MiB:.0f} MiB "
+              f"ready in {time.perf_counter() - t:.0f} s (not timed)")
+        for old in ("out.ome.zarr", "naive.zarr"):
+            shutil.rmtree(work / old, ignore_errors=True)
         print(f"CPUs available: {len(os.sched_getaffinity(0))}, load average before: "
               f"{os.getloadavg()[0]:.1f} (other processes share the CPUs)")
         results = {"ml4paleo.convert": run("ml4paleo", work / "slices", work / "out.ome.zarr")}
