@@ -428,3 +428,15 @@ def test_models_save_choose_download_import(env, phantom):
                 f"/api/job/{jid}/models/nope/download/json"):
         assert c.get(url).status_code == 404
     assert c.post(f"/api/job/{jid}/models/nope/choose").status_code == 404
+
+
+def test_opening_a_plane_prefetches_its_features(env):
+    c, jid = env.c, env.jid
+    assert c.get(f"/api/job/{jid}/annotate/labels?axis=y&index=9").status_code == 200
+    ann = env.app.extensions["ml4paleo_annotators"].peek(jid)
+    fut = ann._prefetch[(1, 9)]
+    feats = fut.result(timeout=60)
+    assert feats.shape[1:] == (24, 64)
+    assert ann.session.slice_features(1, 9) is feats  # cached: the submit will not recompute
+    assert c.get(f"/api/job/{jid}/annotate/labels?axis=y&index=10&prefetch=0").status_code == 200
+    assert (1, 10) not in ann._prefetch

@@ -49,7 +49,8 @@ def _to_page(page, x: float, y: float) -> tuple[float, float]:
     return page.evaluate(
         """([x, y]) => { const S = window.ml4paleoAnnotator;
             const r = document.getElementById('ann-canvas').getBoundingClientRect();
-            return [r.left + S.view.tx + x * S.view.scale, r.top + S.view.ty + y * S.view.scale]; }""",
+            return [r.left + S.view.tx + x * S.view.scale,
+                    r.top + S.view.ty + y * S.view.scale * S.aspect]; }""",
         [x + 0.5, y + 0.5],
     )
 
@@ -82,7 +83,7 @@ def _wait_saved(page) -> None:
 
 def test_annotate_retrain_undo_reload_segment_mesh(page, live_server, phantom):
     image, truth = phantom
-    job_id = live_server.seed_job("annotator test", image)
+    job_id = live_server.seed_job("annotator test", image, voxel_size=(2.0, 1.0, 1.0))
     page.goto(f"/job/{job_id}/annotate#axis=z&index={Z}")
     page.wait_for_selector(f"#ann-viewport[data-loaded='z:{Z}']")
     assert page.locator("text=Keyboard shortcuts").is_visible()

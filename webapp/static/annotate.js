@@ -82,6 +82,7 @@
     axis: 0,
     index: 0,
     h: 0, w: 0,
+    aspect: 1,           // physical height / width of a plane pixel
     raw: null,           // typed array of intensities
     labels: null,        // Uint8Array, 0 = unlabelled
     wmin: 0, wmax: 1,
@@ -176,7 +177,8 @@
     ctx.fillRect(0, 0, cw, ch);
     if (!S.raw) return;
     const v = S.view;
-    ctx.setTransform(v.scale * dpr, 0, 0, v.scale * dpr, v.tx * dpr, v.ty * dpr);
+    // rows are stretched by the voxel aspect so anisotropic scans look right along y / x
+    ctx.setTransform(v.scale * dpr, 0, 0, v.scale * S.aspect * dpr, v.tx * dpr, v.ty * dpr);
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(imgCanvas, 0, 0);
     if ($("ann-show-pred").checked && S.predImg) {
@@ -215,8 +217,8 @@
   function fitView() {
     const r = viewport.getBoundingClientRect();
     if (!S.w || !r.width) return;
-    const s = Math.min(r.width / S.w, r.height / S.h);
-    S.view = { scale: s, tx: (r.width - S.w * s) / 2, ty: (r.height - S.h * s) / 2 };
+    const s = Math.min(r.width / S.w, r.height / (S.h * S.aspect));
+    S.view = { scale: s, tx: (r.width - S.w * s) / 2, ty: (r.height - S.h * S.aspect * s) / 2 };
     draw();
   }
   function zoomAt(factor, cx, cy) {
@@ -231,7 +233,7 @@
   function toImage(ev) {
     const r = canvas.getBoundingClientRect();
     const v = S.view;
-    return [(ev.clientX - r.left - v.tx) / v.scale, (ev.clientY - r.top - v.ty) / v.scale];
+    return [(ev.clientX - r.left - v.tx) / v.scale, (ev.clientY - r.top - v.ty) / (v.scale * S.aspect)];
   }
 
   // ------------------------------------------------------------------ editing ops
@@ -507,6 +509,11 @@
     const dtype = rawResp.headers.get("X-Dtype");
     const Ctor = { uint8: Uint8Array, uint16: Uint16Array, int16: Int16Array, float32: Float32Array }[dtype] || Float32Array;
     S.raw = new Ctor(buf);
+    const vs = S.info.voxel_size || [1, 1, 1];
+    const aspect = axis === 0 ? vs[1] / vs[2] : axis === 1 ? vs[0] / vs[2] : vs[0] / vs[1];
+    const newAspect = Number.isFinite(aspect) && aspect > 0 ? Math.min(20, Math.max(0.05, aspect)) : 1;
+    const refit = newAspect !== S.aspect;
+    S.aspect = newAspect;
     S.h = h; S.w = w;
     const labels = rleDecode(lab.labels, new Uint8Array(h * w));
     S.dirty = false;
@@ -525,7 +532,7 @@
       }
     }
     S.labels = labels;
-    if (imgCanvas.width !== w || imgCanvas.height !== h) {
+    if (imgCanvas.width !== w || imgCanvas.height !== h || refit) {
       imgCanvas.width = labCanvas.width = w;
       imgCanvas.height = labCanvas.height = h;
       fitView();
