@@ -133,6 +133,20 @@ def _is_zarr_folder(path: Path) -> bool:
     return path.is_dir() and any((path / m).exists() for m in _ZARR_MARKERS)
 
 
+def _is_bare_array(path: Path) -> bool:
+    if (path / ".zarray").exists():
+        return True
+    meta = path / "zarr.json"
+    if meta.is_file():
+        import json
+
+        try:
+            return json.loads(meta.read_text()).get("node_type") == "array"
+        except (OSError, ValueError):
+            return False
+    return False
+
+
 def open_labels(
     labels: Any,
     voxel_size: Sequence[float] | float | None = None,
@@ -177,7 +191,7 @@ def open_labels(
         name = str(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
-        if _is_zarr_folder(path) and (path / ".zarray").exists():
+        if _is_zarr_folder(path) and _is_bare_array(path):
             source = _Source("zarr", str(path))
             arr = _array_of(source)
             shape, dtype = arr.shape, arr.dtype
@@ -331,7 +345,7 @@ def _process_block(
                 if n:
                     comps[comps > 0] += n_comps
                     _fill_planes(comps, box, owned_shape, planes_lo, planes_hi)
-                    comp_values.append(np.full(n, value, dtype=np.uint64))
+                    comp_values.append(np.full(n, value, dtype=ext.dtype))
                     n_comps += n
             ebox = ext_boxes[ident - 1]
             crop_sl = tuple(
@@ -356,7 +370,7 @@ def _process_block(
         Path(work_dir) / "faces" / f"{block.name}.npz",
         lo0=planes_lo[0], lo1=planes_lo[1], lo2=planes_lo[2],
         hi0=planes_hi[0], hi1=planes_hi[1], hi2=planes_hi[2],
-        values=np.concatenate(comp_values) if comp_values else np.zeros(0, np.uint64),
+        values=np.concatenate(comp_values) if comp_values else np.zeros(0, ext.dtype),
     )
     return {"index": block.index, "name": block.name, "n_comps": n_comps, "labels": per_label}
 
@@ -414,8 +428,12 @@ def _count_components(results: list[dict], blocks: list[Block], work_dir: Path) 
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     graph = sparse.coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(total, total))
     _, root = csgraph.connected_components(graph, directed=False)
-    objects = np.unique(np.stack([values, root.astype(np.uint64)], axis=1), axis=0)
-    labels, counts = np.unique(objects[:, 0], return_counts=True)
+    # one (label, object) pair per object: count the distinct roots of each label's pieces
+    order = np.lexsort((root, values))
+    v, r = values[order], root[order]
+    first = np.ones(len(v), bool)
+    first[1:] = (v[1:] != v[:-1]) | (r[1:] != r[:-1])
+    labels, counts = np.unique(v[first], return_counts=True)
     return {int(v): int(n) for v, n in zip(labels, counts, strict=True)}
 
 
