@@ -239,7 +239,7 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
     base = len(slabs)
 
     def pyramid_progress(done: int, _total: int) -> None:
-        if progress is not None:
+        if progress is not None and done > 0:
             progress(base + done, total)
 
     build_pyramid(image, progress=pyramid_progress, workers=threads, first_level=first_pyramid_level)
