@@ -127,13 +127,15 @@ def test_upload_convert_view_segment_mesh_download(page, live_server, tmp_path):
     for z in (8, 16):
         labels.write_slice(0, z, (truth[z] + 1).astype(np.uint8))
     store.record_annotation(job_id)
-    store.request_segmentation(job_id)
-    record = _wait_status(live_server, job_id, {"segmented"}, 150)
-    seg_id = record["segmentation_id"]
-    store.request_mesh(job_id, segmentation_id=seg_id, formats=("stl", "glb"))
-    _wait_status(live_server, job_id, {"meshed"}, 120)
-
     page.goto(f"/job/{job_id}")
+    page.click("#segment-btn")  # queues the segment runner from the job page
+    page.wait_for_selector("#pipeline li[data-step=segment].done", timeout=150_000)
+    record = _wait_status(live_server, job_id, {"segmented"}, 30)
+    seg_id = record["segmentation_id"]
+    page.click("#mesh-btn")
+    page.wait_for_selector("#pipeline li[data-step=mesh].done", timeout=120_000)
+    _wait_status(live_server, job_id, {"meshed"}, 30)
+    page.reload()
     page.wait_for_selector("#pipeline li[data-step=mesh].done")
     assert page.locator("#actions a", has_text="3D view").count() == 1
     shot(page, "04-job-meshed")

@@ -57,6 +57,13 @@
       el("li", {}, el("span", { class: "muted" }, fmtDate(h.at)), " · ", el("b", {}, h.status), h.message ? ` · ${h.message}` : "")));
   }
 
+  function meshSummary(meshes) {
+    if (!meshes.length) return "no meshes";
+    const labels = new Set(meshes.map((m) => m.label));
+    const formats = Array.from(new Set(meshes.map((m) => m.format.toUpperCase()))).join(", ");
+    return `${labels.size} label${labels.size === 1 ? "" : "s"} meshed (${formats})`;
+  }
+
   function link(href, text, primary) { return el("a", { class: "btn" + (primary ? " primary" : ""), href }, text); }
 
   function renderActions(job) {
@@ -68,7 +75,15 @@
     if (image) items.push(link(`/job/${encodeURIComponent(jobId)}/viewer`, "Slice viewer", segs.length > 0));
     if (image) items.push(link(`/job/${encodeURIComponent(jobId)}/3d`, "3D view"));
     if (image) items.push(link(`/job/${encodeURIComponent(jobId)}/download`, "Downloads"));
-    if (["uploaded", "converting", "training_queued", "training", "segmenting", "meshing_queued", "meshing"].includes(job.status)) {
+    const busy = ["uploaded", "converting", "training_queued", "training", "segmenting", "meshing_queued", "meshing"].includes(job.status);
+    const annotated = avail.annotations && avail.annotations.exists;
+    if (annotate && image && annotated && !busy) {
+      items.push(el("button", { class: "btn", id: "segment-btn", onclick: () => post("start", "Segmentation queued.") }, "Segment whole volume"));
+    }
+    if (annotate && segs.length && !busy) {
+      items.push(el("button", { class: "btn", id: "mesh-btn", onclick: () => post("mesh", "Meshing queued.", { formats: ["stl", "glb"] }) }, "Make meshes"));
+    }
+    if (busy) {
       items.push(el("button", { class: "btn", onclick: () => post("cancel", "Cancelled.") }, "Cancel"));
     }
     $("actions").replaceChildren(...items);
@@ -78,7 +93,7 @@
       results.push(el("div", { class: "result" },
         el("b", {}, `Segmentation ${s.id}`),
         el("div", { class: "muted small" }, [s.labels ? `labels ${fmtBytes(s.labels_bytes)}` : "labels pending",
-          `${s.meshes.length} mesh${s.meshes.length === 1 ? "" : "es"}`, classes].filter(Boolean).join(" · "))));
+          meshSummary(s.meshes), classes].filter(Boolean).join(" · "))));
     }
     if (image) results.unshift(el("div", {}, el("b", {}, "Image"), el("div", { class: "muted small" }, `OME-Zarr, ${fmtBytes(avail.image.bytes)}`)));
     if (results.length) $("results").replaceChildren(...results);
@@ -125,9 +140,9 @@
     timer = setTimeout(poll, busy ? 1200 : 5000);
   }
 
-  async function post(action, done) {
+  async function post(action, done, body) {
     try {
-      await apiJSON(`${base}/${action}`, { json: {} });
+      await apiJSON(`${base}/${action}`, { json: body || {} });
       toast(done);
     } catch (err) { toast(err.message, true); }
     poll();
