@@ -403,6 +403,10 @@ def test_models_save_choose_download_import(env, phantom):
     assert c.post(f"/api/job/{jid}/models/{mid}/migrate").get_json()["metadata_file"] == "meta.json"
     r = c.post(f"/api/job/{jid}/models/{mid}/choose")
     assert r.get_json()["chosen"] == mid and store.get(jid)["model_id"] == mid
+    # new labels drop the choice (the next segmentation trains on them) ...
+    assert _submit(env, index=3, preview=False).status_code == 200
+    assert c.get(f"/api/job/{jid}/models").get_json()["chosen"] is None
+    assert c.post(f"/api/job/{jid}/models/{mid}/choose").status_code == 200
     # segmenting now uses the chosen model without retraining
     r = c.post(f"/api/job/{jid}/segment", json={})
     assert r.status_code == 200 and r.get_json()["request"] == {

@@ -40,6 +40,7 @@ from flask import (
 from ml4paleo.annotation import (
     AXIS_NAMES,
     FILMSTRIP_SHAPE_ZYX,
+    MAX_MASK_PIXELS,
     AnnotationError,
     JobAnnotator,
     SessionPool,
@@ -133,7 +134,8 @@ def _record_annotation(job_id: str) -> dict:
     from ml4paleo.jobs import InvalidTransition
 
     try:
-        return store().record_annotation(job_id)
+        # new labels mean the next segmentation should train on them: drop the choice
+        return store().record_annotation(job_id, chosen_model_id=None)
     except InvalidTransition as exc:
         abort(409, str(exc))
 
@@ -256,7 +258,7 @@ def info(job_id: str):
             annotated=ann.annotated_slices(),
             model_version=ann.model_version,
             stale=ann.stale,
-            chosen_model=record.get("model_id"),
+            chosen_model=record.get("chosen_model_id"),
         )
 
 
@@ -271,6 +273,10 @@ def slice_data(job_id: str):
     if fmt not in ("png", "raw"):
         abort(400, "format must be png or raw")
     with _annotator(job_id) as ann:
+        h, w = plane_shape(ann.shape, axis)
+        if h * w > MAX_MASK_PIXELS:
+            abort(400, f"the {AXIS_NAMES[axis]} plane is {h} x {w}: too large to annotate "
+                       "at full resolution")
         plane = ann.read_plane(axis, index)
         window = ann.window()
     if fmt == "raw":
@@ -416,18 +422,15 @@ def put_classes(job_id: str):
 def gallery_data(job_id: str):
     """Annotated planes with per-class counts and thumbnail URLs."""
     with _annotator(job_id) as ann:
-        items = ann.annotated_slices()
+        items = ann.annotated_slices()  # per-class counts come from the store's index
         classes = ann.classes
-        for item in items:
-            axis = parse_axis(item["axis"])
-            labels = ann.read_labels(axis, item["index"])
-            counts = np.bincount(labels.ravel(), minlength=len(classes) + 1)
-            item["counts"] = {classes[k]["name"]: int(counts[k + 1])
-                              for k in range(len(classes)) if counts[k + 1]}
-            item["thumbnail"] = url_for("annotate.gallery_thumbnail", job_id=job_id,
-                                        axis=item["axis"], index=item["index"])
-            item["edit"] = url_for("annotate.annotate_page", job_id=job_id) + \
-                f"#axis={item['axis']}&index={item['index']}"
+    for item in items:
+        counts = item.get("counts") if isinstance(item.get("counts"), dict) else {}
+        item["counts"] = {k: int(v) for k, v in counts.items() if v}
+        item["thumbnail"] = url_for("annotate.gallery_thumbnail", job_id=job_id,
+                                    axis=item["axis"], index=item["index"])
+        item["edit"] = url_for("annotate.annotate_page", job_id=job_id) + \
+            f"#axis={item['axis']}&index={item['index']}"
     return jsonify(classes=classes, annotations=items)
 
 
@@ -459,7 +462,7 @@ def _model_meta(folder: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _model_entry(job_id: str, folder: Path, chosen: str | None) -> dict:
+def _model_entry(job_id: str, folder: Path, chosen: str | None, current: str | None) -> dict:
     meta = _model_meta(folder)
     return {
         "id": folder.name,
@@ -469,6 +472,7 @@ def _model_entry(job_id: str, folder: Path, chosen: str | None) -> dict:
         "metrics": meta.get("metrics", {}),
         "source": meta.get("source"),
         "chosen": folder.name == chosen,
+        "current": folder.name == current,
         "download": url_for("annotate.model_download", job_id=job_id,
                             model_id=folder.name),
     }
@@ -479,14 +483,14 @@ def models_list(job_id: str):
     """Model versions, oldest first, with their metadata; which one segments."""
     record = get_job(job_id)
     root = _models_dir(job_id)
-    chosen = record.get("model_id")
+    chosen = record.get("chosen_model_id")
     models = []
     if root.is_dir():
         for folder in root.iterdir():
             if folder.is_dir() and _MODEL_ID.match(folder.name) and not folder.name.startswith("."):
-                models.append(_model_entry(job_id, folder, chosen))
+                models.append(_model_entry(job_id, folder, chosen, record.get("model_id")))
     models.sort(key=lambda m: (m["created_at"] or "", m["id"]))
-    return jsonify(job_id=job_id, chosen=chosen, models=models)
+    return jsonify(job_id=job_id, chosen=chosen, current=record.get("model_id"), models=models)
 
 
 def _model_folder(job_id: str, model_id: str) -> Path:
@@ -519,10 +523,10 @@ def model_download(job_id: str, model_id: str):
 
 @bp.post("/api/job/<job_id>/models/<model_id>/choose")
 def model_choose(job_id: str, model_id: str):
-    """Use this model for the next "segment the whole volume"."""
+    """Use this model for the next "segment the whole volume" (until new labels arrive)."""
     _model_folder(job_id, model_id)
-    record = store().set_fields(job_id, model_id=model_id)
-    return jsonify(job_id=job_id, chosen=record.get("model_id"))
+    record = store().set_fields(job_id, model_id=model_id, chosen_model_id=model_id)
+    return jsonify(job_id=job_id, chosen=record.get("chosen_model_id"))
 
 
 @bp.post("/api/job/<job_id>/models/<model_id>/migrate")
@@ -619,9 +623,9 @@ def _queue_segmentation(job_id: str, body: dict) -> dict:
     record = get_job(job_id)
     model_id = body.get("model_id")
     train = body.get("train")
-    if model_id is None and train is None and record.get("model_id") and body.get("use_chosen", True):
-        model_id = record.get("model_id")
-        train = False
+    chosen = record.get("chosen_model_id")
+    if model_id is None and train is None and chosen and body.get("use_chosen", True):
+        model_id, train = chosen, False
     if model_id is not None and (not isinstance(model_id, str) or not _MODEL_ID.match(model_id)):
         abort(400, "model_id must be a model id")
     if train is not None and not isinstance(train, bool):

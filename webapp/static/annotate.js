@@ -428,6 +428,7 @@
       if (same && sameArray(sent, S.labels)) { S.dirty = false; dropDraft(key); setSaveState("saved", "saved"); }
       else if (!same) dropDraft(key);
       if (res.counts) updateCounts(res.counts);
+      $("ann-seg-note").textContent = "A new model is trained on your annotations, then the whole volume is segmented.";
       if (same && res.preview) showPreview(res.preview, performance.now() - t0);
       markAnnotated(axis, index, sent.some((v) => v));
     } catch (err) {
@@ -878,6 +879,9 @@
     }
     S.classes = S.info.classes;
     S.cls = Math.min(2, S.classes.length);
+    if (S.info.chosen_model) {
+      $("ann-seg-note").textContent = `The chosen model ${S.info.chosen_model} segments the volume (new annotations switch back to training a new model).`;
+    }
     renderClasses();
     selectClass(S.cls);
     updateCounts(S.info.counts || {});

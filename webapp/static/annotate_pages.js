@@ -143,7 +143,7 @@
       const metrics = Object.entries(m.metrics).map(([k, v]) => `${k} ${fmtMetric(v)}`).join(", ");
       const src = m.source ? (m.source.kind === "import" ? `from job ${m.source.job_id}` : m.source.kind) : "training";
       tbody.appendChild(el("tr", { class: m.chosen ? "chosen" : "", "data-model": m.id },
-        el("td", {}, `v${i + 1} `, el("code", {}, m.id)),
+        el("td", {}, `v${i + 1} `, el("code", {}, m.id), m.current ? el("div", { class: "muted small" }, "latest segmentation") : null),
         el("td", {}, m.created_at || ""),
         el("td", {}, classes),
         el("td", {}, counts),
