@@ -366,13 +366,19 @@ def _process_block(
                     np.savez(folder / f"{block.name}.npz", v=v2.astype(np.int32),
                              f=faces.astype(np.int32))
             per_label[int(value)] = stats
-    np.savez(
-        Path(work_dir) / "faces" / f"{block.name}.npz",
+    if n_comps:
+        _save_planes(Path(work_dir) / "faces" / f"{block.name}.npz", planes_lo, planes_hi,
+                     np.concatenate(comp_values))
+    return {"index": block.index, "name": block.name, "n_comps": n_comps, "labels": per_label}
+
+
+def _save_planes(path: Path, planes_lo, planes_hi, values) -> None:
+    np.savez_compressed(
+        path,
         lo0=planes_lo[0], lo1=planes_lo[1], lo2=planes_lo[2],
         hi0=planes_hi[0], hi1=planes_hi[1], hi2=planes_hi[2],
-        values=np.concatenate(comp_values) if comp_values else np.zeros(0, ext.dtype),
+        values=values,
     )
-    return {"index": block.index, "name": block.name, "n_comps": n_comps, "labels": per_label}
 
 
 def _drop(shape: Sequence[int], axis: int) -> tuple[int, ...]:
@@ -404,16 +410,19 @@ def _count_components(results: list[dict], blocks: list[Block], work_dir: Path) 
         return {}
     by_index = {b.index: i for i, b in enumerate(blocks)}
     values = np.concatenate(
-        [np.load(work_dir / "faces" / f"{r['name']}.npz")["values"] for r in results]
+        [np.load(work_dir / "faces" / f"{r['name']}.npz")["values"] for r in results
+         if r["n_comps"]]
     )
     rows, cols = [], []
     for i, b in enumerate(blocks):
+        if not results[i]["n_comps"]:
+            continue  # no objects, no face planes written
         planes = np.load(work_dir / "faces" / f"{b.name}.npz")
         for k in range(3):
             nb = list(b.index)
             nb[k] += 1
             j = by_index.get(tuple(nb))
-            if j is None:
+            if j is None or not results[j]["n_comps"]:
                 continue
             a = planes[f"hi{k}"].ravel()
             c = np.load(work_dir / "faces" / f"{blocks[j].name}.npz")[f"lo{k}"].ravel()
