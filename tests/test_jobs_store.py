@@ -340,3 +340,11 @@ def test_jobs_cli_list_show_retry_cancel_delete(tmp_path):
     assert retried.exit_code == 0 and "uploaded" in retried.output
     deleted = run(cli, ["jobs", "delete", job_id, "--yes", "--data", str(data)])
     assert deleted.exit_code == 0 and not store.exists(job_id)
+
+
+def test_new_ids_are_long_random_and_never_look_like_options():
+    from ml4paleo.jobs.store import new_id
+
+    ids = {new_id() for _ in range(3000)}
+    assert len(ids) == 3000
+    assert all(not i.startswith("-") and JobStore.is_valid_id(i) and len(i) >= 23 for i in ids)

@@ -133,8 +133,15 @@ def clean_name(value: object, default: str | None = None) -> str:
 
 
 def new_id() -> str:
-    """A new job / model / segmentation id: 128 random bits, URL-safe (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """A new job / model / segmentation id: > 128 random bits, URL-safe (23 characters).
+
+    Ids never start with ``-``, so they can't be mistaken for a command-line option
+    (``ml4paleo jobs show ID``) and pass every path-component check.
+    """
+    while True:
+        candidate = secrets.token_urlsafe(17)
+        if not candidate.startswith("-"):
+            return candidate
 
 
 class JobStore:
