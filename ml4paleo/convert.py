@@ -130,8 +130,7 @@ def convert(
     staging = dest.with_name(f".{dest.name}.staging-{token}")
     t0 = time.perf_counter()
     try:
-        _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, workers,
-                              memory_limit)
+        _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, workers, memory_limit)
         _replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -186,9 +185,9 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
     try:
         if in_memory:
             level1 = _Level1Builder(image, pool) if inline_level1 else None
-            # Read slab k+1 while slab k is compressed: overlaps file I/O and decoding with
-            # compression (two slabs in memory at most).
-            # Two slab buffers, allocated once and reused (fresh buffers cost page faults).
+            # Slab buffers are allocated once and reused (fresh buffers cost page faults).
+            # With two, slab k+1 is read while slab k is compressed, overlapping file I/O
+            # and decoding with compression.
             nbuf = 2 if 2 * slab_bytes <= memory_limit and len(slabs) > 1 else 1
             buffers = [np.empty((min(cz, nz), ny, nx), volume.dtype) for _ in range(nbuf)]
 
