@@ -364,3 +364,32 @@ def test_dicom_without_usable_positions_falls_back_to_instance_number(tmp_path):
     with open_volume(tmp_path / "d") as v:
         _check(v, raw, "dicom")
         assert v.metadata["sorted_by"] == "instance_number"
+
+
+def test_dicom_jpeg_baseline_and_missing_decoder(tmp_path):
+    import io
+
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLossless
+
+    raw = (np.arange(3 * 32 * 32).reshape(3, 32, 32) % 200).astype(np.uint8)
+    (tmp_path / "d").mkdir()
+    for z in range(3):
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(raw[z], position=(0, 0, 2.0 * z), instance=z + 1)))
+        jpeg = io.BytesIO()
+        Image.fromarray(raw[z]).save(jpeg, "JPEG", quality=95)
+        ds.PixelData = encapsulate([jpeg.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.save_as(tmp_path / "d" / f"{z}.dcm")
+    with open_volume(tmp_path / "d") as v:  # decoded by Pillow (lossy: close, not equal)
+        assert v.dtype == np.uint8
+        assert np.abs(v[:].astype(int) - raw).max() <= 3
+    for f in (tmp_path / "d").iterdir():  # claim a syntax no installed decoder handles
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = JPEGLossless
+        ds.save_as(f)
+    with open_volume(tmp_path / "d") as v, pytest.raises(InputError, match="no decoder installed|cannot decode"):
+        v.read_slab(0, 3)

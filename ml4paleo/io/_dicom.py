@@ -315,6 +315,7 @@ class DicomVolume(Volume):
             return io.BytesIO(self._cache[1])
 
     def _decode(self, z: int) -> np.ndarray:
+        import pydicom.uid
         from pydicom.pixels import pixel_array
 
         f = self._frames[z]
@@ -324,6 +325,12 @@ class DicomVolume(Volume):
         except InputError:
             raise
         except Exception as exc:
+            if "missing dependencies" in str(exc) or "no decoder" in str(exc).lower():
+                uid = self.metadata.get("transfer_syntax", "")
+                name = getattr(pydicom.uid.UID(uid), "name", uid) if uid else "unknown"
+                raise InputError(
+                    f"{where}: no decoder installed for the {name} transfer syntax ({uid})"
+                ) from exc
             raise InputError(f"{where}: cannot decode DICOM pixel data ({_short(exc)})") from exc
         if self._samples > 1 and arr.ndim == 3:
             arr = to_gray(arr)[0]
