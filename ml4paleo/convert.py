@@ -12,11 +12,13 @@ whatever the slice size.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -125,7 +127,8 @@ def convert(
     own = not isinstance(source, Volume)
     volume = open_volume(source, workers=workers) if own else source
     dest.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
+    _sweep_dead_temps(dest)
+    token = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp = dest.with_name(f".{dest.name}.tmp-{token}")
     staging = dest.with_name(f".{dest.name}.staging-{token}")
     t0 = time.perf_counter()
@@ -399,12 +402,45 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
+def _sweep_dead_temps(dest: Path) -> None:
+    """Delete temp siblings of ``dest`` left by a killed conversion on this host.
+
+    Temp names carry ``<host>-<pid>``; one whose process is gone is debris (a live
+    conversion of the same ``dest``, e.g. by another runner, is left alone).
+    """
+    host = socket.gethostname()
+    for kind in ("tmp", "staging", "old"):
+        prefix = f".{dest.name}.{kind}-"
+        for path in dest.parent.glob(f"{glob.escape(prefix)}*"):
+            parts = path.name[len(prefix):].rsplit("-", 2)  # host-pid-token
+            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            log.info("removing %s left by a killed conversion (pid %d)", path, pid)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _replace(tmp: Path, dest: Path) -> None:
     """Move the finished ``tmp`` to ``dest``; an old ``dest`` is removed only afterwards."""
     if not dest.exists():
         os.rename(tmp, dest)
         return
-    old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
+    old = dest.with_name(f".{dest.name}.old-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
     os.rename(dest, old)
     try:
         os.rename(tmp, dest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -299,3 +300,19 @@ def test_memory_stays_flat_for_a_stack_much_larger_than_a_chunk(tmp_path):
     assert stats["end"] - half < (32 << 20)  # ... and flat: the second half adds ~nothing
     np.testing.assert_array_equal(open_image(tmp_path / "o.zarr").array[300, 500:510, 100:110],
                                   sample)
+
+
+def test_temp_debris_of_a_killed_conversion_is_swept(tmp_path):
+    import socket
+
+    vol = ramp_volume((6, 8, 8), np.uint8)
+    np.save(tmp_path / "a.npy", vol)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    debris = tmp_path / f".a.ome.zarr.tmp-{host}-{dead}-0badf00d"
+    (debris / "0").mkdir(parents=True)
+    alive = tmp_path / f".a.ome.zarr.tmp-{host}-{os.getpid()}-00000000"  # a live converter's
+    alive.mkdir()
+    convert(tmp_path / "a.npy", tmp_path / "a.ome.zarr")
+    assert not debris.exists() and alive.exists()
