@@ -6,7 +6,6 @@ through here, so metadata and chunk layout are written in one place.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -258,11 +257,13 @@ def downsample2(block: np.ndarray, label: bool) -> np.ndarray:
     pads = [(0, s % 2) for s in block.shape]
     if any(p[1] for p in pads):
         block = np.pad(block, pads, mode="edge")
-    # Sum the eight strided views (much faster than reshape + mean over three axes).
-    acc = np.array(block[0::2, 0::2, 0::2], dtype=np.float64 if block.dtype.itemsize > 2 else np.float32)
-    for dz, dy, dx in itertools.product((0, 1), repeat=3):
-        if dz or dy or dx:
-            acc += block[dz::2, dy::2, dx::2]
+    # Pairwise sums along z, then y, then x: the first (full-size) pass reads whole
+    # contiguous planes, the strided x pass touches a quarter of the data (2-3x faster
+    # than reshape + mean). Sums of 8 integers of <= 16 bits are exact in float32.
+    acc_dtype = np.float64 if block.dtype.itemsize > 2 and block.dtype != np.float32 else np.float32
+    acc = np.add(block[0::2], block[1::2], dtype=acc_dtype)
+    acc = acc[:, 0::2] + acc[:, 1::2]
+    acc = acc[:, :, 0::2] + acc[:, :, 1::2]
     acc *= 0.125
     if np.issubdtype(block.dtype, np.integer):
         np.rint(acc, out=acc)

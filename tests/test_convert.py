@@ -316,3 +316,17 @@ def test_temp_debris_of_a_killed_conversion_is_swept(tmp_path):
     alive.mkdir()
     convert(tmp_path / "a.npy", tmp_path / "a.ome.zarr")
     assert not debris.exists() and alive.exists()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32])
+def test_pyramid_downsampling_is_the_rounded_2x2x2_mean(dtype):
+    block = (np.random.default_rng(1).random((7, 9, 11)) * 120 - (0 if dtype == np.uint8 or
+             dtype == np.uint16 else 60)).astype(dtype)
+    padded = np.pad(block, [(0, 1), (0, 1), (0, 1)], mode="edge")  # odd axes repeat the edge
+    mean = padded.reshape(4, 2, 5, 2, 6, 2).astype(np.float64).mean(axis=(1, 3, 5))
+    out = downsample2(block, label=False)
+    assert out.dtype == dtype and out.shape == (4, 5, 6)
+    if np.issubdtype(dtype, np.integer):
+        np.testing.assert_array_equal(out, np.rint(mean).astype(dtype))
+    else:
+        np.testing.assert_allclose(out, mean, rtol=1e-6)
