@@ -12,6 +12,7 @@ whatever the slice size.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -46,7 +47,7 @@ ProgressCallback = Callable[[int, int], None]
 #: Bytes of slab buffers: two chunk-thick slabs of whole slices when they fit (the next one
 #: is read while the current one is compressed), else one, else slices are staged through
 #: a temporary file.
-DEFAULT_MEMORY_LIMIT = 384 << 20
+DEFAULT_MEMORY_LIMIT = 320 << 20
 #: zstd level of converted images: on noisy CT data level 1 encodes ~4x faster than level 3
 #: for a ratio within ~8 % of it (1 MiB blosc blocks).
 CONVERT_CLEVEL = 1
@@ -140,6 +141,7 @@ def convert(
         raise
     finally:
         staging.unlink(missing_ok=True)
+        staging.with_name(staging.name + "-1").unlink(missing_ok=True)
         if own:
             volume.close()
     result = open_image(dest)
@@ -176,7 +178,7 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
     in_memory = slab_bytes <= memory_limit
     # Level 1 is downsampled from the slabs while they are in memory (saves reading level 0
     # back); that needs slabs of even thickness so 2x2x2 cells never straddle two slabs.
-    inline_level1 = in_memory and len(image.levels) > 1 and cz % 2 == 0
+    inline_level1 = len(image.levels) > 1 and cz % 2 == 0
     first_pyramid_level = 2 if inline_level1 else 1
     pyramid_total = _pyramid_task_count(image, first_pyramid_level)
     total = len(slabs) + pyramid_total
@@ -208,6 +210,7 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
                     futures = level0.submit_slab(pool, data, z0)
                     if level1 is not None:
                         level1.add(data, z0)
+                        level1.end_slab(z0, data.shape[0])
                     for f in futures:
                         f.result()
                     del data
@@ -220,7 +223,18 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
         else:
             log.info("slab of %d MiB > memory limit: staging slices through %s",
                      slab_bytes >> 20, staging)
-            with _BandStager(staging, cz, ny, nx, level0.chunks[1], volume.dtype) as stager:
+            # bands of two chunk rows: each downsamples to one level-1 chunk row
+            band_rows = 2 * level0.chunks[1]
+            with contextlib.ExitStack() as stack:
+                stager = stack.enter_context(
+                    _BandStager(staging, cz, ny, nx, band_rows, volume.dtype))
+                level1 = None
+                if inline_level1:
+                    shape1, chunks1 = image.level(1).shape, image.level(1).chunks
+                    stager1 = stack.enter_context(_BandStager(
+                        staging.with_name(staging.name + "-1"), chunks1[0], shape1[1], shape1[2],
+                        chunks1[1], volume.dtype))
+                    level1 = _Level1Builder(image, pool, stager1)
                 step = max(1, memory_limit // (2 * ny * nx * volume.dtype.itemsize))
                 for k, z0 in enumerate(slabs, start=1):
                     z1 = min(z0 + cz, nz)
@@ -229,13 +243,20 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
                         for i, plane in enumerate(part):
                             stager.put(s0 - z0 + i, plane)
                         del part
-                    for b in range(len(stager.bands)):
+                    for b, (y0, _) in enumerate(stager.bands):
                         band = stager.band(b, z1 - z0)
-                        for f in level0.submit_slab(pool, band, z0, stager.bands[b][0]):
+                        futures = level0.submit_slab(pool, band, z0, y0)
+                        if level1 is not None:
+                            level1.add(band, z0, y0)
+                        for f in futures:
                             f.result()
                         del band
+                    if level1 is not None:
+                        level1.end_slab(z0, z1 - z0)
                     if progress is not None:
                         progress(k, total)
+                if level1 is not None:
+                    level1.finish()
     finally:
         pool.shutdown(wait=True)
     base = len(slabs)
@@ -310,40 +331,59 @@ class _ChunkWriter:
 
 
 class _Level1Builder:
-    """Downsamples level-0 slabs into a buffer one level-1 chunk thick, written when full."""
+    """Downsamples level-0 data (whole slabs, or row bands of them) into level 1, written
+    chunk-thick: held in memory, or in a band stager when even that would be too big."""
 
-    def __init__(self, image: OmeImage, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, image: OmeImage, pool: ThreadPoolExecutor, stager: _BandStager | None = None):
         self.writer = _ChunkWriter(image, 1)
         self.pool = pool
+        self.stager = stager
         self.label = "image-label" in image.attrs
         self.cz = self.writer.chunks[0]
-        self.buffer = np.zeros((self.cz,) + self.writer.shape[1:], self.writer.dtype)
-        self.base = 0  # level-1 z of buffer[0]
+        if stager is None:
+            self.buffer = np.zeros((self.cz,) + self.writer.shape[1:], self.writer.dtype)
+        self.base = 0  # level-1 z of the first buffered plane
         self.filled = 0
 
-    def add(self, slab: np.ndarray, z0: int) -> None:
+    def add(self, region: np.ndarray, z0: int, y0: int = 0) -> None:
+        """Downsample ``region`` (level-0 data at ``z0, y0, 0``; ``z0, y0`` even)."""
         cy, cx = (2 * c for c in self.writer.chunks[1:])
-        z1 = z0 // 2 - self.base
+        nz1 = (region.shape[0] + 1) // 2
+        ny1 = (region.shape[1] + 1) // 2
+        zoff = z0 // 2 - self.base
+        if self.stager is None:
+            target, tz, ty = self.buffer, zoff, y0 // 2
+        else:
+            target, tz, ty = np.empty((nz1, ny1, self.writer.shape[2]), self.writer.dtype), 0, 0
 
         def tile(y: int, x: int) -> None:
-            small = downsample2(slab[:, y : y + cy, x : x + cx], self.label)
-            self.buffer[z1 : z1 + small.shape[0], y // 2 : y // 2 + small.shape[1],
-                        x // 2 : x // 2 + small.shape[2]] = small
+            small = downsample2(region[:, y : y + cy, x : x + cx], self.label)
+            target[tz : tz + small.shape[0], ty + y // 2 : ty + y // 2 + small.shape[1],
+                   x // 2 : x // 2 + small.shape[2]] = small
 
         futures = [self.pool.submit(tile, y, x)
-                   for y in range(0, slab.shape[1], cy) for x in range(0, slab.shape[2], cx)]
+                   for y in range(0, region.shape[1], cy) for x in range(0, region.shape[2], cx)]
         for f in futures:
             f.result()
-        self.filled = z1 + (slab.shape[0] + 1) // 2
+        if self.stager is not None:
+            self.stager.put_block(y0 // 2 // self.writer.chunks[1], zoff, target)
+
+    def end_slab(self, z0: int, nz: int) -> None:
+        """All regions of the level-0 slab ``z0 .. z0+nz`` were added."""
+        self.filled = z0 // 2 - self.base + (nz + 1) // 2
         if self.filled >= self.cz:
             self._flush()
 
     def _flush(self) -> None:
         n = min(self.filled, self.writer.shape[0] - self.base)
-        if n <= 0:
-            return
-        for f in self.writer.submit_slab(self.pool, self.buffer[:n], self.base):
-            f.result()
+        if n > 0:
+            if self.stager is None:
+                for f in self.writer.submit_slab(self.pool, self.buffer[:n], self.base):
+                    f.result()
+            else:
+                for b, (y0, _) in enumerate(self.stager.bands):
+                    for f in self.writer.submit_slab(self.pool, self.stager.band(b, n), self.base, y0):
+                        f.result()
         self.base += self.cz
         self.filled = 0
 
@@ -373,6 +413,12 @@ class _BandStager:
         for (y0, y1), off in zip(self.bands, self.offsets, strict=True):
             rows = y1 - y0
             _pwrite_all(self.fd, memoryview(plane[y0:y1]).cast("B"), off + zi * rows * self.row_bytes)
+
+    def put_block(self, b: int, zi: int, block: np.ndarray) -> None:
+        """Write planes ``zi .. zi + len(block)`` of band ``b`` (block is (n, rows, nx))."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        rows = self.bands[b][1] - self.bands[b][0]
+        _pwrite_all(self.fd, memoryview(block).cast("B"), self.offsets[b] + zi * rows * self.row_bytes)
 
     def band(self, b: int, nz: int) -> np.ndarray:
         y0, y1 = self.bands[b]

@@ -105,11 +105,13 @@ def test_voxel_size_override_and_replace_existing(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_staging_path_for_huge_slices_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("memory_limit", [1024, 1 << 30])
+@pytest.mark.parametrize("chunk", [16, 15])  # odd chunks: level 1 built afterwards from level 0
+def test_staged_and_in_memory_paths_are_bit_exact(tmp_path, memory_limit, chunk):
     vol = ramp_volume((37, 70, 45), np.uint16)
     np.save(tmp_path / "v.npy", vol)
-    # a 1 KiB "memory limit" forces slices through the band-staging file
-    img = convert(tmp_path / "v.npy", tmp_path / "v.ome.zarr", chunks=16, memory_limit=1024)
+    # a 1 KiB "memory limit" forces slices through the band-staging files
+    img = convert(tmp_path / "v.npy", tmp_path / "v.ome.zarr", chunks=chunk, memory_limit=memory_limit)
     np.testing.assert_array_equal(img.array[:], vol)
     np.testing.assert_array_equal(img.level(1)[:], downsample2(vol, label=False))
     assert _leftovers(tmp_path) == []
