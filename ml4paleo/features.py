@@ -32,6 +32,8 @@ class FeatureSettings:
         Gaussian scales in voxels of the finest axis.
     families : tuple of str
         Subset of ``("gaussian", "gradient", "log", "dog", "hessian", "structure")``.
+        The default leaves out the structure tensor: on fossil phantoms it did not change
+        the Dice while costing a third of the feature time and a larger halo.
         ``dog`` is the difference between adjacent scales (the first against the raw data).
     eigen_min_scale : float
         Hessian and structure-tensor eigenvalues only at scales >= this (they are noise
@@ -49,8 +51,8 @@ class FeatureSettings:
         Scale sigma per axis by the voxel size (finer axes get more voxels of blur).
     """
 
-    scales: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5, 5.0)
-    families: tuple[str, ...] = FAMILIES
+    scales: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5)
+    families: tuple[str, ...] = ("gaussian", "gradient", "log", "dog", "hessian")
     eigen_min_scale: float = 1.0
     structure_max_scale: float = 3.5
     structure_outer: float = 0.5

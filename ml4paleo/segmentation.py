@@ -369,7 +369,7 @@ class ContextSettings:
         Coarse grid step: stage 1 is evaluated at every ``step``-th voxel per axis.
     """
 
-    sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)
+    sigmas: tuple[float, ...] = (0.0, 1.0)
     step: int = 2
 
     def to_dict(self) -> dict:
@@ -496,20 +496,27 @@ def _box_block(box: tuple[slice, ...], halo: Sequence[int], shape: Sequence[int]
     return _blocks.Block((0, 0, 0), tuple(box), read, tuple(int(h) for h in halo))
 
 
-def _features_for_box(array, box, model_fs, voxel_size, coarse_sel=None):
-    """Features of ``box`` (F, N) and, optionally, at the coarse voxels ``coarse_sel`` inside it."""
+def _features_for_box(array, box, model_fs, voxel_size, coarse_sel=None, inner=None,
+                      extra_rows: int = 0):
+    """Features of ``box``: (F + extra_rows, N) for the ``inner`` part of the box (default: all)
+    and, optionally, (F, M) at the coarse voxels ``coarse_sel`` of the box.
+
+    Only the needed voxels are kept per channel, so memory stays at one block of features.
+    """
     shape = array.shape
     h1 = halo_for(model_fs, voxel_size)
     data = _blocks.read_with_halo(array, _box_block(box, h1, shape))
     F = n_features(model_fs)
     bshape = tuple(b.stop - b.start for b in box)
-    full = np.empty((F, int(np.prod(bshape))), np.float32)
+    inner = inner or tuple(slice(0, n) for n in bshape)
+    ishape = tuple(i.stop - i.start for i in inner)
+    full = np.empty((F + extra_rows, int(np.prod(ishape))), np.float32)
     coarse = None
     if coarse_sel is not None:
         cshape = tuple(len(range(*s.indices(n))) for s, n in zip(coarse_sel, bshape, strict=True))
         coarse = np.empty((F, int(np.prod(cshape))), np.float32)
     for k, ch in enumerate(iter_features(data, model_fs, voxel_size, h1)):
-        full[k] = ch.reshape(-1)
+        full[k] = ch[inner].reshape(-1)
         if coarse is not None:
             coarse[k] = ch[coarse_sel].reshape(-1)
     return full, coarse
@@ -605,18 +612,15 @@ def predict_box(array, box: tuple[slice, ...], model: Model, voxel_size=None) ->
         X, _ = _features_for_box(array, box, fs, vs)
         return model.forests[0].predict_proba(X.T).T.reshape(model.n_classes, *bshape)
     region, csel, crange, want = _context_plan(box, shape, model.context, fs)
-    Xr, Xc = _features_for_box(array, region, fs, vs, csel)
     inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region, strict=True))
-    rshape = tuple(r.stop - r.start for r in region)
-    X = Xr.reshape(Xr.shape[0], *rshape)[(slice(None), *inner)].reshape(Xr.shape[0], -1)
-    del Xr
+    F = n_features(fs)
+    n_ctx = model.n_classes * len(model.context.sigmas)
+    X, Xc = _features_for_box(array, region, fs, vs, csel, inner, extra_rows=n_ctx)
     cshape = tuple(c1 - c0 for c0, c1 in crange)
     p1c = model.forests[0].predict_proba(Xc.T).T.reshape(model.n_classes, *cshape)
     del Xc
-    ctx = _context_features(p1c, box, crange, want, model.context, fs)
-    X2 = np.concatenate([X, ctx], axis=0)
-    del X, ctx
-    return model.forests[1].predict_proba(X2.T).T.reshape(model.n_classes, *bshape)
+    X[F:] = _context_features(p1c, box, crange, want, model.context, fs)
+    return model.forests[1].predict_proba(X.T).T.reshape(model.n_classes, *bshape)
 
 
 # --------------------------------------------------------------------------- training
@@ -641,18 +645,21 @@ class TrainSettings:
     cross_fit : bool
         Train the second stage on out-of-fold stage-1 probabilities (folds = annotated
         planes) when there are at least two annotated planes.
+    context_sigmas : tuple of float
+        Smoothing scales (coarse voxels) of the stage-1 probabilities fed to stage 2.
     n_jobs : int
         Threads for fitting.
     seed : int
     """
 
-    n_trees: tuple[int, int] = (32, 48)
+    n_trees: tuple[int, int] = (24, 24)
     max_depth: int | None = 16
     min_samples_leaf: int = 2
     max_per_class: int = 30000
     border_weight: float = 4.0
     two_stage: bool = True
     cross_fit: bool = False
+    context_sigmas: tuple[float, ...] = (0.0, 1.0)
     n_jobs: int = -1
     seed: int = 0
 
@@ -822,14 +829,19 @@ def train(
         raise ValueError(f"labels shape {tuple(lab_arr.shape)} differs from image shape {tuple(arr.shape)}")
     fs = feature_settings or FeatureSettings()
     ts = settings or (PREVIEW if preview else TrainSettings())
+    if not np.issubdtype(np.dtype(lab_arr.dtype), np.integer):
+        raise ValueError(f"labels must be integers (0 = unlabelled, k + 1 = class k), got {lab_arr.dtype}")
     coords, vals, border = _labelled_coords(lab_arr)
+    if int(vals.max()) > 254:
+        raise ValueError(f"labels hold value {int(vals.max())}: expected 0 (unlabelled) or k + 1 for "
+                         "class k, at most 254 classes (is this the image instead of the labels?)")
     n_classes = max(int(vals.max()), len(classes) if classes else 0)
     cls_list = _class_list(classes, n_classes)
     if len(np.unique(vals)) < 2:
         raise ValueError("labels hold only one class: annotate at least two classes")
     pick = _sample(vals, border, ts.max_per_class, ts.border_weight, ts.seed)
     coords, y = coords[pick], (vals[pick] - 1).astype(np.int64)
-    ctx = ContextSettings() if ts.two_stage else None
+    ctx = ContextSettings(tuple(ts.context_sigmas)) if ts.two_stage else None
     boxes = _group_boxes(coords, arr.shape)
     F = n_features(fs)
     X1 = np.empty((len(y), F), np.float32)
@@ -839,11 +851,8 @@ def train(
             Xb, _ = _features_for_box(arr, box, fs, vs)
         else:
             region, csel, crange, want = _context_plan(box, arr.shape, ctx, fs)
-            Xr, Xc = _features_for_box(arr, region, fs, vs, csel)
             inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region, strict=True))
-            rshape = tuple(r.stop - r.start for r in region)
-            Xb = Xr.reshape(F, *rshape)[(slice(None), *inner)].reshape(F, -1)
-            del Xr
+            Xb, Xc = _features_for_box(arr, region, fs, vs, csel, inner)
             ctx_items.append((box, members, Xc, crange, want))
         local = coords[members] - np.array([b.start for b in box])
         bshape = tuple(b.stop - b.start for b in box)
@@ -965,7 +974,7 @@ def _segment_block(block: _blocks.Block, *, source, model_dir, out_path, prob_pa
     out = zarr.open_array(os.path.join(out_path, level), mode="r+")
     out[block.write] = lab.astype(out.dtype)
     if prob_path:
-        pa = zarr.open_array(os.path.join(prob_path, level), mode="r+")
+        pa = zarr.open_array(os.path.join(prob_path, "0"), mode="r+")
         pa[(slice(None), *block.write)] = np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)
     markers.mark(block)
 

@@ -6,6 +6,7 @@ from scipy import ndimage as ndi
 
 from ml4paleo.blocks import block_grid, read_with_halo
 from ml4paleo.features import (
+    FAMILIES,
     FeatureSettings,
     compute_features,
     eigvalsh2,
@@ -53,6 +54,7 @@ def _volume(shape, seed=0):
     "settings,voxel_size",
     [
         (FeatureSettings(), None),
+        (FeatureSettings(scales=(0.7, 1.0, 1.6, 3.5, 5.0), families=FAMILIES), None),
         (FeatureSettings(scales=(0.7, 1.6, 3.0)), (2.0, 1.0, 1.0)),
         (FeatureSettings(mode="2d"), None),
     ],

@@ -32,6 +32,7 @@ class _Source:
     def __init__(self, arr, voxel_size, unit):
         self.arr, self.voxel_size, self.unit = arr, voxel_size, unit
         self.shape = tuple(arr.shape)
+        self.dtype = arr.dtype
 
     def __getitem__(self, item):
         return self.arr[item]

@@ -1,0 +1,286 @@
+"""Segmentation benchmark: this engine vs an ilastik-style reference vs the original 2D method.
+
+On one fossil phantom (ml4paleo.phantom) with the same labels for every method:
+
+- ``ml4paleo``: two-stage auto-context forest, trained with :func:`ml4paleo.segmentation.train`,
+  segmented Zarr -> Zarr with :func:`ml4paleo.segmentation.segment` (local worker processes);
+- ``ilastik-style``: six feature families (Gaussian, LoG, gradient magnitude, DoG, structure
+  tensor and Hessian eigenvalues) at sigma 0.7, 1, 1.6, 3.5, 5, 8 computed with scipy's Gaussian
+  derivative filters, a 100-tree random forest on every labelled voxel, one stage;
+- ``original-2d``: the original ml4paleo method: per-slice 2D features
+  (skimage ``multiscale_basic_features``), a 50-tree forest, every non-background labelled
+  pixel but only 1 in 500 background pixels.
+
+Reports Dice per class, train seconds, segment voxels/s (end to end for ml4paleo: Zarr in,
+Zarr out, including the pyramid), peak RSS (this process + workers) and the annotator's
+retrain + one-slice preview latency on a 512 x 512 slice.
+
+Run: ``python benchmarks/segment.py [--shape 128,256,256] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml4paleo import omezarr  # noqa: E402
+from ml4paleo.features import eigvalsh3  # noqa: E402
+from ml4paleo.phantom import make_phantom, painted_slices, scribble_labels  # noqa: E402
+from ml4paleo.segmentation import (  # noqa: E402
+    InteractiveSession,
+    LabelStore,
+    segment,
+    train,
+)
+
+REF_SIGMAS = (0.7, 1.0, 1.6, 3.5, 5.0, 8.0)
+
+
+class PeakRSS:
+    """Samples the RSS of this process plus its children every 0.1 s."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = me.memory_info().rss
+            for c in me.children(recursive=True):
+                try:
+                    total += c.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def dice_per_class(truth, pred, n):
+    out = []
+    for c in range(n):
+        t, p = truth == c, pred == c
+        out.append(round(float(2 * (t & p).sum() / max(t.sum() + p.sum(), 1)), 4))
+    return out
+
+
+# ---------------------------------------------------------------- ilastik-style reference
+def _ref_features_block(data: np.ndarray) -> list[np.ndarray]:
+    v = data.astype(np.float32)
+    out = []
+    for s in REF_SIGMAS:
+        g = ndi.gaussian_filter(v, s)
+        out.append(g)
+        out.append(ndi.gaussian_laplace(v, s))
+        out.append(ndi.gaussian_gradient_magnitude(v, s))
+        out.append(g - ndi.gaussian_filter(v, 0.66 * s))
+        gr = [ndi.gaussian_filter(v, s, order=o) for o in ((1, 0, 0), (0, 1, 0), (0, 0, 1))]
+        st = [ndi.gaussian_filter(gr[i] * gr[j], 0.5 * s)
+              for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))]
+        out += list(eigvalsh3(*st))
+        hs = [ndi.gaussian_filter(v, s, order=o)
+              for o in ((2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1))]
+        out += list(eigvalsh3(*hs))
+    return out
+
+
+def ref_features(image: np.ndarray) -> np.ndarray:
+    """All reference features of the whole volume (F, z, y, x), scipy 'reflect' borders."""
+    chans = _ref_features_block(image)
+    out = np.stack(chans)
+    del chans
+    return out
+
+
+_REF_CACHE: dict = {}
+
+
+def run_reference(image, labels, truth, n_classes):
+    from sklearn.ensemble import RandomForestClassifier
+
+    if "F" not in _REF_CACHE:  # same features for every label set
+        t0 = time.perf_counter()
+        _REF_CACHE["F"] = ref_features(image)
+        _REF_CACHE["t"] = time.perf_counter() - t0
+    F, t_feat = _REF_CACHE["F"], _REF_CACHE["t"]
+    m = labels > 0
+    X = F[:, m].T
+    y = labels[m].astype(int) - 1
+    t1 = time.perf_counter()
+    rf = RandomForestClassifier(100, n_jobs=2, random_state=0).fit(X, y)
+    t_fit = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    pred = np.empty(image.shape, np.uint8)
+    flat = F.reshape(F.shape[0], -1)
+    step = 500_000
+    out = pred.reshape(-1)
+    for i in range(0, flat.shape[1], step):
+        out[i : i + step] = rf.classes_[rf.predict_proba(flat[:, i : i + step].T).argmax(1)]
+    t_pred = time.perf_counter() - t2
+    return {
+        "dice": dice_per_class(truth, pred, n_classes),
+        "train_s": round(t_fit + t_feat * m.any(axis=(1, 2)).mean(), 2),
+        "features_whole_volume_s": round(t_feat, 2),
+        "segment_voxels_per_s": round(image.size / (t_feat + t_pred)),
+    }
+
+
+# ---------------------------------------------------------------- original 2D method
+def _features_2d(plane):
+    from skimage.feature import multiscale_basic_features
+
+    f = multiscale_basic_features(plane.astype(np.float32), intensity=True, edges=True,
+                                  texture=True, sigma_min=1, sigma_max=16)
+    return f.reshape(-1, f.shape[-1]).astype(np.float32)
+
+
+def run_original_2d(image, labels, truth, n_classes):
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    Xs, ys = [], []
+    for z in np.flatnonzero(labels.any(axis=(1, 2))):
+        lab = labels[z].reshape(-1)
+        X = _features_2d(image[z])
+        pos = np.flatnonzero(lab > 1)
+        neg = np.flatnonzero(lab == 1)
+        neg = neg[rng.random(len(neg)) < 1 / 500]  # the original kept 1 in 500 negatives
+        keep = np.concatenate([pos, neg])
+        Xs.append(X[keep])
+        ys.append(lab[keep] - 1)
+    X, y = np.concatenate(Xs), np.concatenate(ys)
+    rf = RandomForestClassifier(50, n_jobs=2, random_state=0).fit(X, y)
+    t_train = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    pred = np.empty(image.shape, np.uint8)
+    for z in range(image.shape[0]):
+        p = rf.predict_proba(_features_2d(image[z]))
+        pred[z] = rf.classes_[p.argmax(1)].reshape(image.shape[1:])
+    t_pred = time.perf_counter() - t1
+    return {
+        "dice": dice_per_class(truth, pred, n_classes),
+        "train_s": round(t_train, 2),
+        "segment_voxels_per_s": round(image.size / t_pred),
+    }
+
+
+# ---------------------------------------------------------------- this engine
+def run_ml4paleo(img_path, image, labels, truth, n_classes, tmp, chunk, workers):
+    t0 = time.perf_counter()
+    model = train(image, labels)
+    t_train = time.perf_counter() - t0
+    model_dir = tmp / "model"
+    model.save(model_dir)
+    out = tmp / "seg.ome.zarr"
+    if out.exists():
+        shutil.rmtree(out)
+    with PeakRSS() as rss:
+        t1 = time.perf_counter()
+        seg = segment(str(img_path), str(model_dir), out, chunk_size=chunk, workers=workers)
+        t_seg = time.perf_counter() - t1
+    pred = np.asarray(seg.array[:])
+    return {
+        "dice": dice_per_class(truth, pred, n_classes),
+        "train_s": round(t_train, 2),
+        "segment_voxels_per_s": round(image.size / t_seg),
+        "segment_s": round(t_seg, 2),
+        "peak_rss_mb": round(rss.peak / 2**20),
+        "held_out_metrics": model.meta.get("metrics"),
+    }
+
+
+def run_latency(tmp, repeats=5):
+    """Retrain + one-slice preview after new strokes, on a 512 x 512 slice."""
+    image, truth = make_phantom((48, 512, 512), seed=11)
+    store = LabelStore.create(tmp / "ann", image.shape, classes=["matrix", "bone", "tooth"])
+    strokes = scribble_labels(truth, [24], seed=0, strokes_per_class=4)
+    store.write_slice(0, 24, strokes[24])
+    session = InteractiveSession(image, store)
+    t0 = time.perf_counter()
+    session.retrain()
+    session.predict_slice(0, 24)
+    first = time.perf_counter() - t0
+    times = []
+    for r in range(repeats):
+        more = scribble_labels(truth, [24], seed=100 + r, strokes_per_class=1)[24]
+        t = time.perf_counter()
+        store.write_slice(0, 24, more, merge=True)
+        session.retrain()
+        session.predict_slice(0, 24)
+        times.append(time.perf_counter() - t)
+    return {"first_s": round(first, 3), "p50_s": round(statistics.median(times), 3),
+            "max_s": round(max(times), 3), "slice": "512x512"}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="128,256,256")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slices", type=int, default=4)
+    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--json", default=None, help="Write the results here too.")
+    args = ap.parse_args(argv)
+    shape = tuple(int(s) for s in args.shape.split(","))
+    tmp = Path(tempfile.mkdtemp(prefix="ml4paleo-bench-"))
+    results = {"shape": list(shape), "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}
+    try:
+        image, truth = make_phantom(shape, seed=args.seed)
+        n_classes = int(truth.max()) + 1
+        img = omezarr.create_image(tmp / "image.ome.zarr", shape, image.dtype, chunks=args.chunk)
+        img.array[:] = image
+        label_sets = {
+            "strokes": scribble_labels(truth, args.slices, seed=args.seed + 1),
+            "painted": painted_slices(truth, args.slices),
+        }
+        for name, labels in label_sets.items():
+            res = {"ml4paleo": run_ml4paleo(tmp / "image.ome.zarr", image, labels, truth, n_classes,
+                                            tmp, args.chunk, args.workers)}
+            print(name, "ml4paleo", json.dumps(res["ml4paleo"]), flush=True)
+            if not args.skip_reference:
+                res["ilastik_style"] = run_reference(image, labels, truth, n_classes)
+                print(name, "ilastik-style", json.dumps(res["ilastik_style"]), flush=True)
+                res["original_2d"] = run_original_2d(image, labels, truth, n_classes)
+                print(name, "original-2d", json.dumps(res["original_2d"]), flush=True)
+            results[name] = res
+        if not args.skip_latency:
+            results["interactive"] = run_latency(tmp)
+            print("interactive", json.dumps(results["interactive"]), flush=True)
+        _REF_CACHE.clear()
+        results["load_avg_at_end"] = os.getloadavg()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
