@@ -47,9 +47,13 @@ def convert_command(source, dest, voxel_size, unit, chunks, workers, force, quie
     except (OSError, ValueError) as exc:
         fail(f"{source}: {exc}")
     vs = " x ".join(f"{v:g}" for v in image.voxel_size)
+    if image.unit:
+        vs += f" {image.unit}"
+    if image.attrs.get("ml4paleo", {}).get("voxel_size_from") == "default":
+        vs += " (not recorded in the source; set it with --voxel-size)"
     click.echo(
-        f"Wrote {dest}: shape {image.shape}, {image.dtype}, voxel size {vs} {image.unit or ''}, "
-        f"{len(image.levels)} pyramid levels".replace("  ", " ")
+        f"Wrote {dest}: shape {image.shape}, {image.dtype}, voxel size {vs}, "
+        f"{len(image.levels)} pyramid levels"
     )
 
 
