@@ -1,13 +1,15 @@
 """Any scan → OME-Zarr image (NGFF 0.4, zarr format 2), streamed with flat memory.
 
 The full-resolution level is written slab by slab (one chunk thick in z), bit-exact in the
-source dtype, blosc-zstd compressed; then a 2x pyramid is built from it. Everything goes to
-a hidden temporary sibling of ``dest`` that is renamed into place only when complete.
+source dtype, blosc-zstd compressed, whole chunks encoded on a thread pool; level 1 of the
+2x pyramid is downsampled from the same slabs while they are in memory, the smaller levels
+from level 1 afterwards. Everything goes to a hidden temporary sibling of ``dest`` that is
+renamed into place only when complete.
 
 When one chunk-thick slab of whole slices would exceed ``memory_limit`` (e.g. 128 slices of
 4000 x 4000 uint16 = 4 GiB), slices are first spread into chunk-row bands of a temporary
-file (page cache, not process memory) and written band by band, so memory stays flat
-whatever the slice size.
+file (page cache, not process memory) and written band by band (level 1 likewise), so
+memory stays flat whatever the slice size.
 """
 
 from __future__ import annotations
@@ -176,8 +178,8 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
     slabs = list(range(0, nz, cz))
     slab_bytes = cz * ny * nx * volume.dtype.itemsize
     in_memory = slab_bytes <= memory_limit
-    # Level 1 is downsampled from the slabs while they are in memory (saves reading level 0
-    # back); that needs slabs of even thickness so 2x2x2 cells never straddle two slabs.
+    # Level 1 is downsampled from the slabs (or bands) while they are in memory, which saves
+    # reading level 0 back; that needs even slab thickness so no 2x2x2 cell straddles two.
     inline_level1 = len(image.levels) > 1 and cz % 2 == 0
     first_pyramid_level = 2 if inline_level1 else 1
     pyramid_total = _pyramid_task_count(image, first_pyramid_level)
