@@ -393,3 +393,14 @@ def test_dicom_jpeg_baseline_and_missing_decoder(tmp_path):
         ds.save_as(f)
     with open_volume(tmp_path / "d") as v, pytest.raises(InputError, match="no decoder installed|cannot decode"):
         v.read_slab(0, 3)
+
+
+def test_multipage_tiff_inside_zip(tmp_path):
+    vol = ramp_volume((9, 40, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "vol.tif", vol, compression="zlib")
+    with zipfile.ZipFile(tmp_path / "mp.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(tmp_path / "vol.tif", "scan/vol.tif")
+        zf.writestr("scan/readme.txt", "notes")
+    assert detect_source_type(tmp_path / "mp.zip") == "tiff"
+    with open_volume(tmp_path / "mp.zip") as v:
+        _check(v, vol, "tiff")
