@@ -230,6 +230,18 @@ def eigvalsh3(
     return e1, e2, e3
 
 
+def _eig3_slabs(*parts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`eigvalsh3` over 3D arrays, a few planes at a time (bounded temporaries)."""
+    shape = parts[0].shape
+    outs = tuple(np.empty(shape, np.float32) for _ in range(3))
+    step = max(1, (1 << 19) // max(1, int(np.prod(shape[1:]))))
+    for z0 in range(0, shape[0], step):
+        sl = slice(z0, z0 + step)
+        for o, e in zip(outs, eigvalsh3(*(p[sl] for p in parts)), strict=True):
+            o[sl] = e
+    return outs
+
+
 def eigvalsh2(
     a11: np.ndarray, a22: np.ndarray, a12: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -440,7 +452,7 @@ def iter_features(
                     hzy = _crop_to(_d1(_d1(gh, 0), 1), centre)
                     hzx = _crop_to(_d1(_d1(gh, 0), 2), centre)
                     hyx = _crop_to(_d1(_d1(gh, 1), 2), centre)
-                    e = eigvalsh3(diag[0], diag[1], diag[2], hzy, hzx, hyx)
+                    e = _eig3_slabs(diag[0], diag[1], diag[2], hzy, hzx, hyx)
                 for ev in e:
                     yield ev
         if p["structure"]:
@@ -457,6 +469,6 @@ def iter_features(
                 e = eigvalsh2(prods[0], prods[2], prods[1])
             else:
                 # order: zz, zy, zx, yy, yx, xx
-                e = eigvalsh3(prods[0], prods[3], prods[5], prods[1], prods[2], prods[4])
+                e = _eig3_slabs(prods[0], prods[3], prods[5], prods[1], prods[2], prods[4])
             for ev in e:
                 yield _crop_to(ev, centre)

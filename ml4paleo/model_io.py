@@ -102,15 +102,17 @@ class Forest:
         )
         return tree
 
-    def predict_proba(self, X: np.ndarray, chunk: int = 131072) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, chunk: int = 65536, threads: int = 1) -> np.ndarray:
         """Mean class fractions over the trees.
 
         Parameters
         ----------
         X : ndarray (N, n_features)
-            Features (converted to C-contiguous float32).
+            Features (converted to C-contiguous float32 batch by batch).
         chunk : int
             Rows per batch (bounds temporary memory).
+        threads : int
+            Batches run on this many threads (the tree traversal releases the GIL).
 
         Returns
         -------
@@ -120,11 +122,22 @@ class Forest:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must be (N, {self.n_features}), got {X.shape}")
         out = np.zeros((X.shape[0], self.n_classes), np.float32)
-        for i in range(0, X.shape[0], chunk):
+        starts = range(0, X.shape[0], chunk)
+
+        def run(i: int) -> None:
             xb = np.ascontiguousarray(X[i : i + chunk], dtype=np.float32)
             acc = out[i : i + chunk]
             for tree, val in zip(self._trees, self._values, strict=True):
                 acc += val[tree.apply(xb)]
+
+        if threads > 1 and len(starts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, starts))
+        else:
+            for i in starts:
+                run(i)
         out /= np.float32(len(self._trees))
         return out
 

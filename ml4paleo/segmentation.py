@@ -598,7 +598,8 @@ def _interp_to(coarse: np.ndarray, write, want, steps) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def predict_box(array, box: tuple[slice, ...], model: Model, voxel_size=None) -> np.ndarray:
+def predict_box(array, box: tuple[slice, ...], model: Model, voxel_size=None,
+                threads: int = 1) -> np.ndarray:
     """Class probabilities (C, *box shape) float32 for one box of the volume.
 
     Reads exactly the halo the model needs; the result does not depend on how the volume is
@@ -610,17 +611,17 @@ def predict_box(array, box: tuple[slice, ...], model: Model, voxel_size=None) ->
     bshape = tuple(b.stop - b.start for b in box)
     if model.context is None:
         X, _ = _features_for_box(array, box, fs, vs)
-        return model.forests[0].predict_proba(X.T).T.reshape(model.n_classes, *bshape)
+        return model.forests[0].predict_proba(X.T, threads=threads).T.reshape(model.n_classes, *bshape)
     region, csel, crange, want = _context_plan(box, shape, model.context, fs)
     inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region, strict=True))
     F = n_features(fs)
     n_ctx = model.n_classes * len(model.context.sigmas)
     X, Xc = _features_for_box(array, region, fs, vs, csel, inner, extra_rows=n_ctx)
     cshape = tuple(c1 - c0 for c0, c1 in crange)
-    p1c = model.forests[0].predict_proba(Xc.T).T.reshape(model.n_classes, *cshape)
+    p1c = model.forests[0].predict_proba(Xc.T, threads=threads).T.reshape(model.n_classes, *cshape)
     del Xc
     X[F:] = _context_features(p1c, box, crange, want, model.context, fs)
-    return model.forests[1].predict_proba(X.T).T.reshape(model.n_classes, *bshape)
+    return model.forests[1].predict_proba(X.T, threads=threads).T.reshape(model.n_classes, *bshape)
 
 
 # --------------------------------------------------------------------------- training
@@ -897,6 +898,9 @@ def train(
                            "max_per_class": ts.max_per_class, "two_stage": ts.two_stage},
         "seconds": {"features": round(t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
         "shape": list(arr.shape),
+        "classes": cls_list,
+        "feature_settings": fs.to_dict(),
+        "voxel_size": list(vs) if vs else None,
     }
     return Model(forests, fs, ctx, cls_list, vs, meta)
 
@@ -931,12 +935,13 @@ def predict_slice(model: Model, image: Any, axis: int, index: int) -> tuple[np.n
         raise IndexError(f"slice {index} outside 0..{arr.shape[axis] - 1} along axis {axis}")
     box = [slice(0, n) for n in arr.shape]
     box[axis] = slice(index, index + 1)
-    p = predict_box(arr, tuple(box), model, vs)
+    p = predict_box(arr, tuple(box), model, vs, threads=_blocks.default_workers())
     p = np.take(p, 0, axis=axis + 1)
     return np.argmax(p, axis=0).astype(np.uint8), p
 
 
 _MODEL_CACHE: dict[str, Model] = {}
+_PIECE = 64  # z-thickness predicted at once inside a block
 
 
 def _cached_model(folder: str) -> Model:
@@ -969,13 +974,21 @@ def _segment_block(block: _blocks.Block, *, source, model_dir, out_path, prob_pa
         return
     model = _cached_model(model_dir)
     arr = _reopen(source)
-    p = predict_box(arr, block.write, model)
-    lab = np.argmax(p, axis=0)
     out = zarr.open_array(os.path.join(out_path, level), mode="r+")
-    out[block.write] = lab.astype(out.dtype)
+    lab = np.empty(block.shape, out.dtype)
+    probs = np.empty((model.n_classes, *block.shape), np.uint8) if prob_path else None
+    # thinner pieces keep a worker's feature memory near 300 MB for 128^3 blocks
+    w = block.write
+    for z0 in range(w[0].start, w[0].stop, _PIECE):
+        z1 = min(z0 + _PIECE, w[0].stop)
+        p = predict_box(arr, (slice(z0, z1), w[1], w[2]), model)
+        lab[z0 - w[0].start : z1 - w[0].start] = np.argmax(p, axis=0)
+        if probs is not None:
+            probs[:, z0 - w[0].start : z1 - w[0].start] = np.clip(np.rint(p * 255), 0, 255)
+    out[w] = lab
     if prob_path:
         pa = zarr.open_array(os.path.join(prob_path, "0"), mode="r+")
-        pa[(slice(None), *block.write)] = np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)
+        pa[(slice(None), *w)] = probs
     markers.mark(block)
 
 
@@ -1235,6 +1248,10 @@ class InteractiveSession:
 
     def retrain(self) -> Model:
         """Fit the preview forest on every annotated slice (feature rows cached per slice)."""
+        with self._lock:
+            return self._retrain()
+
+    def _retrain(self) -> Model:
         t0 = time.perf_counter()
         classes = self.store.classes
         seen = set()
@@ -1280,7 +1297,8 @@ class InteractiveSession:
             raise ValueError("no model yet: call retrain() after annotating")
         f = self.slice_features(axis, index)
         F, H, W = f.shape
-        p = self.model.forests[0].predict_proba(f.reshape(F, -1).T)
+        p = self.model.forests[0].predict_proba(f.reshape(F, -1).T, chunk=16384,
+                                                threads=_blocks.default_workers())
         return p.T.reshape(-1, H, W)
 
     def predict_slice(self, axis: int, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1296,16 +1314,17 @@ class InteractiveSession:
     def suggest_slice(self, axis: int, candidates: int = 6, patch: int = 96) -> int:
         """Index of the slice along ``axis`` where the model is least certain.
 
-        Evaluates a centre patch of up to ``candidates`` evenly spaced slices that are at
-        least 2 slices from any annotated one; returns the most uncertain.
+        Evaluates a centre patch of up to ``candidates`` evenly spaced interior slices that
+        are more than 2 slices from any annotated one; returns the most uncertain
+        (mean of :meth:`uncertainty_slice` over the patch).
         """
         if self.model is None:
             raise ValueError("no model yet: call retrain() after annotating")
         n = self.array.shape[axis]
         done = [s["index"] for s in self.store.annotated_slices() if s["axis"] == axis]
         pool = [i for i in range(n) if all(abs(i - d) > 2 for d in done)] or list(range(n))
-        pick = [pool[int(round(j * (len(pool) - 1) / max(candidates - 1, 1)))]
-                for j in range(min(candidates, len(pool)))]
+        k = min(candidates, len(pool))
+        pick = [pool[int((j + 1) * len(pool) / (k + 1))] for j in range(k)]
         best, best_u = pick[0], -1.0
         plane = [n_ for i, n_ in enumerate(self.array.shape) if i != axis]
         for idx in dict.fromkeys(pick):
