@@ -565,8 +565,8 @@ def export(kind: str, source: Any, dest: str | os.PathLike, **options: Any) -> P
         statistics), a meshes folder or a segmentation folder holding ``meshes/``
         (meshes), a ``stats.csv`` or a segmentation folder (stats).
     dest : path
-        Output file; when an existing folder, the file is created inside it with
-        :func:`default_filename`.
+        Output file; when an existing folder (or a string ending in ``/``, created if
+        missing), the file is created inside it with :func:`default_filename`.
     **options
         ``label`` (bool: treat as a label image; default from the OME-Zarr metadata),
         ``level`` (pyramid level, default 0), ``window`` ((lo, hi) for 8-bit PNG of an
@@ -596,7 +596,10 @@ def export(kind: str, source: Any, dest: str | os.PathLike, **options: Any) -> P
     ('seg.png.zip', 5)
     """
     writer = _writer(kind)
+    as_folder = isinstance(dest, str) and dest.endswith(("/", os.sep))
     dest = Path(dest)
+    if as_folder:
+        dest.mkdir(parents=True, exist_ok=True)
     if dest.is_dir():
         dest = dest / default_filename(kind, source)
     dest.parent.mkdir(parents=True, exist_ok=True)

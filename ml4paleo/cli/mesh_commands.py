@@ -95,7 +95,7 @@ def mesh_command(labels, out_dir, chunk_size, formats, simplify, label_list, vox
               help="LO,HI intensity window for 8-bit PNG of an image (default: 1-99.5 percentiles).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def export_command(kind, source, dest, label, level, window, quiet) -> None:
-    """Export SOURCE as KIND to DEST (a file, or a folder to put it in).
+    """Export SOURCE as KIND to DEST (a file, or a folder to put it in: existing, or ending in /).
 
     \b
     zarr    zip of an OME-Zarr folder
@@ -119,7 +119,7 @@ def export_command(kind, source, dest, label, level, window, quiet) -> None:
             raise click.BadParameter(f"expected LO,HI, got {window!r}") from None
         options["window"] = (lo, hi)
     try:
-        path = export(kind, Path(source), Path(dest), **options)
+        path = export(kind, Path(source), dest, **options)  # str: a trailing / means a folder
     except (ValueError, FileNotFoundError, OSError) as exc:
         fail(str(exc))
         return
