@@ -180,18 +180,28 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
     in_memory = slab_bytes <= memory_limit
     # Level 1 is downsampled from the slabs (or bands) while they are in memory, which saves
     # reading level 0 back; that needs even slab thickness so no 2x2x2 cell straddles two.
-    inline_level1 = len(image.levels) > 1 and cz % 2 == 0
-    first_pyramid_level = 2 if inline_level1 else 1
-    pyramid_total = _pyramid_task_count(image, first_pyramid_level)
-    total = len(slabs) + pyramid_total
-    if progress is not None:
-        progress(0, total)
+    inline = len(image.levels) > 1 and all(c % 2 == 0 for c in image.array.chunks)
     threads = workers or volume.workers
     level0 = _ChunkWriter(image, 0)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="ml4paleo-convert")
+    stack = contextlib.ExitStack()
+    level1 = None
+    first_pyramid_level = 1
+    if inline:
+        stager1 = None
+        if not in_memory:
+            shape1, chunks1 = image.level(1).shape, image.level(1).chunks
+            stager1 = stack.enter_context(_BandStager(
+                staging.with_name(staging.name + "-1"), chunks1[0], shape1[1], shape1[2],
+                chunks1[1], volume.dtype))
+        builders = _level_builders(image, pool, memory_limit, stager1)
+        level1 = builders[0]
+        first_pyramid_level = len(builders) + 1
+    total = len(slabs) + _pyramid_task_count(image, first_pyramid_level)
+    if progress is not None:
+        progress(0, total)
     try:
         if in_memory:
-            level1 = _Level1Builder(image, pool) if inline_level1 else None
             # Slab buffers are allocated once and reused (fresh buffers cost page faults).
             # With two, slab k+1 is read while slab k is compressed, overlapping file I/O
             # and decoding with compression.
@@ -222,21 +232,13 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
                         progress(k, total)
             if level1 is not None:
                 level1.finish()
+            del buffers, read  # free the slabs before any remaining pyramid pass
         else:
             log.info("slab of %d MiB > memory limit: staging slices through %s",
                      slab_bytes >> 20, staging)
             # bands of two chunk rows: each downsamples to one level-1 chunk row
             band_rows = 2 * level0.chunks[1]
-            with contextlib.ExitStack() as stack:
-                stager = stack.enter_context(
-                    _BandStager(staging, cz, ny, nx, band_rows, volume.dtype))
-                level1 = None
-                if inline_level1:
-                    shape1, chunks1 = image.level(1).shape, image.level(1).chunks
-                    stager1 = stack.enter_context(_BandStager(
-                        staging.with_name(staging.name + "-1"), chunks1[0], shape1[1], shape1[2],
-                        chunks1[1], volume.dtype))
-                    level1 = _Level1Builder(image, pool, stager1)
+            with _BandStager(staging, cz, ny, nx, band_rows, volume.dtype) as stager:
                 step = max(1, memory_limit // (2 * ny * nx * volume.dtype.itemsize))
                 for k, z0 in enumerate(slabs, start=1):
                     z1 = min(z0 + cz, nz)
@@ -261,13 +263,16 @@ def _convert_into(volume, tmp, staging, voxel_size, unit, chunk, progress, worke
                     level1.finish()
     finally:
         pool.shutdown(wait=True)
+        stack.close()
     base = len(slabs)
 
     def pyramid_progress(done: int, _total: int) -> None:
         if progress is not None and done > 0:
             progress(base + done, total)
 
-    build_pyramid(image, progress=pyramid_progress, workers=threads, first_level=first_pyramid_level)
+    if first_pyramid_level < len(image.levels):
+        build_pyramid(image, progress=pyramid_progress, workers=threads,
+                      first_level=first_pyramid_level)
     return image
 
 
@@ -332,23 +337,27 @@ class _ChunkWriter:
         return futures
 
 
-class _Level1Builder:
-    """Downsamples level-0 data (whole slabs, or row bands of them) into level 1, written
-    chunk-thick: held in memory, or in a band stager when even that would be too big."""
+class _LevelBuilder:
+    """Downsamples the level above (whole slabs, or row bands of them) into one pyramid
+    level, written chunk-thick from a buffer held in memory (or in a band stager when even
+    that is too big). When full, the buffer also feeds the next level's builder, so the
+    whole pyramid is built in one pass without reading anything back."""
 
-    def __init__(self, image: OmeImage, pool: ThreadPoolExecutor, stager: _BandStager | None = None):
-        self.writer = _ChunkWriter(image, 1)
+    def __init__(self, image: OmeImage, level: int, pool: ThreadPoolExecutor,
+                 stager: _BandStager | None = None) -> None:
+        self.writer = _ChunkWriter(image, level)
         self.pool = pool
         self.stager = stager
+        self.next: _LevelBuilder | None = None
         self.label = "image-label" in image.attrs
         self.cz = self.writer.chunks[0]
         if stager is None:
             self.buffer = np.zeros((self.cz,) + self.writer.shape[1:], self.writer.dtype)
-        self.base = 0  # level-1 z of the first buffered plane
+        self.base = 0  # z (in this level) of the first buffered plane
         self.filled = 0
 
     def add(self, region: np.ndarray, z0: int, y0: int = 0) -> None:
-        """Downsample ``region`` (level-0 data at ``z0, y0, 0``; ``z0, y0`` even)."""
+        """Downsample ``region`` (data of the level above at ``z0, y0, 0``; ``z0, y0`` even)."""
         cy, cx = (2 * c for c in self.writer.chunks[1:])
         nz1 = (region.shape[0] + 1) // 2
         ny1 = (region.shape[1] + 1) // 2
@@ -371,7 +380,7 @@ class _Level1Builder:
             self.stager.put_block(y0 // 2 // self.writer.chunks[1], zoff, target)
 
     def end_slab(self, z0: int, nz: int) -> None:
-        """All regions of the level-0 slab ``z0 .. z0+nz`` were added."""
+        """Every region of the slab ``z0 .. z0 + nz`` of the level above was added."""
         self.filled = z0 // 2 - self.base + (nz + 1) // 2
         if self.filled >= self.cz:
             self._flush()
@@ -380,18 +389,50 @@ class _Level1Builder:
         n = min(self.filled, self.writer.shape[0] - self.base)
         if n > 0:
             if self.stager is None:
-                for f in self.writer.submit_slab(self.pool, self.buffer[:n], self.base):
+                data = self.buffer[:n]
+                for f in self.writer.submit_slab(self.pool, data, self.base):
                     f.result()
+                if self.next is not None:
+                    self.next.add(data, self.base)
             else:
                 for b, (y0, _) in enumerate(self.stager.bands):
-                    for f in self.writer.submit_slab(self.pool, self.stager.band(b, n), self.base, y0):
+                    band = self.stager.band(b, n)
+                    futures = self.writer.submit_slab(self.pool, band, self.base, y0)
+                    if self.next is not None:
+                        self.next.add(band, self.base, y0)
+                    for f in futures:
                         f.result()
+            if self.next is not None:
+                self.next.end_slab(self.base, n)
         self.base += self.cz
         self.filled = 0
 
     def finish(self) -> None:
+        """Write what is buffered (the last, partial slab) and finish the levels below."""
         if self.filled:
             self._flush()
+        if self.next is not None:
+            self.next.finish()
+
+
+def _level_builders(image: OmeImage, pool: ThreadPoolExecutor, memory_limit: int,
+                    stager1: _BandStager | None = None) -> list[_LevelBuilder]:
+    """Chained builders for levels 1.. while their buffers stay small (the rest of the
+    pyramid, if any, is built afterwards by :func:`build_pyramid`)."""
+    builders: list[_LevelBuilder] = []
+    for level in range(1, len(image.levels)):
+        arr = image.level(level)
+        buffer_bytes = arr.chunks[0] * arr.shape[1] * arr.shape[2] * np.dtype(arr.dtype).itemsize
+        if level == 1 and stager1 is not None:
+            builder = _LevelBuilder(image, 1, pool, stager1)
+        elif buffer_bytes <= memory_limit // 4:
+            builder = _LevelBuilder(image, level, pool)
+        else:
+            break
+        if builders:
+            builders[-1].next = builder
+        builders.append(builder)
+    return builders
 
 
 class _BandStager:
