@@ -634,7 +634,12 @@ class TrainSettings:
     Attributes
     ----------
     n_trees : tuple of int
-        Trees of stage 1 and stage 2.
+        Trees of stage 1 and stage 2 (at most; see ``node_budget``).
+    node_budget : float or None
+        Prediction cost cap: tree nodes a voxel visits on average in the full-resolution
+        stage (stage 2, or stage 1 of a one-stage model); trees beyond it are dropped.
+    min_trees : int
+        Never fewer trees than this.
     max_depth : int or None
     min_samples_leaf : int
     max_per_class : int
@@ -653,19 +658,22 @@ class TrainSettings:
     seed : int
     """
 
-    n_trees: tuple[int, int] = (24, 24)
+    n_trees: tuple[int, int] = (64, 64)
+    node_budget: float | None = 480.0
+    min_trees: int = 16
     max_depth: int | None = 16
     min_samples_leaf: int = 2
     max_per_class: int = 30000
     border_weight: float = 4.0
     two_stage: bool = True
-    cross_fit: bool = False
+    cross_fit: bool = True
     context_sigmas: tuple[float, ...] = (0.0, 1.0)
     n_jobs: int = -1
     seed: int = 0
 
 
-PREVIEW = TrainSettings(n_trees=(24, 0), max_depth=14, max_per_class=6000, two_stage=False)
+PREVIEW = TrainSettings(n_trees=(24, 0), node_budget=None, max_depth=14, max_per_class=6000,
+                        two_stage=False)
 
 
 def _labelled_coords(labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -728,7 +736,15 @@ def _group_boxes(coords: np.ndarray, shape) -> list[tuple[tuple[slice, ...], np.
     return out
 
 
-def _fit_forest(X, y, n_trees, ts: TrainSettings, n_classes: int, seed: int) -> Forest:
+def _fit_forest(X, y, n_trees, ts: TrainSettings, n_classes: int, seed: int,
+                budget: float | None = None) -> Forest:
+    """Fit a random forest; with ``budget``, keep only as many trees as fit in it.
+
+    ``budget`` is the number of tree nodes a voxel may visit on average (the expected root-leaf
+    path length, summed over trees, under the training distribution): prediction time is
+    proportional to it. A few strokes give shallow trees, so many of them fit; whole painted
+    slices give deep trees, so fewer do.
+    """
     from sklearn.ensemble import RandomForestClassifier
 
     rf = RandomForestClassifier(
@@ -740,7 +756,22 @@ def _fit_forest(X, y, n_trees, ts: TrainSettings, n_classes: int, seed: int) -> 
         random_state=seed,
     )
     rf.fit(X, y)
+    if budget:
+        paths = np.array([_expected_path(e.tree_) for e in rf.estimators_])
+        keep = max(ts.min_trees, int(np.searchsorted(np.cumsum(paths), budget, side="right")))
+        rf.estimators_ = rf.estimators_[:keep]
     return Forest.from_sklearn(rf, [int(c) for c in rf.classes_], n_classes)
+
+
+def _expected_path(tree) -> float:
+    left, right = tree.children_left, tree.children_right
+    depth = np.zeros(tree.node_count, np.int64)
+    for i in range(tree.node_count):
+        if left[i] != -1:
+            depth[left[i]] = depth[right[i]] = depth[i] + 1
+    leaf = left == -1
+    w = tree.weighted_n_node_samples[leaf]
+    return float((depth[leaf] * w).sum() / max(w.sum(), 1e-12)) + 1.0
 
 
 def _dice_scores(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> list[float | None]:
@@ -868,7 +899,8 @@ def train(
     metrics, fold_forests, fold = ({}, None, None)
     if not preview:
         metrics, fold_forests, fold = _held_out_metrics(X1, y, groups, ts, cls_list)
-    forest1 = _fit_forest(X1, y, ts.n_trees[0], ts, n_classes, ts.seed)
+    forest1 = _fit_forest(X1, y, ts.n_trees[0], ts, n_classes, ts.seed,
+                          budget=None if ctx is not None else ts.node_budget)
     forests = [forest1]
     if ctx is not None:
         Xctx = np.empty((len(y), n_classes * len(ctx.sigmas)), np.float32)
@@ -885,7 +917,7 @@ def train(
             Xctx[members] = cf[:, flat].T
         ctx_items.clear()
         forests.append(_fit_forest(np.concatenate([X1, Xctx], axis=1), y, ts.n_trees[1], ts,
-                                   n_classes, ts.seed + 1))
+                                   n_classes, ts.seed + 1, budget=ts.node_budget))
         if progress is not None:
             progress(len(boxes) + 1, len(boxes) + 1)
     counts = np.bincount(y, minlength=n_classes)
@@ -894,7 +926,8 @@ def train(
         "metrics": metrics,
         "label_counts": {c["name"]: int(n) for c, n in zip(cls_list, np.bincount(vals - 1, minlength=n_classes), strict=True)},
         "training_voxels": {c["name"]: int(n) for c, n in zip(cls_list, counts, strict=True)},
-        "train_settings": {"n_trees": list(ts.n_trees), "max_depth": ts.max_depth,
+        "train_settings": {"n_trees": [f.n_trees for f in forests], "max_depth": ts.max_depth,
+                           "node_budget": ts.node_budget, "cross_fit": ts.cross_fit,
                            "max_per_class": ts.max_per_class, "two_stage": ts.two_stage},
         "seconds": {"features": round(t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
         "shape": list(arr.shape),
