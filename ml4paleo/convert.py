@@ -32,6 +32,7 @@ from typing import Any
 import numcodecs
 import numpy as np
 
+from ml4paleo._verbs import make_module_callable
 from ml4paleo.io import InputError, Volume, open_volume
 from ml4paleo.omezarr import (
     OmeImage,
@@ -543,3 +544,6 @@ def _replace(tmp: Path, dest: Path) -> None:
 
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "InputError", "convert"]
+
+
+make_module_callable(__name__, convert)

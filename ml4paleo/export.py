@@ -31,7 +31,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 import zipfile
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ml4paleo._verbs import make_module_callable
 
 log = logging.getLogger(__name__)
 
@@ -689,13 +690,4 @@ def read_stats_csv(path: str | os.PathLike) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-class _CallableModule(type(json)):
-    """Importing this module binds it to ``ml4paleo.export``, shadowing the verb that
-    ``ml4paleo.__init__`` exposes under the same name; calling the module calls :func:`export`
-    so ``ml4paleo.export(kind, source, dest)`` works whether or not the module was imported."""
-
-    def __call__(self, kind: str, source: Any, dest: str | os.PathLike, **options: Any) -> Path:
-        return export(kind, source, dest, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, export)
