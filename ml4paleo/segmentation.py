@@ -4,17 +4,18 @@ Labels are one volume: 0 = unlabelled, value ``k + 1`` = class ``k`` (class 0 is
 background). Brush strokes, polygons and whole painted slices all end up in it
 (:class:`LabelStore`).
 
-The classifier is a two-stage *auto-context* random forest:
+The classifier is a random forest on the filter-bank features (:mod:`ml4paleo.features`),
+trained on a class-balanced sample (capped per class, voxels next to another class's label
+preferred), with as many trees as fit a prediction-cost budget. An optional second
+*auto-context* stage (``TrainSettings(two_stage=True)``) sees the same features plus the
+stage-1 class probabilities smoothed at a few scales; the stage-1 probabilities for the
+context are evaluated on a 2x coarser global grid (every other voxel), smoothed there and
+interpolated back, so the second stage costs little more than one forest evaluation. On our
+fossil phantoms it did not beat a single stage with more trees, so one stage is the default
+(see ``benchmarks/segment.py``).
 
-1. stage 1 classifies every voxel from the filter-bank features (:mod:`ml4paleo.features`);
-2. stage 2 sees the same features plus the stage-1 class probabilities smoothed at a few
-   scales, so it can use the shape of the neighbourhood ("a bright spot inside bone is
-   bone, the same spot in rock is a mineral grain").
-
-The stage-1 probabilities for the context are evaluated on a 2x coarser global grid (every
-other voxel), smoothed there and interpolated back, which makes the second stage cost little
-more than one forest evaluation. Everything is computed per block with the halo it needs
-(features: :func:`ml4paleo.features.halo_for`; context: :func:`context_halo`), so a blockwise
+Everything is computed per block with the halo it needs (features:
+:func:`ml4paleo.features.halo_for`; context: :func:`context_halo`), so a blockwise
 segmentation equals a whole-volume one.
 """
 
@@ -665,8 +666,8 @@ class TrainSettings:
     min_samples_leaf: int = 2
     max_per_class: int = 30000
     border_weight: float = 4.0
-    two_stage: bool = True
-    cross_fit: bool = True
+    two_stage: bool = False
+    cross_fit: bool = False
     context_sigmas: tuple[float, ...] = (0.0, 1.0)
     n_jobs: int = -1
     seed: int = 0

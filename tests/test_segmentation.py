@@ -21,7 +21,7 @@ from ml4paleo.segmentation import (
 )
 
 SHAPE = (40, 80, 80)
-FAST = TrainSettings(n_trees=(12, 16), max_per_class=4000, n_jobs=2)
+FAST = TrainSettings(n_trees=(12, 16), max_per_class=4000, n_jobs=2, two_stage=True)
 
 
 def dice(truth, pred, c):
@@ -64,7 +64,8 @@ def test_strokes_on_four_slices_segment_well(phantom, stroke_model):
 def test_painted_slices_segment_well(phantom):
     image, truth = phantom
     labels = painted_slices(truth, 3)
-    model = train(image, labels, settings=FAST)
+    model = train(image, labels, settings=TrainSettings(n_trees=(24, 0), n_jobs=2))
+    assert model.context is None and 16 <= model.forests[0].n_trees <= 24
     pred = predict_box(image, tuple(slice(0, n) for n in SHAPE), model).argmax(0)
     assert dice(truth, pred, 1) > 0.7
     assert dice(truth, pred, 2) > 0.6
