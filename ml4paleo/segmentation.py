@@ -652,6 +652,9 @@ class TrainSettings:
     cross_fit : bool
         Train the second stage on out-of-fold stage-1 probabilities (folds = annotated
         planes) when there are at least two annotated planes.
+    class_balance : float
+        Reweight the sampled voxels by (balanced weight) ** this: 0 = as sampled, 1 = every
+        class weighs the same, 0.5 = in between (rare classes after the cap).
     context_sigmas : tuple of float
         Smoothing scales (coarse voxels) of the stage-1 probabilities fed to stage 2.
     n_jobs : int
@@ -662,12 +665,13 @@ class TrainSettings:
     n_trees: tuple[int, int] = (64, 64)
     node_budget: float | None = 480.0
     min_trees: int = 16
-    max_depth: int | None = 16
-    min_samples_leaf: int = 2
-    max_per_class: int = 30000
+    max_depth: int | None = None
+    min_samples_leaf: int = 1
+    max_per_class: int = 100000
     border_weight: float = 4.0
     two_stage: bool = False
     cross_fit: bool = False
+    class_balance: float = 0.5
     context_sigmas: tuple[float, ...] = (0.0, 1.0)
     n_jobs: int = -1
     seed: int = 0
@@ -756,7 +760,12 @@ def _fit_forest(X, y, n_trees, ts: TrainSettings, n_classes: int, seed: int,
         n_jobs=ts.n_jobs,
         random_state=seed,
     )
-    rf.fit(X, y)
+    weight = None
+    if ts.class_balance > 0:
+        counts = np.bincount(y)
+        per_class = (len(y) / (np.count_nonzero(counts) * np.maximum(counts, 1))) ** ts.class_balance
+        weight = per_class[y]
+    rf.fit(X, y, sample_weight=weight)
     if budget:
         paths = np.array([_expected_path(e.tree_) for e in rf.estimators_])
         keep = max(ts.min_trees, int(np.searchsorted(np.cumsum(paths), budget, side="right")))
