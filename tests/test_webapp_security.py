@@ -119,3 +119,19 @@ def test_csrf_rules(client):
     assert r.status_code in (200, 201)
     # safe methods are never blocked
     assert client.get("/api/jobs", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_hostile_json_and_methods_are_json_4xx(client):
+    """JSON nested deeper than the parser's recursion limit is a 400, not a 500
+    (RecursionError is not a ValueError); a 405 keeps its Allow header."""
+    rid = client.post("/api/job/new", json={"name": "n"}).get_json()["job_id"]
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    for url in ("/api/job/new", "/api/job/status", "/api/job/status/upload-complete",
+                f"/api/job/{rid}/rename", "/api/auth", f"/api/job/{rid}/segment",
+                f"/api/job/{rid}/mesh"):
+        r = client.post(url, data=deep, content_type="application/json")
+        assert 400 <= r.status_code < 500, (url, r.status_code, r.data[:200])
+        assert r.is_json and "error" in r.get_json(), url
+    r = client.put("/api/job/new")
+    assert r.status_code == 405 and r.is_json
+    assert set(r.headers["Allow"].split(", ")) >= {"POST"}

@@ -25,8 +25,8 @@ import logging
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Flask, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Request, g, jsonify, request
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from ml4paleo import keys as keylib
 from ml4paleo.config import Settings
@@ -46,6 +46,20 @@ _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 _OPEN_API = {"/api/openapi.json", "/api/auth"}
 
 
+class _Request(Request):
+    """Flask's request, with JSON nested too deeply for the parser treated as malformed JSON
+    (``json.loads`` raises RecursionError, not ValueError, so ``silent=True`` let it through
+    as a 500)."""
+
+    def get_json(self, force=False, silent=False, cache=True):
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            if silent:
+                return None
+            raise BadRequest("request body is JSON nested too deeply") from None
+
+
 def create_app(settings: Settings | None = None, **overrides) -> Flask:
     """Build the Flask app.
 
@@ -60,6 +74,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
 
     settings = (settings or Settings.from_env()).with_overrides(**overrides)
     app = Flask(__name__)
+    app.request_class = _Request
     app.config["ML4PALEO_SETTINGS"] = settings
     app.config["JSON_SORT_KEYS"] = False
     # a request body may hold one whole (unchunked) file; chunked uploads are smaller
@@ -87,12 +102,17 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         if request.path.startswith("/api/"):
-            return jsonify(error=exc.description or exc.name), exc.code
+            resp = jsonify(error=exc.description or exc.name)
+            resp.status_code = exc.code or 500
+            for name, value in exc.get_headers():  # e.g. Allow of a 405
+                if name.lower() != "content-type":
+                    resp.headers[name] = value
+            return resp
         return exc
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, request.path[:300])
         return jsonify(error=f"internal error: {type(exc).__name__}"), 500
 
     return app
