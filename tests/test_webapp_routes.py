@@ -392,3 +392,16 @@ def test_oversized_upload_is_413(client, store):
                     data={"file": (io.BytesIO(b"x" * (2 * 1024 * 1024)), "a.png")})
     assert r.status_code == 413 and r.is_json
     assert json.loads(client.get(f"/api/job/{jid}/status").data)["status"] == "uploading"
+
+
+def test_overlong_file_names_are_404_not_500(client, job):
+    """Names the file system refuses (ENAMETOOLONG) answer 404 like any missing file."""
+    jid, seg = job
+    (client.application.extensions["ml4paleo_store"].job_dir(jid) / "annotations").mkdir()
+    for rel in ("x" * 300, "a/" * 3000 + "b", "y" * 256 + "/.zattrs"):
+        for url in (f"/api/job/{jid}/zarr/{rel}", f"/api/job/{jid}/segmentation/{seg}/zarr/{rel}",
+                    f"/api/job/{jid}/segmentation/{seg}/obj/{rel}",
+                    f"/job/{jid}/annotations/{rel}"):
+            r = client.get(url)
+            assert r.status_code == 404, (url[:120], r.status_code, r.data[:200])
+    assert client.get(f"/api/job/{jid}/zarr/.zattrs").status_code == 200

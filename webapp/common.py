@@ -13,6 +13,10 @@ from ml4paleo.config import Settings
 #: segmentation / model ids and mesh file names: no separators, no dots at the start
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 MESH_EXTENSIONS = ("glb", "stl", "obj", "ply")
+#: longest file name / relative path :func:`safe_join` looks up (Linux NAME_MAX; well
+#: below PATH_MAX once joined onto the data directory)
+MAX_NAME = 255
+MAX_REL_PATH = 1024
 
 
 def settings() -> Settings:
@@ -58,8 +62,16 @@ def safe_join(base: Path, rel: str) -> Path:
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if any(p == ".." or p.startswith("..") for p in parts):
         abort(404, "no such file")
+    # names the file system cannot hold (ENAMETOOLONG) cannot exist: 404, not an OSError
+    if len(rel.encode("utf-8", "surrogateescape")) > MAX_REL_PATH or any(
+        len(p.encode("utf-8", "surrogateescape")) > MAX_NAME for p in parts
+    ):
+        abort(404, "no such file")
     base_resolved = base.resolve()
-    target = base_resolved.joinpath(*parts).resolve() if parts else base_resolved
+    try:
+        target = base_resolved.joinpath(*parts).resolve() if parts else base_resolved
+    except (OSError, RuntimeError):  # a symlink loop, or a path the OS refuses
+        abort(404, "no such file")
     if target != base_resolved and base_resolved not in target.parents:
         abort(404, "no such file")
     return target
