@@ -444,3 +444,22 @@ def test_opening_a_plane_prefetches_its_features(env):
     assert ann.session.slice_features(1, 9) is feats  # cached: the submit will not recompute
     assert c.get(f"/api/job/{jid}/annotate/labels?axis=y&index=10&prefetch=0").status_code == 200
     assert (1, 10) not in ann._prefetch
+
+
+def test_non_integer_numbers_in_queries_and_bodies_are_400(env):
+    """JSON Infinity / 1e400 / 1.5 indices, 5000-digit and non-ASCII digit strings."""
+    c, jid = env.c, env.jid
+    ok = encode_rle(np.zeros((64, 64), np.uint8))
+    url = f"/api/job/{jid}/annotate/labels"
+    for raw in ("Infinity", "-Infinity", "NaN", "1e400", "1.5"):
+        body = f'{{"axis": "z", "index": {raw}, "mask": {json.dumps(ok)}}}'
+        for method, target in (("POST", url), ("DELETE", url), ("POST", url + "/delete")):
+            r = c.open(target, method=method, data=body, content_type="application/json")
+            assert r.status_code == 400, (method, target, raw, r.data[:200])
+            assert "index" in r.get_json()["error"]
+    assert c.post(url, json={"axis": "z", "index": 2.0, "mask": ok}).status_code == 200
+    for size in ("9" * 5000, "\u00b2\u00b2", "99999"):
+        r = c.get(f"/api/job/{jid}/annotate/thumbnail", query_string={"index": 2, "size": size})
+        assert r.status_code == 400 and "size" in r.get_json()["error"]
+    r = c.get(f"/api/annotate/{jid}/images/next", query_string={"seed": "9" * 5000})
+    assert r.status_code == 200 and r.mimetype == "image/png"

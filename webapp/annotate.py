@@ -117,9 +117,11 @@ def _axis_index(source: dict | None = None) -> tuple[int, int]:
     raw = src.get("index")
     if raw is None or isinstance(raw, bool):
         abort(400, "index is required")
+    if isinstance(raw, float) and not raw.is_integer():  # also NaN, Infinity (JSON allows them)
+        abort(400, f"index must be an integer, got {raw!r}")
     try:
         index = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         abort(400, f"index must be an integer, got {raw!r}")
     return axis, index
 
@@ -438,7 +440,8 @@ def gallery_data(job_id: str):
 def gallery_thumbnail(job_id: str):
     axis, index = _axis_index()
     size = request.args.get("size", "192")
-    if not size.isdigit() or not 16 <= int(size) <= 1024:
+    # isascii: str.isdigit() accepts digits int() refuses ("²"); len: int() caps at 4300
+    if not (size.isascii() and size.isdigit() and len(size) <= 4) or not 16 <= int(size) <= 1024:
         abort(400, "size must be 16..1024")
     with _annotator(job_id) as ann:
         plane = ann.read_plane(axis, index)
@@ -711,7 +714,8 @@ def _field(payload: dict, snake: str, camel: str | None = None):
 def legacy_next_image(job_id: str):
     """A random cut-out as an 11-slice 512x512 PNG filmstrip + the ``zInfo`` header."""
     seed = request.args.get("seed")
-    rng = np.random.default_rng(int(seed)) if seed and seed.isdigit() else None
+    usable = bool(seed) and seed.isascii() and seed.isdigit() and len(seed) <= 40
+    rng = np.random.default_rng(int(seed)) if usable else None
     with _annotator(job_id) as ann:
         strip, meta, window = ann.issue_cutout(rng)
     resp = _png_response(strip)
