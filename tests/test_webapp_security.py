@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -135,3 +136,19 @@ def test_hostile_json_and_methods_are_json_4xx(client):
     r = client.put("/api/job/new")
     assert r.status_code == 405 and r.is_json
     assert set(r.headers["Allow"].split(", ")) >= {"POST"}
+
+
+def test_only_uploads_take_big_bodies(app, client):
+    """A JSON route refuses a body over ML4PALEO_MAX_BODY_BYTES (413) instead of reading
+    gigabytes into memory; /api/upload keeps the upload limit."""
+    app.config["ML4PALEO_MAX_BODY_BYTES"] = 1024
+    big = '{"name": "' + "x" * 4096 + '"}'
+    r = client.post("/api/job/new", data=big, content_type="application/json")
+    assert r.status_code == 413 and r.is_json and "error" in r.get_json()
+    assert client.post("/api/job/new", json={"name": "small"}).status_code == 201
+    jid = client.post("/api/job/new", json={"name": "u"}).get_json()["job_id"]
+    r = client.post("/api/upload", headers={"X-Job-ID": jid},
+                    data={"file": (io.BytesIO(b"z" * 8192), "vol.npy")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["received_bytes"] == 8192

@@ -44,6 +44,9 @@ KEY_HEADER = "X-API-Key"
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # /api routes that stay open when keys exist (so a browser can learn it must ask)
 _OPEN_API = {"/api/openapi.json", "/api/auth"}
+#: routes whose body is a file (up to ``Settings.max_upload_bytes``, spooled to disk)
+_UPLOAD_ROUTES = {"/api/upload"}
+MAX_BODY_BYTES = 128 * 1024**2
 
 
 class _Request(Request):
@@ -80,6 +83,8 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     # a request body may hold one whole (unchunked) file; chunked uploads are smaller
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_bytes) + 1024 * 1024
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    # every other body (JSON: label masks up to 8192^2, base64) is read into memory: bounded
+    app.config["ML4PALEO_MAX_BODY_BYTES"] = MAX_BODY_BYTES
     app.extensions["ml4paleo_store"] = JobStore(settings.data_dir, settings=settings)
 
     registered: list[str] = []
@@ -96,6 +101,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
         registered.append(name)
     app.config["ML4PALEO_BLUEPRINTS"] = tuple(registered)
 
+    app.before_request(_limit_body)
     app.before_request(_check_access)
     app.after_request(_security_headers)
 
@@ -131,6 +137,15 @@ def _same_origin(origin: str) -> bool:
     except ValueError:
         return False
     return bool(parts.netloc) and parts.netloc.lower() == request.host.lower()
+
+
+def _limit_body():
+    """``before_request``: only upload routes may send multi-gigabyte bodies (413 otherwise)."""
+    from flask import current_app
+
+    if request.path not in _UPLOAD_ROUTES:
+        limit = current_app.config["ML4PALEO_MAX_BODY_BYTES"]
+        request.max_content_length = min(limit, current_app.config["MAX_CONTENT_LENGTH"])
 
 
 def _check_access():
