@@ -308,3 +308,29 @@ def test_single_shot_upload_of_a_spooled_file(tmp_path):
     assert (store.job_dir(job_id) / "upload" / "s.raw").read_bytes() == data
     res = client.post("/api/job/status/upload-complete", json={"job_id": job_id})
     assert res.get_json()["upload_bytes"] == 3_000_000
+
+
+def test_zarr_v2_folder_upload_keeps_its_metadata_files(client, app, tmp_path):
+    """.zarray/.zattrs/.zgroup survive name sanitising (other dot files do not), so an
+    uploaded Zarr v2 store opens; it used to arrive as zarray/zattrs and be rejected."""
+    import numpy as np
+    import zarr
+
+    from ml4paleo.io import open_volume
+
+    src = tmp_path / "scan.zarr"
+    arr = zarr.open_array(str(src), mode="w", shape=(4, 8, 8), chunks=(4, 8, 8), dtype="uint8",
+                          zarr_format=2)
+    arr[:] = np.arange(256, dtype=np.uint8).reshape(4, 8, 8)
+    job_id = _new(client)
+    for p in sorted(q for q in src.rglob("*") if q.is_file()):
+        rel = p.relative_to(src).as_posix()  # the folder's contents (open_volume of upload/)
+        res = _chunk(client, job_id, p.read_bytes(), fullPath=rel)
+        assert res.status_code == 200 and res.get_json()["filename"] == rel
+    assert sanitize_upload_path("scan.zarr/.zarray") == "scan.zarr/.zarray"
+    assert sanitize_upload_path("a/.zattrs.bak") == "a/zattrs.bak"
+    assert sanitize_upload_path(".zarray/../.bashrc") == ".zarray/bashrc"
+    upload = app.extensions["ml4paleo_store"].job_dir(job_id) / "upload"
+    with open_volume(upload) as vol:
+        assert vol.shape == (4, 8, 8)
+        assert np.array_equal(vol[1], arr[1])

@@ -34,6 +34,8 @@ UPLOAD_LOCK = ".upload.lock"
 MAX_PATH_DEPTH = 16
 MAX_PART_LENGTH = 200
 COPY_BLOCK = 8 * 1024 * 1024
+#: the only dot-file names an upload keeps (Zarr v2 metadata); any other leading dot is cut
+ZARR_METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ ()+,=@~-]")
 
 
@@ -175,7 +177,9 @@ def sanitize_upload_path(name: object) -> str:
         stripped = raw.strip()
         if stripped in ("", ".", ".."):
             continue
-        part = _UNSAFE_CHARS.sub("_", stripped).lstrip(".").strip()  # no hidden files
+        part = _UNSAFE_CHARS.sub("_", stripped)
+        if part not in ZARR_METADATA_NAMES:  # a Zarr v2 folder needs its dot files
+            part = part.lstrip(".").strip()  # no other hidden files
         if part:
             parts.append(part[:MAX_PART_LENGTH])
     if not parts:
