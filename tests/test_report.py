@@ -157,6 +157,7 @@ def test_web_route(job):
     url = f"/api/job/{job['id']}/segmentation/{SEG}/report"
     first = client.get(url + ".html")
     assert first.status_code == 200 and first.mimetype == "text/html"
+    assert first.headers["Content-Type"] == "text/html; charset=utf-8"  # one charset
     assert b"tooth" in first.data
     cache = job["dir"] / "exports" / f"report-{SEG}.html"
     built = cache.stat().st_mtime_ns

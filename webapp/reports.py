@@ -18,7 +18,7 @@ from .common import get_job, job_dir, segmentation_dir
 log = logging.getLogger(__name__)
 bp = Blueprint("reports", __name__)
 
-_MIMETYPES = {"html": "text/html; charset=utf-8", "pdf": "application/pdf"}
+_MIMETYPES = {"html": "text/html", "pdf": "application/pdf"}  # send_file adds the charset
 #: without meshing's stats.csv the statistics are computed in the request: only when small
 MAX_VOXELS_WITHOUT_STATS = 64 * 1024**2
 _locks: dict[str, threading.Lock] = {}
