@@ -152,3 +152,20 @@ def test_only_uploads_take_big_bodies(app, client):
                     content_type="multipart/form-data")
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["received_bytes"] == 8192
+
+
+def test_non_ascii_csrf_and_key_headers_are_403_401(app, client):
+    """hmac.compare_digest refuses non-ASCII str (TypeError): a forged token or key with
+    such characters is an ordinary refusal, not a 500."""
+    client.set_cookie("ml4paleo_csrf", "abc")
+    for token in ("\u00e9", "\u00ff\u00fe", "abc\u00e9"):
+        r = client.post("/api/job/new", json={"name": "x"}, headers={"X-CSRF-Token": token})
+        assert r.status_code == 403 and r.is_json, (token, r.status_code)
+    client.set_cookie("ml4paleo_csrf", "\u00e9t\u00e9")
+    r = client.post("/api/job/new", json={"name": "x"}, headers={"X-CSRF-Token": "\u00e9t\u00e9"})
+    assert r.status_code == 201
+    keys.add_key(app.config["ML4PALEO_SETTINGS"].data_dir, "alice")
+    r = client.get("/api/jobs", headers={"X-API-Key": "\u00ff\u00fe"})
+    assert r.status_code == 401 and r.is_json
+    client.set_cookie("ml4paleo_key", "\u00e9")
+    assert client.get("/api/jobs").status_code == 401

@@ -148,6 +148,13 @@ def _limit_body():
         request.max_content_length = min(limit, current_app.config["MAX_CONTENT_LENGTH"])
 
 
+def _same_secret(a: str, b: str) -> bool:
+    """Constant-time equality of two header/cookie strings. ``hmac.compare_digest`` raises
+    TypeError for ``str`` with non-ASCII characters (a 500 from a forged header): bytes."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"),
+                               b.encode("utf-8", "surrogatepass"))
+
+
 def _check_access():
     """``before_request``: access key on /api routes, then CSRF on state changes."""
     from flask import current_app
@@ -170,7 +177,7 @@ def _check_access():
     sent = request.headers.get(CSRF_HEADER)
     cookie = request.cookies.get(CSRF_COOKIE)
     if sent is not None:
-        if cookie and hmac.compare_digest(sent, cookie):
+        if cookie and _same_secret(sent, cookie):
             return None
         return _deny(403, "CSRF token does not match; reload the page")
     if request.cookies.get(KEY_COOKIE) and keylib.has_keys(settings.data_dir):
