@@ -336,6 +336,11 @@ def test_openapi_describes_every_route(app, client):
             assert op["summary"] and op["responses"]
     slice_op = spec["paths"]["/api/job/{job_id}/slice"]["get"]
     assert {p["name"] for p in slice_op["parameters"]} >= {"job_id", "axis", "index", "window"}
+    # answers as documented (schemathesis checks status codes and content types against it)
+    assert list(slice_op["responses"]["200"]["content"]) == ["image/png"]
+    assert "201" in spec["paths"]["/api/job/new"]["post"]["responses"]
+    assert "409" in spec["paths"]["/api/job/{job_id}/annotate/info"]["get"]["responses"]
+    assert "413" in spec["paths"]["/api/job/{job_id}/annotate/labels"]["post"]["responses"]
 
 
 # ------------------------------------------------------------------ safety

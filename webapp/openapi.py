@@ -47,6 +47,32 @@ QUERY_PARAMETERS: dict[str, list[tuple[str, str, str]]] = {
 }
 QUERY_PARAMETERS["catalogue.list_jobs_csv"] = QUERY_PARAMETERS["catalogue.list_jobs"][:12]
 
+_PNG = ("image/png",)
+_ZIP = ("application/zip",)
+#: endpoint -> media types of its success answer when it is not JSON (API) / HTML (pages)
+MEDIA_TYPES: dict[str, tuple[str, ...]] = {
+    "data_api.image_slice": _PNG, "data_api.segmentation_slice": _PNG,
+    "annotate.predict_png": _PNG, "annotate.gallery_thumbnail": _PNG,
+    "annotate.legacy_next_image": _PNG,
+    "annotate.slice_data": ("image/png", "application/octet-stream"),
+    "data_api.image_zarr": ("application/json", "application/octet-stream"),
+    "data_api.segmentation_zarr": ("application/json", "application/octet-stream"),
+    "data_api.segmentation_mesh": ("model/stl", "model/obj", "model/gltf-binary",
+                                   "application/octet-stream", "text/csv"),
+    "data_api.image_preview": ("application/gzip",),
+    "data_api.segmentation_preview": ("application/gzip",),
+    "downloads.image_download": ("application/zip", "application/gzip"),
+    "downloads.segmentation_download": ("application/zip", "application/gzip", "text/csv"),
+    "downloads.meshes_download": _ZIP,
+    "annotate.model_download": _ZIP,
+    "reports.segmentation_report": ("text/html", "application/pdf"),
+    "catalogue.list_jobs": ("application/json", "text/csv"),
+    "catalogue.list_jobs_csv": ("text/csv",),
+    "annotate.annotation_file": ("application/json", "application/octet-stream"),
+}
+#: endpoints answering 201 Created
+CREATED = {"jobs_api.new_job", "annotate.model_import", "annotate.model_save_preview"}
+
 _ERROR = {"description": "error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
 
@@ -81,20 +107,24 @@ def build_spec(app) -> dict:
         view = app.view_functions.get(rule.endpoint)
         summary, description = _doc(view) if view else ("", "")
         is_api = rule.rule.startswith("/api/")
-        ok = {"description": "success", "content": {
-            "application/json" if is_api else "text/html": {"schema": {}}}}
+        media = MEDIA_TYPES.get(rule.endpoint) or (
+            ("application/json",) if is_api else ("text/html",))
+        ok = {"description": "success", "content": {m: {"schema": {}} for m in media}}
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op = {
                 "operationId": f"{rule.endpoint}.{method.lower()}",
                 "summary": summary or rule.endpoint,
                 "tags": [rule.endpoint.split(".")[0]],
                 "parameters": params,
-                "responses": {"200": ok, "400": _ERROR, "404": _ERROR},
+                # 409: the job is not in a state for this (e.g. not converted yet)
+                "responses": {"200": ok, "400": _ERROR, "404": _ERROR, "409": _ERROR},
             }
             if description:
                 op["description"] = description
+            if rule.endpoint in CREATED and method == "POST":
+                op["responses"]["201"] = ok
             if method in ("POST", "PUT", "PATCH"):
-                op["responses"]["409"] = _ERROR
+                op["responses"]["413"] = _ERROR  # body over the size limit
             if is_api and rule.rule not in ("/api/openapi.json", "/api/auth"):
                 op["security"] = [{}, {"apiKey": []}]
                 op["responses"]["401"] = _ERROR
