@@ -64,7 +64,7 @@ def test_strokes_on_four_slices_segment_well(phantom, stroke_model):
 def test_painted_slices_segment_well(phantom):
     image, truth = phantom
     labels = painted_slices(truth, 3)
-    model = train(image, labels, settings=TrainSettings(n_trees=(24, 0), n_jobs=2))
+    model = train(image, labels, settings=TrainSettings(n_trees=(24, 0), n_jobs=2, two_stage=False))
     assert model.context is None and 16 <= model.forests[0].n_trees <= 24
     pred = predict_box(image, tuple(slice(0, n) for n in SHAPE), model).argmax(0)
     assert dice(truth, pred, 1) > 0.7

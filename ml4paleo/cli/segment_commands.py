@@ -44,10 +44,10 @@ class _Source:
 @click.option("-o", "--output", "output", required=True, type=click.Path(), help="Model folder to write.")
 @click.option("--classes", default=None, help="Comma-separated class names, background first.")
 @click.option("--preview", is_flag=True, help="Small one-stage forest (fast, less accurate).")
-@click.option("--two-stage", is_flag=True, help="Add the auto-context second stage.")
+@click.option("--one-stage", is_flag=True, help="Skip the auto-context second stage (faster).")
 @click.option("--trees", default=None, help="Most trees per stage, e.g. 64 or 64,64.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_command(image, labels, output, classes, preview, two_stage, trees, quiet):
+def train_command(image, labels, output, classes, preview, one_stage, trees, quiet):
     """Train a voxel classifier on IMAGE from LABELS (0 = unlabelled, k+1 = class k).
 
     IMAGE and LABELS: OME-Zarr, .npy or any source the readers open; LABELS may also be
@@ -61,8 +61,8 @@ def train_command(image, labels, output, classes, preview, two_stage, trees, qui
         img = _open_source(image)
         lab = _open_source(labels)
         ts = PREVIEW if preview else TrainSettings()
-        if two_stage:
-            ts = replace(ts, two_stage=True)
+        if one_stage:
+            ts = replace(ts, two_stage=False)
         if trees:
             n = [int(t) for t in trees.split(",")]
             ts = replace(ts, n_trees=(n[0], n[-1]))
