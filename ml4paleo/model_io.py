@@ -36,9 +36,9 @@ class Forest:
             raise ValueError("a forest needs at least one tree")
         self.n_features = int(n_features)
         self.n_classes = int(n_classes)
-        self._arrays = trees
+        # keep only the compiled trees (structure) and float32 leaf fractions: one copy
         self._trees = [self._build(t) for t in trees]
-        self._values = [np.asarray(t["value"], np.float32) for t in trees]
+        self._values = [np.ascontiguousarray(t["value"], np.float32) for t in trees]
 
     @classmethod
     def from_sklearn(cls, rf, classes: Sequence[int], n_classes: int) -> Forest:
@@ -91,14 +91,11 @@ class Forest:
         nodes["n_node_samples"] = 1
         nodes["weighted_n_node_samples"] = 1.0
         depth = _depth(left, right)
-        tree = Tree(self.n_features, np.array([self.n_classes], dtype=np.intp), 1)
+        # the compiled tree only routes samples to leaves (apply); class fractions live in
+        # self._values, so it carries a 1-class dummy value table
+        tree = Tree(self.n_features, np.array([1], dtype=np.intp), 1)
         tree.__setstate__(
-            {
-                "max_depth": depth,
-                "node_count": n,
-                "nodes": nodes,
-                "values": np.ascontiguousarray(value, np.float64).reshape(n, 1, self.n_classes),
-            }
+            {"max_depth": depth, "node_count": n, "nodes": nodes, "values": np.zeros((n, 1, 1))}
         )
         return tree
 
@@ -143,14 +140,15 @@ class Forest:
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Flatten into named arrays for ``numpy.savez`` (node arrays concatenated)."""
-        offsets = np.cumsum([0] + [len(t["left"]) for t in self._arrays])
+        trees = self._trees
+        offsets = np.cumsum([0] + [t.node_count for t in trees])
         return {
             f"{prefix}offsets": offsets.astype(np.int64),
-            f"{prefix}left": np.concatenate([t["left"] for t in self._arrays]).astype(np.int32),
-            f"{prefix}right": np.concatenate([t["right"] for t in self._arrays]).astype(np.int32),
-            f"{prefix}feature": np.concatenate([t["feature"] for t in self._arrays]).astype(np.int32),
-            f"{prefix}threshold": np.concatenate([t["threshold"] for t in self._arrays]),
-            f"{prefix}value": np.concatenate([t["value"] for t in self._arrays]).astype(np.float32),
+            f"{prefix}left": np.concatenate([t.children_left for t in trees]).astype(np.int32),
+            f"{prefix}right": np.concatenate([t.children_right for t in trees]).astype(np.int32),
+            f"{prefix}feature": np.concatenate([t.feature for t in trees]).astype(np.int32),
+            f"{prefix}threshold": np.concatenate([t.threshold for t in trees]),
+            f"{prefix}value": np.concatenate(self._values).astype(np.float32),
         }
 
     @classmethod
