@@ -311,6 +311,14 @@ def test_catalogue_filters_sort_page_csv(client, store, job):
     assert row["bytes"] > 10000 and row["modality"] == "CT" and row["shape"] == [40, 80, 100]
     for bad in ("sort=secret", "page=0", "per_page=100000", "voxel_size_min=abc"):
         assert client.get(f"/api/jobs?{bad}").status_code == 400, bad
+    # malformed filters are refused even when another filter leaves no job to test them on
+    for bad in ("q=nomatch&voxel_size_min=true", "voxel_size_max=nan", "created_after=garbage",
+                "status=none&created_before=2026-13-45"):
+        for route in ("/api/jobs", "/api/jobs.csv"):
+            r = client.get(f"{route}?{bad}")
+            assert r.status_code == 400 and "error" in r.get_json(), (route, bad)
+    assert client.get("/api/jobs?created_after=2000-01-01").get_json()["total"] == 6
+    assert client.get("/api/jobs?created_before=2000-01-01T00:00:00Z").get_json()["total"] == 0
     text = client.get("/api/jobs.csv?sort=name").get_data(as_text=True)
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 6

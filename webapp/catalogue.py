@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import threading
 import time
+from datetime import datetime
 
 from flask import Blueprint, Response, abort, jsonify, request
 
@@ -118,9 +120,32 @@ def _float_arg(name: str) -> float | None:
     if raw in (None, ""):
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         abort(400, f"query parameter {name!r} must be a number, got {raw!r}")
+    if not math.isfinite(value):
+        abort(400, f"query parameter {name!r} must be a finite number, got {raw!r}")
+    return value
+
+
+def _date_arg(name: str) -> str | None:
+    """An ISO-8601 date / date-time query argument (compared as text with created_at)."""
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        datetime.fromisoformat(raw)
+    except ValueError:
+        abort(400, f"query parameter {name!r} must be an ISO-8601 date, got {raw[:40]!r}")
+    return raw
+
+
+def _check_filters() -> None:
+    """Malformed filters are a 400 even when no job would reach them (checked once)."""
+    for name in ("voxel_size_min", "voxel_size_max"):
+        _float_arg(name)
+    for name in ("created_after", "created_before"):
+        _date_arg(name)
 
 
 def _matches(row: dict, args) -> bool:
@@ -175,6 +200,7 @@ def _sort_key(column: str):
 
 
 def _rows() -> list[dict]:
+    _check_filters()
     rows = []
     for record in store().list():
         if not isinstance(record, dict) or not record.get("id"):
