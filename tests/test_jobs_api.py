@@ -334,3 +334,25 @@ def test_zarr_v2_folder_upload_keeps_its_metadata_files(client, app, tmp_path):
     with open_volume(upload) as vol:
         assert vol.shape == (4, 8, 8)
         assert np.array_equal(vol[1], arr[1])
+
+
+def test_restarted_file_gives_back_its_counted_bytes(client, app):
+    """A chunk announcing a different total restarts the file; the bytes dropped with the
+    old copy leave the job's upload_bytes (it used to count them twice)."""
+    job_id = _new(client)
+
+    def status():
+        return client.get(f"/api/job/{job_id}/status").get_json()["upload_bytes"]
+
+    assert _chunk(client, job_id, b"abcd", offset=0, total=8, count=2).status_code == 200
+    assert status() == 4
+    assert _chunk(client, job_id, b"abcd", offset=0, total=8, count=2).status_code == 200
+    assert status() == 4  # a retried chunk adds nothing
+    assert _chunk(client, job_id, b"efgh", offset=0, total=12, count=3).status_code == 200
+    assert status() == 4  # restarted: the old 4 bytes were dropped, 4 new ones arrived
+    res = _chunk(client, job_id, b"ijkl", offset=4, total=8, count=2)
+    assert res.get_json()["received_bytes"] == 0 and status() == 4
+    _chunk(client, job_id, b"abcd", offset=0, total=8, count=2)
+    assert status() == 8
+    done = client.post("/api/job/status/upload-complete", json={"job_id": job_id})
+    assert done.status_code == 200 and done.get_json()["upload_bytes"] == 8

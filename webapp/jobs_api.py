@@ -310,7 +310,7 @@ def upload_chunk():
     if added:
         try:
             store.update(job_id, lambda r: r.__setitem__(
-                "upload_bytes", int(r.get("upload_bytes") or 0) + added))
+                "upload_bytes", max(0, int(r.get("upload_bytes") or 0) + added)))
         except JobNotFound:
             abort(404, f"no job {job_id!r}")
     got = _contiguous(state)
@@ -329,6 +329,8 @@ def _write_chunk(store: JobStore, job_id: str, rel: str, stream, length: int, of
     state_path.parent.mkdir(exist_ok=True)
     state = _read_state(state_path)
     fresh = state is None or state.get("total") != total or not target.is_file()
+    # bytes already counted in the record's upload_bytes; a restarted file gives them back
+    counted = _received(state) if state else 0
     if fresh:
         state = {"name": rel, "total": total, "ranges": []}
     try:
@@ -353,13 +355,12 @@ def _write_chunk(store: JobStore, job_id: str, rel: str, stream, length: int, of
         os.fsync(fd)
     finally:
         os.close(fd)
-    before = _received(state)
     if length or total == 0:
         state["ranges"] = _merge(state["ranges"], offset, offset + length)
     tmp = state_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, state_path)
-    return state, _received(state) - before
+    return state, _received(state) - counted
 
 
 @bp.get("/api/upload/status")
