@@ -404,3 +404,17 @@ def test_multipage_tiff_inside_zip(tmp_path):
     assert detect_source_type(tmp_path / "mp.zip") == "tiff"
     with open_volume(tmp_path / "mp.zip") as v:
         _check(v, vol, "tiff")
+
+
+def test_folder_holding_one_uploaded_zarr_or_slice_folder(tmp_path):
+    """A browser folder upload lands one level down: upload/scan.zarr/ or upload/slices/."""
+    from ml4paleo import omezarr
+    from ml4paleo.io import open_volume
+
+    data = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    img = omezarr.create_image(tmp_path / "upload" / "scan.ome.zarr", data.shape, data.dtype,
+                               chunks=2, voxel_size=(3, 2, 1), pyramid=False)
+    img.array[:] = data
+    with open_volume(tmp_path / "upload") as vol:
+        assert vol.source_type == "zarr" and vol.voxel_size == (3.0, 2.0, 1.0)
+        np.testing.assert_array_equal(vol[:], data)

@@ -66,6 +66,12 @@ def _plan(path: Path, depth: int = 0) -> tuple[str, Callable[..., Volume], FileS
     if path.is_dir():
         if _is_zarr(path):
             return "zarr", lambda **kw: ZarrVolume(path, **kw), None
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir():
+            # an uploaded folder arrives one level down (upload/scan.zarr/, upload/slices/)
+            if depth > 2:
+                raise InputError(f"{path}: too deeply nested")
+            return _plan(entries[0], depth + 1)
         source = DirSource(path)
         if not source.names:
             raise InputError(f"{path}: empty folder (no files found)")
