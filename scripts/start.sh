@@ -3,11 +3,5 @@
 # Usage: bash scripts/start.sh [main.py options, e.g. --port 8080]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[all]'
-bash scripts/vendor.sh
+bash scripts/install.sh all
 exec .venv/bin/python main.py "$@"

@@ -1,19 +1,13 @@
 #!/usr/bin/env bash
 # Install ml4paleo with its test dependencies (and Debian's Chromium for the browser
-# tests) into .venv, then run the whole test suite. Usage: bash scripts/test.sh [pytest args]
+# tests) into .venv, then lint and run the whole test suite. Usage: bash scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[all,test]'
+bash scripts/install.sh all,test
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-bash scripts/vendor.sh
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

@@ -17,32 +17,8 @@
   const $ = (id) => document.getElementById(id);
 
   // ------------------------------------------------------------------ HTTP
-  function cookie(name) {
-    const m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
-    return m ? decodeURIComponent(m[1]) : null;
-  }
-  // API calls go through the shared helper (CSRF token, access key dialog on 401)
-  async function api(method, path, body) {
-    if (window.ml4p) return window.ml4p.apiJSON(path, { method, json: body });
-    const headers = { Accept: "application/json" };
-    const token = cookie("ml4paleo_csrf");
-    if (token) headers["X-CSRF-Token"] = token;
-    const opts = { method, headers, credentials: "same-origin" };
-    if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      opts.body = JSON.stringify(body);
-    }
-    const resp = await fetch(path, opts);
-    let data = null;
-    const type = resp.headers.get("Content-Type") || "";
-    if (type.includes("json")) data = await resp.json();
-    if (!resp.ok) {
-      const err = new Error((data && data.error) || `${resp.status} ${resp.statusText}`);
-      err.status = resp.status;
-      throw err;
-    }
-    return data;
-  }
+  // API calls go through the shared helper in app.js (CSRF token, access-key dialog on 401)
+  const api = (method, path, body) => window.ml4p.apiJSON(path, { method, json: body });
   const fetchRaw = (url) => (window.ml4p ? window.ml4p.api(url) : fetch(url, { credentials: "same-origin" }));
   function toast(text, kind) {
     if (window.ml4p) return window.ml4p.toast(text, kind === "error");

@@ -8,22 +8,8 @@
   const API = `/api/job/${encodeURIComponent(JOB)}`;
   const $ = (id) => document.getElementById(id);
 
-  function cookie(name) {
-    const m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
-    return m ? decodeURIComponent(m[1]) : null;
-  }
-  async function api(method, path, body) {
-    if (window.ml4p) return window.ml4p.apiJSON(path, { method, json: body });
-    const headers = { Accept: "application/json" };
-    const token = cookie("ml4paleo_csrf");
-    if (token) headers["X-CSRF-Token"] = token;
-    const opts = { method, headers, credentials: "same-origin" };
-    if (body !== undefined) { headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
-    const resp = await fetch(path, opts);
-    const data = (resp.headers.get("Content-Type") || "").includes("json") ? await resp.json() : null;
-    if (!resp.ok) throw new Error((data && data.error) || `${resp.status} ${resp.statusText}`);
-    return data;
-  }
+  // API calls go through the shared helper in app.js (CSRF token, access-key dialog on 401)
+  const api = (method, path, body) => window.ml4p.apiJSON(path, { method, json: body });
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
