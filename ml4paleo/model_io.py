@@ -99,8 +99,9 @@ class Forest:
         )
         return tree
 
-    def predict_proba(self, X: np.ndarray, chunk: int = 65536, threads: int = 1) -> np.ndarray:
-        """Mean class fractions over the trees.
+    def predict_proba(self, X: np.ndarray, chunk: int = 65536, threads: int = 1,
+                      cascade: Sequence[int] = (), confidence: float = 0.97) -> np.ndarray:
+        """Mean class fractions over the trees, optionally with early exit.
 
         Parameters
         ----------
@@ -110,6 +111,14 @@ class Forest:
             Rows per batch (bounds temporary memory).
         threads : int
             Batches run on this many threads (the tree traversal releases the GIL).
+        cascade : sequence of int
+            Early-exit checkpoints (tree counts, increasing). After the first ``k`` trees of a
+            checkpoint, a row whose mean class fraction already reaches ``confidence`` keeps
+            that mean; only the other rows go on through the next trees. Each row's result
+            depends only on that row, so blockwise and whole-volume predictions agree.
+            Empty (default): every row through every tree.
+        confidence : float
+            Max class fraction that ends a row early.
 
         Returns
         -------
@@ -120,12 +129,41 @@ class Forest:
             raise ValueError(f"X must be (N, {self.n_features}), got {X.shape}")
         out = np.zeros((X.shape[0], self.n_classes), np.float32)
         starts = range(0, X.shape[0], chunk)
+        n_trees = len(self._trees)
+        stops = sorted({int(k) for k in cascade if 0 < int(k) < n_trees}) + [n_trees]
+        pairs = list(zip(self._trees, self._values, strict=True))
+        conf = np.float32(confidence)
 
         def run(i: int) -> None:
             xb = np.ascontiguousarray(X[i : i + chunk], dtype=np.float32)
-            acc = out[i : i + chunk]
-            for tree, val in zip(self._trees, self._values, strict=True):
-                acc += val[tree.apply(xb)]
+            acc = np.zeros((len(xb), self.n_classes), np.float32)
+            buf = np.empty_like(acc)  # leaf values of one tree (no temporary per tree)
+            rows = None  # indices (into the batch) of rows still running; None = all
+            t0 = 0
+            for stop in stops:
+                b = buf[: len(acc)]
+                for tree, val in pairs[t0:stop]:
+                    np.take(val, tree.apply(xb), axis=0, out=b)
+                    acc += b
+                t0 = stop
+                if stop == n_trees:
+                    break
+                done = (acc.max(axis=1) >= conf * stop)
+                if done.any():
+                    sel = np.flatnonzero(done)
+                    dst = sel if rows is None else rows[sel]
+                    out[i + dst] = acc[sel] / np.float32(stop)
+                    keep = np.flatnonzero(~done)
+                    rows = keep if rows is None else rows[keep]
+                    if not len(keep):
+                        return
+                    xb = np.ascontiguousarray(xb[keep])
+                    acc = np.ascontiguousarray(acc[keep])
+            dst = slice(None) if rows is None else rows
+            if rows is None:
+                out[i : i + len(acc)] = acc / np.float32(n_trees)
+            else:
+                out[i + dst] = acc / np.float32(n_trees)
 
         if threads > 1 and len(starts) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -135,7 +173,6 @@ class Forest:
         else:
             for i in starts:
                 run(i)
-        out /= np.float32(len(self._trees))
         return out
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:

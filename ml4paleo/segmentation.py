@@ -598,30 +598,38 @@ def _interp_to(coarse: np.ndarray, write, want, steps) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+CASCADE = (8, 16, 32)  # early-exit checkpoints (trees) of each forest at prediction
+CONFIDENCE = 0.97  # mean class fraction that ends a voxel early
+
+
 def predict_box(array, box: tuple[slice, ...], model: Model, voxel_size=None,
-                threads: int = 1) -> np.ndarray:
+                threads: int = 1, cascade: Sequence[int] = CASCADE,
+                confidence: float = CONFIDENCE) -> np.ndarray:
     """Class probabilities (C, *box shape) float32 for one box of the volume.
 
     Reads exactly the halo the model needs; the result does not depend on how the volume is
-    cut into boxes.
+    cut into boxes. ``cascade`` / ``confidence``: early exit per voxel (see
+    :meth:`ml4paleo.model_io.Forest.predict_proba`; default :data:`CASCADE`, what
+    :func:`segment` uses); ``cascade=()`` runs every tree (exact forest means).
     """
+    kw = {"threads": threads, "cascade": cascade, "confidence": confidence}
     fs = model.feature_settings
     vs = model.voxel_size if model.voxel_size is not None else voxel_size
     shape = tuple(array.shape)
     bshape = tuple(b.stop - b.start for b in box)
     if model.context is None:
         X, _ = _features_for_box(array, box, fs, vs)
-        return model.forests[0].predict_proba(X.T, threads=threads).T.reshape(model.n_classes, *bshape)
+        return model.forests[0].predict_proba(X.T, **kw).T.reshape(model.n_classes, *bshape)
     region, csel, crange, want = _context_plan(box, shape, model.context, fs)
     inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region, strict=True))
     F = n_features(fs)
     n_ctx = model.n_classes * len(model.context.sigmas)
     X, Xc = _features_for_box(array, region, fs, vs, csel, inner, extra_rows=n_ctx)
     cshape = tuple(c1 - c0 for c0, c1 in crange)
-    p1c = model.forests[0].predict_proba(Xc.T, threads=threads).T.reshape(model.n_classes, *cshape)
+    p1c = model.forests[0].predict_proba(Xc.T, **kw).T.reshape(model.n_classes, *cshape)
     del Xc
     X[F:] = _context_features(p1c, box, crange, want, model.context, fs)
-    return model.forests[1].predict_proba(X.T, threads=threads).T.reshape(model.n_classes, *bshape)
+    return model.forests[1].predict_proba(X.T, **kw).T.reshape(model.n_classes, *bshape)
 
 
 # --------------------------------------------------------------------------- training
@@ -981,7 +989,8 @@ def predict_slice(model: Model, image: Any, axis: int, index: int) -> tuple[np.n
         raise IndexError(f"slice {index} outside 0..{arr.shape[axis] - 1} along axis {axis}")
     box = [slice(0, n) for n in arr.shape]
     box[axis] = slice(index, index + 1)
-    p = predict_box(arr, tuple(box), model, vs, threads=_blocks.default_workers())
+    # every tree: exact probabilities for the preview (one slice is cheap)
+    p = predict_box(arr, tuple(box), model, vs, threads=_blocks.default_workers(), cascade=())
     p = np.take(p, 0, axis=axis + 1)
     return np.argmax(p, axis=0).astype(np.uint8), p
 
@@ -1027,7 +1036,7 @@ def _segment_block(block: _blocks.Block, *, source, model_dir, out_path, prob_pa
     w = block.write
     for z0 in range(w[0].start, w[0].stop, _PIECE):
         z1 = min(z0 + _PIECE, w[0].stop)
-        p = predict_box(arr, (slice(z0, z1), w[1], w[2]), model)
+        p = predict_box(arr, (slice(z0, z1), w[1], w[2]), model, cascade=CASCADE)
         lab[z0 - w[0].start : z1 - w[0].start] = np.argmax(p, axis=0)
         if probs is not None:
             probs[:, z0 - w[0].start : z1 - w[0].start] = np.clip(np.rint(p * 255), 0, 255)
