@@ -195,6 +195,9 @@ def run_ml4paleo(img_path, image, labels, truth, n_classes, tmp, chunk, workers)
     t_train = time.perf_counter() - t0
     model_dir = tmp / "model"
     model.save(model_dir)
+    trees = [f.n_trees for f in model.forests]
+    metrics = model.meta.get("metrics")
+    del model  # a segmentation run (runner, CLI) holds no trained forest in the parent
     out = tmp / "seg.ome.zarr"
     if out.exists():
         shutil.rmtree(out)
@@ -213,9 +216,9 @@ def run_ml4paleo(img_path, image, labels, truth, n_classes, tmp, chunk, workers)
         # CPU seconds of this process + its workers: what an idle 2-core machine would need
         "segment_cpu_s": round(cpu, 2),
         "voxels_per_s_2_idle_cores_est": round(2 * image.size / cpu),
-        "trees": [f.n_trees for f in model.forests],
+        "trees": trees,
         "peak_rss_mb": round(rss.peak / 2**20),
-        "held_out_metrics": model.meta.get("metrics"),
+        "held_out_metrics": metrics,
     }
 
 

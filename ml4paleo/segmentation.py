@@ -996,7 +996,7 @@ def predict_slice(model: Model, image: Any, axis: int, index: int) -> tuple[np.n
 
 
 _MODEL_CACHE: dict[str, Model] = {}
-_PIECE = 64  # z-thickness predicted at once inside a block
+_PIECE = 32  # z-thickness predicted at once inside a block
 
 
 def _cached_model(folder: str) -> Model:
@@ -1230,6 +1230,7 @@ def segment(
         fn = functools.partial(_segment_block, source=_source_ref(image), model_dir=model_dir,
                                out_path=str(out), prob_path=prob_path,
                                markers_dir=str(work / "done_predict"), level="0")
+    model = None  # the workers load their own (cached) copy; this process needs no forest
     _blocks.run_blocks(fn, grid, executor=executor, workers=workers, progress=stage_progress(0))
     if post:
         halo = 16
