@@ -216,13 +216,15 @@ class Forest:
 
 
 def _depth(left: np.ndarray, right: np.ndarray) -> int:
-    depth = np.zeros(len(left), np.int64)
-    # children always have larger indices than their parent in scikit-learn's layout
-    for i in range(len(left)):
-        if left[i] != -1:
-            depth[left[i]] = depth[i] + 1
-            depth[right[i]] = depth[i] + 1
-    return int(depth.max())
+    """Depth of a tree, level by level (vectorised; children come after their parent)."""
+    depth = 0
+    level = np.zeros(1, np.int64)
+    while True:
+        level = level[left[level] != -1]
+        if not len(level):
+            return depth
+        level = np.unique(np.concatenate([left[level], right[level]]))  # a DAG stays bounded
+        depth += 1
 
 
 def save_forests(path: Path, forests: Sequence[Forest]) -> None:
