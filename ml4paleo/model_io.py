@@ -99,7 +99,7 @@ class Forest:
         )
         return tree
 
-    def predict_proba(self, X: np.ndarray, chunk: int = 65536, threads: int = 1,
+    def predict_proba(self, X: np.ndarray, chunk: int = 131072, threads: int = 1,
                       cascade: Sequence[int] = (), confidence: float = 0.97) -> np.ndarray:
         """Mean class fractions over the trees, optionally with early exit.
 
