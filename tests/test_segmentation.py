@@ -186,3 +186,28 @@ def test_interactive_session_loop(tmp_path, phantom):
     # the one-slice API of a saved model agrees with the session's model
     l2, p2 = predict_slice(model, image, 0, 20)
     np.testing.assert_allclose(p2, probs, atol=1e-5)
+
+
+def test_forest_cascade_early_exit_is_per_row():
+    from sklearn.ensemble import RandomForestClassifier
+
+    from ml4paleo.model_io import Forest
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 5)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=3000) > 0).astype(int)
+    rf = RandomForestClassifier(40, random_state=0).fit(X, y)
+    f = Forest.from_sklearn(rf, [0, 1], 2)
+    full = f.predict_proba(X)
+    np.testing.assert_allclose(full, rf.predict_proba(X), atol=1e-5)
+    first8 = Forest.from_sklearn(rf, [0, 1], 2)
+    first8._trees, first8._values = first8._trees[:8], first8._values[:8]
+    p8 = first8.predict_proba(X)
+    got = f.predict_proba(X, cascade=(8,), confidence=0.97, chunk=1000)
+    early = p8.max(axis=1) >= 0.97
+    assert 0 < early.sum() < len(X)  # some rows end early, some go on
+    np.testing.assert_allclose(got[early], p8[early], atol=1e-6)
+    np.testing.assert_allclose(got[~early], full[~early], atol=1e-6)
+    # each row's answer depends on that row only (blockwise == whole volume)
+    alone = np.concatenate([f.predict_proba(X[i : i + 7], cascade=(8,)) for i in range(0, 70, 7)])
+    np.testing.assert_array_equal(alone, got[:70])
