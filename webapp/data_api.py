@@ -73,30 +73,28 @@ def delete_job(job_id: str):
     return jsonify(status="deleted", job_id=job_id)
 
 
-@bp.post("/api/job/<job_id>/retry")
-def retry_job(job_id: str):
-    """Queue the failed step again (from ``convert_error``, ``segment_error``, ``mesh_error``)."""
+def _user_action(job_id: str, action: str):
+    """Run a job-store user action (``retry`` / ``cancel``); a refused move is a 409."""
     from ml4paleo.jobs import InvalidTransition
 
     get_job(job_id)
     try:
-        record = store().retry(job_id)
+        record = getattr(store(), action)(job_id)
     except InvalidTransition as exc:
         abort(409, str(exc))
     return jsonify(job_id=job_id, status=_public_record(record)["status"])
+
+
+@bp.post("/api/job/<job_id>/retry")
+def retry_job(job_id: str):
+    """Queue the failed step again (from ``convert_error``, ``segment_error``, ``mesh_error``)."""
+    return _user_action(job_id, "retry")
 
 
 @bp.post("/api/job/<job_id>/cancel")
 def cancel_job(job_id: str):
     """Stop queued or running work; the step goes to its error status."""
-    from ml4paleo.jobs import InvalidTransition
-
-    get_job(job_id)
-    try:
-        record = store().cancel(job_id)
-    except InvalidTransition as exc:
-        abort(409, str(exc))
-    return jsonify(job_id=job_id, status=_public_record(record)["status"])
+    return _user_action(job_id, "cancel")
 
 
 def _image_or_404(path: Path, what: str):
