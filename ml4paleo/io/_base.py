@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import re
@@ -86,7 +87,7 @@ def _normalize_index(k: Any, n: int, axis: int) -> int:
     return k
 
 
-class Volume:
+class Volume(abc.ABC):
     """A 3D scan opened lazily as a ``(z, y, x)`` array.
 
     Readers subclass this and implement :meth:`_read_slab`; nothing is read until a slab
@@ -170,6 +171,7 @@ class Volume:
             return out
         return data
 
+    @abc.abstractmethod
     def _read_slab(
         self, z0: int, z1: int, rows: slice, cols: slice, out: np.ndarray | None = None
     ) -> np.ndarray:

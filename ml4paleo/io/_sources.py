@@ -5,6 +5,7 @@ Also what a folder or zip holds (image slices, DICOM, ...), and the zip safety c
 
 from __future__ import annotations
 
+import abc
 import os
 import posixpath
 import zipfile
@@ -44,12 +45,13 @@ def is_hidden(rel: str) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in JUNK_NAMES
 
 
-class FileSource:
+class FileSource(abc.ABC):
     """A set of files addressed by ``/``-separated relative names."""
 
     root: Path
     names: list[str]
 
+    @abc.abstractmethod
     def open(self, name: str) -> BinaryIO:
         raise NotImplementedError
 
@@ -57,9 +59,11 @@ class FileSource:
         with self.open(name) as fh:
             return fh.read()
 
+    @abc.abstractmethod
     def size(self, name: str) -> int:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def display(self, name: str) -> str:
         """Name to show in messages."""
         raise NotImplementedError
@@ -72,8 +76,8 @@ class FileSource:
         with self.open(name) as fh:
             return fh.read(n)
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - a no-op is right for sources holding no handle
+        """Release open handles (nothing to do for plain folders)."""
 
 
 class DirSource(FileSource):
