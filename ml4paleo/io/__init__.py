@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ._any import ArrayVolume, VolumeLike, is_zarr_store, open_any, voxel_size_or_default
 from ._base import SOURCE_TYPES, InputError, Volume, natural_key, to_gray
 from ._sources import (
     DICOM_EXTS,
@@ -42,17 +43,18 @@ from ._sources import (
 
 __all__ = [
     "SOURCE_TYPES",
+    "ArrayVolume",
     "InputError",
     "Volume",
+    "VolumeLike",
     "detect_source_type",
+    "is_zarr_store",
     "natural_key",
+    "open_any",
     "open_volume",
     "to_gray",
+    "voxel_size_or_default",
 ]
-
-
-def _is_zarr(path: Path) -> bool:
-    return any((path / marker).exists() for marker in (".zgroup", ".zarray", "zarr.json"))
 
 
 def _plan(path: Path, depth: int = 0) -> tuple[str, Callable[..., Volume], FileSource | None]:
@@ -64,7 +66,7 @@ def _plan(path: Path, depth: int = 0) -> tuple[str, Callable[..., Volume], FileS
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        if _is_zarr(path):
+        if is_zarr_store(path):
             return "zarr", lambda **kw: ZarrVolume(path, **kw), None
         entries = [p for p in path.iterdir() if not p.name.startswith(".")]
         if len(entries) == 1 and entries[0].is_dir():

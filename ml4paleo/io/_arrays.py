@@ -169,7 +169,7 @@ class ZarrVolume(Volume):
 
     source_type = "zarr"
 
-    def __init__(self, path: str | os.PathLike, **kw: Any):
+    def __init__(self, path: str | os.PathLike, *, level: int = 0, **kw: Any):
         import zarr
 
         from ml4paleo.omezarr import open_image
@@ -177,21 +177,35 @@ class ZarrVolume(Volume):
         path = Path(path)
         meta: dict[str, Any] = {"file": path.name}
         voxel_size = unit = None
+        #: the OME-Zarr image (None for a bare array), the level read and the pyramid's
+        #: arrays from that level down (just the array for a bare one)
+        self.image = None
+        self.level = int(level)
+        self.levels: list[Any] = []
         try:
             node = zarr.open(str(path), mode="r")
         except Exception as exc:
             raise InputError(f"{path}: not a readable Zarr store ({_short(exc)})") from exc
         if isinstance(node, zarr.Array):
+            if level:
+                raise InputError(f"{path}: a bare Zarr array has no pyramid level {level}")
             arr = node
             meta["kind"] = "array"
+            self.levels = [arr]
         else:
             try:
                 image = open_image(path)
             except (ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"{path}: {_short(exc)}") from exc
-            arr = image.array
+            if not 0 <= self.level < len(image.levels):
+                raise InputError(f"{path}: no pyramid level {level} (it has "
+                                 f"{len(image.levels)})")
+            self.image = image
+            self.levels = [image.level(i) for i in range(self.level, len(image.levels))]
+            arr = self.levels[0]
+            meta["label"] = "image-label" in image.attrs
             if "multiscales" in image.attrs:
-                voxel_size, unit = image.voxel_size, image.unit
+                voxel_size, unit = image.level_scale(self.level), image.unit
                 meta["kind"] = "ome-zarr"
                 meta["levels"] = len(image.levels)
                 if isinstance(image.attrs.get("ml4paleo"), dict):

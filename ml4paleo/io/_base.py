@@ -239,6 +239,14 @@ class Volume(abc.ABC):
         out = self.read_slab(0, self.shape[0])
         return out if dtype is None else out.astype(dtype)
 
+    def __reduce__(self):
+        # Pickles as a reference: a block worker reopens the source from its path instead
+        # of receiving decoded data (subclasses over in-memory arrays override this).
+        from ._any import _reopen
+
+        return (_reopen, (str(self.path), self.voxel_size, self.unit,
+                          int(getattr(self, "level", 0))))
+
     # -- threads and lifetime ---------------------------------------------------------------
     def _map(self, fn, items) -> list:
         """``[fn(i) for i in items]`` on the reader's decode threads."""

@@ -1,0 +1,161 @@
+"""Where each of a job's files lives: the one place that names them.
+
+A job folder (``data/jobs/<job_id>/``) holds its record, upload, converted image,
+annotations, model versions, segmentations (labels, meshes, statistics) and cached
+exports. Everything that reads or writes those files asks a :class:`JobPaths` for the
+name instead of joining strings, so the layout can change in one place.
+
+Names given by users or clients (model, segmentation and export ids) are checked by
+:func:`check_name` before they are joined, so no name can leave the job folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ARTIFACT_NAME_RE", "JobPaths", "check_name"]
+
+#: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
+#: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
+ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """Return ``value`` when it is a safe artifact name, else raise ``ValueError``.
+
+    Examples
+    --------
+    >>> check_name("m1")
+    'm1'
+    >>> check_name("../x")
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid name '../x'
+    """
+    if not isinstance(value, str) or not ARTIFACT_NAME_RE.match(value) or ".." in value:
+        raise ValueError(f"invalid {what} {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """The file names of one job folder.
+
+    Parameters
+    ----------
+    root : path
+        The job's folder, ``<data>/jobs/<job_id>``.
+
+    Examples
+    --------
+    >>> p = JobPaths("/data/jobs/abc")
+    >>> p.image.name
+    'image.ome.zarr'
+    >>> p.labels("s1").relative_to(p.root).as_posix()
+    'segmentations/s1/labels.ome.zarr'
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # -- the record -----------------------------------------------------------------------
+    @property
+    def job_id(self) -> str:
+        return self.root.name
+
+    @property
+    def record(self) -> Path:
+        """``job.json``: the job record (written only by :mod:`ml4paleo.jobs.store`)."""
+        return self.root / "job.json"
+
+    @property
+    def lock(self) -> Path:
+        """The per-job lock file."""
+        return self.root / ".lock"
+
+    # -- upload ---------------------------------------------------------------------------
+    @property
+    def upload(self) -> Path:
+        """Raw uploaded files, as the client named them."""
+        return self.root / "upload"
+
+    @property
+    def upload_state(self) -> Path:
+        """Received byte ranges per uploaded file (resumable uploads)."""
+        return self.root / ".uploads"
+
+    @property
+    def upload_lock(self) -> Path:
+        return self.root / ".upload.lock"
+
+    # -- image ----------------------------------------------------------------------------
+    @property
+    def image(self) -> Path:
+        """The converted OME-Zarr image (+ pyramid)."""
+        return self.root / "image.ome.zarr"
+
+    # -- annotations ----------------------------------------------------------------------
+    @property
+    def annotations(self) -> Path:
+        """The label store folder (see :class:`ml4paleo.segmentation.LabelStore`)."""
+        return self.root / "annotations"
+
+    @property
+    def classes(self) -> Path:
+        """Class names and colours of the annotations."""
+        return self.annotations / "classes.json"
+
+    # -- models ---------------------------------------------------------------------------
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model(self, model_id: str) -> Path:
+        """Folder of model version ``model_id`` (model file + ``meta.json``)."""
+        return self.models / check_name(model_id, "model id")
+
+    def model_meta(self, model_id: str) -> Path:
+        return self.model(model_id) / "meta.json"
+
+    # -- segmentations --------------------------------------------------------------------
+    @property
+    def segmentations(self) -> Path:
+        return self.root / "segmentations"
+
+    def segmentation(self, seg_id: str) -> Path:
+        """Folder of segmentation ``seg_id``."""
+        return self.segmentations / check_name(seg_id, "segmentation id")
+
+    def segmentation_meta(self, seg_id: str) -> Path:
+        """``segmentation.json``: model, classes, settings and timings of a segmentation."""
+        return self.segmentation(seg_id) / "segmentation.json"
+
+    def labels(self, seg_id: str) -> Path:
+        """The segmentation's OME-Zarr label image."""
+        return self.segmentation(seg_id) / "labels.ome.zarr"
+
+    def probabilities(self, seg_id: str) -> Path:
+        """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
+        return self.segmentation(seg_id) / "labels.ome.zarr_probabilities"
+
+    def meshes(self, seg_id: str) -> Path:
+        """Folder of the segmentation's meshes (one file per label and format)."""
+        return self.segmentation(seg_id) / "meshes"
+
+    def stats(self, seg_id: str) -> Path:
+        """Per-label statistics CSV."""
+        return self.segmentation(seg_id) / "stats.csv"
+
+    # -- exports --------------------------------------------------------------------------
+    @property
+    def exports(self) -> Path:
+        """Cached export files (zips, NIfTI, previews, reports), written atomically."""
+        return self.root / "exports"
+
+    def export(self, name: str) -> Path:
+        return self.exports / check_name(name, "export name")
