@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from ._base import InputError, Volume
 __all__ = ["ArrayVolume", "VolumeLike", "is_zarr_store", "open_any", "voxel_size_or_default"]
 
 #: What :func:`open_any` accepts.
-VolumeLike = Union[str, os.PathLike, Volume, np.ndarray, Any]
+VolumeLike = str | os.PathLike | Volume | np.ndarray | Any
 
 _ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json", ".zattrs")
 
