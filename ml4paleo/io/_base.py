@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ml4paleo.world import WorldTransform
+from ml4paleo.world import LENGTH_UNITS, WorldTransform, normalize_unit
 
 log = logging.getLogger("ml4paleo.io")
 
@@ -148,10 +148,12 @@ class Volume(abc.ABC):
     def world(self) -> WorldTransform:
         """Voxel index -> world coordinates (see :mod:`ml4paleo.world` for the conventions)."""
         w = self._world
+        # a unit that is no length (e.g. "pixel") leaves the world in voxel units
+        unit = self.unit if self.unit in LENGTH_UNITS else normalize_unit(self.unit)
         if w is None:
-            return WorldTransform.from_voxel_size(self.voxel_size, unit=self.unit)
+            return WorldTransform.from_voxel_size(self.voxel_size, unit=unit)
         if (self.voxel_size, self.unit) != self._world_for:  # overridden since it was read
-            return w.with_voxel_size(self.voxel_size or w.voxel_size, unit=self.unit)
+            return w.with_voxel_size(self.voxel_size or w.voxel_size, unit=unit)
         return w
 
     @world.setter
