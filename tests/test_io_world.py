@@ -339,9 +339,9 @@ def test_omezarr_reads_back_the_stored_world_per_level(tmp_path):
         assert v.voxel_size == pytest.approx(w.voxel_size)
     with open_any(tmp_path / "i.ome.zarr", level=1) as v:
         assert v.world.allclose(w.for_level(1, "mean"), atol=1e-12)
-    lab = omezarr.create_image(tmp_path / "l.ome.zarr", data.shape, np.uint8, chunks=16,
-                               voxel_size=w.voxel_size, unit="millimeter", label=True,
-                               extra_attrs={"world": w.to_json()})
+    omezarr.create_image(tmp_path / "l.ome.zarr", data.shape, np.uint8, chunks=16,
+                         voxel_size=w.voxel_size, unit="millimeter", label=True,
+                         extra_attrs={"world": w.to_json()})
     with open_any(tmp_path / "l.ome.zarr", level=1) as v:
         assert v.world.allclose(w.for_level(1, "nearest"), atol=1e-12)
 

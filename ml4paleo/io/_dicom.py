@@ -6,7 +6,7 @@ by InstanceNumber; RescaleSlope / RescaleIntercept are applied (HU for CT). The 
 :attr:`~ml4paleo.io.Volume.world` is the series' LPS affine (first slice's position, the
 orientation, PixelSpacing and the step between slices), oblique and tilted series included.
 JPEG Lossless, JPEG-LS and 12-bit JPEG decode through imagecodecs
-(:mod:`ml4paleo.io._dicom_codecs`); Deflated Explicit VR files are inflated by pydicom.
+(:mod:`ml4paleo.io.dicom_codecs`); Deflated Explicit VR files are inflated by pydicom.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from ml4paleo.world import WorldTransform
 
-from . import _dicom_codecs
+from . import dicom_codecs
 from ._base import InputError, Volume, log, to_gray
 from ._sources import FileSource, ZipSource
 
@@ -195,7 +195,7 @@ class DicomVolume(Volume):
     source_type = "dicom"
 
     def __init__(self, source: FileSource, names: list[str], ignored: list[str], **kw: Any):
-        _dicom_codecs.register()
+        dicom_codecs.register()
         self.source = source
         headers: dict[str, Any] = {}
         without_pixels = []
@@ -325,7 +325,7 @@ class DicomVolume(Volume):
         self._cache: tuple[str, bytes] | None = None
         ts = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", None)
         self._deflated = bool(ts is not None and ts.is_deflated)
-        self._plugin = _dicom_codecs.PLUGIN if ts is not None and _dicom_codecs.uses_plugin(ts) else ""
+        self._plugin = dicom_codecs.PLUGIN if ts is not None and dicom_codecs.uses_plugin(ts) else ""
         super().__init__(source.root, (len(self._frames), self._rows, self._cols), dtype,
                          voxel_size=voxel_size, unit="millimeter" if voxel_size else None,
                          metadata=meta, world=world, **kw)

@@ -15,6 +15,9 @@ JPEG-LS Lossless            1.2.840.10008.1.2.4.80               ``jpegls``
 JPEG-LS Near-Lossless       1.2.840.10008.1.2.4.81               ``jpegls``
 ==========================  ===================================  ==================
 
+ml4paleo's DICOM reader registers and uses it; to decode these syntaxes with pydicom
+elsewhere, call :func:`register` and pass ``decoding_plugin=PLUGIN`` (or let pydicom pick).
+
 The plugin follows pydicom's decoder-plugin contract (``is_available``,
 ``DECODER_DEPENDENCIES``, a frame function returning the raw decoded bytes, colour
 untransformed); pydicom then applies its usual sign, bit-depth and colour handling.
@@ -45,7 +48,7 @@ _SOF_ALLOWED = {
 _SOF_NAMES = {0xC0: "baseline DCT", 0xC1: "extended DCT", 0xC2: "progressive DCT",
               0xC3: "lossless", 0xF7: "JPEG-LS"}
 
-DECODER_DEPENDENCIES = {uid: ("numpy", "imagecodecs>=2024.1.1") for uid in SYNTAXES}
+DECODER_DEPENDENCIES = {uid: ("numpy", "imagecodecs>=2024.6.1") for uid in SYNTAXES}
 
 _lock = threading.Lock()
 _registered = False
