@@ -45,9 +45,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FRAMES", "LENGTH_UNITS", "WorldTransform", "normalize_unit", "unit_factor"]
+__all__ = ["FRAMES", "LENGTH_UNITS", "ZARR_WORLD_KEY", "WorldTransform", "normalize_unit",
+           "unit_factor"]
 
 FRAMES = ("RAS", "LPS")
+#: Key of the full-resolution transform (:meth:`WorldTransform.to_json`) inside the
+#: ``ml4paleo`` attribute of an OME-Zarr image: ``attrs["ml4paleo"]["world"]``. Readers
+#: derive pyramid levels from it with :meth:`WorldTransform.for_level`.
+ZARR_WORLD_KEY = "world"
 
 #: Metres per unit, for the NGFF length unit names (and a few common spellings).
 LENGTH_UNITS: dict[str, float] = {
@@ -127,6 +132,16 @@ def _check_affine(a: Any, what: str = "affine") -> np.ndarray:
     if np.linalg.matrix_rank(arr[:3, :3]) < 3:
         raise ValueError(f"{what}: singular (a voxel axis has no extent in the world)")
     return arr
+
+
+def _usable(affine: Any) -> np.ndarray | None:
+    """``affine`` as a float array when it is a valid transform, else None."""
+    if affine is None:
+        return None
+    try:
+        return np.array(_check_affine(affine))
+    except ValueError:
+        return None
 
 
 def _axis_codes(affine: np.ndarray, frame: str) -> str:
@@ -265,7 +280,9 @@ class WorldTransform:
 
         The sform when ``sform_code > 0``, else the qform when ``qform_code > 0``, else
         pixdim alone (NIfTI "method 1": ``diag(pixdim)``, origin 0 — what ITK reads; nibabel
-        instead centres such an image). Both codes are kept, and the qform too when present.
+        instead centres such an image). A coded affine that is unusable (singular, not
+        finite) is skipped for the next one; ``source`` says which was used. Both codes are
+        kept, and the qform too when present and usable.
         Units ``unknown`` are read as millimetre (what ITK, SimpleITK and nibabel users
         assume) and recorded in ``assumed``.
 
@@ -292,9 +309,10 @@ class WorldTransform:
             flags.add("unit")
         else:
             raise ValueError(f"NIfTI spatial unit {space_unit!r} is not a length")
-        kept_qform = np.asarray(qform, float) if qcode > 0 and qform is not None else None
-        if scode > 0 and sform is not None:
-            affine, source = np.asarray(sform, float), "sform"
+        kept_qform = _usable(qform) if qcode > 0 else None
+        kept_sform = _usable(sform) if scode > 0 else None
+        if kept_sform is not None:
+            affine, source = kept_sform, "sform"
         elif kept_qform is not None:
             affine, source = kept_qform, "qform"
         else:

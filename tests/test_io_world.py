@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from scan_samples import dicom_bytes, ramp_volume, write_dicom_series
 
 from ml4paleo.io import open_any, open_volume
-from ml4paleo.world import WorldTransform
+from ml4paleo.world import ZARR_WORLD_KEY, WorldTransform
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -332,7 +332,7 @@ def test_omezarr_reads_back_the_stored_world_per_level(tmp_path):
     data = ramp_volume((80, 20, 20), np.uint16)
     img = omezarr.create_image(tmp_path / "i.ome.zarr", data.shape, data.dtype, chunks=16,
                                voxel_size=w.voxel_size, unit="millimeter",
-                               extra_attrs={"world": w.to_json()})
+                               extra_attrs={ZARR_WORLD_KEY: w.to_json()})
     img.array[:] = data
     with open_any(tmp_path / "i.ome.zarr") as v:
         assert v.world == w
@@ -341,7 +341,7 @@ def test_omezarr_reads_back_the_stored_world_per_level(tmp_path):
         assert v.world.allclose(w.for_level(1, "mean"), atol=1e-12)
     omezarr.create_image(tmp_path / "l.ome.zarr", data.shape, np.uint8, chunks=16,
                          voxel_size=w.voxel_size, unit="millimeter", label=True,
-                         extra_attrs={"world": w.to_json()})
+                         extra_attrs={ZARR_WORLD_KEY: w.to_json()})
     with open_any(tmp_path / "l.ome.zarr", level=1) as v:
         assert v.world.allclose(w.for_level(1, "nearest"), atol=1e-12)
 

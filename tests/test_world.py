@@ -342,3 +342,11 @@ def test_with_voxel_size_keeps_direction_and_origin():
     assert v.voxel_size == pytest.approx((3.0, 0.8, 0.6)) and v.unit == "micrometer"
     np.testing.assert_allclose(v.direction, w.direction)
     assert v.origin == pytest.approx(w.origin) and v.orientation == w.orientation
+
+
+def test_an_unusable_sform_falls_back_to_the_qform():
+    h = _nifti_header(np.diag([0.5, 0.5, 2.0, 1.0]), sform_code=1, qform_code=1)
+    h["srow_x"][:] = 0  # a broken file: sform claims a code but is singular
+    w = WorldTransform.from_nifti(h)
+    assert w.source == "qform" and w.sform_code == 1
+    np.testing.assert_allclose(w.affine, np.diag([0.5, 0.5, 2.0, 1.0]), atol=1e-7)

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ml4paleo.world import WorldTransform, normalize_unit
+from ml4paleo.world import ZARR_WORLD_KEY, WorldTransform, normalize_unit
 
-from ._base import InputError, Volume
+from ._base import InputError, Volume, log
 
 
 def _short(exc: BaseException) -> str:
@@ -79,6 +79,11 @@ class NiftiVolume(Volume):
             world = WorldTransform.from_nifti(header)
         except ValueError as exc:
             raise InputError(f"{path}: unusable NIfTI geometry ({_short(exc)})") from exc
+        wanted = "sform" if world.sform_code else "qform" if world.qform_code else "pixdim"
+        if world.source != wanted:
+            log.warning("%s: the %s (code %s) is unusable; using the %s", path, wanted,
+                        world.sform_code if wanted == "sform" else world.qform_code,
+                        world.source)
         meta = {
             "file": path.name,
             "nifti_shape": [int(s) for s in shape],
@@ -253,17 +258,12 @@ class ZarrVolume(Volume):
         return data.astype(self.dtype, copy=False)
 
 
-#: Key of the full world transform (level 0, :meth:`WorldTransform.to_json`) inside the
-#: ``ml4paleo`` attribute of an OME-Zarr image that ml4paleo wrote.
-WORLD_ATTR = "world"
-
-
 def _zarr_world(path: Path, image: Any, level: int) -> WorldTransform | None:
     """The world transform of pyramid ``level``: ours when stored, else NGFF's scale+translation."""
     ms = image.attrs["multiscales"][0]
     downsample = "nearest" if ("image-label" in image.attrs or ms.get("type") == "nearest") else "mean"
     extra = image.attrs.get("ml4paleo")
-    stored = extra.get(WORLD_ATTR) if isinstance(extra, dict) else None
+    stored = extra.get(ZARR_WORLD_KEY) if isinstance(extra, dict) else None
     if stored is not None:
         try:
             return WorldTransform.from_json(stored).for_level(level, downsample)
