@@ -62,18 +62,23 @@ class ArrayVolume(Volume):
         Physical voxel size and its unit.
     name : str
         Shown in messages.
+    world : WorldTransform, optional
+        Voxel index -> world coordinates (default: from ``voxel_size``, origin 0).
     """
 
     source_type = "array"
 
     def __init__(self, array: Any, *, voxel_size: Sequence[float] | None = None,
-                 unit: str | None = None, name: str = "array", metadata: dict | None = None):
+                 unit: str | None = None, name: str = "array", metadata: dict | None = None,
+                 world: Any = None):
         shape = tuple(int(s) for s in array.shape)
         if len(shape) != 3:
             raise InputError(f"{name}: expected a 3-D (z, y, x) volume, got shape {shape}")
         self._arr = array
+        if world is not None and voxel_size is None:
+            voxel_size, unit = world.voxel_size, world.unit
         super().__init__(name, shape, np.dtype(array.dtype), voxel_size=voxel_size, unit=unit,
-                         metadata=metadata, workers=1)
+                         metadata=metadata, workers=1, world=world)
 
     @property
     def array(self) -> Any:
@@ -85,11 +90,12 @@ class ArrayVolume(Volume):
 
     def __reduce__(self):
         return (_rebuild_array, (self._arr, self.voxel_size, self.unit, str(self.path),
-                                 self.metadata))
+                                 self.metadata, self.world))
 
 
-def _rebuild_array(array, voxel_size, unit, name, metadata):
-    return ArrayVolume(array, voxel_size=voxel_size, unit=unit, name=name, metadata=metadata)
+def _rebuild_array(array, voxel_size, unit, name, metadata, world=None):
+    return ArrayVolume(array, voxel_size=voxel_size, unit=unit, name=name, metadata=metadata,
+                       world=world)
 
 
 def _reopen(path: str, voxel_size, unit, level: int):

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ._base import InputError, Volume
+from ml4paleo.world import ZARR_WORLD_KEY, WorldTransform, normalize_unit
 
-_NIFTI_UNITS = {"mm": "millimeter", "micron": "micrometer", "meter": "meter"}
+from ._base import InputError, Volume, log
 
 
 def _short(exc: BaseException) -> str:
@@ -28,9 +28,12 @@ def _check_dtype(path: Path, dtype: np.dtype) -> np.dtype:
 class NiftiVolume(Volume):
     """A NIfTI-1/2 image (``.nii`` / ``.nii.gz``) as (z, y, x): the file's (i, j, k) reversed.
 
-    Voxels keep their storage order (no reorientation); the affine goes in the metadata.
-    A z-slab is contiguous on disk (NIfTI is stored x-fastest), so slabs read in order
-    stream through a ``.nii.gz`` once.
+    Voxels keep their storage order (no reorientation). :attr:`world` is the header's
+    sform or qform, chosen by their codes (:meth:`WorldTransform.from_nifti`), whose index
+    order ``(i, j, k) = (x, y, z)`` is the array's reversed; units ``unknown`` are read as
+    millimetre (``metadata["unit_assumed"]``). :attr:`voxel_size` is that affine's voxel
+    size. A z-slab is contiguous on disk (NIfTI is stored x-fastest), so slabs read in
+    order stream through a ``.nii.gz`` once.
     """
 
     source_type = "nifti"
@@ -72,21 +75,33 @@ class NiftiVolume(Volume):
             dtype = np.dtype(np.float32)
         self._scaled = (slope, inter) != (1.0, 0.0)
         zooms = [float(z) for z in header.get_zooms()[:3]] + [1.0] * 3
-        space_unit = header.get_xyzt_units()[0]
+        try:
+            world = WorldTransform.from_nifti(header)
+        except ValueError as exc:
+            raise InputError(f"{path}: unusable NIfTI geometry ({_short(exc)})") from exc
+        wanted = "sform" if world.sform_code else "qform" if world.qform_code else "pixdim"
+        if world.source != wanted:
+            log.warning("%s: the %s (code %s) is unusable; using the %s", path, wanted,
+                        world.sform_code if wanted == "sform" else world.qform_code,
+                        world.source)
         meta = {
             "file": path.name,
             "nifti_shape": [int(s) for s in shape],
             "datatype": str(raw),
             "scl_slope": slope,
             "scl_inter": inter,
-            "affine": np.asarray(img.affine).round(6).tolist(),
-            "axis_codes": list(nib.aff2axcodes(img.affine)),
+            "affine": world.affine.round(6).tolist(),
+            "affine_from": world.source,
+            "axis_codes": list(world.orientation or ""),
+            "sform_code": world.sform_code,
+            "qform_code": world.qform_code,
+            "pixdim": zooms[:3],
+            "xyzt_units": str(header.get_xyzt_units()[0]),
+            "unit_assumed": "unit" in world.assumed,
             "voxel_order": "nifti (i, j, k) reversed to (z, y, x); not reoriented",
         }
-        super().__init__(
-            path, (sz, sy, sx), dtype, voxel_size=(zooms[2], zooms[1], zooms[0]),
-            unit=_NIFTI_UNITS.get(space_unit), metadata=meta, **kw,
-        )
+        super().__init__(path, (sz, sy, sx), dtype, voxel_size=world.voxel_size,
+                         unit=world.unit, metadata=meta, world=world, **kw)
 
     def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
         try:
@@ -176,7 +191,7 @@ class ZarrVolume(Volume):
 
         path = Path(path)
         meta: dict[str, Any] = {"file": path.name}
-        voxel_size = unit = None
+        voxel_size = unit = world = None
         #: the OME-Zarr image (None for a bare array), the level read and the pyramid's
         #: arrays from that level down (just the array for a bare one)
         self.image = None
@@ -210,6 +225,9 @@ class ZarrVolume(Volume):
                 meta["levels"] = len(image.levels)
                 if isinstance(image.attrs.get("ml4paleo"), dict):
                     meta["ml4paleo"] = image.attrs["ml4paleo"]
+                world = _zarr_world(path, image, self.level)
+                if world is not None:  # a unit that is no length stays as written
+                    voxel_size, unit = world.voxel_size, world.unit or image.unit
             else:
                 meta["kind"] = "group"
             meta["array"] = image.levels[0]
@@ -227,7 +245,7 @@ class ZarrVolume(Volume):
         self._arr = arr
         meta["chunks"] = list(arr.chunks)
         super().__init__(path, shape, _check_dtype(path, np.dtype(arr.dtype)),
-                         voxel_size=voxel_size, unit=unit, metadata=meta, **kw)
+                         voxel_size=voxel_size, unit=unit, metadata=meta, world=world, **kw)
 
     def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
         try:
@@ -238,3 +256,31 @@ class ZarrVolume(Volume):
         except Exception as exc:
             raise InputError(f"{self.path}: corrupt Zarr chunk in z {z0}..{z1 - 1} ({_short(exc)})") from exc
         return data.astype(self.dtype, copy=False)
+
+
+def _zarr_world(path: Path, image: Any, level: int) -> WorldTransform | None:
+    """The world transform of pyramid ``level``: ours when stored, else NGFF's scale+translation."""
+    ms = image.attrs["multiscales"][0]
+    downsample = "nearest" if ("image-label" in image.attrs or ms.get("type") == "nearest") else "mean"
+    extra = image.attrs.get("ml4paleo")
+    stored = extra.get(ZARR_WORLD_KEY) if isinstance(extra, dict) else None
+    if stored is not None:
+        try:
+            return WorldTransform.from_json(stored).for_level(level, downsample)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InputError(f"{path}: unreadable ml4paleo world transform ({_short(exc)})") from exc
+    try:
+        datasets = ms["datasets"]
+        transforms = list(datasets[level].get("coordinateTransformations", []))
+        outer = list(ms.get("coordinateTransformations", []))  # applied after the dataset's
+        scale = np.ones(3)
+        translation = np.zeros(3)
+        for t in transforms + outer:
+            if t.get("type") == "scale":
+                s = np.asarray(t["scale"], float)[-3:]
+                scale, translation = scale * s, translation * s
+            elif t.get("type") == "translation":
+                translation = translation + np.asarray(t["translation"], float)[-3:]
+        return WorldTransform.from_ngff(scale, translation, unit=normalize_unit(image.unit))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise InputError(f"{path}: unusable NGFF coordinateTransformations ({_short(exc)})") from exc

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ml4paleo.world import LENGTH_UNITS, WorldTransform, normalize_unit
+
 log = logging.getLogger("ml4paleo.io")
 
 SOURCE_TYPES = ("image_stack", "tiff", "dicom", "nifti", "npy", "zarr")
@@ -105,6 +107,10 @@ class Volume(abc.ABC):
         Physical voxel size ``(z, y, x)`` when the source records it.
     unit : str or None
         Unit of ``voxel_size`` (NGFF name, e.g. ``"millimeter"``).
+    world : ml4paleo.world.WorldTransform
+        Voxel index -> world coordinates (never None: a source with no geometry gets its
+        voxel size, origin 0; with no voxel size either, voxel units). Overriding
+        ``voxel_size`` / ``unit`` afterwards rescales it (direction and origin kept).
     source_type : str
         One of ``"image_stack"``, ``"tiff"``, ``"dicom"``, ``"nifti"``, ``"npy"``, ``"zarr"``.
     metadata : dict
@@ -123,6 +129,7 @@ class Volume(abc.ABC):
         unit: str | None = None,
         metadata: dict | None = None,
         workers: int | None = None,
+        world: WorldTransform | None = None,
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
@@ -132,6 +139,33 @@ class Volume(abc.ABC):
         self.metadata = dict(metadata or {})
         self.workers = workers or default_io_workers()
         self._pool: ThreadPoolExecutor | None = None
+        self._world: WorldTransform | None = None
+        self._world_for: tuple = (None, None)
+        if world is not None:
+            self._world, self._world_for = world, (self.voxel_size, self.unit)
+
+    @property
+    def world(self) -> WorldTransform:
+        """Voxel index -> world coordinates (see :mod:`ml4paleo.world` for the conventions)."""
+        w = self._world
+        # a unit that is no length (e.g. "pixel") leaves the world in voxel units
+        unit = self.unit if self.unit in LENGTH_UNITS else normalize_unit(self.unit)
+        if w is None:
+            return WorldTransform.from_voxel_size(self.voxel_size, unit=unit)
+        if (self.voxel_size, self.unit) != self._world_for:  # overridden since it was read
+            return w.with_voxel_size(self.voxel_size or w.voxel_size, unit=unit)
+        return w
+
+    @world.setter
+    def world(self, value: WorldTransform | None) -> None:
+        """Set the transform; ``voxel_size`` and ``unit`` follow it."""
+        if value is None:
+            self._world = None
+            return
+        if not isinstance(value, WorldTransform):
+            raise TypeError(f"world must be a WorldTransform, got {type(value).__name__}")
+        self.voxel_size, self.unit = value.voxel_size, value.unit
+        self._world, self._world_for = value, (self.voxel_size, self.unit)
 
     # -- array protocol -------------------------------------------------------------------
     @property
@@ -270,7 +304,8 @@ class Volume(abc.ABC):
         self.close()
 
     def info(self) -> dict:
-        """A JSON-able summary: shape, dtype, voxel size, unit, source type and metadata."""
+        """A JSON-able summary: shape, dtype, voxel size, unit, world transform, source
+        type and metadata."""
         return {
             "path": str(self.path),
             "source_type": self.source_type,
@@ -278,5 +313,6 @@ class Volume(abc.ABC):
             "dtype": str(self.dtype),
             "voxel_size": None if self.voxel_size is None else list(self.voxel_size),
             "unit": self.unit,
+            "world": self.world.to_json(),
             "metadata": self.metadata,
         }

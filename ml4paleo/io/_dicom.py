@@ -2,7 +2,11 @@
 
 Slices are ordered by their position along the slice normal (ImagePositionPatient
 projected on the cross product of ImageOrientationPatient's row and column cosines), not
-by InstanceNumber; RescaleSlope / RescaleIntercept are applied (HU for CT).
+by InstanceNumber; RescaleSlope / RescaleIntercept are applied (HU for CT). The volume's
+:attr:`~ml4paleo.io.Volume.world` is the series' LPS affine (first slice's position, the
+orientation, PixelSpacing and the step between slices), oblique and tilted series included.
+JPEG Lossless, JPEG-LS and 12-bit JPEG decode through imagecodecs
+(:mod:`ml4paleo.io.dicom_codecs`); Deflated Explicit VR files are inflated by pydicom.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ml4paleo.world import WorldTransform
+
+from . import dicom_codecs
 from ._base import InputError, Volume, log, to_gray
 from ._sources import FileSource, ZipSource
 
@@ -81,11 +88,19 @@ def _first(ds: Any, *path: str) -> Any:
     return node
 
 
-def _orientation(ds: Any) -> np.ndarray | None:
+def _iop(ds: Any) -> list[float] | None:
+    """ImageOrientationPatient (file level, else the shared functional groups)."""
     iop = ds.get("ImageOrientationPatient") or _first(
         ds, "SharedFunctionalGroupsSequence", "PlaneOrientationSequence", "ImageOrientationPatient"
     )
     if iop is None or len(iop) != 6:
+        return None
+    return [float(v) for v in iop]
+
+
+def _orientation(ds: Any) -> np.ndarray | None:
+    iop = _iop(ds)
+    if iop is None:
         return None
     row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
     normal = np.cross(row, col)
@@ -180,6 +195,7 @@ class DicomVolume(Volume):
     source_type = "dicom"
 
     def __init__(self, source: FileSource, names: list[str], ignored: list[str], **kw: Any):
+        dicom_codecs.register()
         self.source = source
         headers: dict[str, Any] = {}
         without_pixels = []
@@ -272,6 +288,7 @@ class DicomVolume(Volume):
                 )
             if dz <= 0:
                 dz = None
+        z_measured = dz is not None
         if dz is None:
             thick = first.get("SpacingBetweenSlices") or first.get("SliceThickness") or _first(
                 first, "SharedFunctionalGroupsSequence", "PixelMeasuresSequence", "SliceThickness"
@@ -280,10 +297,17 @@ class DicomVolume(Volume):
         spacing = first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or _first(
             first, "SharedFunctionalGroupsSequence", "PixelMeasuresSequence", "PixelSpacing"
         )
-        voxel_size = None
+        voxel_size = world = None
         if spacing is not None and len(spacing) == 2:
             dy, dx = float(spacing[0]), float(spacing[1])
             voxel_size = (dz if dz else dy, dy, dx)
+            world = self._world_of(first, normal, dist is not None, voxel_size,
+                                   z_assumed=not z_measured)
+            if world is None:
+                log.info("%s: no ImagePositionPatient / ImageOrientationPatient; world "
+                         "coordinates are voxel size x index", source.root)
+                world = WorldTransform.from_voxel_size(
+                    voxel_size, unit="millimeter", assumed=() if z_measured else ("z_spacing",))
         raw = _raw_dtype(first)
         lo, hi = _stored_range(first, raw)
         dtype, self._rescaled = _output_dtype(raw, lo, hi, self._frames)
@@ -299,9 +323,37 @@ class DicomVolume(Volume):
         self._rows, self._cols = int(first.Rows), int(first.Columns)
         self._cache_lock = threading.Lock()
         self._cache: tuple[str, bytes] | None = None
+        ts = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", None)
+        self._deflated = bool(ts is not None and ts.is_deflated)
+        self._plugin = dicom_codecs.PLUGIN if ts is not None and dicom_codecs.uses_plugin(ts) else ""
         super().__init__(source.root, (len(self._frames), self._rows, self._cols), dtype,
                          voxel_size=voxel_size, unit="millimeter" if voxel_size else None,
-                         metadata=meta, **kw)
+                         metadata=meta, world=world, **kw)
+
+    def _world_of(self, first: Any, normal: np.ndarray | None, positioned: bool,
+                  voxel_size: tuple[float, float, float], *, z_assumed: bool
+                  ) -> WorldTransform | None:
+        """The LPS affine of the sorted series, None without position and orientation."""
+        iop = _iop(first)
+        start = self._frames[0].position
+        if iop is None or normal is None or start is None:
+            return None
+        dz, dy, dx = voxel_size
+        step = normal * dz
+        if positioned and len(self._frames) > 1:
+            # the direction from the first slice to the last (a gantry tilt shears it off
+            # the normal), scaled so that consecutive slices are dz apart along the normal
+            run = self._frames[-1].position - start
+            along = float(run @ normal)
+            if along > 0:
+                step = run * (dz / along)
+        try:
+            return WorldTransform.from_dicom(start, iop, (dy, dx), step,
+                                             assumed=("z_spacing",) if z_assumed else ())
+        except ValueError as exc:
+            log.warning("%s: unusable DICOM geometry (%s); world coordinates are voxel size x "
+                        "index", self.source.root, exc)
+            return None
 
     def _src(self, frame: _Frame) -> Any:
         path = self.source.local_path(frame.name)
@@ -315,13 +367,17 @@ class DicomVolume(Volume):
             return io.BytesIO(self._cache[1])
 
     def _decode(self, z: int) -> np.ndarray:
+        import pydicom
         import pydicom.uid
         from pydicom.pixels import pixel_array
 
         f = self._frames[z]
         where = self.source.display(f.name)
         try:
-            arr = pixel_array(self._src(f), index=f.index)
+            src = self._src(f)
+            if self._deflated:  # pixel_array's own file parser does not inflate
+                src = pydicom.dcmread(src)
+            arr = pixel_array(src, index=f.index, decoding_plugin=self._plugin)
         except InputError:
             raise
         except Exception as exc:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ml4paleo.world import WorldTransform
+
 from ._base import InputError, Volume, log, to_gray
 from ._sources import IMAGE_EXTS, DirSource, FileSource, ZipSource, ext_of
 
@@ -172,9 +174,13 @@ class ImageStackVolume(Volume):
             "ignored_files": ignored[:50],
             "ignored_count": len(ignored),
         }
-        voxel_size, unit = _tiff_pixel_size(source, names[0]) if meta["format"] == "tiff" else (None, None)
+        fmt = meta["format"]
+        voxel_size, unit, assumed = (
+            _tiff_pixel_size(source, names[0]) if fmt == "tiff"
+            else _png_pixel_size(source, names[0]) if fmt == "png" else (None, None, ()))
         super().__init__(source.root, (len(names),) + self._size, dtype, voxel_size=voxel_size,
-                         unit=unit, metadata=meta, **kw)
+                         unit=unit, metadata=meta, world=_stack_world(voxel_size, unit, assumed),
+                         **kw)
 
     def _cheap_to_probe(self, name: str) -> bool:
         if isinstance(self.source, DirSource):
@@ -244,8 +250,29 @@ _UNITS = {
 }
 
 
-def _tiff_pixel_size(source: FileSource, name: str) -> tuple[tuple | None, str | None]:
-    """(z, y, x) voxel size from ImageJ or OME metadata of a TIFF, if it has any."""
+#: Pixel sizes image tools write by default (72 and 96 dpi): no physical meaning.
+_SCREEN_DPI = (72.0, 96.0)
+# TIFF ResolutionUnit -> (unit, micrometres per unit); 4 and 5 are tifffile's extensions
+_TIFF_RES_UNITS = {2: ("inch", 25400.0), 3: ("centimeter", 1e4), 4: ("millimeter", 1e3),
+                   5: ("micrometer", 1.0)}
+
+SizeInfo = tuple[tuple | None, str | None, tuple[str, ...]]
+
+
+def _stack_world(voxel_size: tuple | None, unit: str | None,
+                 assumed: tuple[str, ...]) -> WorldTransform | None:
+    """Origin 0 and the voxel size read from the slices (flags say what was guessed)."""
+    if voxel_size is None or not assumed:
+        return None  # the default from voxel_size is the same
+    return WorldTransform.from_voxel_size(voxel_size, unit=unit, assumed=assumed)
+
+
+def _is_screen_dpi(dpi: float) -> bool:
+    return any(abs(dpi - d) < 0.05 for d in _SCREEN_DPI)
+
+
+def _tiff_pixel_size(source: FileSource, name: str) -> SizeInfo:
+    """(z, y, x) voxel size from the OME / ImageJ metadata or resolution tags of a TIFF."""
     import tifffile
 
     try:
@@ -253,10 +280,43 @@ def _tiff_pixel_size(source: FileSource, name: str) -> tuple[tuple | None, str |
         with (open(path, "rb") if path else source.open(name)) as fh, tifffile.TiffFile(fh) as tif:
             return _tiff_size_from(tif)
     except Exception:  # metadata is a bonus; the pixels are checked elsewhere
-        return None, None
+        return None, None, ()
 
 
-def _tiff_size_from(tif: Any) -> tuple[tuple | None, str | None]:
+def _png_pixel_size(source: FileSource, name: str) -> SizeInfo:
+    """(z, y, x) voxel size in micrometres from a PNG's pHYs chunk (pixels per metre).
+
+    z is taken equal to x (a PNG holds one plane; flagged ``z_spacing`` assumed); 72 and
+    96 dpi, what image tools write by default, are ignored.
+    """
+    try:
+        with source.open(name) as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None, None, ()
+            for _ in range(64):  # pHYs comes before the first IDAT
+                head = fh.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IDAT":
+                    break
+                body = fh.read(length + 4)
+                if kind == b"pHYs" and length == 9:
+                    ppx, ppy, spec = struct.unpack(">IIB", body[:9])
+                    if spec != 1 or not ppx or not ppy:
+                        break  # aspect ratio only
+                    if _is_screen_dpi(ppx * 0.0254) and _is_screen_dpi(ppy * 0.0254):
+                        log.info("%s: pHYs says %.0f dpi (a screen default); no voxel size",
+                                 source.display(name), ppx * 0.0254)
+                        break
+                    x, y = 1e6 / ppx, 1e6 / ppy
+                    return (x, y, x), "micrometer", ("z_spacing",)
+    except (OSError, struct.error, InputError):
+        pass
+    return None, None, ()
+
+
+def _tiff_size_from(tif: Any) -> SizeInfo:
     if tif.is_ome and tif.ome_metadata:
         xml = tif.ome_metadata
         sizes = {}
@@ -268,7 +328,7 @@ def _tiff_size_from(tif: Any) -> tuple[tuple | None, str | None]:
             m = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
             unit = _UNITS.get(m.group(1), m.group(1)) if m else "micrometer"
             y = sizes.get("Y", sizes["X"])
-            return (sizes.get("Z", y), y, sizes["X"]), unit
+            return (sizes.get("Z", y), y, sizes["X"]), unit, () if "Z" in sizes else ("z_spacing",)
     page = tif.pages.first
     ij = tif.imagej_metadata or {}
     tags = page.tags
@@ -280,8 +340,29 @@ def _tiff_size_from(tif: Any) -> tuple[tuple | None, str | None]:
             unit = _UNITS.get(str(ij.get("unit", "")).strip(), None)
             z = float(ij.get("spacing", x))
             if unit is not None or x != 1.0:
-                return (z, y, x), unit
-    return None, None
+                return (z, y, x), unit, () if "spacing" in ij else ("z_spacing",)
+        return None, None, ()
+    return _tiff_resolution(tags)
+
+
+def _tiff_resolution(tags: Any) -> SizeInfo:
+    """Pixel size from the baseline XResolution / YResolution / ResolutionUnit tags."""
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None, None, ()
+    res_unit = int(tags["ResolutionUnit"].value)
+    if res_unit not in _TIFF_RES_UNITS:
+        return None, None, ()  # 1 = no absolute unit
+    xr = tags["XResolution"].value
+    yr = tags["YResolution"].value if "YResolution" in tags else xr
+    if not (xr[0] and xr[1] and yr[0] and yr[1]):
+        return None, None, ()
+    px_per_unit_x, px_per_unit_y = xr[0] / xr[1], yr[0] / yr[1]
+    name, um_per_unit = _TIFF_RES_UNITS[res_unit]
+    if name == "inch" and _is_screen_dpi(px_per_unit_x) and _is_screen_dpi(px_per_unit_y):
+        log.info("TIFF resolution %.0f dpi is a screen default; no voxel size", px_per_unit_x)
+        return None, None, ()
+    x, y = um_per_unit / px_per_unit_x, um_per_unit / px_per_unit_y
+    return (x, y, x), "micrometer", ("z_spacing",)
 
 
 class TiffVolume(Volume):
@@ -334,7 +415,7 @@ class TiffVolume(Volume):
             # pages are not planes (e.g. one page holding the whole volume): read it whole
             log.info("%s: %d pages for %d planes; reading whole pages", self._where, npages, shape[0])
         self._pages_are_planes = npages == shape[0]
-        voxel_size, unit = _tiff_size_from(self._tif)
+        voxel_size, unit, assumed = _tiff_size_from(self._tif)
         meta = {
             "container": "zip" if isinstance(source, ZipSource) else "file",
             "file": name,
@@ -347,7 +428,8 @@ class TiffVolume(Volume):
         if self._samples >= 3:
             log.warning("%s: colour pages, reduced to one channel (luma)", self._where)
         super().__init__(source.root if name != "" else source.root, shape, dtype,
-                         voxel_size=voxel_size, unit=unit, metadata=meta, **kw)
+                         voxel_size=voxel_size, unit=unit, metadata=meta,
+                         world=_stack_world(voxel_size, unit, assumed), **kw)
 
     def _read_slab(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
         try:
