@@ -1,7 +1,7 @@
 """One way to open anything that holds a volume: :func:`open_any`.
 
 Library functions accept a *volume-like* — a path (anything :func:`open_volume` reads),
-an :class:`~ml4paleo.omezarr.OmeImage`, a :class:`Volume`, a zarr array, a numpy array
+an :class:`~ml4paleo.formats.OmeImage`, a :class:`Volume`, a zarr array, a numpy array
 or any ``(z, y, x)`` array-like — and turn it into a :class:`Volume` here, the only
 coercer in the package. The result pickles as a cheap reference (its path, or the array
 itself), so block workers reopen it instead of receiving the data.
@@ -117,7 +117,7 @@ def open_any(source: VolumeLike, *, voxel_size: Sequence[float] | float | None =
     -------
     Volume
         With ``voxel_size`` / ``unit`` (None when unknown), ``metadata`` and, for
-        OME-Zarr images, ``image`` (the :class:`~ml4paleo.omezarr.OmeImage`), ``level``
+        OME-Zarr images, ``image`` (the :class:`~ml4paleo.formats.OmeImage`), ``level``
         and ``levels`` (the pyramid's arrays from ``level`` down).
 
     Raises
@@ -127,7 +127,7 @@ def open_any(source: VolumeLike, *, voxel_size: Sequence[float] | float | None =
     FileNotFoundError
         (an :class:`InputError` subclass is raised instead for paths; see ``open_volume``.)
     """
-    from ml4paleo.omezarr import OmeImage
+    from ml4paleo.formats import OmeImage
 
     from . import open_volume
 
