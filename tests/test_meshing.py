@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from scipy import ndimage
 from skimage.measure import marching_cubes
 
+from ml4paleo.formats import create_image
 from ml4paleo.meshing import MESH_FORMATS, STATS_COLUMNS, label_stats, mesh
-from ml4paleo.omezarr import create_image
 
 VOXEL = (1.5, 0.5, 1.0)  # z, y, x: anisotropic on purpose
 
@@ -201,11 +201,11 @@ def test_formats_load_back_with_trimesh(tmp_path):
 def test_stl_written_in_pieces_equals_one_trimesh_export():
     import io
 
-    from ml4paleo.meshing import _export_stl_pieces
+    from ml4paleo.meshing import write_stl
 
     m = _reference(torus(), VOXEL)
     buf = io.BytesIO()
-    _export_stl_pieces(m.vertices, m.faces, buf, step=1000)
+    write_stl(m.vertices, m.faces, buf, step=1000)
     assert len(m.faces) > 3000
     assert buf.getvalue() == trimesh.exchange.stl.export_stl(m)
 
