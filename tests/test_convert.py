@@ -131,6 +131,43 @@ def test_failure_midway_leaves_nothing_and_keeps_old_dest(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_local_processes_give_the_same_files(tmp_path):
+    vol = ramp_volume((40, 150, 140), np.uint16)  # 3 slab blocks, pyramid levels 1 and 2
+    np.save(tmp_path / "v.npy", vol)
+    ref = convert(tmp_path / "v.npy", tmp_path / "a.ome.zarr", chunks=8)
+    assert len(ref.levels) == 3
+    got = convert(tmp_path / "v.npy", tmp_path / "b.ome.zarr", chunks=8, executor="processes",
+                  workers=2, memory_limit=4096)  # staged slabs, on two worker processes
+    assert _tree(tmp_path / "a.ome.zarr") == _tree(tmp_path / "b.ome.zarr")
+    np.testing.assert_array_equal(got.array[:], vol)
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_identical_output(tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    vol = ramp_volume((40, 150, 140), np.uint16)
+    write_slices(tmp_path / "s", vol, "tif")  # a slice folder: reopened once per worker
+    ref = convert(tmp_path / "s", tmp_path / "a.ome.zarr", chunks=8)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        convert(tmp_path / "s", tmp_path / "b.ome.zarr", chunks=8, executor=client)
+        res = CliRunner().invoke(main, ["convert", str(tmp_path / "s"), str(tmp_path / "c.ome.zarr"),
+                                        "--chunks", "8", "--scheduler", cluster.scheduler_address,
+                                        "-q"])
+        assert res.exit_code == 0, res.output
+    want = _tree(ref.path)
+    assert _tree(tmp_path / "b.ome.zarr") == want
+    assert _tree(tmp_path / "c.ome.zarr") == want
+    assert _leftovers(tmp_path) == []
+
+
 # -- CLI -------------------------------------------------------------------------------------
 def test_cli_convert_and_info(tmp_path):
     vol = ramp_volume((9, 10, 11), np.uint16)

@@ -284,3 +284,35 @@ def test_package_verb_works_after_the_module_was_imported(data, tmp_path):
 
     out = ml4paleo.export("stats", data["seg"], tmp_path / "s.csv")  # module already imported
     assert out.read_bytes() == (data["seg"] / "meshes" / "stats.csv").read_bytes()
+
+
+def _members(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_identical_exports(data, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    kinds = [("png", data["image_path"]), ("tiff", data["labels_path"]),
+             ("nifti", data["image_path"]), ("stats", data["labels_path"])]
+    ref = {kind: export(kind, src, tmp_path / "ref" / f"{kind}.out") for kind, src in kinds}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        got = {kind: export(kind, src, tmp_path / "dask" / f"{kind}.out", executor=client)
+               for kind, src in kinds}
+        streamed = b"".join(stream_export("png", data["labels_path"], tmp_path / "c.zip",
+                                          executor=client))
+    for kind in ("png", "tiff"):
+        assert _members(got[kind]) == _members(ref[kind])
+    assert got["nifti"].read_bytes() == ref["nifti"].read_bytes()  # gzip with mtime 0
+    assert got["stats"].read_bytes() == ref["stats"].read_bytes()
+    assert _members(io.BytesIO(streamed)) == _members(export("png", data["labels_path"],
+                                                             tmp_path / "l.zip"))
+
+
+def test_slabs_on_local_processes_give_the_same_files(data, tmp_path):
+    a = export("tiff", data["image_path"], tmp_path / "a.zip")
+    b = export("tiff", data["image_path"], tmp_path / "b.zip", executor="processes", workers=2)
+    assert _members(a) == _members(b)
