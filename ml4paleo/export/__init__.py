@@ -38,6 +38,7 @@ from typing import Any
 
 from ml4paleo._fs import atomic_writer
 from ml4paleo._verbs import make_module_callable
+from ml4paleo.meshing import STATS_CSV
 
 from .folders import write_meshes, write_stats, write_zarr
 from .nifti import nifti_header, write_nifti
@@ -92,7 +93,7 @@ def default_filename(kind: str, source: Any) -> str:
     name = stem(Path(getattr(source, "path", source))) if isinstance(
         source, str | os.PathLike) or hasattr(source, "path") else "volume"
     if kind == "stats":
-        return "stats.csv"
+        return STATS_CSV
     return f"{name}.{suffix}"
 
 
