@@ -148,6 +148,13 @@ def test_local_processes_give_the_same_files(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_unknown_executor_is_refused_and_leaves_nothing(tmp_path):
+    np.save(tmp_path / "v.npy", ramp_volume((4, 8, 8), np.uint16))
+    with pytest.raises(ValueError, match="unknown executor"):
+        convert(tmp_path / "v.npy", tmp_path / "v.ome.zarr", executor="gpu")
+    assert not (tmp_path / "v.ome.zarr").exists() and _leftovers(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_gives_identical_output(tmp_path):
     from dask.distributed import Client, LocalCluster

@@ -71,11 +71,13 @@ def test_label_pyramid_keeps_label_values(tmp_path):
 def test_pyramid_is_the_same_on_every_executor_and_for_odd_chunks(tmp_path):
     data = np.random.default_rng(4).integers(0, 4000, size=(45, 70, 66), dtype=np.uint16)
     results = []
-    for i, (executor, chunks) in enumerate([("serial", 16), ("processes", 16), ("threads", 15)]):
+    runs = [("serial", 16, None), ("processes", 16, None), ("threads", 15, None),
+            ("threads", 16, 5)]  # odd chunks / slabs of 5: read and written through zarr
+    for i, (executor, chunks, slab) in enumerate(runs):
         img = formats.create_image(tmp_path / f"{i}.ome.zarr", data.shape, np.uint16,
                                    chunks=chunks)
         img.array[:] = data
-        formats.build_pyramid(img, executor=executor, workers=2)
+        formats.build_pyramid(img, executor=executor, workers=2, slab=slab)
         results.append([np.asarray(img.level(k)[:]) for k in range(len(img.levels))])
     for levels in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0], levels, strict=True))

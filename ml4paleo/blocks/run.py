@@ -239,10 +239,11 @@ def run(
 
     Examples
     --------
-    >>> import numpy as np
     >>> from ml4paleo.blocks import Stage, block_grid
-    >>> blocks = block_grid((6,), 3)
-    >>> run([Stage(len, blocks)], executor="serial")  # doctest: +SKIP
+    >>> first, second = block_grid((6,), 3), block_grid((6,), 2, halo=1)
+    >>> run([Stage(lambda b: b.write[0].start, first),
+    ...      Stage(lambda b: b.read[0].stop, second, depends_on="overlap")], executor="serial")
+    [[0, 3], [3, 5, 6]]
     """
     stages = list(stages)
     for s in stages:
