@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/mesh.py                 # 512^3, chunk 256, 2 workers
     .venv/bin/python benchmarks/mesh.py --size 256 --chunk-size 128 --workers 1
+    # before/after in one run: also mesh with the ml4paleo of another source tree
+    .venv/bin/python benchmarks/mesh.py --size 256 --chunk-size 128 --baseline /tmp/before
 
 The label volume (spheres, tori, a metaball blob, a thin shell and many small grains)
 is written slab by slab to an OME-Zarr label image in a temp folder, then
@@ -87,7 +89,7 @@ def _slab(shapes: dict, size: int, z0: int, z1: int) -> np.ndarray:
 
 def generate(path: Path, size: int, chunks: int = 128) -> float:
     """Write the benchmark label volume to an OME-Zarr label image; return seconds."""
-    from ml4paleo.omezarr import create_image
+    from ml4paleo.formats import create_image
 
     t0 = time.perf_counter()
     shapes = _shapes(size)
@@ -125,6 +127,51 @@ def _tree_memory(proc) -> tuple[int, int, int]:
     return rss, pss, biggest
 
 
+def _measure(args, labels: Path, out: Path, tree: Path | None) -> dict:
+    """Mesh ``labels`` in a child process (``tree`` first on its import path); sample memory."""
+    import os
+
+    import psutil
+    import trimesh
+
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, __file__, "--child", "--labels", str(labels), "--out", str(out),
+           "--chunk-size", str(args.chunk_size), "--workers", str(args.workers), "--formats",
+           args.formats]
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    proc = psutil.Process(child.pid)
+    peak = [0, 0, 0]
+    while child.poll() is None:
+        try:
+            now = _tree_memory(proc)
+        except psutil.NoSuchProcess:
+            break
+        peak = [max(a, b) for a, b in zip(peak, now, strict=True)]
+        time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    output = child.stdout.read()
+    if child.returncode:
+        raise SystemExit(f"meshing failed (exit {child.returncode})")
+    result = json.loads(output.strip().splitlines()[-1])
+    closed = {}
+    for f in sorted(out.glob("*.stl")):
+        m = trimesh.load(f, force="mesh")
+        closed[f.stem] = bool(m.is_watertight and m.is_winding_consistent)
+    mb = 1024**2
+    return {
+        "size": args.size, "chunk_size": args.chunk_size, "workers": args.workers,
+        "blocks": result["blocks"], "mesh_seconds": round(result["seconds"], 1),
+        "wall_seconds_with_startup": round(wall, 1),
+        "peak_rss_tree_mb": round(peak[0] / mb), "peak_pss_tree_mb": round(peak[1] / mb),
+        "peak_rss_largest_process_mb": round(peak[2] / mb),
+        "faces": result["faces"], "watertight": closed,
+        "components": {str(r["label"]): r["components"] for r in result["stats"]},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -132,6 +179,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--formats", default="stl")
     parser.add_argument("--keep", action="store_true", help="Keep the temp folder.")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="also mesh with the ml4paleo package of this source tree "
+                             "(before/after in one run; the mesh files are compared)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--labels", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -140,48 +190,26 @@ def main() -> None:
         _run_child(args)
         return
 
-    import psutil
-    import trimesh
-
     tmp = Path(tempfile.mkdtemp(prefix="ml4paleo-bench-mesh-"))
     try:
         labels = tmp / "labels.ome.zarr"
         gen_s = generate(labels, args.size)
         print(f"generated {args.size}^3 labels in {gen_s:.1f} s", flush=True)
-        cmd = [sys.executable, __file__, "--child", "--labels", str(labels), "--out",
-               str(tmp / "meshes"), "--chunk-size", str(args.chunk_size), "--workers",
-               str(args.workers), "--formats", args.formats]
-        t0 = time.perf_counter()
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        proc = psutil.Process(child.pid)
-        peak = [0, 0, 0]
-        while child.poll() is None:
-            try:
-                now = _tree_memory(proc)
-            except psutil.NoSuchProcess:
-                break
-            peak = [max(a, b) for a, b in zip(peak, now, strict=True)]
-            time.sleep(0.1)
-        wall = time.perf_counter() - t0
-        output = child.stdout.read()
-        if child.returncode:
-            raise SystemExit(f"meshing failed (exit {child.returncode})")
-        result = json.loads(output.strip().splitlines()[-1])
-        closed = {}
-        for f in sorted((tmp / "meshes").glob("*.stl")):
-            m = trimesh.load(f, force="mesh")
-            closed[f.stem] = bool(m.is_watertight and m.is_winding_consistent)
-        mb = 1024**2
-        report = {
-            "size": args.size, "chunk_size": args.chunk_size, "workers": args.workers,
-            "blocks": result["blocks"], "mesh_seconds": round(result["seconds"], 1),
-            "wall_seconds_with_startup": round(wall, 1),
-            "peak_rss_tree_mb": round(peak[0] / mb), "peak_pss_tree_mb": round(peak[1] / mb),
-            "peak_rss_largest_process_mb": round(peak[2] / mb),
-            "faces": result["faces"], "watertight": closed,
-            "components": {str(r["label"]): r["components"] for r in result["stats"]},
-        }
-        print(json.dumps(report, indent=2))
+        reports = {}
+        trees = [("ml4paleo.mesh", None)]
+        if args.baseline is not None:
+            trees.insert(0, ("baseline ml4paleo.mesh", args.baseline))
+        for name, tree in trees:
+            out = tmp / ("meshes" if tree is None else "meshes-baseline")
+            reports[name] = _measure(args, labels, out, tree)
+            print(json.dumps({name: reports[name]}, indent=2), flush=True)
+        if args.baseline is not None:
+            same = all((tmp / "meshes-baseline" / p.name).read_bytes() == p.read_bytes()
+                       for p in (tmp / "meshes").iterdir())
+            print(f"baseline and current mesh files byte-identical: {same}")
+            for name, r in reports.items():
+                print(f"{name:24s} {r['mesh_seconds']:7.1f} s  peak RSS (tree) "
+                      f"{r['peak_rss_tree_mb']} MiB  peak PSS {r['peak_pss_tree_mb']} MiB")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

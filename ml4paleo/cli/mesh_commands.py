@@ -93,8 +93,10 @@ def mesh_command(labels, out_dir, chunk_size, formats, simplify, label_list, vox
               help="Pyramid level to export (png, tiff, nifti).")
 @click.option("--window", default=None,
               help="LO,HI intensity window for 8-bit PNG of an image (default: 1-99.5 percentiles).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler address for the slab work, e.g. tcp://host:8786.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def export_command(kind, source, dest, label, level, window, quiet) -> None:
+def export_command(kind, source, dest, label, level, window, scheduler, quiet) -> None:
     """Export SOURCE as KIND to DEST (a file, or a folder to put it in: existing, or ending in /).
 
     \b
@@ -109,6 +111,8 @@ def export_command(kind, source, dest, label, level, window, quiet) -> None:
     from ml4paleo.export import export
 
     options: dict = {"progress": tqdm_progress(f"export {kind}", disable=quiet)}
+    if scheduler:
+        options["executor"] = scheduler
     if kind in ("png", "tiff", "nifti"):
         options.update(label=label, level=level)
     if window:
