@@ -40,19 +40,24 @@ def segmentation_layout() -> dict[str, str]:
 
 def write_zarr(source: Any, sink: Sink, progress: ProgressCallback | None = None,
                **_: Any) -> Iterator[None]:
-    """A zip of the OME-Zarr folder (chunks stored as they are: already compressed)."""
+    """A zip of the OME-Zarr folder, the store at the zip's root.
+
+    So the zip is a Zarr store as it is (``zarr.storage.ZipStore(path, mode="r")``,
+    ome-zarr-py, fsspec ``zip::``); an image's ``labels/`` (its segmentations) come
+    along. Chunks are stored as they are (already compressed); hidden work folders and
+    temp files of writers are left out.
+    """
     path = Path(source.path if isinstance(source, OmeImage) else source)
     if not is_zarr_store(path):
         raise ValueError(f"{path}: not a Zarr folder")
     files = []
     for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not is_temp_name(d))
+        dirs[:] = sorted(d for d in dirs if not is_temp_name(d) and not d.startswith("."))
         files.extend(Path(root) / n for n in sorted(names) if not is_temp_name(n))
-    top = path.name
     with open_zip(sink) as zf:
         yield
         for i, f in enumerate(files, start=1):
-            arcname = f"{top}/{f.relative_to(path).as_posix()}"
+            arcname = f.relative_to(path).as_posix()
             yield from add_file(zf, f, arcname, compress=f.name in _ZARR_META)
             if progress is not None:
                 progress(i, len(files))
