@@ -30,7 +30,6 @@ Modules: :mod:`~ml4paleo.export.sinks`, :mod:`~ml4paleo.export.volumes`,
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 from ml4paleo._fs import atomic_writer
 from ml4paleo._verbs import make_module_callable
 from ml4paleo.meshing import STATS_CSV
+from ml4paleo.meshing import read_stats_csv as meshing_read_stats_csv
 
 from .folders import write_meshes, write_stats, write_zarr
 from .nifti import nifti_header, write_nifti
@@ -216,9 +216,12 @@ def stream_export(kind: str, source: Any, cache_path: str | os.PathLike,
 
 
 def read_stats_csv(path: str | os.PathLike) -> list[dict]:
-    """Read a statistics CSV written by :func:`ml4paleo.meshing.write_stats_csv`."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Read a statistics CSV written by :func:`ml4paleo.meshing.write_stats_csv`.
+
+    Rows keyed like :data:`ml4paleo.meshing.STATS_COLUMNS` (``volume``, not
+    ``volume_mm3``), values as the CSV's strings; any version's headers.
+    """
+    return meshing_read_stats_csv(path)
 
 
 make_module_callable(__name__, export)
