@@ -11,16 +11,39 @@ Names given by users or clients (model, segmentation and export ids) are checked
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ARTIFACT_NAME_RE", "JobPaths", "check_name"]
+__all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "check_id", "check_name"]
 
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+#: Model and segmentation ids: like artifact names, but a leading ``-`` is allowed (ids of
+#: older versions were URL-safe base64 that could start with one; their folders still open).
+ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """Return ``value`` when it is a safe model / segmentation id, else raise ``ValueError``.
+
+    Examples
+    --------
+    >>> check_id("-abc")
+    '-abc'
+    >>> check_id("a/b")
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid id 'a/b'
+    """
+    if not isinstance(value, str) or not ID_RE.match(value) or ".." in value:
+        raise ValueError(f"invalid {what} {value!r}")
+    return value
 
 
 def check_name(value: object, what: str = "name") -> str:
@@ -93,6 +116,15 @@ class JobPaths:
     def upload_lock(self) -> Path:
         return self.root / ".upload.lock"
 
+    def upload_file(self, rel: str) -> Path:
+        """Where the uploaded file ``rel`` (a sanitised relative path, ``a/b.tif``) goes."""
+        return self.upload.joinpath(*rel.split("/"))
+
+    def upload_state_file(self, rel: str) -> Path:
+        """The received-ranges record of uploaded file ``rel`` (named by a hash of it)."""
+        digest = hashlib.sha256(rel.encode("utf-8")).hexdigest()[:32]
+        return self.upload_state / f"{digest}.json"
+
     # -- image ----------------------------------------------------------------------------
     @property
     def image(self) -> Path:
@@ -117,7 +149,7 @@ class JobPaths:
 
     def model(self, model_id: str) -> Path:
         """Folder of model version ``model_id`` (model file + ``meta.json``)."""
-        return self.models / check_name(model_id, "model id")
+        return self.models / check_id(model_id, "model id")
 
     def model_meta(self, model_id: str) -> Path:
         return self.model(model_id) / "meta.json"
@@ -129,7 +161,7 @@ class JobPaths:
 
     def segmentation(self, seg_id: str) -> Path:
         """Folder of segmentation ``seg_id``."""
-        return self.segmentations / check_name(seg_id, "segmentation id")
+        return self.segmentations / check_id(seg_id, "segmentation id")
 
     def segmentation_meta(self, seg_id: str) -> Path:
         """``segmentation.json``: model, classes, settings and timings of a segmentation."""
@@ -151,6 +183,16 @@ class JobPaths:
         """Per-label statistics CSV."""
         return self.segmentation(seg_id) / "stats.csv"
 
+    def mesh_stats(self, seg_id: str) -> Path:
+        """Statistics written inside the meshes folder (older layout; read as a fallback)."""
+        return self.meshes(seg_id) / "stats.csv"
+
+    def segmentation_class_files(self, seg_id: str) -> tuple[Path, Path]:
+        """A class list (``classes.json``) or model metadata (``meta.json``) copied beside a
+        segmentation by older versions; read as fallbacks for its class names."""
+        folder = self.segmentation(seg_id)
+        return folder / self.classes.name, folder / "meta.json"
+
     # -- exports --------------------------------------------------------------------------
     @property
     def exports(self) -> Path:
@@ -159,3 +201,28 @@ class JobPaths:
 
     def export(self, name: str) -> Path:
         return self.exports / check_name(name, "export name")
+
+    def image_export(self, kind: str, ext: str) -> Path:
+        """Cached download of the converted image as ``kind`` (``image-<kind>.<ext>``)."""
+        return self.export(f"image-{kind}.{ext}")
+
+    def segmentation_export(self, seg_id: str, kind: str, ext: str) -> Path:
+        """Cached download of a segmentation as ``kind``."""
+        return self.export(f"segmentation-{check_id(seg_id, 'segmentation id')}-{kind}.{ext}")
+
+    def meshes_export(self, seg_id: str) -> Path:
+        """Cached zip of a segmentation's meshes."""
+        return self.export(f"meshes-{check_id(seg_id, 'segmentation id')}.zip")
+
+    @property
+    def image_preview(self) -> Path:
+        """Small NIfTI copy of the image for browser volume viewers."""
+        return self.export("preview-image.nii.gz")
+
+    def segmentation_preview(self, seg_id: str) -> Path:
+        """Small NIfTI copy of a segmentation."""
+        return self.export(f"preview-segmentation-{check_id(seg_id, 'segmentation id')}.nii.gz")
+
+    def report(self, seg_id: str, fmt: str) -> Path:
+        """Cached quantification report (``html`` / ``pdf``) of a segmentation."""
+        return self.export(f"report-{check_id(seg_id, 'segmentation id')}.{fmt}")
