@@ -338,7 +338,8 @@ def describe(status: Status | str) -> dict[str, Any]:
         ``status`` (plain value), ``label`` (human words), ``phase`` (the runner stage:
         ``convert`` / ``segment`` / ``mesh``, ``upload`` before it, None for the legacy
         values), ``step`` (the pipeline step the UI shows it under), ``busy`` (a runner
-        has work queued or under way), ``queued``, ``running``, ``failed``, ``retryable``
+        has work queued or under way), ``active`` (busy, or the upload is under way: poll
+        often), ``queued``, ``running``, ``failed``, ``retryable``
         (a retry queues it again), ``cancellable``, ``done`` (a stage just finished),
         ``resting`` (an image exists and nothing runs: annotate / segment / mesh are
         possible), ``tone`` (``busy`` / ``ok`` / ``bad`` / ``""`` for badges) and
@@ -360,15 +361,14 @@ def describe(status: Status | str) -> dict[str, Any]:
     status = parse_status(status)
     stage = stage_of(status)
     busy = status in BUSY
+    active = busy or status == Status.UPLOADING  # the user's browser is at work too
     failed = status in FAILED
-    if busy:
+    if active:
         tone = "busy"
     elif failed:
         tone = "bad"
     elif status in DONE or status == Status.ANNOTATED:
         tone = "ok"
-    elif status == Status.UPLOADING:
-        tone = "busy"  # the user's browser is at work
     else:
         tone = ""
     if stage is not None:
@@ -383,6 +383,7 @@ def describe(status: Status | str) -> dict[str, Any]:
         "phase": phase,
         "step": _UI_STEP.get(status),
         "busy": busy,
+        "active": active,
         "queued": stage is not None and status == stage.queued,
         "running": status in RUNNING,
         "failed": failed,
@@ -395,12 +396,43 @@ def describe(status: Status | str) -> dict[str, Any]:
     }
 
 
+#: how a list of jobs names each stage's queued + running statuses together
+_BUSY_LABEL = {"convert": "converting", "segment": "training / segmenting", "mesh": "meshing"}
+
+
+def status_filters() -> list[dict[str, Any]]:
+    """Choices for filtering a job list by status, in pipeline order: each resting status
+    alone, each stage's queued + running statuses together, all failures together.
+
+    Examples
+    --------
+    >>> [f["label"] for f in status_filters()][:3]
+    ['uploading', 'converting', 'converted']
+    >>> status_filters()[-1]["statuses"]
+    ['convert_error', 'segment_error', 'mesh_error']
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[Status] = set()
+    for status in PIPELINE_ORDER:
+        if status in (Status.PENDING, Status.DONE) or status in seen:
+            continue
+        stage = stage_of(status)
+        group = list(stage.busy) if stage is not None and status in BUSY else [status]
+        seen.update(group)
+        label = _BUSY_LABEL.get(stage.kind, stage.kind) if len(group) > 1 else \
+            status.value.replace("_", " ")
+        out.append({"label": label, "statuses": [s.value for s in group]})
+    out.append({"label": "failed", "statuses": [st.error.value for st in STAGES.values()]})
+    return out
+
+
 def status_table() -> dict[str, Any]:
     """Every status described (:func:`describe`), the pipeline order and the runner stages:
     served to the browser at ``GET /api/statuses`` so no script keeps its own copy."""
     return {
         "statuses": {s.value: describe(s) for s in Status},
         "order": [s.value for s in PIPELINE_ORDER],
+        "filters": status_filters(),
         "stages": {
             kind: {"queued": st.queued.value, "running": [s.value for s in st.running],
                    "done": [s.value for s in st.done], "error": st.error.value}
