@@ -19,7 +19,15 @@ from ml4paleo.workspace.models import (
     choose_model,
     record_model,
 )
-from ml4paleo.workspace.paths import ARTIFACT_NAME_RE, ID_RE, JobPaths, check_id, check_name
+from ml4paleo.workspace.paths import (
+    ARTIFACT_NAME_RE,
+    ID_RE,
+    JobPaths,
+    SegmentationPaths,
+    check_id,
+    check_name,
+    model_meta_file,
+)
 from ml4paleo.workspace.segmentations import (
     SegmentationNotFound,
     SegmentationRegistry,
@@ -36,11 +44,13 @@ __all__ = [
     "ModelRegistry",
     "RecordUpdate",
     "SegmentationNotFound",
+    "SegmentationPaths",
     "SegmentationRegistry",
     "check_id",
     "check_name",
     "choose_model",
     "job_outputs",
+    "model_meta_file",
     "new_id",
     "record_meshes",
     "record_model",

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "check_id", "check_name"]
+__all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "SegmentationPaths", "check_id",
+           "check_name", "model_meta_file"]
 
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
@@ -61,6 +62,63 @@ def check_name(value: object, what: str = "name") -> str:
     if not isinstance(value, str) or not ARTIFACT_NAME_RE.match(value) or ".." in value:
         raise ValueError(f"invalid {what} {value!r}")
     return value
+
+
+def model_meta_file(folder: str | os.PathLike) -> Path:
+    """The ``meta.json`` of a model folder (anywhere: a job's version or a copy)."""
+    return Path(folder) / "meta.json"
+
+
+@dataclass(frozen=True)
+class SegmentationPaths:
+    """The file names of one segmentation folder (inside a job, or a copy elsewhere).
+
+    Examples
+    --------
+    >>> SegmentationPaths("/x/s1").labels.as_posix()
+    '/x/s1/labels.ome.zarr'
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def meta(self) -> Path:
+        """``segmentation.json``: model, classes, settings and timings."""
+        return self.root / "segmentation.json"
+
+    @property
+    def labels(self) -> Path:
+        """The OME-Zarr label image."""
+        return self.root / "labels.ome.zarr"
+
+    @property
+    def probabilities(self) -> Path:
+        """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
+        return self.root / "labels.ome.zarr_probabilities"
+
+    @property
+    def meshes(self) -> Path:
+        """Folder of the meshes (one file per label and format)."""
+        return self.root / "meshes"
+
+    @property
+    def stats(self) -> Path:
+        """Per-label statistics CSV."""
+        return self.root / "stats.csv"
+
+    @property
+    def mesh_stats(self) -> Path:
+        """Statistics inside the meshes folder (older layout; read as a fallback)."""
+        return self.meshes / "stats.csv"
+
+    @property
+    def class_files(self) -> tuple[Path, Path]:
+        """A class list (``classes.json``) or model metadata (``meta.json``) copied beside
+        the segmentation by older versions."""
+        return self.root / "classes.json", model_meta_file(self.root)
 
 
 @dataclass(frozen=True)
@@ -152,7 +210,7 @@ class JobPaths:
         return self.models / check_id(model_id, "model id")
 
     def model_meta(self, model_id: str) -> Path:
-        return self.model(model_id) / "meta.json"
+        return model_meta_file(self.model(model_id))
 
     # -- segmentations --------------------------------------------------------------------
     @property
@@ -163,35 +221,38 @@ class JobPaths:
         """Folder of segmentation ``seg_id``."""
         return self.segmentations / check_id(seg_id, "segmentation id")
 
+    def segmentation_files(self, seg_id: str) -> SegmentationPaths:
+        """The :class:`SegmentationPaths` of segmentation ``seg_id``."""
+        return SegmentationPaths(self.segmentation(seg_id))
+
     def segmentation_meta(self, seg_id: str) -> Path:
         """``segmentation.json``: model, classes, settings and timings of a segmentation."""
-        return self.segmentation(seg_id) / "segmentation.json"
+        return self.segmentation_files(seg_id).meta
 
     def labels(self, seg_id: str) -> Path:
         """The segmentation's OME-Zarr label image."""
-        return self.segmentation(seg_id) / "labels.ome.zarr"
+        return self.segmentation_files(seg_id).labels
 
     def probabilities(self, seg_id: str) -> Path:
         """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
-        return self.segmentation(seg_id) / "labels.ome.zarr_probabilities"
+        return self.segmentation_files(seg_id).probabilities
 
     def meshes(self, seg_id: str) -> Path:
         """Folder of the segmentation's meshes (one file per label and format)."""
-        return self.segmentation(seg_id) / "meshes"
+        return self.segmentation_files(seg_id).meshes
 
     def stats(self, seg_id: str) -> Path:
         """Per-label statistics CSV."""
-        return self.segmentation(seg_id) / "stats.csv"
+        return self.segmentation_files(seg_id).stats
 
     def mesh_stats(self, seg_id: str) -> Path:
         """Statistics written inside the meshes folder (older layout; read as a fallback)."""
-        return self.meshes(seg_id) / "stats.csv"
+        return self.segmentation_files(seg_id).mesh_stats
 
     def segmentation_class_files(self, seg_id: str) -> tuple[Path, Path]:
-        """A class list (``classes.json``) or model metadata (``meta.json``) copied beside a
-        segmentation by older versions; read as fallbacks for its class names."""
-        folder = self.segmentation(seg_id)
-        return folder / self.classes.name, folder / "meta.json"
+        """A class list or model metadata copied beside a segmentation by older versions;
+        read as fallbacks for its class names."""
+        return self.segmentation_files(seg_id).class_files
 
     # -- exports --------------------------------------------------------------------------
     @property

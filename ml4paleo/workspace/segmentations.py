@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from ml4paleo._fs import atomic_write_json, atomic_writer, now_iso, replace_dir, temp_path
-from ml4paleo.classes import ClassError, default_color, validate_classes
+from ml4paleo.classes import ClassError, default_color, hex_to_rgb, validate_classes
 from ml4paleo.io import is_zarr_store
 from ml4paleo.workspace.ids import new_id
 from ml4paleo.workspace.models import ModelRegistry, RecordUpdate, read_meta
@@ -89,10 +89,10 @@ def read_class_list(raw: object) -> list[dict]:
             c = {"name": str(c)}
         color = c.get("color")
         try:
-            validate_classes([{"name": "x", "color": color}])
+            hex_to_rgb(color)
         except ClassError:
             color = default_color(i)
-        out.append({"name": str(c.get("name") or f"class {i}"), "color": str(color).lower()})
+        out.append({"name": str(c.get("name") or f"class {i}"), "color": color.lower()})
     return out
 
 
