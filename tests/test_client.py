@@ -25,10 +25,10 @@ import pytest
 import requests
 
 from ml4paleo.client import (
+    STATUS_ORDER,
     Client,
     ClientError,
     JobFailed,
-    STATUS_ORDER,
     _label_slices,
     _upload_files,
     encode_label_mask,
