@@ -162,8 +162,8 @@ def load_record(job_dir: str | os.PathLike) -> dict | None:
         with _locked_fd(paths.lock, fcntl.LOCK_SH):
             return JobStore.read_record_file(paths.record)
     except FileNotFoundError:
-        return None
-    except PermissionError:
+        return None  # deleted meanwhile
+    except OSError:  # no lock file can be made here (read-only copy): atomic files anyway
         return JobStore.read_record_file(paths.record)
 
 
