@@ -54,7 +54,7 @@ def _runner_logging(verbose: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def runner_command(kind: str | None = None) -> click.Command:
+def make_runner_command(kind: str | None = None) -> click.Command:
     """The ``runner`` command; with ``kind`` given, one without the KIND argument (the
     top-level ``conversionrunner.py`` / ``segmentrunner.py`` / ``meshrunner.py``)."""
 
@@ -79,14 +79,14 @@ def runner_command(kind: str | None = None) -> click.Command:
     return click.command("runner", context_settings={"help_option_names": ["-h", "--help"]})(run)
 
 
-runner = runner_command()
+runner = make_runner_command()
 
 
 def runner_main(kind: str | None = None, argv: Sequence[str] | None = None) -> int:
     """``python -m ml4paleo.jobs KIND ...`` (``kind`` None) or a runner script (``kind``
     given): the ``runner`` command with the same options, as its own program."""
     prog = "python -m ml4paleo.jobs" if kind is None else Path(sys.argv[0]).name
-    runner_command(kind).main(args=list(sys.argv[1:] if argv is None else argv),
+    make_runner_command(kind).main(args=list(sys.argv[1:] if argv is None else argv),
                               prog_name=prog)
     return 0
 

@@ -26,6 +26,7 @@ from ml4paleo.workspace.paths import (
     SegmentationPaths,
     check_id,
     check_name,
+    label_store_classes_file,
     model_meta_file,
 )
 from ml4paleo.workspace.segmentations import (
@@ -50,6 +51,7 @@ __all__ = [
     "check_name",
     "choose_model",
     "job_outputs",
+    "label_store_classes_file",
     "model_meta_file",
     "new_id",
     "record_meshes",

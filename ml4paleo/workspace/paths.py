@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "SegmentationPaths", "check_id",
-           "check_name", "model_meta_file"]
+           "check_name", "label_store_classes_file", "model_meta_file"]
 
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
@@ -62,6 +62,12 @@ def check_name(value: object, what: str = "name") -> str:
     if not isinstance(value, str) or not ARTIFACT_NAME_RE.match(value) or ".." in value:
         raise ValueError(f"invalid {what} {value!r}")
     return value
+
+
+def label_store_classes_file(folder: str | os.PathLike) -> Path:
+    """The class list (names and colours) of a label store folder (a job's annotations,
+    or any :class:`ml4paleo.segmentation.LabelStore` folder)."""
+    return Path(folder) / "classes.json"
 
 
 def model_meta_file(folder: str | os.PathLike) -> Path:
@@ -118,7 +124,7 @@ class SegmentationPaths:
     def class_files(self) -> tuple[Path, Path]:
         """A class list (``classes.json``) or model metadata (``meta.json``) copied beside
         the segmentation by older versions."""
-        return self.root / "classes.json", model_meta_file(self.root)
+        return label_store_classes_file(self.root), model_meta_file(self.root)
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,7 @@ class JobPaths:
     @property
     def classes(self) -> Path:
         """Class names and colours of the annotations."""
-        return self.annotations / "classes.json"
+        return label_store_classes_file(self.annotations)
 
     # -- models ---------------------------------------------------------------------------
     @property
