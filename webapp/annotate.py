@@ -12,14 +12,10 @@ Also keeps the original ml4paleo annotation routes working:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import shutil
 import tempfile
 import time
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -452,73 +448,50 @@ def gallery_thumbnail(job_id: str):
 
 
 # ----------------------------------------------------------------------------- models
-def _models_dir(job_id: str) -> Path:
-    return _job_dir(job_id) / "models"
+# thin over the job's model registry (ml4paleo.workspace.models): listing, metadata,
+# download, choice, import from another job, saving the annotator's preview model
+def _models(job_id: str):
+    from ml4paleo.workspace import ModelRegistry
+
+    return ModelRegistry(_job_dir(job_id))
 
 
-def _model_meta(folder: Path) -> dict:
-    meta_file = folder / "meta.json"
+def _model_folder(job_id: str, model_id: str) -> Path:
+    from ml4paleo.workspace import ModelNotFound
+
     try:
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        meta = {}
-    return meta if isinstance(meta, dict) else {}
+        return _models(job_id).folder(model_id)
+    except ModelNotFound:
+        abort(404, f"no model {model_id!r} in job {job_id!r}")
 
 
-def _model_entry(job_id: str, folder: Path, chosen: str | None, current: str | None) -> dict:
-    meta = _model_meta(folder)
-    return {
-        "id": folder.name,
-        "created_at": meta.get("created_at"),
-        "classes": meta.get("classes", []),
-        "label_counts": meta.get("label_counts", meta.get("counts")),
-        "metrics": meta.get("metrics", {}),
-        "source": meta.get("source"),
-        "chosen": folder.name == chosen,
-        "current": folder.name == current,
-        "download": url_for("annotate.model_download", job_id=job_id,
-                            model_id=folder.name),
-    }
+def _record_update(job_id: str):
+    return lambda fn: store().update(job_id, fn)
 
 
 @bp.get("/api/job/<job_id>/models")
 def models_list(job_id: str):
     """Model versions, oldest first, with their metadata; which one segments."""
     record = get_job(job_id)
-    root = _models_dir(job_id)
-    chosen = record.get("chosen_model_id")
-    models = []
-    if root.is_dir():
-        for folder in root.iterdir():
-            if folder.is_dir() and _MODEL_ID.match(folder.name) and not folder.name.startswith("."):
-                models.append(_model_entry(job_id, folder, chosen, record.get("model_id")))
-    models.sort(key=lambda m: (m["created_at"] or "", m["id"]))
-    return jsonify(job_id=job_id, chosen=chosen, current=record.get("model_id"), models=models)
-
-
-def _model_folder(job_id: str, model_id: str) -> Path:
-    if not _MODEL_ID.match(model_id) or ".." in model_id:
-        abort(404, f"no model {model_id!r}")
-    folder = _models_dir(job_id) / model_id
-    if not folder.is_dir():
-        abort(404, f"no model {model_id!r} in job {job_id!r}")
-    return folder
+    models = _models(job_id).list(record)
+    for m in models:
+        m["download"] = url_for("annotate.model_download", job_id=job_id, model_id=m["id"])
+    return jsonify(job_id=job_id, chosen=record.get("chosen_model_id"),
+                   current=record.get("model_id"), models=models)
 
 
 @bp.get("/api/job/<job_id>/models/<model_id>/download/json")
 def model_meta(job_id: str, model_id: str):
-    return jsonify(_model_meta(_model_folder(job_id, model_id)))
+    _model_folder(job_id, model_id)
+    return jsonify(_models(job_id).meta(model_id))
 
 
 @bp.get("/api/job/<job_id>/models/<model_id>/download")
 def model_download(job_id: str, model_id: str):
     """The model folder as a zip (safe format: JSON + arrays, never a pickle)."""
-    folder = _model_folder(job_id, model_id)
+    _model_folder(job_id, model_id)
     tmp = tempfile.TemporaryFile()
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and not f.is_symlink():
-                zf.write(f, f"{model_id}/{f.relative_to(folder).as_posix()}")
+    _models(job_id).write_zip(model_id, tmp)
     tmp.seek(0)
     return send_file(tmp, mimetype="application/zip", as_attachment=True,
                      download_name=f"model-{model_id}.zip")
@@ -527,53 +500,23 @@ def model_download(job_id: str, model_id: str):
 @bp.post("/api/job/<job_id>/models/<model_id>/choose")
 def model_choose(job_id: str, model_id: str):
     """Use this model for the next "segment the whole volume" (until new labels arrive)."""
+    from ml4paleo.workspace import choose_model
+
     _model_folder(job_id, model_id)
-    record = store().set_fields(job_id, model_id=model_id, chosen_model_id=model_id)
+    record = choose_model(_record_update(job_id), model_id)
     return jsonify(job_id=job_id, chosen=record.get("chosen_model_id"))
 
 
 @bp.post("/api/job/<job_id>/models/<model_id>/migrate")
 def model_migrate(job_id: str, model_id: str):
     """Original route (metadata backfill): our models always carry ``meta.json``."""
-    folder = _model_folder(job_id, model_id)
-    if not (folder / "meta.json").is_file():
+    from ml4paleo.workspace import JobPaths
+
+    _model_folder(job_id, model_id)
+    meta = JobPaths(_job_dir(job_id)).model_meta(model_id)
+    if not meta.is_file():
         abort(409, f"model {model_id!r} has no meta.json; it cannot be described")
-    return jsonify(status="success", model_id=model_id, metadata_file="meta.json")
-
-
-def _new_model_id() -> str:
-    from ml4paleo.jobs.store import new_id
-
-    return new_id()
-
-
-def _add_model(job_id: str, fill, source: dict) -> str:
-    """Create ``models/<new id>`` atomically with ``fill(tmp_folder)``; list it on the job."""
-    root = _models_dir(job_id)
-    root.mkdir(parents=True, exist_ok=True)
-    model_id = _new_model_id()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=root))
-    try:
-        target_tmp = tmp / "model"
-        fill(target_tmp)
-        meta = _model_meta(target_tmp)
-        meta["source"] = source
-        meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        from ml4paleo.omezarr import write_json_atomic
-
-        write_json_atomic(target_tmp / "meta.json", meta)
-        os.replace(target_tmp, root / model_id)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    def apply(record: dict) -> None:
-        models = list(record.get("models") or [])
-        if model_id not in models:
-            models.append(model_id)
-        record["models"] = models
-
-    store().update(job_id, apply)
-    return model_id
+    return jsonify(status="success", model_id=model_id, metadata_file=meta.name)
 
 
 @bp.post("/api/job/<job_id>/models/import")
@@ -583,39 +526,39 @@ def model_import(job_id: str):
     The model is loaded with the engine's safe loader first (no pickle), so only the
     trusted format is ever copied.
     """
-    get_job(job_id)
     from ml4paleo.jobs import JobStore
     from ml4paleo.segmentation import Model
+    from ml4paleo.workspace import ModelNotFound, record_model
 
+    get_job(job_id)
     body = json_body()
     src_job, src_model = body.get("source_job_id"), body.get("model_id")
     if not isinstance(src_job, str) or not JobStore.is_valid_id(src_job):
         abort(400, "source_job_id must be a job id")
     if not isinstance(src_model, str) or not _MODEL_ID.match(src_model):
         abort(400, "model_id must be a model id")
-    _job_dir(job_id)
-    src = _model_folder(src_job, src_model)
     try:
-        Model.load(src)
-    except Exception as exc:  # any failure means: not a model we trust
-        abort(400, f"model {src_model!r} of job {src_job!r} cannot be loaded: {exc}")
-
-    def fill(target: Path) -> None:
-        shutil.copytree(src, target, symlinks=False)
-
-    new_id = _add_model(job_id, fill, {"kind": "import", "job_id": src_job, "model_id": src_model})
+        new_id = _models(job_id).import_from(_models(src_job), src_model, load=Model.load)
+    except ModelNotFound:
+        abort(404, f"no model {src_model!r} in job {src_job!r}")
+    except ValueError as exc:
+        abort(400, str(exc))
+    record_model(_record_update(job_id), new_id)
     return jsonify(job_id=job_id, model_id=new_id), 201
 
 
 @bp.post("/api/job/<job_id>/models/save-preview")
 def model_save_preview(job_id: str):
     """Save the annotator's current preview model as a model version of the job."""
+    from ml4paleo.workspace import record_model
+
     with _annotator(job_id) as ann:
         model = ann.retrain()
         if model is None:
             abort(409, "no model yet: label at least two classes")
-        new_id = _add_model(job_id, lambda t: model.save(t),
-                            {"kind": "preview", "model_version": ann.model_version})
+        new_id = _models(job_id).save(model, source={"kind": "preview",
+                                                     "model_version": ann.model_version})
+    record_model(_record_update(job_id), new_id)
     return jsonify(job_id=job_id, model_id=new_id), 201
 
 

@@ -741,7 +741,6 @@
 
   // ------------------------------------------------------------------ whole volume
   let poll = 0;
-  const BUSY = ["training_queued", "training", "segmenting", "meshing_queued", "meshing"];
   async function queue(kind) {
     if (S.dirty) await submit({ preview: false });
     try {
@@ -764,15 +763,17 @@
       let st;
       try { st = await api("GET", `${API}/status`); } catch (e) { return; }
       const status = String(st.status);
+      const state = st.state || {}; // the server's description of the status
+      const busy = !!state.busy, label = state.label || status;
       const pct = Math.round(100 * (st.progress || 0));
-      $("ann-progress-fill").style.width = `${BUSY.includes(status) ? pct : 100}%`;
-      $("ann-progress-text").textContent = `${status.replace(/_/g, " ")}${BUSY.includes(status) ? ` · ${pct}%` : ""}${st.message ? " · " + st.message : ""}`;
+      $("ann-progress-fill").style.width = `${busy ? pct : 100}%`;
+      $("ann-progress-text").textContent = `${label}${busy ? ` · ${pct}%` : ""}${st.message ? " · " + st.message : ""}`;
       $("ann-progress").dataset.status = status;
-      if (BUSY.includes(status)) { seenBusy = true; return; }
+      if (busy) { seenBusy = true; return; }
       if (!seenBusy && Date.now() - started < 3000) return;
       clearInterval(poll);
-      if (status.endsWith("error")) {
-        $("ann-progress-text").textContent = `${status.replace(/_/g, " ")}: ${st.error || "failed"}`;
+      if (state.failed) {
+        $("ann-progress-text").textContent = `${label}: ${st.error || "failed"}`;
         toast(`${kind === "mesh" ? "Meshing" : "Segmentation"} failed: ${st.error || status}`, "error");
         return;
       }
@@ -876,7 +877,8 @@
       axis = AXES.indexOf(last.axis); index = last.index;
     }
     await go(axis, index);
-    if (BUSY.includes(S.info.status)) watch(S.info.status.startsWith("mesh") ? "mesh" : "segment");
+    const state = (await window.ml4p.statuses().catch(() => ({})))[S.info.status];
+    if (state && state.busy && state.phase !== "convert") watch(state.phase === "mesh" ? "mesh" : "segment");
   }
   start();
 })();
