@@ -156,12 +156,24 @@ def export(kind: str, source: Any, dest: str | os.PathLike, **options: Any) -> P
     return dest
 
 
+def _changed_at(path: Path) -> float:
+    """When ``path`` last changed, as far as an export of it can tell: the folder, its
+    metadata and its NGFF ``labels`` (a segmentation added to an image changes its zip)."""
+    times = [path.stat().st_mtime]
+    for part in (".zattrs", "labels", "labels/.zattrs"):
+        try:
+            times.append((path / part).stat().st_mtime)
+        except OSError:
+            pass
+    return max(times)
+
+
 def _is_fresh(cache: Path, source: Any) -> bool:
     if not cache.is_file():
         return False
     path = getattr(source, "path", source)
     if isinstance(path, str | os.PathLike) and Path(path).exists():
-        return cache.stat().st_mtime >= Path(path).stat().st_mtime
+        return cache.stat().st_mtime >= _changed_at(Path(path))
     return True
 
 

@@ -14,6 +14,7 @@ from .chunks import ChunkFiles
 from .labels import (
     LABELS_GROUP,
     add_labels,
+    attach_labels,
     create_labels,
     find_label_image,
     label_classes,
@@ -62,6 +63,7 @@ __all__ = [
     "NGFFError",
     "OmeImage",
     "add_labels",
+    "attach_labels",
     "build_pyramid",
     "chunk_shape",
     "create_labels",

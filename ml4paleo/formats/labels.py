@@ -49,9 +49,9 @@ from ml4paleo.classes import (
     ngff_properties,
     validate_classes,
 )
-from ml4paleo.world import WorldTransform
+from ml4paleo.world import ZARR_WORLD_KEY, WorldTransform
 
-from .ngff import ImageLabel, NGFFError
+from .ngff import Dataset, ImageLabel, Multiscale, NGFFError
 from .omezarr import OmeImage, create_image, open_image, update_extra_attrs
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "LABELS_GROUP",
     "add_labels",
+    "attach_labels",
     "create_labels",
     "find_label_image",
     "label_classes",
@@ -353,6 +354,89 @@ def label_classes(labels: OmeImage | str | os.PathLike | dict) -> list[dict] | N
         return validate_classes(out)
     except ClassError:
         return class_list([{"name": f"class {k}"} for k in range(len(out))])
+
+
+def attach_labels(
+    labels: OmeImage | str | os.PathLike,
+    *,
+    classes: Sequence[dict | str] | None = None,
+    image: OmeImage | str | os.PathLike | None = None,
+    world: WorldTransform | None = None,
+    register: bool = True,
+) -> OmeImage:
+    """Make a written label image a full NGFF label of ``image`` (metadata only; idempotent).
+
+    For label images written by code that knows nothing of worlds and classes (older
+    ml4paleo, other tools): the image's world becomes the labels' (NGFF scale and
+    translation per level by the nearest rule, and ``attrs["ml4paleo"]["world"]``), the
+    classes their ``colors`` and ``properties``, ``source`` points to the image, and a
+    label image inside its image (``<image>/labels/<name>``) is listed there.
+
+    Parameters
+    ----------
+    labels : OmeImage or path
+        An existing label image (opened for writing).
+    classes : list, optional
+        Class names and colours (default: what it holds already).
+    image : OmeImage or path, optional
+        The image it labels (default: the one it sits inside, if any).
+    world : WorldTransform, optional
+        The scan's world when it is no OME-Zarr image (a NIfTI, a DICOM series...);
+        default the image's, else what the labels hold.
+    register : bool
+        List it in the image's ``labels`` group when it sits inside it.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ or the metadata would be invalid (nothing is changed then).
+    """
+    lab = labels if isinstance(labels, OmeImage) else open_image(labels, mode="r+")
+    path = Path(lab.path)
+    inside = parent_image(path)
+    img = _image_of(image if image is not None else inside)
+    attrs = dict(lab.group.attrs)
+    if img is not None and tuple(img.shape) != tuple(lab.shape):
+        raise ValueError(f"{path}: labels of shape {tuple(lab.shape)} do not fit image "
+                         f"{img.path} of shape {tuple(img.shape)}")
+    if world is None:
+        world = img.world if img is not None else lab.world
+    if inside is not None and img is not None and Path(img.path).resolve() == inside.resolve():
+        source: str | None = INSIDE_SOURCE
+    elif img is not None:
+        source = Path(os.path.relpath(Path(img.path).resolve(), path.resolve())).as_posix() + "/"
+    else:
+        il = attrs.get("image-label") if isinstance(attrs.get("image-label"), dict) else {}
+        source = (il.get("source") or {}).get("image")
+    if classes is None:
+        classes = label_classes(attrs)
+    try:
+        cls = class_list(classes, 0) if classes is not None else None
+        meta = (label_metadata(cls, source=source) if cls is not None else
+                ImageLabel(source=None if source is None else {"image": source}).validate())
+        ms = (attrs.get("multiscales") or [{}])[0]
+        n_levels = len(ms.get("datasets") or lab.levels)
+        multiscale = Multiscale.pyramid(n_levels, name=ms.get("name") or path.name,
+                                        downscale="nearest", world=world)
+        paths = [d["path"] for d in ms.get("datasets", [])] or list(lab.levels)
+        multiscale = Multiscale(multiscale.axes, tuple(
+            Dataset(p, d.scale, d.translation) for p, d in zip(paths, multiscale.datasets,
+                                                               strict=True)),
+            multiscale.name, multiscale.type).validate()
+    except (ClassError, NGFFError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    extra = dict(attrs.get("ml4paleo") or {})
+    extra[ZARR_WORLD_KEY] = world.to_json()
+    if cls is not None:
+        extra["classes"] = cls
+    new = {**attrs, "multiscales": [multiscale.to_dict()], "image-label": meta.to_dict(),
+           "ml4paleo": extra}
+    lab.group.attrs.update(new)
+    lab.attrs.clear()
+    lab.attrs.update(new)
+    if register and inside is not None:
+        register_label(inside, path.name)
+    return lab
 
 
 def set_label_classes(labels: OmeImage | str | os.PathLike,
