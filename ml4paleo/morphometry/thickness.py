@@ -1,0 +1,416 @@
+"""Local thickness (largest inscribed ball, Hildebrand & Rüegsegger 1997), in physical units.
+
+Definition (BoneJ's, on the voxel grid): the structure is the union of its voxels'
+boxes. Every voxel centre ``c`` of the structure is the centre of a ball of radius
+``r(c)`` = the distance from ``c`` to the nearest voxel box *outside* the structure
+(the largest ball centred at ``c`` that fits inside). The local thickness of a voxel
+``p`` is the diameter ``2 r(c)`` of the largest such ball whose voxel set
+``{q : |q - c| <= r(c)}`` contains ``p``.
+
+Worth knowing when comparing with other tools:
+
+- An axis-aligned plate ``n`` voxels thick measures exactly ``n`` voxels when ``n`` is
+  odd and ``n - 1`` when ``n`` is even (balls are centred on voxel centres). BoneJ
+  measures to background voxel *centres* and reports ``n + 1`` / ``n``; porespy reports
+  integer radii in voxels, also measured to background voxel centres.
+- Anisotropic voxels are handled exactly: all distances are physical (``voxel_size``
+  ``(z, y, x)``).
+- Outside the array is *unknown*, not background: a structure cut by the volume border
+  is not thinned there (as with scipy's and porespy's distance transforms).
+- Balls are capped at ``max_thickness / 2``: a structure thicker than ``max_thickness``
+  is reported as ``max_thickness``, and the result says it was clipped. The cap is what
+  lets blocks be processed with a finite halo and still give the whole-volume answer.
+
+Algorithm (no per-voxel Python loop, no ``O(N r^3)`` painting of every voxel):
+
+1. ``r`` by a separable, windowed min-convolution with the per-axis costs
+   ``((|k| - 1/2) s)^2`` — exact, free of nearest-site ties, capped at the maximum.
+2. Only *ridge* centres are kept: a ball whose voxel set lies inside the voxel set of a
+   neighbour's ball with at least the same radius adds nothing. The test is discrete
+   (a look-up of the farthest voxel of each digital ball size from each of the 26
+   neighbours), so it removes far more centres than the continuous ``r' >= r + |d|``.
+3. Ridge balls are painted offset by offset: for each offset ``o`` of length ``L``
+   (ascending), every ridge centre with ``r >= L`` raises the thickness at ``c + o``
+   — one vectorised gather/maximum/scatter per offset, never two writes to one voxel.
+   The work is the sum of the ridge balls' volumes, as in BoneJ.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ThicknessResult",
+    "ball_offsets",
+    "check_voxel_size",
+    "inscribed_radius",
+    "local_thickness",
+    "paint_balls",
+    "ridge_mask",
+    "thickness_halo",
+    "thickness_in_window",
+    "window_voxels",
+]
+
+
+@dataclass(frozen=True)
+class ThicknessResult:
+    """Local thickness of one binary structure.
+
+    Attributes
+    ----------
+    thickness : numpy.ndarray
+        float32, physical units; 0 outside the structure.
+    clipped : bool
+        True when some voxel reached ``max_thickness`` (thicker parts are capped).
+    max_thickness : float
+        The cap used.
+    """
+
+    thickness: np.ndarray
+    clipped: bool
+    max_thickness: float
+
+
+def check_voxel_size(voxel_size: Sequence[float] | float) -> tuple[float, float, float]:
+    """``voxel_size`` as three positive finite floats ``(z, y, x)``.
+
+    Raises
+    ------
+    ValueError
+        When it is not one or three positive finite numbers.
+    """
+    if isinstance(voxel_size, int | float | np.number):
+        voxel_size = (float(voxel_size),) * 3
+    vs = tuple(float(v) for v in voxel_size)
+    if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
+        raise ValueError(f"voxel_size must be three positive numbers (z, y, x), got {vs}")
+    return vs
+
+
+def window_voxels(max_radius: float, voxel_size: Sequence[float]) -> tuple[int, int, int]:
+    """Voxels per axis a ball of ``max_radius`` reaches from its centre, ``floor(r / s)``."""
+    return tuple(int(math.floor(max_radius / s + 1e-9)) for s in voxel_size)
+
+
+def thickness_halo(max_thickness: float, voxel_size: Sequence[float]) -> tuple[int, int, int]:
+    """Halo (voxels per axis) a block needs for :func:`thickness_in_window` to be exact.
+
+    A voxel's thickness depends on ridge centres up to ``max_thickness / 2`` away, whose
+    radii depend on voxels up to ``max_thickness / 2`` further, plus one neighbour for
+    the ridge test.
+    """
+    vs = check_voxel_size(voxel_size)
+    w = window_voxels(float(max_thickness) / 2.0, vs)
+    return tuple(2 * wi + 3 for wi in w)
+
+
+def _min_convolve(values: np.ndarray, axis: int, cost: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``out[p] = min_k cost[|k|] + values[p + k]`` for ``p`` in ``[lo, hi)`` along ``axis``."""
+    n = values.shape[axis]
+    take = [slice(None)] * values.ndim
+    take[axis] = slice(lo, hi)
+    out = values[tuple(take)].copy()
+    tmp = np.empty_like(out)
+    for k in range(1, len(cost)):
+        for kk in (k, -k):
+            # output positions p (relative to lo) whose source p + kk lies in [0, n)
+            p0, p1 = max(lo, -kk), min(hi, n - kk)
+            if p0 >= p1:
+                continue
+            dst = [slice(None)] * values.ndim
+            src = [slice(None)] * values.ndim
+            dst[axis] = slice(p0 - lo, p1 - lo)
+            src[axis] = slice(p0 + kk, p1 + kk)
+            t = tmp[tuple(dst)]
+            np.add(values[tuple(src)], cost[k], out=t)
+            np.minimum(out[tuple(dst)], t, out=out[tuple(dst)])
+    return out
+
+
+def inscribed_radius(
+    mask: np.ndarray,
+    voxel_size: Sequence[float] | float = 1.0,
+    max_radius: float | None = None,
+    inner: Sequence[slice] | None = None,
+) -> np.ndarray:
+    """Radius of the largest ball centred at each voxel of ``mask`` that fits inside it.
+
+    The radius is the physical distance from the voxel centre to the nearest voxel box
+    not in ``mask``; voxels outside the array do not count as outside the mask.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool
+        3-D structure ``(z, y, x)``.
+    voxel_size : float or 3 floats
+        Physical voxel size ``(z, y, x)``.
+    max_radius : float, optional
+        Cap on the radius (it also bounds the work); default: the array's diagonal.
+    inner : tuple of 3 slices, optional
+        Only compute this region of ``mask`` (the rest of ``mask`` is context).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 radii of the ``inner`` region, 0 outside ``mask``.
+
+    Examples
+    --------
+    >>> m = np.zeros((1, 1, 7), bool); m[0, 0, 1:6] = True
+    >>> inscribed_radius(m, 2.0)[0, 0].tolist()
+    [0.0, 1.0, 3.0, 5.0, 3.0, 1.0, 0.0]
+    """
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3-D (z, y, x), got shape {mask.shape}")
+    vs = check_voxel_size(voxel_size)
+    if max_radius is None:
+        max_radius = math.sqrt(sum((n * s) ** 2 for n, s in zip(mask.shape, vs, strict=True)))
+    if not max_radius > 0:
+        raise ValueError(f"max_radius must be positive, got {max_radius}")
+    region = tuple(slice(*sl.indices(n)[:2]) for sl, n in
+                   zip(inner or (slice(None),) * 3, mask.shape, strict=True))
+    cap = float(max_radius) ** 2
+    # windows: the cost of reaching k voxels away, up to the first cost beyond the cap
+    costs = []
+    for s in vs:
+        k = np.arange(0, int(max_radius / s) + 2)
+        c = np.where(k == 0, 0.0, ((k - 0.5) * s) ** 2)
+        costs.append(c[: int(np.searchsorted(c, cap, side="left")) + 1])
+    # stages crop as they go: x keeps the rows the y and z stages read, and so on
+    wz, wy = len(costs[0]) - 1, len(costs[1]) - 1
+    zlo, zhi = max(region[0].start - wz, 0), min(region[0].stop + wz, mask.shape[0])
+    ylo, yhi = max(region[1].start - wy, 0), min(region[1].stop + wy, mask.shape[1])
+    d2 = _row_cost(mask[zlo:zhi, ylo:yhi], costs[2], region[2].start, region[2].stop, cap)
+    d2 = _min_convolve(d2, 1, _trim(costs[1], d2), region[1].start - ylo, region[1].stop - ylo)
+    d2 = _min_convolve(d2, 0, _trim(costs[0], d2), region[0].start - zlo, region[0].stop - zlo)
+    r = np.sqrt(d2, out=d2)
+    np.minimum(r, float(max_radius), out=r)
+    r[~mask[region]] = 0.0
+    return r
+
+
+def _row_cost(mask: np.ndarray, cost: np.ndarray, lo: int, hi: int, cap: float) -> np.ndarray:
+    """Stage x: cost of the nearest voxel outside ``mask`` along each row, for x in [lo, hi).
+
+    Uses running indices of the previous / next outside voxel (two accumulates) instead
+    of one pass per window offset.
+    """
+    n = mask.shape[2]
+    idx = np.arange(n, dtype=np.int64)
+    big = np.int64(4 * n + 4)
+    prev = np.where(mask, -big, idx)
+    np.maximum.accumulate(prev, axis=2, out=prev)
+    nxt = np.where(mask, big, idx)
+    nxt = np.minimum.accumulate(nxt[:, :, ::-1], axis=2)[:, :, ::-1]
+    k = np.minimum(idx - prev, nxt - idx)[:, :, lo:hi]
+    lut = np.full(int(big) + n + 1, cap)
+    m = min(len(cost), len(lut))
+    lut[:m] = np.minimum(cost[:m], cap)
+    return lut[np.minimum(k, len(lut) - 1)]
+
+
+def _trim(cost: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Drop the costs that cannot improve any value (all values are below them)."""
+    top = float(values.max()) if values.size else 0.0
+    return cost[: int(np.searchsorted(cost, top, side="left")) + 1]
+
+
+_NEIGHBOURS = tuple(o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0))
+
+
+@functools.cache
+def _offsets(max_radius: float, voxel_size: tuple[float, float, float]):
+    win = window_voxels(max_radius, voxel_size)
+    axes = [np.arange(-w, w + 1) for w in win]
+    grid = np.meshgrid(*axes, indexing="ij")
+    off = np.stack([g.ravel() for g in grid], axis=1)
+    length = np.sqrt(((off * np.asarray(voxel_size)) ** 2).sum(axis=1))
+    keep = length <= max_radius
+    off, length = off[keep], length[keep]
+    order = np.argsort(length, kind="stable")
+    return off[order], length[order]
+
+
+def ball_offsets(max_radius: float, voxel_size: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer offsets ``(n, 3)`` within ``max_radius`` (physical), by length, and lengths."""
+    return _offsets(float(max_radius), check_voxel_size(voxel_size))
+
+
+@functools.cache
+def _containment_lut(max_radius: float, voxel_size: tuple[float, float, float]):
+    """Digital ball sizes, and for each neighbour the radius a ball there needs to hold one.
+
+    ``levels[i]`` is the i-th distinct offset length; ``need[j][i]`` is the farthest any
+    voxel of the ball of size ``levels[i]`` lies from neighbour ``_NEIGHBOURS[j]``.
+    """
+    off, length = _offsets(max_radius, voxel_size)
+    levels, first = np.unique(length, return_index=True)
+    last = np.r_[first[1:] - 1, len(length) - 1]
+    vs = np.asarray(voxel_size)
+    need = []
+    for o in _NEIGHBOURS:
+        far = np.sqrt((((off - np.asarray(o)) * vs) ** 2).sum(axis=1))
+        need.append(np.maximum.accumulate(far)[last])
+    return levels, need
+
+
+def ridge_mask(radius: np.ndarray, voxel_size: Sequence[float] | float = 1.0,
+               max_radius: float | None = None) -> np.ndarray:
+    """Centres whose digital ball is not inside a neighbour's (at least as large) ball.
+
+    Parameters
+    ----------
+    radius : numpy.ndarray
+        Radii from :func:`inscribed_radius` (0 = not in the structure).
+    voxel_size : float or 3 floats
+        ``(z, y, x)``.
+    max_radius : float, optional
+        The cap used for ``radius`` (default: its maximum).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        The centres to paint. Centres on the array border keep missing neighbours.
+    """
+    vs = check_voxel_size(voxel_size)
+    keep = radius > 0
+    if not keep.any():
+        return keep
+    top = float(radius.max() if max_radius is None else max_radius)
+    levels, need = _containment_lut(top, vs)
+    level = np.searchsorted(levels, radius, side="right") - 1
+    np.maximum(level, 0, out=level)
+    shape = radius.shape
+    for o, lut in zip(_NEIGHBOURS, need, strict=True):
+        dst = tuple(slice(max(-oi, 0), n - max(oi, 0)) for oi, n in zip(o, shape, strict=True))
+        src = tuple(slice(max(oi, 0), n + min(oi, 0)) for oi, n in zip(o, shape, strict=True))
+        r_here = radius[dst]
+        holds = radius[src] >= np.maximum(lut[level[dst]], r_here)
+        keep[dst] &= ~holds
+    return keep
+
+
+def paint_balls(
+    shape: Sequence[int],
+    centres: np.ndarray,
+    radii: np.ndarray,
+    voxel_size: Sequence[float],
+) -> np.ndarray:
+    """``out[p] = max 2 r_c`` over balls with ``|p - c| <= r_c``; float32 of ``shape``.
+
+    ``centres`` are ``(n, 3)`` integer indices into ``shape``; balls are clipped to it.
+    """
+    shape = tuple(int(s) for s in shape)
+    vs = check_voxel_size(voxel_size)
+    if len(radii) == 0:
+        return np.zeros(shape, np.float32)
+    max_r = float(radii.max())
+    win = window_voxels(max_r, vs)
+    padded = tuple(n + 2 * w for n, w in zip(shape, win, strict=True))
+    out = np.zeros(padded, np.float32)
+    flat = out.reshape(-1)
+    strides = np.array([padded[1] * padded[2], padded[2], 1], np.int64)
+    order = np.argsort(-radii, kind="stable")
+    r_sorted = radii[order]
+    idx = ((np.asarray(centres)[order] + np.asarray(win)) * strides).sum(axis=1)
+    value = (2.0 * r_sorted).astype(np.float32)
+    offsets, lengths = _offsets(max_r, vs)
+    flat_off = offsets @ strides
+    counts = np.searchsorted(-r_sorted, -lengths, side="right")  # centres with r >= L
+    target = np.empty(len(idx), np.int64)
+    got = np.empty(len(idx), np.float32)
+    for off, n in zip(flat_off.tolist(), counts.tolist(), strict=True):
+        if n == 0:
+            break  # lengths ascend: no centre reaches further
+        t, g = target[:n], got[:n]
+        np.add(idx[:n], off, out=t)
+        np.take(flat, t, out=g)
+        np.maximum(g, value[:n], out=g)
+        flat[t] = g
+    crop = tuple(slice(w, w + n) for w, n in zip(win, shape, strict=True))
+    return out[crop].copy()
+
+
+def thickness_in_window(
+    mask: np.ndarray,
+    voxel_size: Sequence[float] | float,
+    max_thickness: float,
+    write: Sequence[slice] | None = None,
+) -> np.ndarray:
+    """Local thickness of the ``write`` region of ``mask``, the rest being context.
+
+    Equal to the whole-array result on ``write`` when ``mask`` extends at least
+    :func:`thickness_halo` voxels beyond it on every side (or to the volume border).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 thickness of the ``write`` region (0 outside the structure).
+    """
+    mask = np.asarray(mask, bool)
+    vs = check_voxel_size(voxel_size)
+    max_r = float(max_thickness) / 2.0
+    write = tuple(slice(*sl.indices(n)[:2]) for sl, n in
+                  zip(write or (slice(None),) * 3, mask.shape, strict=True))
+    w = window_voxels(max_r, vs)
+    # centres whose ball can reach the write region, plus one for the ridge test
+    region = tuple(slice(max(sl.start - wi - 1, 0), min(sl.stop + wi + 1, n))
+                   for sl, wi, n in zip(write, w, mask.shape, strict=True))
+    radius = inscribed_radius(mask, vs, max_r, inner=region)
+    keep = ridge_mask(radius, vs, max_r)
+    shape = tuple(sl.stop - sl.start for sl in region)
+    thickness = paint_balls(shape, np.argwhere(keep), radius[keep], vs)
+    crop = tuple(slice(a.start - r.start, a.stop - r.start) for a, r in zip(write, region, strict=True))
+    out = thickness[crop]
+    out[~mask[write]] = 0.0
+    return np.ascontiguousarray(out)
+
+
+def local_thickness(
+    mask: np.ndarray,
+    voxel_size: Sequence[float] | float = 1.0,
+    max_thickness: float | None = None,
+) -> ThicknessResult:
+    """Local thickness of a binary structure held in memory.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool
+        Structure ``(z, y, x)``.
+    voxel_size : float or 3 floats
+        Physical voxel size ``(z, y, x)``.
+    max_thickness : float, optional
+        Cap on the thickness (physical units); default: the array's diagonal (no cap).
+
+    Returns
+    -------
+    ThicknessResult
+
+    Examples
+    --------
+    >>> m = np.zeros((9, 4, 4), bool); m[2:7] = True     # a plate 5 voxels thick
+    >>> res = local_thickness(m, voxel_size=(0.5, 1.0, 1.0))
+    >>> float(res.thickness[m].min()), float(res.thickness[m].max()), res.clipped
+    (2.5, 2.5, False)
+    """
+    mask = np.asarray(mask, bool)
+    vs = check_voxel_size(voxel_size)
+    if max_thickness is None:
+        cap = 2.0 * math.sqrt(sum((n * s) ** 2 for n, s in zip(mask.shape, vs, strict=True)))
+        user_cap = False
+    else:
+        cap = float(max_thickness)
+        if not (math.isfinite(cap) and cap > 0):
+            raise ValueError(f"max_thickness must be a positive number, got {max_thickness}")
+        user_cap = True
+    thickness = thickness_in_window(mask, vs, cap)
+    clipped = bool(user_cap and np.any(thickness >= np.float32(cap)))
+    return ThicknessResult(thickness, clipped, cap)
