@@ -11,10 +11,10 @@ the same window are used:
   equally among its own vertices: 1, 1/2, 1/4, 1/8);
 - as one *marching-cubes cell* whose corners are the 8 voxel centres: the Lorensen
   surface at level 0.5 is built cell by cell from the configuration alone, so its area
-  and orientation are sums over cells too.
+  is a sum over cells too.
 
-So a histogram of configurations (256 counts) holds the Euler number, the surface area
-and the intercept density in every direction, and histograms of blocks add up exactly.
+So a histogram of configurations (256 counts) holds the Euler number and the surface
+area, and histograms of blocks add up exactly.
 On binary masks the Lorensen table separates corners that are only edge- or
 corner-adjacent inside a cell: the surface of a cell is the union of the surfaces of
 its face-connected corner groups (checked for all 256 cases), which is what lets the
@@ -35,7 +35,6 @@ __all__ = [
     "config_histogram",
     "configurations",
     "euler_lut",
-    "intercept_lut",
     "mirror_histogram",
     "triangles",
     "vertex_weights",
@@ -202,30 +201,6 @@ def area_lut(voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     0.216506
     """
     return _area_lut(tuple(float(v) for v in voxel_size))
-
-
-def intercept_lut(voxel_size: Sequence[float], directions: np.ndarray) -> np.ndarray:
-    """Projected area ``sum |a_t . w|`` of each configuration's triangles, per direction.
-
-    ``a_t`` is a triangle's area vector. Lines of direction ``w`` cross a surface
-    ``sum_t |a_t . w|`` times per unit of their cross-section (Cauchy–Crofton), so
-    ``histogram @ intercept_lut / volume`` is the number of surface crossings per unit
-    length of test line in each direction.
-
-    Parameters
-    ----------
-    voxel_size : 3 floats
-        ``(z, y, x)``.
-    directions : numpy.ndarray
-        ``(m, 3)`` unit vectors in ``(z, y, x)`` order.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(256, m)``.
-    """
-    d = np.asarray(directions, np.float64)
-    return np.stack([np.abs(a @ d.T).sum(axis=0) for a in _area_vectors(voxel_size)])
 
 
 _FACE_STRUCT = np.array(

@@ -1,34 +1,35 @@
 """Local thickness (largest inscribed ball, Hildebrand & Rüegsegger 1997), in physical units.
 
-Definition (BoneJ's, on the voxel grid): the structure is the union of its voxels'
-boxes. Every voxel centre ``c`` of the structure is the centre of a ball of radius
-``r(c)`` = the distance from ``c`` to the nearest voxel box *outside* the structure
-(the largest ball centred at ``c`` that fits inside). The local thickness of a voxel
-``p`` is the diameter ``2 r(c)`` of the largest such ball whose voxel set
-``{q : |q - c| <= r(c)}`` contains ``p``.
+Definition (BoneJ's, after Dougherty & Kunzelmann 2007, on the voxel grid): every voxel
+centre ``c`` of the structure is the centre of a ball whose radius ``r(c)`` is the
+physical distance to the nearest voxel centre *outside* the structure (the Euclidean
+distance transform). The ball holds the voxels ``{q : |q - c| <= r(c)}`` of the
+structure. The local thickness of a voxel ``p`` is the diameter ``2 r(c)`` of the
+largest such ball that holds ``p``.
 
-Worth knowing when comparing with other tools:
+Worth knowing when comparing numbers:
 
-- An axis-aligned plate ``n`` voxels thick measures exactly ``n`` voxels when ``n`` is
-  odd and ``n - 1`` when ``n`` is even (balls are centred on voxel centres). BoneJ
-  measures to background voxel *centres* and reports ``n + 1`` / ``n``; porespy reports
-  integer radii in voxels, also measured to background voxel centres.
+- Distances are measured between voxel centres, as in BoneJ: an axis-aligned plate
+  ``n`` voxels thick measures ``n + 1`` voxels when ``n`` is odd and ``n`` when ``n`` is
+  even; a digital ball of radius ``R`` centred on a voxel measures about ``2 R`` at its
+  centre. porespy reports radii (in voxels) of the same construction.
 - Anisotropic voxels are handled exactly: all distances are physical (``voxel_size``
-  ``(z, y, x)``).
+  ``(z, y, x)``), where BoneJ assumes isotropic voxels.
 - Outside the array is *unknown*, not background: a structure cut by the volume border
   is not thinned there (as with scipy's and porespy's distance transforms).
 - Balls are capped at ``max_thickness / 2``: a structure thicker than ``max_thickness``
   is reported as ``max_thickness``, and the result says it was clipped. The cap is what
   lets blocks be processed with a finite halo and still give the whole-volume answer.
 
-Algorithm (no per-voxel Python loop, no ``O(N r^3)`` painting of every voxel):
+Algorithm (no per-voxel Python loop, no painting of every voxel's ball):
 
-1. ``r`` by a separable, windowed min-convolution with the per-axis costs
-   ``((|k| - 1/2) s)^2`` — exact, free of nearest-site ties, capped at the maximum.
+1. ``r`` by a separable, windowed min-convolution of the per-axis costs ``(k s)^2`` —
+   an exact distance transform capped at the maximum, computed with explicit minima so
+   a block and the whole volume give bit-identical radii.
 2. Only *ridge* centres are kept: a ball whose voxel set lies inside the voxel set of a
-   neighbour's ball with at least the same radius adds nothing. The test is discrete
-   (a look-up of the farthest voxel of each digital ball size from each of the 26
-   neighbours), so it removes far more centres than the continuous ``r' >= r + |d|``.
+   neighbour's ball with at least the same radius adds nothing. The test is Dougherty's
+   discrete one (a table of the farthest voxel of each digital ball size as seen from
+   each of the 26 neighbours), generalised to anisotropic voxels.
 3. Ridge balls are painted offset by offset: for each offset ``o`` of length ``L``
    (ascending), every ridge centre with ``r >= L`` raises the thickness at ``c + o``
    — one vectorised gather/maximum/scatter per offset, never two writes to one voxel.
@@ -52,6 +53,7 @@ __all__ = [
     "inscribed_radius",
     "local_thickness",
     "paint_balls",
+    "radius_squared",
     "ridge_mask",
     "thickness_halo",
     "thickness_in_window",
@@ -140,10 +142,11 @@ def inscribed_radius(
     max_radius: float | None = None,
     inner: Sequence[slice] | None = None,
 ) -> np.ndarray:
-    """Radius of the largest ball centred at each voxel of ``mask`` that fits inside it.
+    """Radius of the ball centred at each voxel of ``mask``: the distance to the outside.
 
-    The radius is the physical distance from the voxel centre to the nearest voxel box
-    not in ``mask``; voxels outside the array do not count as outside the mask.
+    The radius is the physical distance from the voxel centre to the nearest voxel
+    centre not in ``mask`` (the Euclidean distance transform); voxels outside the array
+    do not count as outside the mask.
 
     Parameters
     ----------
@@ -165,7 +168,22 @@ def inscribed_radius(
     --------
     >>> m = np.zeros((1, 1, 7), bool); m[0, 0, 1:6] = True
     >>> inscribed_radius(m, 2.0)[0, 0].tolist()
-    [0.0, 1.0, 3.0, 5.0, 3.0, 1.0, 0.0]
+    [0.0, 2.0, 4.0, 6.0, 4.0, 2.0, 0.0]
+    """
+    return np.sqrt(radius_squared(mask, voxel_size, max_radius, inner))
+
+
+def radius_squared(
+    mask: np.ndarray,
+    voxel_size: Sequence[float] | float = 1.0,
+    max_radius: float | None = None,
+    inner: Sequence[slice] | None = None,
+) -> np.ndarray:
+    """Squared :func:`inscribed_radius`, capped at ``max_radius ** 2``.
+
+    Sums are formed as ``((kx sx)^2 + (ky sy)^2) + (kz sz)^2``, exactly as
+    :func:`ball_offsets` forms squared offset lengths, so a voxel lying exactly on a
+    ball's sphere is inside it whichever block computes it.
     """
     mask = np.asarray(mask, bool)
     if mask.ndim != 3:
@@ -182,7 +200,7 @@ def inscribed_radius(
     costs = []
     for s in vs:
         k = np.arange(0, int(max_radius / s) + 2)
-        c = np.where(k == 0, 0.0, ((k - 0.5) * s) ** 2)
+        c = (k * s) ** 2
         costs.append(c[: int(np.searchsorted(c, cap, side="left")) + 1])
     # stages crop as they go: x keeps the rows the y and z stages read, and so on
     wz, wy = len(costs[0]) - 1, len(costs[1]) - 1
@@ -191,10 +209,9 @@ def inscribed_radius(
     d2 = _row_cost(mask[zlo:zhi, ylo:yhi], costs[2], region[2].start, region[2].stop, cap)
     d2 = _min_convolve(d2, 1, _trim(costs[1], d2), region[1].start - ylo, region[1].stop - ylo)
     d2 = _min_convolve(d2, 0, _trim(costs[0], d2), region[0].start - zlo, region[0].stop - zlo)
-    r = np.sqrt(d2, out=d2)
-    np.minimum(r, float(max_radius), out=r)
-    r[~mask[region]] = 0.0
-    return r
+    np.minimum(d2, cap, out=d2)
+    d2[~mask[region]] = 0.0
+    return d2
 
 
 def _row_cost(mask: np.ndarray, cost: np.ndarray, lo: int, hi: int, cap: float) -> np.ndarray:
@@ -226,21 +243,27 @@ def _trim(cost: np.ndarray, values: np.ndarray) -> np.ndarray:
 _NEIGHBOURS = tuple(o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0))
 
 
+def _squared_length(off: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray:
+    """``((ox sx)^2 + (oy sy)^2) + (oz sz)^2`` — the order :func:`radius_squared` sums in."""
+    sz, sy, sx = voxel_size
+    return ((off[:, 2] * sx) ** 2 + (off[:, 1] * sy) ** 2) + (off[:, 0] * sz) ** 2
+
+
 @functools.cache
 def _offsets(max_radius: float, voxel_size: tuple[float, float, float]):
     win = window_voxels(max_radius, voxel_size)
     axes = [np.arange(-w, w + 1) for w in win]
     grid = np.meshgrid(*axes, indexing="ij")
     off = np.stack([g.ravel() for g in grid], axis=1)
-    length = np.sqrt(((off * np.asarray(voxel_size)) ** 2).sum(axis=1))
-    keep = length <= max_radius
-    off, length = off[keep], length[keep]
-    order = np.argsort(length, kind="stable")
-    return off[order], length[order]
+    length2 = _squared_length(off, voxel_size)
+    keep = length2 <= float(max_radius) ** 2 * (1 + 1e-12)  # callers cut exactly
+    off, length2 = off[keep], length2[keep]
+    order = np.argsort(length2, kind="stable")
+    return off[order], length2[order]
 
 
 def ball_offsets(max_radius: float, voxel_size: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer offsets ``(n, 3)`` within ``max_radius`` (physical), by length, and lengths."""
+    """Integer offsets ``(n, 3)`` within ``max_radius``, by length, and squared lengths."""
     return _offsets(float(max_radius), check_voxel_size(voxel_size))
 
 
@@ -248,32 +271,32 @@ def ball_offsets(max_radius: float, voxel_size: Sequence[float]) -> tuple[np.nda
 def _containment_lut(max_radius: float, voxel_size: tuple[float, float, float]):
     """Digital ball sizes, and for each neighbour the radius a ball there needs to hold one.
 
-    ``levels[i]`` is the i-th distinct offset length; ``need[j][i]`` is the farthest any
-    voxel of the ball of size ``levels[i]`` lies from neighbour ``_NEIGHBOURS[j]``.
+    ``levels[i]`` is the i-th distinct squared offset length; ``need[j][i]`` is the
+    squared distance of the voxel of the ball of size ``levels[i]`` farthest from
+    neighbour ``_NEIGHBOURS[j]``.
     """
-    off, length = _offsets(max_radius, voxel_size)
-    levels, first = np.unique(length, return_index=True)
-    last = np.r_[first[1:] - 1, len(length) - 1]
-    vs = np.asarray(voxel_size)
+    off, length2 = _offsets(max_radius, voxel_size)
+    levels, first = np.unique(length2, return_index=True)
+    last = np.r_[first[1:] - 1, len(length2) - 1]
     need = []
     for o in _NEIGHBOURS:
-        far = np.sqrt((((off - np.asarray(o)) * vs) ** 2).sum(axis=1))
+        far = _squared_length(off - np.asarray(o), voxel_size)
         need.append(np.maximum.accumulate(far)[last])
     return levels, need
 
 
-def ridge_mask(radius: np.ndarray, voxel_size: Sequence[float] | float = 1.0,
+def ridge_mask(radius_sq: np.ndarray, voxel_size: Sequence[float] | float = 1.0,
                max_radius: float | None = None) -> np.ndarray:
     """Centres whose digital ball is not inside a neighbour's (at least as large) ball.
 
     Parameters
     ----------
-    radius : numpy.ndarray
-        Radii from :func:`inscribed_radius` (0 = not in the structure).
+    radius_sq : numpy.ndarray
+        Squared radii from :func:`radius_squared` (0 = not in the structure).
     voxel_size : float or 3 floats
         ``(z, y, x)``.
     max_radius : float, optional
-        The cap used for ``radius`` (default: its maximum).
+        The cap used for the radii (default: their maximum).
 
     Returns
     -------
@@ -281,19 +304,18 @@ def ridge_mask(radius: np.ndarray, voxel_size: Sequence[float] | float = 1.0,
         The centres to paint. Centres on the array border keep missing neighbours.
     """
     vs = check_voxel_size(voxel_size)
-    keep = radius > 0
+    keep = radius_sq > 0
     if not keep.any():
         return keep
-    top = float(radius.max() if max_radius is None else max_radius)
+    top = math.sqrt(float(radius_sq.max())) if max_radius is None else float(max_radius)
     levels, need = _containment_lut(top, vs)
-    level = np.searchsorted(levels, radius, side="right") - 1
+    level = np.searchsorted(levels, radius_sq, side="right") - 1
     np.maximum(level, 0, out=level)
-    shape = radius.shape
+    shape = radius_sq.shape
     for o, lut in zip(_NEIGHBOURS, need, strict=True):
         dst = tuple(slice(max(-oi, 0), n - max(oi, 0)) for oi, n in zip(o, shape, strict=True))
         src = tuple(slice(max(oi, 0), n + min(oi, 0)) for oi, n in zip(o, shape, strict=True))
-        r_here = radius[dst]
-        holds = radius[src] >= np.maximum(lut[level[dst]], r_here)
+        holds = radius_sq[src] >= np.maximum(lut[level[dst]], radius_sq[dst])
         keep[dst] &= ~holds
     return keep
 
@@ -301,30 +323,34 @@ def ridge_mask(radius: np.ndarray, voxel_size: Sequence[float] | float = 1.0,
 def paint_balls(
     shape: Sequence[int],
     centres: np.ndarray,
-    radii: np.ndarray,
+    radius_sq: np.ndarray,
     voxel_size: Sequence[float],
 ) -> np.ndarray:
-    """``out[p] = max 2 r_c`` over balls with ``|p - c| <= r_c``; float32 of ``shape``.
+    """``out[p] = max 2 r_c`` over balls with ``|p - c|^2 <= r_c^2``; float32 of ``shape``.
 
-    ``centres`` are ``(n, 3)`` integer indices into ``shape``; balls are clipped to it.
+    ``centres`` are ``(n, 3)`` integer indices into ``shape`` and ``radius_sq`` their
+    squared radii; balls are clipped to ``shape``.
     """
     shape = tuple(int(s) for s in shape)
     vs = check_voxel_size(voxel_size)
-    if len(radii) == 0:
+    if len(radius_sq) == 0:
         return np.zeros(shape, np.float32)
-    max_r = float(radii.max())
+    max_r = math.sqrt(float(radius_sq.max()))
     win = window_voxels(max_r, vs)
     padded = tuple(n + 2 * w for n, w in zip(shape, win, strict=True))
     out = np.zeros(padded, np.float32)
     flat = out.reshape(-1)
     strides = np.array([padded[1] * padded[2], padded[2], 1], np.int64)
-    order = np.argsort(-radii, kind="stable")
-    r_sorted = radii[order]
+    order = np.argsort(-radius_sq, kind="stable")
+    r2 = radius_sq[order]
     idx = ((np.asarray(centres)[order] + np.asarray(win)) * strides).sum(axis=1)
-    value = (2.0 * r_sorted).astype(np.float32)
-    offsets, lengths = _offsets(max_r, vs)
+    value = (2.0 * np.sqrt(r2)).astype(np.float32)
+    # the cap's own offsets: a ball of radius max_r holds exactly those with L^2 <= r^2
+    offsets, length2 = _offsets(max_r, vs)
+    keep = length2 <= float(r2[0])
+    offsets, length2 = offsets[keep], length2[keep]
     flat_off = offsets @ strides
-    counts = np.searchsorted(-r_sorted, -lengths, side="right")  # centres with r >= L
+    counts = np.searchsorted(-r2, -length2, side="right")  # centres with r^2 >= L^2
     target = np.empty(len(idx), np.int64)
     got = np.empty(len(idx), np.float32)
     for off, n in zip(flat_off.tolist(), counts.tolist(), strict=True):
@@ -364,10 +390,10 @@ def thickness_in_window(
     # centres whose ball can reach the write region, plus one for the ridge test
     region = tuple(slice(max(sl.start - wi - 1, 0), min(sl.stop + wi + 1, n))
                    for sl, wi, n in zip(write, w, mask.shape, strict=True))
-    radius = inscribed_radius(mask, vs, max_r, inner=region)
-    keep = ridge_mask(radius, vs, max_r)
+    r2 = radius_squared(mask, vs, max_r, inner=region)
+    keep = ridge_mask(r2, vs, max_r)
     shape = tuple(sl.stop - sl.start for sl in region)
-    thickness = paint_balls(shape, np.argwhere(keep), radius[keep], vs)
+    thickness = paint_balls(shape, np.argwhere(keep), r2[keep], vs)
     crop = tuple(slice(a.start - r.start, a.stop - r.start) for a, r in zip(write, region, strict=True))
     out = thickness[crop]
     out[~mask[write]] = 0.0
@@ -396,10 +422,10 @@ def local_thickness(
 
     Examples
     --------
-    >>> m = np.zeros((9, 4, 4), bool); m[2:7] = True     # a plate 5 voxels thick
+    >>> m = np.zeros((10, 4, 4), bool); m[2:8] = True     # a plate 6 voxels thick
     >>> res = local_thickness(m, voxel_size=(0.5, 1.0, 1.0))
     >>> float(res.thickness[m].min()), float(res.thickness[m].max()), res.clipped
-    (2.5, 2.5, False)
+    (3.0, 3.0, False)
     """
     mask = np.asarray(mask, bool)
     vs = check_voxel_size(voxel_size)
