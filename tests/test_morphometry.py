@@ -520,3 +520,21 @@ def test_bad_input_is_a_clear_error(kwargs, message):
 def test_float_labels_are_refused():
     with pytest.raises(ValueError, match="integers"):
         mm.measure(np.zeros((4, 4, 4), np.float32))
+
+
+def test_large_balls_paint_row_by_row_exactly():
+    from ml4paleo.morphometry.thickness import paint_balls
+
+    vs = (1.25, 1.0, 0.75)
+    shape = (30, 34, 40)
+    rng = np.random.default_rng(4)
+    centres = np.stack([rng.integers(0, n, 25) for n in shape], axis=1)
+    r2 = rng.uniform(4.0, 81.0, 25)  # radii up to 9: 12 voxels along x
+    got = paint_balls(shape, centres, r2, vs)
+    g = _grid(shape)
+    expect = np.zeros(shape, np.float32)
+    for c, rc2 in zip(centres, r2, strict=True):
+        inside = (((g[2] - c[2]) * vs[2]) ** 2 + ((g[1] - c[1]) * vs[1]) ** 2) + \
+            ((g[0] - c[0]) * vs[0]) ** 2 <= rc2
+        expect[inside] = np.maximum(expect[inside], np.float32(2 * np.sqrt(rc2)))
+    np.testing.assert_array_equal(got, expect)

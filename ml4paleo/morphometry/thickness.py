@@ -30,10 +30,11 @@ Algorithm (no per-voxel Python loop, no painting of every voxel's ball):
    neighbour's ball with at least the same radius adds nothing. The test is Dougherty's
    discrete one (a table of the farthest voxel of each digital ball size as seen from
    each of the 26 neighbours), generalised to anisotropic voxels.
-3. Ridge balls are painted offset by offset: for each offset ``o`` of length ``L``
-   (ascending), every ridge centre with ``r >= L`` raises the thickness at ``c + o``
-   — one vectorised gather/maximum/scatter per offset, never two writes to one voxel.
-   The work is the sum of the ridge balls' volumes, as in BoneJ.
+3. Ridge balls are painted: small ones offset by offset (for each offset ``o`` of
+   length ``L``, every ridge centre with ``r >= L`` raises the thickness at ``c + o`` —
+   one vectorised gather/maximum/scatter per offset, never two writes to one voxel),
+   large ones as one x-interval per row through a sparse table (two updates per row
+   instead of one per voxel). Balls at the cap are one distance pass, not painted.
 """
 
 from __future__ import annotations
@@ -329,28 +330,41 @@ def paint_balls(
     """``out[p] = max 2 r_c`` over balls with ``|p - c|^2 <= r_c^2``; float32 of ``shape``.
 
     ``centres`` are ``(n, 3)`` integer indices into ``shape`` and ``radius_sq`` their
-    squared radii; balls are clipped to ``shape``.
+    squared radii; balls are clipped to ``shape``. Small balls are painted voxel offset
+    by voxel offset; large ones row by row (:func:`_paint_rows`). Both are exact and give
+    identical arrays.
     """
     shape = tuple(int(s) for s in shape)
     vs = check_voxel_size(voxel_size)
     if len(radius_sq) == 0:
         return np.zeros(shape, np.float32)
-    max_r = math.sqrt(float(radius_sq.max()))
-    win = window_voxels(max_r, vs)
-    padded = tuple(n + 2 * w for n, w in zip(shape, win, strict=True))
-    out = np.zeros(padded, np.float32)
-    flat = out.reshape(-1)
-    strides = np.array([padded[1] * padded[2], padded[2], 1], np.int64)
     order = np.argsort(-radius_sq, kind="stable")
-    r2 = radius_sq[order]
+    r2 = np.asarray(radius_sq, np.float64)[order]
+    max_r = math.sqrt(float(r2[0]))
+    win = window_voxels(max_r * (1.0 + 1e-12), vs)
+    padded = tuple(n + 2 * w for n, w in zip(shape, win, strict=True))
+    strides = np.array([padded[1] * padded[2], padded[2], 1], np.int64)
     idx = ((np.asarray(centres)[order] + np.asarray(win)) * strides).sum(axis=1)
     value = (2.0 * np.sqrt(r2)).astype(np.float32)
-    # the cap's own offsets: a ball of radius max_r holds exactly those with L^2 <= r^2
-    offsets, length2 = _offsets(max_r, vs)
+    if win[2] >= _ROWS_FROM:
+        flat = _paint_rows(padded, strides, win, idx, r2, value, vs)
+    else:
+        flat = _paint_offsets(padded, strides, idx, r2, value, vs)
+    crop = tuple(slice(w, w + n) for w, n in zip(win, shape, strict=True))
+    return flat.reshape(padded)[crop].copy()
+
+
+#: balls reaching this many voxels along x are painted row by row
+_ROWS_FROM = 6
+
+
+def _paint_offsets(padded, strides, idx, r2, value, vs) -> np.ndarray:
+    """One gather/maximum/scatter per voxel offset, for the centres whose ball holds it."""
+    flat = np.zeros(int(np.prod(padded)), np.float32)
+    offsets, length2 = _offsets(math.sqrt(float(r2[0])), vs)
     keep = length2 <= float(r2[0])
-    offsets, length2 = offsets[keep], length2[keep]
-    flat_off = offsets @ strides
-    counts = np.searchsorted(-r2, -length2, side="right")  # centres with r^2 >= L^2
+    flat_off = offsets[keep] @ strides
+    counts = np.searchsorted(-r2, -length2[keep], side="right")  # centres with r^2 >= L^2
     target = np.empty(len(idx), np.int64)
     got = np.empty(len(idx), np.float32)
     for off, n in zip(flat_off.tolist(), counts.tolist(), strict=True):
@@ -361,8 +375,61 @@ def paint_balls(
         np.take(flat, t, out=g)
         np.maximum(g, value[:n], out=g)
         flat[t] = g
-    crop = tuple(slice(w, w + n) for w, n in zip(win, shape, strict=True))
-    return out[crop].copy()
+    return flat
+
+
+def _paint_rows(padded, strides, win, idx, r2, value, vs) -> np.ndarray:
+    """Paint each ball as x-intervals, one per row it crosses, through a sparse table.
+
+    An interval of length ``L`` is two (possibly overlapping) runs of ``2^k`` voxels,
+    ``k = floor(log2 L)``: level ``k`` records the value at both run starts, and levels are
+    pushed down (``2^k`` = two halves of ``2^(k-1)``) at the end. A ball then costs two
+    updates per row instead of one per voxel. For one row offset the half-width ``w`` of
+    each centre's interval only decreases along the centres (sorted by radius), so the
+    centres with equal ``w`` form runs, and inside a run no two updates hit one voxel.
+    """
+    size = int(np.prod(padded))
+    sz, sy, sx = vs
+    wx = win[2]
+    kmax = int(math.floor(math.log2(2 * wx + 1)))
+    level_of = [int(math.floor(math.log2(2 * w + 1))) for w in range(wx + 1)]
+    levels: list[np.ndarray | None] = [None] * (kmax + 1)
+    neg = -r2
+    dxs = np.arange(wx + 1)
+    for dz in range(-win[0], win[0] + 1):
+        for dy in range(-win[1], win[1] + 1):
+            # squared lengths along the row, summed as _squared_length sums them
+            row = ((dxs * sx) ** 2 + (dy * sy) ** 2) + (dz * sz) ** 2
+            n = int(np.searchsorted(neg, -row[0], side="right"))
+            if n == 0:
+                continue
+            w = np.searchsorted(row, r2[:n], side="right") - 1
+            base = idx[:n] + (dz * strides[0] + dy * strides[1])
+            bounds = np.r_[0, np.flatnonzero(np.diff(w)) + 1, n].tolist()
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                half = int(w[a])
+                k = level_of[half]
+                lvl = levels[k]
+                if lvl is None:
+                    lvl = levels[k] = np.zeros(size, np.float32)
+                v = value[a:b]
+                t = base[a:b] - half
+                lvl[t] = np.maximum(np.take(lvl, t), v)
+                if half:
+                    t = t + (2 * half + 1 - (1 << k))
+                    lvl[t] = np.maximum(np.take(lvl, t), v)
+    for k in range(kmax, 0, -1):
+        hi = levels[k]
+        if hi is None:
+            continue
+        lo = levels[k - 1]
+        if lo is None:
+            lo = levels[k - 1] = np.zeros(size, np.float32)
+        step = 1 << (k - 1)
+        np.maximum(lo, hi, out=lo)
+        np.maximum(lo[step:], hi[:-step], out=lo[step:])
+        levels[k] = None
+    return levels[0] if levels[0] is not None else np.zeros(size, np.float32)
 
 
 def thickness_in_window(
@@ -392,10 +459,22 @@ def thickness_in_window(
                    for sl, wi, n in zip(write, w, mask.shape, strict=True))
     r2 = radius_squared(mask, vs, max_r, inner=region)
     keep = ridge_mask(r2, vs, max_r)
+    crop = tuple(slice(a.start - r.start, a.stop - r.start) for a, r in zip(write, region, strict=True))
+    # Balls at the cap all have the same radius: their union is the set of voxels within
+    # max_r of a capped centre, one distance pass instead of painting (a plateau of capped
+    # centres has no ridge to prune). Same sums as the painting, so ties agree.
+    cap = max_r ** 2
+    capped = r2 >= cap
+    top = None
+    if capped.any():
+        near2 = radius_squared(~capped, vs, max_r * (1.0 + 1e-6), inner=crop)
+        top = near2 <= cap
+        keep &= ~capped
     shape = tuple(sl.stop - sl.start for sl in region)
     thickness = paint_balls(shape, np.argwhere(keep), r2[keep], vs)
-    crop = tuple(slice(a.start - r.start, a.stop - r.start) for a, r in zip(write, region, strict=True))
     out = thickness[crop]
+    if top is not None:
+        out[top] = np.float32(max_thickness)
     out[~mask[write]] = 0.0
     return np.ascontiguousarray(out)
 
