@@ -538,3 +538,37 @@ def test_large_balls_paint_row_by_row_exactly():
             ((g[0] - c[0]) * vs[0]) ** 2 <= rc2
         expect[inside] = np.maximum(expect[inside], np.float32(2 * np.sqrt(rc2)))
     np.testing.assert_array_equal(got, expect)
+
+
+def test_measure_command_writes_summary_table_and_map(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from ml4paleo.cli.measure_commands import measure_command
+
+    vs = (1.0, 0.5, 0.5)
+    shape = (24, 48, 48)
+    spheres = [((8.0, 8.0, 8.0), 4.0), ((14.0, 15.0, 14.5), 5.0)]
+    vol = np.zeros(shape, np.uint8)
+    for c, r in spheres:
+        vol[_ball(shape, c, r, vs)] = 1
+    np.save(tmp_path / "labels.npy", vol)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(measure_command, [
+        str(tmp_path / "labels.npy"), "-o", str(out), "--voxel-size", "1,0.5,0.5", "--unit",
+        "micrometer", "--measures", "fractions,thickness,objects", "--max-thickness", "12",
+        "--chunk-size", "24", "--workers", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "class 1 (class 1): BV/TV" in res.output and "2 object(s)" in res.output
+    summary = json.loads((out / "morphometry.json").read_text())
+    assert summary["unit"] == "micrometer" and len(summary["objects"]) == len(spheres)
+    assert (out / "objects.csv").read_text().count("\n") == len(spheres) + 1
+    from ml4paleo.omezarr import open_image
+
+    tmap = np.asarray(open_image(out / "thickness.ome.zarr").array)
+    assert tmap.max() == pytest.approx(summary["classes"][0]["thickness"]["max"])
+    bad = CliRunner().invoke(measure_command, [str(tmp_path / "labels.npy"), "-o", str(out),
+                                               "--measures", "volume", "-q"])
+    assert bad.exit_code == 1 and "unknown measure" in bad.output
+    assert "Traceback" not in bad.output

@@ -52,6 +52,7 @@ __all__ = [
     "connectivity",
     "local_thickness",
     "measure",
+    "parse_measures",
     "volume_fractions",
     "write_objects_csv",
 ]
@@ -67,7 +68,19 @@ DEFAULT_MAX_THICKNESS_VOXELS = 32
 ProgressCallback = Callable[[int, int], None]
 
 
-def _parse_measures(measures: str | Iterable[str] | None) -> frozenset[str]:
+def parse_measures(measures: str | Iterable[str] | None) -> frozenset[str]:
+    """The set of :data:`MEASURES` named by ``measures`` (comma/space separated or a list).
+
+    Raises
+    ------
+    ValueError
+        When a name is not one of :data:`MEASURES`.
+
+    Examples
+    --------
+    >>> sorted(parse_measures("thickness, objects"))
+    ['objects', 'thickness']
+    """
     if measures is None:
         return frozenset(MEASURES)
     if isinstance(measures, str):
@@ -256,7 +269,7 @@ def measure(
     from ml4paleo.morphometry.profiles import profile_from_counts
     from ml4paleo.morphometry.result import class_measures
 
-    chosen = _parse_measures(measures)
+    chosen = parse_measures(measures)
     axis = _parse_axis(profile_axis)
     if int(chunk_size) <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -267,6 +280,8 @@ def measure(
         raise ValueError(f"{vol.path}: labels must be integers, got dtype {vol.dtype}")
     vs = voxel_size_or_default(vol.voxel_size)
     roi = None
+    if roi_value is not None and roi_mask is None:
+        raise ValueError("roi_value needs a roi_mask")
     if roi_mask is not None:
         roi = open_any(roi_mask)
         if tuple(roi.shape) != tuple(vol.shape):
