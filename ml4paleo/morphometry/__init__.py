@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,7 @@ def measure(
     objects_csv: str | os.PathLike | None = None,
     thickness_map: str | os.PathLike | None = None,
     index_to_world: Callable[[np.ndarray], np.ndarray] | None = None,
+    work_dir: str | os.PathLike | None = None,
     chunk_size: int = 128,
     executor: Any = None,
     workers: int | None = None,
@@ -231,6 +233,10 @@ def measure(
     index_to_world : callable, optional
         Maps ``(n, 3)`` voxel indices ``(z, y, x)`` to world ``(x, y, z)`` for the
         object centroids (default: index x voxel size).
+    work_dir : path, optional
+        Where blocks leave their object face planes until the merge (a temp folder
+        inside it, removed at the end). Default: the system's temp folder; on a Dask
+        cluster give a folder every worker can write.
     chunk_size : int
         Block edge in voxels (the result does not depend on it).
     executor, workers
@@ -319,10 +325,12 @@ def measure(
     map_image = map_tmp = None
     if thickness_map is not None:
         map_image, map_tmp = _create_map(Path(thickness_map), plan, chunk_size, vol.unit, names, vals)
+    planes_dir = _planes_dir(work_dir) if plan.objects else None
     plan = MeasurePlan(vol, roi, roi_value, box, tuple(vals), vs, thickness=plan.thickness,
                        spacing=plan.spacing, objects=plan.objects, max_thickness=max_t,
                        bins=plan.bins,
-                       map_path=str(map_tmp / "0") if map_tmp is not None else None)
+                       map_path=str(map_tmp / "0") if map_tmp is not None else None,
+                       work_dir=str(planes_dir) if planes_dir is not None else None)
     try:
         blocks, results = measure_blocks(plan, chunk_size=chunk_size, executor=executor,
                                          workers=workers, progress=stages.stage(1))
@@ -332,15 +340,21 @@ def measure(
                                     workers=workers, progress=stages.stage(2))
             profiles = {v: profile_from_counts(c, vs, axis, box[axis][0]) for v, c in counts.items()}
         clipped = any(r["clipped"] for r in results)
+        roi_voxels = sum(r["roi_voxels"] for r in results)
+        rows: list[dict] = []
+        if plan.objects:
+            objs = merge_pieces([r["pieces"] for r in results], [b.index for b in blocks])
+            rows = object_rows(objs, vs, unit=vol.unit, class_names=names,
+                               index_to_world=index_to_world, with_thickness=plan.thickness)
         if map_image is not None:
             _finish_map(map_image, map_tmp, Path(thickness_map), clipped)
     except BaseException:
         if map_tmp is not None:
-            import shutil
-
             shutil.rmtree(map_tmp, ignore_errors=True)
         raise
-    roi_voxels = sum(r["roi_voxels"] for r in results)
+    finally:
+        if planes_dir is not None:
+            shutil.rmtree(planes_dir, ignore_errors=True)
     per_class = [
         class_measures(v, names[v], [r["classes"][v] for r in results], roi_voxels, vs,
                        max_thickness=max_t if do_thick else None, bins=plan.bins)
@@ -348,12 +362,8 @@ def measure(
     ]
     if not {"fractions", "connectivity", "anisotropy"} <= chosen:
         _drop_unrequested(per_class, chosen)
-    rows: list[dict] = []
     csv_path = None
-    if "objects" in chosen:
-        objs = merge_pieces([r["pieces"] for r in results], [b.index for b in blocks])
-        rows = object_rows(objs, vs, unit=vol.unit, class_names=names,
-                           index_to_world=index_to_world, with_thickness=plan.thickness)
+    if plan.objects:
         counts_by_class: dict[int, int] = {}
         for row in rows:
             counts_by_class[row["class_value"]] = counts_by_class.get(row["class_value"], 0) + 1
@@ -388,6 +398,18 @@ def _drop_unrequested(per_class: list[dict], chosen: frozenset[str]) -> None:
             for c in per_class:
                 for k in keys:
                     c.pop(k, None)
+
+
+def _planes_dir(work_dir: str | os.PathLike | None) -> Path:
+    import tempfile
+
+    from ml4paleo._fs import temp_path
+
+    if work_dir is None:
+        return Path(tempfile.mkdtemp(prefix="ml4paleo-measure-"))
+    path = temp_path(Path(work_dir) / "measure-planes")
+    path.mkdir(parents=True)
+    return path
 
 
 def _grid_size(shape: Sequence[int], chunk: int) -> int:

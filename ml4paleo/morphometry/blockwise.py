@@ -39,7 +39,7 @@ from ml4paleo.morphometry.configurations import (
     configurations,
     vertex_weights,
 )
-from ml4paleo.morphometry.objects import block_pieces, empty_pieces
+from ml4paleo.morphometry.objects import block_pieces, empty_pieces, save_planes
 from ml4paleo.morphometry.profiles import profile_counts
 from ml4paleo.morphometry.thickness import thickness_halo, thickness_in_window
 
@@ -76,6 +76,9 @@ class MeasurePlan:
         Thickness histogram bins over ``[0, max_thickness]``.
     map_path : str or None
         Zarr array (full resolution of the thickness map, covering ``box``) to write.
+    work_dir : str or None
+        Folder for the blocks' object face planes (shared by all workers); None keeps
+        them in the results.
     """
 
     volume: Any
@@ -90,6 +93,7 @@ class MeasurePlan:
     max_thickness: float = 32.0
     bins: int = 64
     map_path: str | None = None
+    work_dir: str | None = None
 
     @property
     def box_shape(self) -> tuple[int, int, int]:
@@ -201,6 +205,11 @@ def _measure_block(block: Block, plan: MeasurePlan) -> dict:
             pieces.append(block_pieces(ext, value, ws, shape, plan.box, plan.voxel_size, thick))
         out["classes"][int(value)] = res
     out["pieces"] = _concat_pieces(pieces) if pieces else empty_pieces()
+    if plan.work_dir and len(out["pieces"]["count"]):
+        from pathlib import Path
+
+        out["pieces"]["planes"] = save_planes(Path(plan.work_dir) / f"{block.name}.npz",
+                                              out["pieces"]["planes"])
     if tmap is not None:
         import zarr
 

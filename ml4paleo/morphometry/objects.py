@@ -45,8 +45,10 @@ __all__ = [
     "OBJECT_COLUMNS",
     "block_pieces",
     "empty_pieces",
+    "load_planes",
     "merge_pieces",
     "object_rows",
+    "save_planes",
     "write_objects_csv",
 ]
 
@@ -147,7 +149,7 @@ def block_pieces(
         for side, index in (("lo", 0), ("hi", -1)):
             plane = np.take(lab, index, axis=k).ravel()
             pos = np.flatnonzero(plane)
-            planes[f"{side}{k}"] = (pos.astype(np.int64), plane[pos].astype(np.int64))
+            planes[f"{side}{k}"] = (pos.astype(np.int32), plane[pos].astype(np.int32))
     return {
         "value": np.full(n, int(value), np.int64),
         "count": count,
@@ -194,6 +196,26 @@ def _piece_areas(ext: np.ndarray, lab: np.ndarray, n: int, voxel_size: Sequence[
     return out[1:]
 
 
+_FACES = tuple(f"{side}{k}" for k in range(3) for side in ("lo", "hi"))
+
+
+def save_planes(path: str | os.PathLike, planes: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """Store a block's face planes (so the main process does not hold them all)."""
+    arrays = {}
+    for face in _FACES:
+        pos, ids = planes.get(face, (np.zeros(0, np.int32), np.zeros(0, np.int32)))
+        arrays[f"pos_{face}"], arrays[f"id_{face}"] = pos, ids
+    with atomic_writer(path, "wb", fsync=False) as fh:
+        np.savez(fh, **arrays)
+    return str(path)
+
+
+def load_planes(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Face planes written by :func:`save_planes`."""
+    with np.load(path) as data:
+        return {face: (data[f"pos_{face}"], data[f"id_{face}"]) for face in _FACES}
+
+
 def merge_pieces(results: Sequence[dict], grid_index: Sequence[tuple[int, int, int]]) -> dict:
     """Join block pieces into objects.
 
@@ -201,7 +223,8 @@ def merge_pieces(results: Sequence[dict], grid_index: Sequence[tuple[int, int, i
     ----------
     results : sequence of dict
         :func:`block_pieces` results (one dict per block, classes concatenated; ids in
-        ``planes`` are 1-based positions in the block's arrays).
+        ``planes`` are 1-based positions in the block's arrays). ``planes`` may be the
+        path :func:`save_planes` wrote them to.
     grid_index : sequence of 3-tuples
         Grid position of each block (blocks adjacent along an axis share a face).
 
@@ -218,6 +241,18 @@ def merge_pieces(results: Sequence[dict], grid_index: Sequence[tuple[int, int, i
         return {k: v for k, v in empty_pieces().items() if k != "planes"}
     cat = {k: np.concatenate([r[k] for r in results]) for k in _PIECE_FIELDS}
     by_index = {tuple(g): i for i, g in enumerate(grid_index)}
+    cache: dict[int, dict] = {}
+
+    def planes_of(i: int) -> dict:
+        p = results[i]["planes"]
+        if not isinstance(p, str | os.PathLike):
+            return p
+        if i not in cache:
+            if len(cache) > 8:
+                cache.pop(next(iter(cache)))
+            cache[i] = load_planes(p)
+        return cache[i]
+
     rows, cols = [], []
     for i, g in enumerate(grid_index):
         if not counts[i]:
@@ -228,13 +263,13 @@ def merge_pieces(results: Sequence[dict], grid_index: Sequence[tuple[int, int, i
             j = by_index.get(tuple(nb))
             if j is None or not counts[j]:
                 continue
-            pa, ia = results[i]["planes"][f"hi{k}"]
-            pc, ic = results[j]["planes"][f"lo{k}"]
+            pa, ia = planes_of(i)[f"hi{k}"]
+            pc, ic = planes_of(j)[f"lo{k}"]
             _, wa, wc = np.intersect1d(pa, pc, assume_unique=True, return_indices=True)
             if not len(wa):
                 continue
-            ga = ia[wa] - 1 + bases[i]
-            gc = ic[wc] - 1 + bases[j]
+            ga = ia[wa].astype(np.int64) - 1 + bases[i]
+            gc = ic[wc].astype(np.int64) - 1 + bases[j]
             same = cat["value"][ga] == cat["value"][gc]
             rows.append(ga[same])
             cols.append(gc[same])
