@@ -341,13 +341,15 @@ def paint_balls(
     vs = check_voxel_size(voxel_size)
     if len(radius_sq) == 0:
         return np.zeros(shape, np.float32)
-    order = np.argsort(-radius_sq, kind="stable")
-    r2 = np.asarray(radius_sq, np.float64)[order]
-    max_r = math.sqrt(float(r2[0]))
+    radius_sq = np.asarray(radius_sq, np.float64)
+    max_r = math.sqrt(float(radius_sq.max()))
     win = window_voxels(max_r * (1.0 + 1e-12), vs)
     padded = tuple(n + 2 * w for n, w in zip(shape, win, strict=True))
     strides = np.array([padded[1] * padded[2], padded[2], 1], np.int64)
-    idx = ((np.asarray(centres)[order] + np.asarray(win)) * strides).sum(axis=1)
+    idx = ((np.asarray(centres) + np.asarray(win)) * strides).sum(axis=1)
+    # largest first; equal radii in memory order, so updates sweep the array
+    order = np.lexsort((idx, -radius_sq))
+    r2, idx = radius_sq[order], idx[order]
     value = (2.0 * np.sqrt(r2)).astype(np.float32)
     if win[2] >= _ROWS_FROM:
         flat = _paint_rows(padded, strides, win, idx, r2, value, vs)
@@ -403,20 +405,22 @@ def _paint_rows(padded, strides, win, idx, r2, value, vs) -> np.ndarray:
         for dy in range(-win[1], win[1] + 1):
             # squared lengths along the row, summed as _squared_length sums them
             row = ((dxs * sx) ** 2 + (dy * sy) ** 2) + (dz * sz) ** 2
-            n = int(np.searchsorted(neg, -row[0], side="right"))
-            if n == 0:
+            # reach[h] = centres whose interval is at least h wide on each side
+            reach = np.searchsorted(neg, -row, side="right").tolist()
+            if reach[0] == 0:
                 continue
-            w = np.searchsorted(row, r2[:n], side="right") - 1
-            base = idx[:n] + (dz * strides[0] + dy * strides[1])
-            bounds = np.r_[0, np.flatnonzero(np.diff(w)) + 1, n].tolist()
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-                half = int(w[a])
+            reach.append(0)
+            shift = int(dz * strides[0] + dy * strides[1])
+            for half in range(wx, -1, -1):
+                a, b = reach[half + 1], reach[half]
+                if a == b:
+                    continue
                 k = level_of[half]
                 lvl = levels[k]
                 if lvl is None:
                     lvl = levels[k] = np.zeros(size, np.float32)
                 v = value[a:b]
-                t = base[a:b] - half
+                t = idx[a:b] + (shift - half)
                 lvl[t] = np.maximum(np.take(lvl, t), v)
                 if half:
                     t = t + (2 * half + 1 - (1 << k))
