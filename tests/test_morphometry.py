@@ -572,3 +572,16 @@ def test_measure_command_writes_summary_table_and_map(tmp_path):
                                                "--measures", "volume", "-q"])
     assert bad.exit_code == 1 and "unknown measure" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_a_dask_cluster_gives_the_serial_result(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    lab = _three_class()[:40]
+    kwargs = {"voxel_size": ANISO, "max_thickness": 4.0, "chunk_size": 32, "work_dir": tmp_path}
+    serial = mm.measure(lab, executor="serial", **kwargs)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                            dashboard_address=None) as client:
+        on_dask = mm.measure(lab, executor=client, **kwargs)
+    _assert_same(serial.classes, on_dask.classes)
+    _assert_same(serial.objects, on_dask.objects)
+    assert list(tmp_path.iterdir()) == []  # the planes folder is gone
