@@ -372,8 +372,11 @@ def measure(
         if objects_csv is not None:
             csv_path = write_objects_csv(rows, objects_csv)
     if clipped:
-        log.warning("local thickness reached max_thickness=%g%s: thicker structures are "
-                    "reported as that (raise max_thickness)", max_t, f" {vol.unit}" if vol.unit else "")
+        which = [f"{c['name']} {key}" for c in per_class for key in ("thickness", "spacing")
+                 if (c.get(key) or {}).get("clipped")]
+        log.warning("local thickness reached max_thickness=%g%s (%s): thicker structures are "
+                    "reported as that (raise max_thickness)", max_t,
+                    f" {vol.unit}" if vol.unit else "", ", ".join(which))
     stages.finish()
     return Morphometry(
         classes=per_class, objects=rows, profiles=profiles, voxel_size=vs, unit=vol.unit,
