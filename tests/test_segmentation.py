@@ -1,11 +1,14 @@
 """Tests for ml4paleo.segmentation on the fossil phantom."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ml4paleo import omezarr
+from ml4paleo.features import FeatureSettings
 from ml4paleo.phantom import make_phantom, painted_slices, scribble_labels
 from ml4paleo.segmentation import (
     ERASE,
@@ -211,3 +214,118 @@ def test_forest_cascade_early_exit_is_per_row():
     # each row's answer depends on that row only (blockwise == whole volume)
     alone = np.concatenate([f.predict_proba(X[i : i + 7], cascade=(8,)) for i in range(0, 70, 7)])
     np.testing.assert_array_equal(alone, got[:70])
+
+
+# --------------------------------------------------------------------------- reference values
+def _digest(a) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(a.tobytes()).hexdigest()[:16] + f":{a.dtype}:{a.shape}"
+
+
+#: sha256 prefixes of predictions made with the single-module segmentation.py before it became
+#: a package (same seeds, same labels): the package must give the same bits
+REFERENCE = {
+    "train2/metrics": {"accuracy": 0.8290155440414507, "dice": {"bone": 0.7313019390581718, "matrix": 0.9243027888446215, "tooth": 0.0}, "method": "2-fold cross-validation by annotated plane, stage-1 features", "n_voxels": 579},
+    "train2/predict_box": "14359d99c1c4a338:float32:(3, 24, 40, 40)",
+    "train2/predict_box_exact": "14359d99c1c4a338:float32:(3, 24, 40, 40)",
+    "train2/predict_slice": "2fbbc3c6769a4a63:uint8:(24, 40)|3a35e1facf80188c:float32:(3, 24, 40)",
+    "train2/segment": "6306fe9f0f45d83f:uint8:(24, 40, 40)",
+    "train2/segment_probs": "26121dfdda75c608:uint8:(3, 24, 40, 40)",
+    "train2/segment_post": "1da25d9a27618864:uint8:(24, 40, 40)",
+    "train3/ntrees": [10, 2],
+    "train3/metrics": {"accuracy": 0.8238289205702648, "dice": {"background": 0.8907894736842106, "class 1": 0.6041189931350115, "class 2": 0.0}, "method": "2-fold cross-validation by annotated plane, stage-1 features", "n_voxels": 1964},
+    "train3/predict_box": "9da670ede9e8d1e0:float32:(3, 24, 40, 40)",
+    "train3/segment": "93fa45e05a916552:uint8:(24, 40, 40)",
+    "post": "210ae35107ddc710:uint8:(24, 40, 40)",
+    "train1/predict_box": "2a2ae71ab4b42d72:float32:(3, 24, 40, 40)",
+    "tiny/predict_box": "e917419bf59e72da:float32:(3, 16, 16, 16)",
+    "tiny/predict_sub": "d8feddc8a1c23133:float32:(3, 6, 5, 5)",
+    "interactive/predict": "89d336e621f5ec79:uint8:(40, 40)|645c4331b0e9b528:float32:(3, 40, 40)",
+    "interactive/uncertainty": "0d6d6ac613c89027:float32:(24, 40)",
+    "interactive/suggest": [8, 22],
+    "saved_model/predict_box": "9d4d0c7e7eb237fd:float32:(3, 4, 40, 40)",
+}
+
+REF_SHAPE = (24, 40, 40)
+DATA = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def ref_phantom():
+    return make_phantom(REF_SHAPE, seed=3)
+
+
+def test_two_stage_predictions_are_bit_identical_to_the_reference(tmp_path, ref_phantom):
+    image, truth = ref_phantom
+    labels = scribble_labels(truth, 3, seed=2)
+    ts = TrainSettings(n_trees=(8, 8), max_per_class=2000, n_jobs=2, two_stage=True)
+    model = train(image, labels, classes=["matrix", "bone", "tooth"], settings=ts)
+    assert model.meta["metrics"] == REFERENCE["train2/metrics"]
+    box = tuple(slice(0, n) for n in REF_SHAPE)
+    assert _digest(predict_box(image, box, model)) == REFERENCE["train2/predict_box"]
+    exact = predict_box(image, box, model, cascade=())
+    assert _digest(exact) == REFERENCE["train2/predict_box_exact"]
+    lab, prob = predict_slice(model, image, 1, 17)
+    assert f"{_digest(lab)}|{_digest(prob)}" == REFERENCE["train2/predict_slice"]
+    src = omezarr.create_image(tmp_path / "img.ome.zarr", REF_SHAPE, np.uint16, chunks=16,
+                               voxel_size=(1.0, 1.0, 1.0))
+    src.array[:] = image
+    seg = segment(src, model, tmp_path / "seg.ome.zarr", chunk_size=16, executor="serial",
+                  probabilities=True)
+    assert _digest(seg.array[:]) == REFERENCE["train2/segment"]
+    probs = omezarr.open_image(tmp_path / "seg.ome.zarr_probabilities").array[:]
+    assert _digest(probs) == REFERENCE["train2/segment_probs"]
+    seg = segment(str(src.path), model, tmp_path / "post.ome.zarr", chunk_size=16,
+                  executor="serial", min_size=30, fill_holes=True)
+    assert _digest(seg.array[:]) == REFERENCE["train2/segment_post"]
+
+
+def test_budget_cross_fit_2d_and_tiny_volumes_match_the_reference(tmp_path, ref_phantom):
+    image, truth = ref_phantom
+    box = tuple(slice(0, n) for n in REF_SHAPE)
+    ts = TrainSettings(n_trees=(10, 10), max_per_class=1500, n_jobs=2, two_stage=True,
+                       cross_fit=True, node_budget=25, min_trees=2, context_sigmas=(0.0, 1.0, 2.0))
+    src = omezarr.create_image(tmp_path / "img.ome.zarr", REF_SHAPE, np.uint16, chunks=16,
+                               voxel_size=(2.0, 1.0, 1.0))
+    src.array[:] = image
+    model = train(src, painted_slices(truth, 2), settings=ts)
+    assert [f.n_trees for f in model.forests] == REFERENCE["train3/ntrees"]
+    assert model.meta["metrics"] == REFERENCE["train3/metrics"]
+    got = predict_box(src.array, box, model, voxel_size=(2.0, 1.0, 1.0))
+    assert _digest(got) == REFERENCE["train3/predict_box"]
+    seg = segment(src, model, tmp_path / "seg.ome.zarr", chunk_size=16, executor="serial")
+    assert _digest(seg.array[:]) == REFERENCE["train3/segment"]
+    cleaned = postprocess_labels(np.asarray(seg.array[:]), min_size=40, fill_holes=True)
+    assert _digest(cleaned) == REFERENCE["post"]
+    one = train(image, scribble_labels(truth, 3, seed=2),
+                feature_settings=FeatureSettings(mode="2d", scales=(1.0, 2.0)),
+                settings=TrainSettings(n_trees=(6, 0), two_stage=False, n_jobs=2, max_depth=8))
+    assert _digest(predict_box(image, box, one)) == REFERENCE["train1/predict_box"]
+    # a volume so small that the context's mirror padding is wider than its coarse grid
+    tiny, tiny_truth = make_phantom((16, 16, 16), seed=7)
+    mt = train(tiny, painted_slices(tiny_truth, 2),
+               settings=TrainSettings(n_trees=(4, 4), n_jobs=2, context_sigmas=(0.0, 2.0, 4.0)))
+    assert _digest(predict_box(tiny, (slice(0, 16),) * 3, mt)) == REFERENCE["tiny/predict_box"]
+    sub = (slice(3, 9), slice(0, 5), slice(11, 16))
+    assert _digest(predict_box(tiny, sub, mt)) == REFERENCE["tiny/predict_sub"]
+
+
+def test_interactive_session_is_bit_identical_to_the_reference(tmp_path, ref_phantom):
+    image, truth = ref_phantom
+    store = LabelStore.create(tmp_path / "ann", REF_SHAPE, classes=["matrix", "bone", "tooth"])
+    store.write_slice(0, 12, scribble_labels(truth, [12], seed=1)[12])
+    session = InteractiveSession(image, store)
+    session.retrain()
+    lab, prob = session.predict_slice(0, 12)
+    assert f"{_digest(lab)}|{_digest(prob)}" == REFERENCE["interactive/predict"]
+    assert _digest(session.uncertainty_slice(2, 5)) == REFERENCE["interactive/uncertainty"]
+    assert [session.suggest_slice(0), session.suggest_slice(1)] == REFERENCE["interactive/suggest"]
+
+
+def test_a_model_saved_before_the_package_split_loads_and_predicts_the_same(ref_phantom):
+    image, _ = ref_phantom
+    model = Model.load(DATA / "segmentation_model_v1")
+    assert [c["name"] for c in model.classes] == ["matrix", "bone", "tooth"]
+    assert [f.n_trees for f in model.forests] == [3, 3] and model.context is not None
+    box = (slice(8, 12), slice(0, 40), slice(0, 40))
+    assert _digest(predict_box(image, box, model)) == REFERENCE["saved_model/predict_box"]
