@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 
 from ml4paleo import blocks as _blocks
 from ml4paleo import omezarr
-from ml4paleo.features import FeatureSettings, _radius, halo_for, iter_features, n_features
+from ml4paleo.features import FeatureSettings, halo_for, iter_features, kernel_radius as _radius, n_features
 from ml4paleo.model_io import Forest, load_forests, save_forests
 
 log = logging.getLogger(__name__)
