@@ -194,7 +194,7 @@ def test_interactive_session_loop(tmp_path, phantom):
 def test_forest_cascade_early_exit_is_per_row():
     from sklearn.ensemble import RandomForestClassifier
 
-    from ml4paleo.model_io import Forest
+    from ml4paleo.segmentation.classifiers import Forest
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 5)).astype(np.float32)
@@ -203,9 +203,7 @@ def test_forest_cascade_early_exit_is_per_row():
     f = Forest.from_sklearn(rf, [0, 1], 2)
     full = f.predict_proba(X)
     np.testing.assert_allclose(full, rf.predict_proba(X), atol=1e-5)
-    first8 = Forest.from_sklearn(rf, [0, 1], 2)
-    first8._trees, first8._values = first8._trees[:8], first8._values[:8]
-    p8 = first8.predict_proba(X)
+    p8 = f.truncated(8).predict_proba(X)
     got = f.predict_proba(X, cascade=(8,), confidence=0.97, chunk=1000)
     early = p8.max(axis=1) >= 0.97
     assert 0 < early.sum() < len(X)  # some rows end early, some go on
