@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from ml4paleo.annotation import decode_label_mask
+from ml4paleo.annotate import decode_label_mask
 from ml4paleo.phantom import make_phantom
 
 from .conftest import shot
