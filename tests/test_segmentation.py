@@ -327,3 +327,138 @@ def test_a_model_saved_before_the_package_split_loads_and_predicts_the_same(ref_
     assert [f.n_trees for f in model.forests] == [3, 3] and model.context is not None
     box = (slice(8, 12), slice(0, 40), slice(0, 40))
     assert _digest(predict_box(image, box, model)) == REFERENCE["saved_model/predict_box"]
+
+
+# --------------------------------------------------------------------------- rules written once
+def test_label_store_takes_the_class_rules_from_ml4paleo_classes(tmp_path):
+    import os
+
+    from ml4paleo.classes import ERASE as CLASSES_ERASE
+    from ml4paleo.classes import MAX_CLASSES, PALETTE, ClassError
+
+    assert ERASE == CLASSES_ERASE == 255
+    store = LabelStore.create(tmp_path / "ann", (4, 6, 6), classes=["rock", "Bone"])
+    assert store.classes == [{"name": "rock", "color": PALETTE[0]},
+                             {"name": "Bone", "color": PALETTE[1]}]
+    store.set_classes([f"c{i}" for i in range(MAX_CLASSES)])
+    with pytest.raises(ClassError, match="254"):
+        store.set_classes([f"c{i}" for i in range(MAX_CLASSES + 1)])
+    with pytest.raises(ClassError, match="twice"):
+        store.set_classes(["bone", "BONE"])
+    store.set_classes(["rock", "bone"])
+    lab = np.zeros((6, 6), np.uint8)
+    lab[1, 1], lab[2, 2] = 1, 2
+    store.write_slice(0, 1, lab)
+    # renaming keeps the per-class counts (they are stored by name)
+    store.set_classes(["matrix", "bone"])
+    assert store.count_by_class() == {"matrix": 1, "bone": 1}
+    assert store.annotated_slices()[0]["counts"] == {"matrix": 1, "bone": 1}
+    # another process rewriting classes.json is seen (the cache follows the file)
+    other = LabelStore(tmp_path / "ann")
+    other.set_classes(["matrix", "bone", "tooth"])
+    st = os.stat(tmp_path / "ann" / "classes.json")
+    os.utime(tmp_path / "ann" / "classes.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert [c["name"] for c in store.classes] == ["matrix", "bone", "tooth"]
+    # model class lists follow the same rule
+    model = Model.load(DATA / "segmentation_model_v1")
+    assert len(model.classes) == 3
+
+
+def test_classifier_protocol_one_file_per_classifier(tmp_path, ref_phantom):
+    from ml4paleo.segmentation.classifiers import CLASSIFIERS, Classifier, Forest, classifier_class
+
+    assert CLASSIFIERS == {"forest": Forest} and issubclass(Forest, Classifier)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(500, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    f = Forest.fit(X, y, n_classes=3, size=5, settings=TrainSettings(n_jobs=1), seed=0)
+    assert f.describe() == {"kind": "forest", "n_features": 4, "n_classes": 3, "n_trees": 5}
+    p = f.predict_proba(X)
+    assert p.shape == (500, 3) and np.all(p[:, 2] == 0) and (p.argmax(1) == y).mean() > 0.95
+    f.save(tmp_path / "f.npz")
+    np.testing.assert_array_equal(Forest.load(tmp_path / "f.npz").predict_proba(X), p)
+    with pytest.raises(ValueError, match="unknown classifier 'svm'"):
+        classifier_class("svm")
+    image, truth = ref_phantom
+    with pytest.raises(ValueError, match="unknown classifier"):
+        train(image, scribble_labels(truth, 2, seed=2), settings=TrainSettings(classifier="svm"))
+    # a model whose stage names an unknown classifier is refused with the folder's name
+    import shutil
+
+    shutil.copytree(DATA / "segmentation_model_v1", tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    meta["stages"][0]["kind"] = "svm"
+    (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="invalid model.*svm"):
+        Model.load(tmp_path / "m")
+
+
+def _module_imports(path, name):
+    """(imported module, imported names) of every import statement of module ``name``."""
+    import ast
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                module = ".".join(base + ([module] if module else []))
+            out.append((module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out.extend((a.name, []) for a in node.names)
+    return out
+
+
+def test_capability_packages_import_no_private_names_and_form_no_cycles():
+    import ml4paleo
+
+    root = Path(ml4paleo.__file__).parent
+    packages = ("segmentation", "features", "annotate")
+    graph, bad = {}, []
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            rel = path.relative_to(root.parent).with_suffix("")
+            name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+            deps = set()
+            for module, names in _module_imports(path, name):
+                if not module.startswith("ml4paleo"):
+                    continue
+                # ml4paleo._fs is the one private module everyone is meant to use
+                bad += [f"{name}: {module}.{n}" for n in names if n.startswith("_") and n != "_fs"]
+                bad += [f"{name}: {module}" for part in module.split(".")
+                        if part.startswith("_") and part != "_fs"]
+                deps.add(module)
+                deps.update(f"{module}.{n}" for n in names)
+            text = path.read_text()
+            for literal in ("image.ome.zarr", '"annotations"', '"models"', "os.replace(",
+                            "write_json_atomic", "_open_array", "_pad_reflect", "flask", "webapp"):
+                if literal in text:
+                    bad.append(f"{name}: {literal}")
+            graph[name] = deps
+    assert not bad, bad
+
+    def resolve(target):  # "pkg.module.Name" -> the module it names
+        while target and target not in graph:
+            target = target.rpartition(".")[0]
+        return target
+
+    # a module importing its own package's __init__ (or an ancestor's) is not a cycle we can
+    # fix by moving code; everything else that leads back to an open module is
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in sorted({resolve(d) for d in graph[node]} - {"", node}):
+            if node.startswith(dep + "."):
+                continue
+            if state.get(dep) == "open":
+                raise AssertionError(f"import cycle: {' -> '.join(stack + [node, dep])}")
+            if dep not in state:
+                visit(dep, stack + [node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])

@@ -164,8 +164,10 @@ class JobAnnotator:
         names = [c["name"] for c in (classes if classes is not None else self.classes)]
         out: dict[int, int] = {}
         for k, n in self.labels.count_by_class().items():
-            idx = names.index(k) if isinstance(k, str) and k in names else int(k)
-            out[idx] = int(n)
+            if k in names:
+                out[names.index(k)] = int(n)
+            elif n:
+                log.warning("labels counted for unknown class %r in job %s", k, self.job_id)
         return out
 
     def counts(self, classes: list[dict] | None = None) -> dict[str, int]:

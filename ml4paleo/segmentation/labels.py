@@ -127,9 +127,23 @@ class LabelStore:
         """Replace the class list (names and colours; 1 to 254 classes, see
         :func:`ml4paleo.classes.validate_classes`)."""
         out = validate_classes(classes, min_count=1)
-        self._write_json(CLASSES_NAME, out)
-        self._log({"action": "set_classes", "classes": out})
+        before = self._read_json(CLASSES_NAME, None)
+        with self._lock:
+            self._write_json(CLASSES_NAME, out)
+            if before:
+                self._rename_counts([c["name"] for c in before], [c["name"] for c in out])
+            self._log({"action": "set_classes", "classes": out})
         return [dict(c) for c in out]
+
+    def _rename_counts(self, old: list[str], new: list[str]) -> None:
+        """Re-key the slice index's per-class counts after classes were renamed (by position)."""
+        rename = {a: b for a, b in zip(old, new, strict=False) if a != b}
+        if not rename:
+            return
+        idx = self._read_json(INDEX_NAME, {})
+        fixed = {key: {**v, "counts": {rename.get(k, k): n for k, n in v["counts"].items()}}
+                 for key, v in idx.items()}
+        self._write_json(INDEX_NAME, fixed)
 
     @property
     def shape(self) -> tuple[int, int, int]:
