@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.tree._tree import NODE_DTYPE, Tree
 
 from .base import Classifier
 
@@ -100,7 +99,11 @@ class Forest(Classifier):
             )
         return cls(trees, rf.n_features_in_, n_classes)
 
-    def _build(self, a: dict) -> Tree:
+    def _build(self, a: dict) -> Any:
+        # scikit-learn is imported on first use: importing ml4paleo.segmentation (the web
+        # app does at start) stays fast
+        from sklearn.tree._tree import NODE_DTYPE, Tree
+
         left, right = np.asarray(a["left"]), np.asarray(a["right"])
         feature, threshold = np.asarray(a["feature"]), np.asarray(a["threshold"])
         n = len(left)
