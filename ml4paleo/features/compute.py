@@ -111,6 +111,10 @@ def iter_features(
     previous = None  # previous scale's smoothed centre (for DoG)
     deriv_margin = [0 if (two_d and a == 0) else 1 for a in range(3)]
     for plan in scale_plan(settings):
+        # the previous scale's context (its derivatives) is released only when this scale's
+        # context replaces it, after the new Gaussian: its freed buffers, all of the same
+        # size, are then reused for this scale's derivatives (fewer fresh pages from malloc;
+        # dropping it earlier cost ~5-10 % CPU)
         sig = axis_sigmas(plan.sigma, settings, voxel_size)
         extra = plan.margin(settings, voxel_size)
         keep = [m + (0 if (two_d and a == 0) else extra[a]) for a, m in enumerate(deriv_margin)]
@@ -123,4 +127,3 @@ def iter_features(
             for channel in fam.channels(ctx):
                 yield be.to_numpy(channel)
         previous = ctx.smoothed_centre
-        del ctx
