@@ -462,3 +462,21 @@ def test_capability_packages_import_no_private_names_and_form_no_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+def test_block_workers_reopen_the_scan_once_per_process(tmp_path):
+    import pickle
+
+    from ml4paleo.io import open_any
+    from ml4paleo.segmentation.blockwise import WorkerVolume
+
+    src = omezarr.create_image(tmp_path / "img.ome.zarr", (8, 9, 10), np.uint16, chunks=8)
+    src.array[:] = np.arange(8 * 9 * 10, dtype=np.uint16).reshape(8, 9, 10)
+    ref = pickle.dumps(WorkerVolume(open_any(src.path)))
+    assert len(ref) < 2000  # a reference, not the voxels
+    a, b = pickle.loads(ref), pickle.loads(ref)
+    assert a.volume is b.volume  # the second block reuses the volume the first reopened
+    np.testing.assert_array_equal(a.volume[2:4, 1:3, 5:9], src.array[2:4, 1:3, 5:9])
+    # an in-memory array travels as itself (and is not kept in the cache)
+    arr = open_any(np.ones((2, 3, 4), np.uint8))
+    assert pickle.loads(pickle.dumps(WorkerVolume(arr))).volume.shape == (2, 3, 4)

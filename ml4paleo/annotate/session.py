@@ -22,6 +22,7 @@ import numpy as np
 
 from ml4paleo.classes import DEFAULT_CLASSES, PALETTE, ClassError, colors_of, validate_classes
 from ml4paleo.io import open_any
+from ml4paleo.jobs import InvalidTransition, annotation_effect, parse_status
 from ml4paleo.omezarr import read_slice
 from ml4paleo.segmentation import InteractiveSession, LabelStore
 from ml4paleo.workspace.paths import JobPaths
@@ -247,8 +248,6 @@ class JobAnnotator:
         """Refuse (409) before writing when the job store would refuse the annotation."""
         if self.store is None:
             return
-        from ml4paleo.jobs import annotation_effect
-
         _, refusal = annotation_effect(self.store.get(self.job_id)["status"])
         if refusal:
             raise AnnotationConflict(refusal)
@@ -261,8 +260,6 @@ class JobAnnotator:
         """
         if self.store is None:
             return
-        from ml4paleo.jobs import InvalidTransition
-
         try:
             self.store.record_annotation(self.job_id, chosen_model_id=None)
         except InvalidTransition as exc:
@@ -529,8 +526,6 @@ class JobAnnotator:
 
         ``record``: the job's record (name, status, chosen model), when there is one.
         """
-        from ml4paleo.jobs import parse_status
-
         record = record or {}
         classes = self.classes
         vs = self.volume.voxel_size

@@ -65,6 +65,8 @@ class WorkerVolume:
         self.volume = volume
 
     def __reduce__(self):
+        if isinstance(self.volume, ArrayVolume):  # the data itself travels: nothing to cache
+            return (WorkerVolume, (self.volume,))
         return (_worker_volume, (pickle.dumps(self.volume),))
 
 
