@@ -1,10 +1,9 @@
 """Whole-volume segmentation, block by block, into an OME-Zarr label image (resumable).
 
-:func:`segment` prepares the output and a work folder, then
-:func:`run_segmentation_blocks` runs the two block stages (predict, then the optional
-clean-up) through :func:`ml4paleo.blocks.run_blocks` (serial, local processes or Dask):
-that function is the only place that schedules blocks and keeps done-markers, so moving
-it onto another block scheduler touches nothing else.
+:func:`segment` prepares the output and a work folder, then runs two block stages
+(predict, then the optional clean-up) through :func:`ml4paleo.blocks.run` (serial, local
+processes or Dask), which owns the done-markers of a resumable run, the retries and the
+chaining: a clean-up block starts once the predicted blocks under its halo are written.
 """
 
 from __future__ import annotations
@@ -14,15 +13,15 @@ import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ml4paleo import _fs, omezarr
-from ml4paleo.blocks import Block, DoneMarkers, block_grid, run_blocks
+from ml4paleo.blocks import Block, Stage, block_grid
+from ml4paleo.blocks import run as run_stages
 from ml4paleo.io import ArrayVolume, Volume, open_any
 
 from .memory import release_free_memory
@@ -30,7 +29,7 @@ from .model import META_FILE, Model
 from .postprocess import postprocess_labels
 from .prediction import CASCADE, predict_box
 
-__all__ = ["BlockStage", "POST_HALO", "run_segmentation_blocks", "segment"]
+__all__ = ["POST_HALO", "segment"]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -115,54 +114,6 @@ def clean_block(block: Block, *, raw_path: str, out_path: str, min_size: int,
     res = postprocess_labels(data, min_size=min_size, fill_holes=fill_holes)
     out = zarr.open_array(out_path, mode="r+")
     out[block.write] = res[block.crop_from_read()]
-
-
-# --------------------------------------------------------------------------- scheduling
-@dataclass(frozen=True)
-class BlockStage:
-    """One pass over a block grid: ``fn(block)`` for each block, remembered in ``markers``."""
-
-    name: str
-    fn: Callable[[Block], None]
-    grid: Sequence[Block]
-    markers: str
-
-
-@dataclass(frozen=True)
-class _OnceEach:
-    """``fn(block)`` unless the block is marked done; marks it after (picklable)."""
-
-    fn: Callable[[Block], None]
-    markers: str
-
-    def __call__(self, block: Block) -> None:
-        markers = DoneMarkers(self.markers)
-        if markers.is_done(block):
-            return
-        self.fn(block)
-        markers.mark(block)
-
-
-def run_segmentation_blocks(stages: Sequence[BlockStage], *, executor: Any = None,
-                            workers: int | None = None,
-                            progress: ProgressCallback | None = None) -> None:
-    """Run block stages in order, skipping blocks marked done by an interrupted run.
-
-    ``progress(done, total)`` counts blocks over all stages.
-    """
-    total = sum(len(s.grid) for s in stages)
-    offset = 0
-    for stage in stages:
-        cb = None
-        if progress is not None:
-            cb = functools.partial(_shifted, progress, offset, total)
-        run_blocks(_OnceEach(stage.fn, stage.markers), stage.grid, executor=executor,
-                   workers=workers, progress=cb)
-        offset += len(stage.grid)
-
-
-def _shifted(progress: ProgressCallback, offset: int, total: int, done: int, _n: int) -> None:
-    progress(offset + done, total)
 
 
 # --------------------------------------------------------------------------- the entry
@@ -273,16 +224,18 @@ def segment(
     predict = functools.partial(predict_block, source=WorkerVolume(vol), model_dir=model_dir,
                                 out_path=str(raw_path if post else out / "0"),
                                 prob_path=str(prob_path / "0") if prob_path else None)
-    stages = [BlockStage("predict", predict, block_grid(shape, chunk_size, 0),
-                         str(work / "done_predict"))]
+    # the scheduler keeps the done-markers (resume), retries transient failures and starts a
+    # clean-up block as soon as the predicted blocks under its halo are written
+    stages = [Stage(predict, block_grid(shape, chunk_size, 0), name="predict",
+                    markers=work / "done_predict", retries=2)]
     if post:
         clean = functools.partial(clean_block, raw_path=str(raw_path), out_path=str(out / "0"),
                                   min_size=int(min_size), fill_holes=bool(fill_holes))
-        stages.append(BlockStage("postprocess", clean, block_grid(shape, chunk_size, POST_HALO),
-                                 str(work / "done_post")))
+        stages.append(Stage(clean, block_grid(shape, chunk_size, POST_HALO), name="postprocess",
+                            markers=work / "done_post", retries=2, depends_on="overlap"))
     model = None  # the workers load their own (cached) copy; this process needs no forest
     release_free_memory()
-    run_segmentation_blocks(stages, executor=executor, workers=workers, progress=progress)
+    run_stages(stages, executor=executor, workers=workers, progress=progress)
     omezarr.build_pyramid(img)
     img.group.attrs.update({"ml4paleo": {**extra, "min_size": int(min_size),
                                          "fill_holes": bool(fill_holes)}})
