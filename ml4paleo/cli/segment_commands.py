@@ -102,24 +102,6 @@ def segment_command(image, model_dir, output, chunk_size, scheduler, workers, pr
                       progress=tqdm_progress("segment", disable=quiet))
     except (ValueError, FileNotFoundError, OSError) as exc:
         _fail(str(exc))
-    try:  # an NGFF label image: the image's world, the model's class names and colours
-        from ml4paleo.formats import attach_labels, open_image
-        from ml4paleo.io import open_any
-        from ml4paleo.segmentation import Model
-
-        classes = Model.load(model_dir).classes
-        try:
-            ome = open_image(image)
-            ome = ome if "multiscales" in ome.attrs else None
-        except (ValueError, FileNotFoundError):
-            ome = None
-        if ome is not None:
-            attach_labels(output, classes=classes, image=ome)
-        else:
-            with open_any(image) as volume:
-                attach_labels(output, classes=classes, world=volume.world)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        _fail(f"{output}: labels written, but not their metadata ({exc})")
     dt = time.perf_counter() - t0
     n = 1
     for s in out.shape:

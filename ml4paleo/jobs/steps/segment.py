@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from ml4paleo.formats import attach_labels
 from ml4paleo.jobs.context import JobContext, StepError
 from ml4paleo.jobs.statuses import Status
 from ml4paleo.jobs.steps.common import executor, library
@@ -81,14 +80,12 @@ def run(ctx: JobContext) -> dict:
     # a retried attempt (runner died) resumes the same segmentation from its done-markers
     seg_id = segs.create(ctx.record.get("pending_segmentation_id"))
     ctx.set_fields(pending_segmentation_id=seg_id)
-    labels = ctx.paths.labels(seg_id)
-    segment(image, model, labels, chunk_size=ctx.settings.chunk_size,
+    # an NGFF label of the image (its world, the model's class names and colours), listed
+    # in the image's labels/ once complete
+    segment(image, model, ctx.paths.labels(seg_id), chunk_size=ctx.settings.chunk_size,
             executor=executor(ctx.settings), workers=ctx.settings.workers,
             progress=ctx.progress)
     ctx.check()
-    # an NGFF label of the image: its world, the model's class names and colours, listed
-    # in the image's labels/ only now that it is complete
-    attach_labels(labels, classes=getattr(model, "classes", None), image=image)
     segs.write_meta(seg_id, model_id=model_id)
     record_segmentation(ctx.owned_update, seg_id)
     return {"status": Status.SEGMENTED.value, "message": f"segmentation {seg_id} finished"}
