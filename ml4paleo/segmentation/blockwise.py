@@ -207,7 +207,7 @@ def segment(
         img = omezarr.open_image(out, mode="r+")
     else:
         img = create_labels(out, shape, dtype, classes=model.classes, world=vol.world,
-                            image=source_image, chunks=chunk_size, name="labels",
+                            image=source_image, chunks=chunk_size,
                             extra_attrs=extra, register=False)
     prob_path = None
     if probabilities:
