@@ -151,9 +151,9 @@ def collect(
             raise ReportError(f"{source}: the job has no segmentation yet")
         try:
             seg = job_paths.segmentation_files(seg_id)
+            labels_path = job_paths.labels(seg_id)  # a label of the job's image (or older)
         except ValueError as exc:
             raise ReportError(f"{source}: {exc}") from None
-        labels_path = seg.labels
     elif SegmentationPaths(source).labels.exists() or _job_segmentation(source):
         seg = SegmentationPaths(source)
         labels_path = seg.labels

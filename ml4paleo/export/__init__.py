@@ -10,16 +10,20 @@ a file that is later served as complete. Slab work (PNG, TIFF, NIfTI) runs throu
 Kinds
 -----
 ``zarr``
-    Zip of the OME-Zarr folder (chunks stored as they are: already compressed).
+    Zip of the OME-Zarr folder, the store at the zip's root (a Zarr ``ZipStore`` as it is;
+    an image's ``labels/`` come along), chunks stored as they are (already compressed).
 ``png``
     Zip of one PNG per z slice: 8-bit, windowed to the 1-99.5 percentiles of a sample
-    for images; label values (8-bit, or 16-bit when the dtype needs it) for label images.
+    for images; label values (8-bit, or 16-bit when the dtype needs it) for label images;
+    the pixel size in each file's ``pHYs`` chunk.
 ``tiff``
-    Zip of one 16-bit TIFF per z slice (ImageJ metadata with the voxel size).
+    Zip of one TIFF per z slice (ImageJ metadata with the voxel size): 8-bit for 8-bit
+    sources, else 16-bit.
 ``meshes``
     Zip of a meshes folder (``<label>.stl|obj|ply|glb``) and its ``stats.csv``.
 ``nifti``
-    One ``.nii.gz`` with the voxel size in the header, written slab by slab.
+    One ``.nii.gz`` on the source's world (sform/qform and their codes; labels with
+    intent ``NIFTI_INTENT_LABEL``), written slab by slab.
 ``stats``
     The per-label statistics CSV (copied, or computed from a label image).
 
@@ -59,11 +63,11 @@ __all__ = [
 
 #: kind -> (file suffix, mimetype, description)
 EXPORT_KINDS: dict[str, tuple[str, str, str]] = {
-    "zarr": ("zarr.zip", "application/zip", "OME-Zarr folder (zip)"),
+    "zarr": ("zarr.zip", "application/zip", "OME-Zarr store (zip, the store at its root)"),
     "png": ("png.zip", "application/zip", "stack of PNG slices (zip)"),
-    "tiff": ("tiff.zip", "application/zip", "stack of 16-bit TIFF slices (zip)"),
+    "tiff": ("tiff.zip", "application/zip", "stack of 8/16-bit TIFF slices (zip)"),
     "meshes": ("meshes.zip", "application/zip", "meshes of every label and stats.csv (zip)"),
-    "nifti": ("nii.gz", "application/gzip", "NIfTI-1 volume with the voxel size"),
+    "nifti": ("nii.gz", "application/gzip", "NIfTI-1 volume on the scan's affine"),
     "stats": ("csv", "text/csv", "per-label statistics (CSV)"),
 }
 
