@@ -495,3 +495,41 @@ def test_png_stack_has_phys_and_8_bit_tiff_stays_8_bit(tmp_path):
     with open_any(tmp_path / "png") as v:  # and our own reader reads the pixel size back
         assert v.voxel_size[1:] == pytest.approx((0.5, 0.25))
         assert v.unit == "micrometer"
+
+
+# --------------------------------------------------------------------------- older labels
+def test_attach_labels_upgrades_a_label_image_of_an_older_version(tmp_path):
+    """A segmentation written before labels were NGFF labels of their image (beside it, only
+    ``image-label.version``, classes in ``model_classes``) gets the image's world, names,
+    colours and a source that finds the image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from ml4paleo.formats import attach_labels, register_label, unregister_label
+
+    w = WorldTransform(_affine(_rotation(0.0, 0.0, 0.3) @ np.diag([0.5, 0.5, 2.0]),
+                               (5.0, 6.0, 7.0)), frame="RAS", unit="millimeter", source="sform")
+    img = create_image(tmp_path / "job" / "image.ome.zarr", (8, 20, 20), np.uint16, chunks=8,
+                       world=w, pyramid=False)
+    old = create_image(tmp_path / "job" / "segmentations" / "s1" / "labels.ome.zarr",
+                       (8, 20, 20), np.uint8, chunks=8, label=True, pyramid=False,
+                       extra_attrs={"model_classes": CLASSES})
+    old.group.attrs["ml4paleo"] = {"model_classes": CLASSES}  # as older versions left it
+    old.array[2:5, 4:9, 4:9] = 1
+    attach_labels(old.path, image=img)
+    back = open_image(old.path)
+    assert back.world.allclose(w, atol=1e-12)
+    assert [c["name"] for c in label_classes(back)] == ["matrix", "shell"]
+    assert back.attrs["image-label"]["source"] == {"image": "../../../image.ome.zarr/"}
+    assert label_names(img.path) == []  # not inside the image: nothing listed there
+    nodes = list(Reader(parse_url(str(old.path)))())
+    assert any("multiscales" in n.zarr.root_attrs and "image-label" not in n.zarr.root_attrs
+               for n in nodes)  # ome-zarr-py followed the source to the image
+    # listing labels is idempotent and safe from several writers at once
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: register_label(img, f"s{i % 5}"), range(40)))
+    assert sorted(label_names(img.path)) == [f"s{i}" for i in range(5)]
+    assert unregister_label(img, "s3") == [n for n in label_names(img.path)]
+    assert "s3" not in label_names(img.path)
