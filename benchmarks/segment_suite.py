@@ -21,6 +21,7 @@ Run::
     python benchmarks/segment_suite.py                    # the full suite
     python benchmarks/segment_suite.py --quick            # small sizes (smoke test)
     python benchmarks/segment_suite.py --volumes rock,mri --out results.json
+    python benchmarks/segment_suite.py --texture-check    # default vs + structure tensor
 """
 
 from __future__ import annotations
@@ -246,6 +247,54 @@ def _run_child(spec: dict) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- texture check
+def texture_check(shape=(48, 96, 96), seed: int = 0, slices: int = 4, tmp: Path | None = None) -> dict:
+    """ml4paleo's default features vs + structure tensor on :func:`volumes.texture_coherence`.
+
+    Classes separable only by structure-tensor texture: does the default configuration
+    fail, does adding the ``structure`` family (at its default scales, and at larger scales
+    with a wider integration window) succeed? The ilastik-style reference for comparison.
+    """
+    import dataclasses
+
+    import ml4paleo
+    from benchmarks.references import IlastikStyle
+    from ml4paleo.features import FeatureSettings
+
+    vol = V.texture_coherence(shape, seed)
+    d = FeatureSettings()
+    configs = {
+        "default": d,
+        "+structure": dataclasses.replace(d, families=(*d.families, "structure")),
+        "+structure to 3.5, outer 1.0": dataclasses.replace(
+            d, families=(*d.families, "structure"), structure_max_scale=3.5, structure_outer=1.0),
+    }
+    tmp = Path(tmp or tempfile.mkdtemp(prefix="ml4paleo-texture-"))
+    out: dict = {"shape": list(shape), "classes": list(vol.class_names), "results": []}
+    ref = IlastikStyle(vol.scan)
+    for lab_name, labels in (("strokes", V.stroke_labels(vol.truth, slices, seed=seed + 1)),
+                             ("painted", V.painted_labels(vol.truth, slices))):
+        for cname, fs in configs.items():
+            t0 = time.perf_counter()
+            model = ml4paleo.train(vol.scan, labels, classes=list(vol.class_names), feature_settings=fs)
+            t_train = time.perf_counter() - t0
+            seg = ml4paleo.segment(vol.scan, model, tmp / f"{lab_name}_{len(out['results'])}.ome.zarr")
+            pred = np.asarray(seg.array[:])
+            dice = V.dice_per_class(vol.truth, pred, 2)
+            held = (model.meta.get("metrics") or {}).get("dice")
+            out["results"].append({"labels": lab_name, "config": cname, "dice": dice,
+                                   "train_s": round(t_train, 2), "held_out_dice": held})
+            print(f"{lab_name:8s} {cname:32s} Dice incoherent/coherent {dice[0]:.3f} / {dice[1]:.3f}"
+                  f"  held-out {held}", flush=True)
+        rf = ref.fit(labels, seed=0)
+        dice = V.dice_per_class(vol.truth, ref.predict(rf), 2)
+        out["results"].append({"labels": lab_name, "config": "ilastik-style", "dice": dice})
+        print(f"{lab_name:8s} {'ilastik-style reference':32s} Dice incoherent/coherent "
+              f"{dice[0]:.3f} / {dice[1]:.3f}", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- driver
 def prepare(name: str, work: Path, quick: bool, slices: int, seed: int) -> dict:
     """Build the volume, its labels and its OME-Zarr image in ``work``."""
@@ -342,8 +391,16 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=2, help="threads of the reference methods")
     ap.add_argument("--tmp", default=None, help="work folder (default: a new temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--texture-check", action="store_true",
+                    help="only: ml4paleo default vs + structure tensor on the texture_st volume")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.texture_check:
+        res = texture_check(V.EXTRA["texture_st"][2 if args.quick else 1], seed=args.seed,
+                            slices=args.slices)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return [res]
     if args.child:
         spec = json.loads(Path(args.child).read_text())
         rows = CHILDREN[spec["method"]](spec)
