@@ -248,7 +248,7 @@ def _run_child(spec: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- texture check
-def texture_check(shape=(48, 96, 96), seed: int = 0, slices: int = 4, tmp: Path | None = None) -> dict:
+def texture_check(shape=(40, 80, 80), seed: int = 0, slices: int = 4, tmp: Path | None = None) -> dict:
     """ml4paleo's default features vs + structure tensor on :func:`volumes.texture_coherence`.
 
     Classes separable only by structure-tensor texture: does the default configuration

@@ -287,8 +287,8 @@ def texture(shape: Sequence[int] = (80, 160, 160), seed: int = 0, *, s_perp: flo
     return Vol(scan, truth, (1.0, 1.0, 1.0), ("isotropic", "fibres", "sheets"))
 
 
-def texture_coherence(shape: Sequence[int] = (48, 96, 96), seed: int = 0, *,
-                      s_perp: float = 1.0, s_par: float = 4.0, cell: float = 5.0,
+def texture_coherence(shape: Sequence[int] = (40, 80, 80), seed: int = 0, *,
+                      s_perp: float = 1.0, s_par: float = 6.0, cell: float = 4.0,
                       noise_level: float = 0.2) -> Vol:
     """Two classes separable only by structure-tensor texture (orientation coherence).
 
@@ -376,7 +376,7 @@ SUITE: dict[str, tuple[Callable[..., Vol], tuple[int, int, int] | None, tuple[in
 }
 
 #: extra volumes not in the default table
-EXTRA = {"texture_st": (texture_coherence, (48, 96, 96), (32, 64, 64))}
+EXTRA = {"texture_st": (texture_coherence, (40, 80, 80), (32, 64, 64))}
 
 
 def make(name: str, quick: bool = False, seed: int = 0) -> Vol:
