@@ -126,7 +126,7 @@ def segment(
     chunk_size: int = 128,
     executor: Any = None,
     workers: int | None = None,
-    probabilities: bool = False,
+    probabilities: bool | str | os.PathLike = False,
     min_size: int = 0,
     fill_holes: bool = False,
     progress: ProgressCallback | None = None,
@@ -146,8 +146,10 @@ def segment(
         with the model's class names and colours (:mod:`ml4paleo.formats.labels`).
         ``<image>/labels/<name>`` makes it a label of that OME-Zarr image, listed there
         once complete; anywhere else a standalone label image (its ``source`` naming an
-        OME-Zarr image it was made from). With ``probabilities``, a uint8 probabilities
-        image (c, z, y, x; 255 = 1.0) is written next to it as ``<out>_probabilities``.
+        OME-Zarr image it was made from).
+    probabilities : bool or path
+        Also write a uint8 probabilities image (c, z, y, x; 255 = 1.0): at this path, or
+        with ``True`` next to ``out`` as ``<out>_probabilities``.
     chunk_size : int
         Block and chunk edge (even).
     executor : None, "serial", "processes", Dask Client or scheduler address
@@ -210,8 +212,10 @@ def segment(
                             image=source_image, chunks=chunk_size,
                             extra_attrs=extra, register=False)
     prob_path = None
-    if probabilities:
-        prob_path = out.parent / f"{out.name}_probabilities"
+    if probabilities is not False and probabilities is not None:
+        prob_path = (out.parent / f"{out.name}_probabilities" if probabilities is True
+                     else Path(probabilities))
+        prob_path.parent.mkdir(parents=True, exist_ok=True)
         if not resuming or not prob_path.exists():
             import zarr
 
