@@ -35,8 +35,9 @@ from scipy import ndimage, sparse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ml4paleo.smooth_surfaces import Smoothing, smooth_points, surfaces  # noqa: E402
 from test_smooth_meshes import ball, clipped_area, rod, tilted_plate, torus  # noqa: E402
+
+from ml4paleo.smooth_surfaces import Smoothing, smooth_points, surfaces  # noqa: E402
 
 
 def _mc(mask: np.ndarray, vs) -> tuple[np.ndarray, np.ndarray]:
