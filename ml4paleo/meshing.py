@@ -43,6 +43,15 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from ml4paleo.blocks import Block, block_grid, run_blocks
+from ml4paleo.smooth_surfaces import (
+    DEFAULT_SMOOTH,
+    Smoothing,
+    Surface,
+    block_window,
+    smoothing_params,
+    surface_name,
+    window_surfaces,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,7 @@ STATS_COLUMNS = (
     "max_x",
     "max_y",
     "max_z",
+    "surface",
 )
 
 _ZARR_MARKERS = (".zgroup", ".zattrs", ".zarray", "zarr.json")
@@ -292,22 +302,31 @@ def _process_block(
     work_dir: str,
     write_parts: bool,
     voxel_size: tuple[float, float, float],
+    smooth: Smoothing | None = None,
+    shared: bool = False,
 ) -> dict:
     """Triangulate the cells one block owns, for every label, and measure its voxels.
 
     Writes ``parts/<label>/<block>.npz`` (when ``write_parts``) and
     ``faces/<block>.npz`` (component ids on the six block faces) under ``work_dir``.
+    With ``smooth``, the block reads :attr:`Smoothing.halo` more cells on every side and
+    its parts also hold the smoothed positions (``p``, see
+    :func:`ml4paleo.smooth_surfaces.window_surfaces`).
     """
     from skimage.measure import marching_cubes
 
     arr = _array_of(source)
     # cells with lower corner in [start, stop) need the points [start, stop + 1)
-    read = tuple(slice(w.start, min(w.stop + 1, s)) for w, s in zip(block.write, shape, strict=True))
+    read, pad, start, owned_cells = block_window(block.write, shape, smooth.halo if smooth else 0)
     data = np.asarray(arr[read])
     if data.dtype == bool:
         data = data.view(np.uint8)
+    window = np.pad(data, pad) if any(p != (0, 0) for p in pad) else data
+    # the owned cells' points: what the unsmoothed pass reads (padding included)
+    first = owned_cells[0] - start
+    ext = window[tuple(slice(int(a), int(w.stop + 1 - b))
+                       for a, w, b in zip(first, block.write, start, strict=True))]
     pad = [(int(w.start == 0), int(w.stop == s)) for w, s in zip(block.write, shape, strict=True)]
-    ext = np.pad(data, pad) if any(p != (0, 0) for p in pad) else data
     origin = np.array([w.start - p[0] for w, p in zip(block.write, pad, strict=True)], np.int64)
     own = tuple(
         slice(p[0], p[0] + w.stop - w.start) for w, p in zip(block.write, pad, strict=True)
@@ -347,25 +366,14 @@ def _process_block(
                     _fill_planes(comps, box, owned_shape, planes_lo, planes_hi)
                     comp_values.append(np.full(n, value, dtype=ext.dtype))
                     n_comps += n
-            ebox = ext_boxes[ident - 1]
-            crop_sl = tuple(
-                slice(max(s.start - 1, 0), min(s.stop + 1, size))
-                for s, size in zip(ebox, ext.shape, strict=True)
-            )
-            crop = compact[crop_sl] == ident
-            if not crop.all():
-                verts, faces, _, _ = marching_cubes(crop, 0.5, method="lorensen")
-                corner = origin + np.array([s.start for s in crop_sl], np.int64)
-                v2 = np.rint(verts * 2.0).astype(np.int64) + 2 * corner
-                faces = faces.astype(np.int64)
-                area, volume = _triangle_measures(v2, faces, vs)
-                stats["area"], stats["volume"], stats["faces"] = area, volume, len(faces)
-                if write_parts and len(faces):
-                    folder = Path(work_dir) / "parts" / str(value)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    np.savez(folder / f"{block.name}.npz", v=v2.astype(np.int32),
-                             f=faces.astype(np.int32))
+            if smooth is None:
+                _mesh_label(stats, compact, ext_boxes[ident - 1], ident, value, origin, vs,
+                            write_parts, Path(work_dir), block.name, marching_cubes)
             per_label[int(value)] = stats
+    if smooth is not None:
+        _mesh_window(per_label, window, start, owned_cells, vals, selection, shape=shape,
+                     voxel_size=voxel_size, smooth=smooth, shared=shared,
+                     parts=Path(work_dir) / "parts" if write_parts else None, name=block.name)
     if n_comps:
         _save_planes(Path(work_dir) / "faces" / f"{block.name}.npz", planes_lo, planes_hi,
                      np.concatenate(comp_values))
@@ -397,6 +405,62 @@ def _fill_planes(comps, box, owned_shape, planes_lo, planes_hi) -> None:
                 plane = np.take(comps, index, axis=k)
                 target = planes[k][rest]
                 np.copyto(target, plane, where=plane > 0)
+
+
+def _mesh_label(stats, compact, ebox, ident, value, origin, vs, write_parts, work_dir, name,
+                marching_cubes) -> None:
+    """Marching cubes of one label in the owned cells (no smoothing): exact integer parts."""
+    crop_sl = tuple(
+        slice(max(s.start - 1, 0), min(s.stop + 1, size))
+        for s, size in zip(ebox, compact.shape, strict=True)
+    )
+    crop = compact[crop_sl] == ident
+    if crop.all():
+        return
+    verts, faces, _, _ = marching_cubes(crop, 0.5, method="lorensen")
+    corner = origin + np.array([s.start for s in crop_sl], np.int64)
+    v2 = np.rint(verts * 2.0).astype(np.int64) + 2 * corner
+    faces = faces.astype(np.int64)
+    area, volume = _triangle_measures(v2, faces, vs)
+    stats["area"], stats["volume"], stats["faces"] = area, volume, len(faces)
+    if write_parts and len(faces):
+        folder = work_dir / "parts" / str(value)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"{name}.npz", v=v2.astype(np.int32), f=faces.astype(np.int32))
+
+
+def _mesh_window(per_label, window, start, owned_cells, vals, selection, *, shape, voxel_size,
+                 smooth, shared, parts: Path | None, name: str) -> None:
+    """Smoothed surfaces of the owned cells, measured and (optionally) written as parts."""
+    if shared:
+        present = _present_values(window)  # every label shapes the shared interfaces
+    else:
+        present = vals
+    present = [int(v) for v in present]
+    if not present:
+        return
+    found = window_surfaces(window, start, owned_cells, present, shape=shape,
+                            voxel_size=voxel_size, smooth=smooth, shared=shared,
+                            keep=[int(v) for v in vals])
+    for value, surf in found.items():
+        stats = per_label.setdefault(value, {"voxels": 0, "bbox_min": None, "bbox_max": None,
+                                             "area": 0.0, "volume": 0.0, "faces": 0})
+        stats["area"], stats["volume"] = _surface_measures(surf)
+        stats["faces"] = len(surf.faces)
+        if parts is not None:
+            folder = parts / str(value)
+            folder.mkdir(parents=True, exist_ok=True)
+            np.savez(folder / f"{name}.npz", v=surf.v2.astype(np.int32), p=surf.points,
+                     f=surf.faces.astype(np.int32))
+
+
+def _surface_measures(surf: Surface) -> tuple[float, float]:
+    """Area and signed volume of a block's smoothed triangles (additive over blocks)."""
+    p = surf.points[:, ::-1]
+    a, b, c = p[surf.faces[:, 0]], p[surf.faces[:, 1]], p[surf.faces[:, 2]]
+    area = 0.5 * float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
+    volume = float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum()) / 6.0
+    return area, volume
 
 
 # --------------------------------------------------------------------------- reduce
@@ -447,7 +511,7 @@ def _count_components(results: list[dict], blocks: list[Block], work_dir: Path) 
 
 
 def _merge_stats(
-    results: list[dict], components: dict[int, int], vol: LabelVolume
+    results: list[dict], components: dict[int, int], vol: LabelVolume, surface: str
 ) -> dict[int, dict]:
     vs = np.asarray(vol.voxel_size)
     merged: dict[int, dict] = {}
@@ -493,6 +557,7 @@ def _merge_stats(
             "max_x": float(hi_p[2]),
             "max_y": float(hi_p[1]),
             "max_z": float(hi_p[0]),
+            "surface": surface,
             "_faces": m["faces"],
         }
     return rows
@@ -517,6 +582,8 @@ def _run_pass(
     executor: Any,
     workers: int | None,
     progress: ProgressCallback | None,
+    smooth: Smoothing | None = None,
+    shared: bool = False,
 ) -> tuple[list[Block], list[dict]]:
     if isinstance(chunk_size, int | np.integer) and int(chunk_size) <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -533,6 +600,8 @@ def _run_pass(
         work_dir=str(work_dir),
         write_parts=write_parts,
         voxel_size=vol.voxel_size,
+        smooth=smooth,
+        shared=shared,
     )
     results = run_blocks(fn, blocks, executor=executor, workers=workers, progress=progress)
     return blocks, results
@@ -548,6 +617,8 @@ def label_stats(
     executor: Any = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    smooth: str | Smoothing | None = DEFAULT_SMOOTH,
+    shared_boundaries: bool = False,
 ) -> list[dict]:
     """Per-label statistics of a label volume, computed block by block.
 
@@ -567,16 +638,24 @@ def label_stats(
         See :func:`ml4paleo.blocks.run_blocks`.
     progress : callable, optional
         ``progress(done, total)`` over blocks.
+    smooth : {"none", "light", "strong"}, optional
+        Which surface ``surface_area`` and ``mesh_volume`` measure: the marching-cubes
+        surface (``"none"``) or the smoothed one :func:`mesh` writes (default
+        ``"light"``; see :mod:`ml4paleo.smooth_surfaces`).
+    shared_boundaries : bool
+        Measure the surfaces smoothed with shared interfaces (as ``mesh(...,
+        shared_boundaries=True)``).
 
     Returns
     -------
     list of dict
         One row per label, keys :data:`STATS_COLUMNS`: ``voxel_count``; ``volume``
-        (voxel count x voxel volume) and ``mesh_volume`` (enclosed by the marching-cubes
-        surface) in unit³; ``surface_area`` in unit²; ``components`` (face-connected
-        objects); ``mesh_bodies`` (None here, filled by :func:`mesh`); the bounding box of
-        the voxels, inclusive, in voxel indices (``*_vox``) and at voxel centres in
-        physical units.
+        (voxel count x voxel volume) and ``mesh_volume`` (enclosed by the surface) in
+        unit³; ``surface_area`` in unit²; ``components`` (face-connected objects);
+        ``mesh_bodies`` (None here, filled by :func:`mesh`); the bounding box of the
+        voxels, inclusive, in voxel indices (``*_vox``) and at voxel centres in physical
+        units; ``surface``: which surface was measured (``"marching-cubes"``,
+        ``"smooth-light"``, ``"smooth-strong"``).
 
     Examples
     --------
@@ -587,15 +666,18 @@ def label_stats(
     >>> row["label"], row["voxel_count"], row["volume"], row["components"]
     (2, 18, 36.0, 1)
     """
+    params = smoothing_params(smooth)
     vol = open_labels(labels, voxel_size, unit)
     selection = _selection(labels_to_mesh)
     work_dir = _work_dir(None)
     try:
         blocks, results = _run_pass(
             vol, work_dir, chunk_size=chunk_size, selection=selection, write_parts=False,
-            executor=executor, workers=workers, progress=progress,
+            executor=executor, workers=workers, progress=progress, smooth=params,
+            shared=shared_boundaries,
         )
-        rows = _merge_stats(results, _count_components(results, blocks, work_dir), vol)
+        rows = _merge_stats(results, _count_components(results, blocks, work_dir), vol,
+                            surface_name(params))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return [_public(r) for r in rows.values()]
@@ -618,17 +700,27 @@ def _work_dir(parent: Path | None) -> Path:
 # --------------------------------------------------------------------------- weld + write
 
 
-def _weld(files: list[Path], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _weld(
+    files: list[Path], shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Join block parts into one mesh: shared vertices merged by exact position.
 
-    Returns doubled (z, y, x) integer vertex coordinates sorted by position, and faces in
+    Returns doubled (z, y, x) integer vertex coordinates sorted by position, faces in
     a canonical order (each face rotated to start at its smallest index, winding kept,
-    then sorted), so the result does not depend on the block size.
+    then sorted), so the result does not depend on the block size, and the smoothed
+    ``(z, y, x)`` positions when the parts hold them (else None).
+
+    Raises
+    ------
+    RuntimeError
+        When two blocks computed different smoothed positions for one vertex (a seam).
     """
-    verts, faces, offset = [], [], 0
+    verts, points, faces, offset = [], [], [], 0
     for f in files:
         with np.load(f) as part:
             v, fc = part["v"], part["f"].astype(np.int64)
+            if "p" in part:
+                points.append(part["p"])
         verts.append(v)
         faces.append(fc + offset)
         offset += len(v)
@@ -641,9 +733,18 @@ def _weld(files: list[Path], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarr
     del k
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     del keys
+    inverse = inverse.reshape(-1)
     vertices = v_all[first]
-    f_all = inverse.reshape(-1)[f_all]
-    return vertices, _canonical_faces(f_all)
+    smoothed = None
+    if points:
+        p_all = np.concatenate(points)
+        smoothed = p_all[first]
+        if not np.array_equal(smoothed[inverse], p_all):
+            raise RuntimeError("blocks disagree on smoothed vertex positions: the smoothing "
+                               "halo does not cover its support (a seam would open)")
+        del p_all
+    f_all = inverse[f_all]
+    return vertices, _canonical_faces(f_all), smoothed
 
 
 def _canonical_faces(faces: np.ndarray) -> np.ndarray:
@@ -827,6 +928,8 @@ def mesh(
     unit: str | None = None,
     workers: int | None = None,
     stats_path: str | os.PathLike | None = None,
+    smooth: str | Smoothing | None = DEFAULT_SMOOTH,
+    shared_boundaries: bool = False,
 ) -> dict:
     """Mesh every label of a label volume into closed surfaces, block by block.
 
@@ -858,6 +961,15 @@ def mesh(
         Local worker processes.
     stats_path : path, optional
         Where to write the statistics CSV (default ``out_dir / "stats.csv"``).
+    smooth : {"none", "light", "strong"}, optional
+        ``"none"``: the stair-stepped marching-cubes surface.  ``"light"`` (default) and
+        ``"strong"``: the same mesh with its vertices moved by constrained Taubin
+        smoothing (at most a quarter voxel per axis; see :mod:`ml4paleo.smooth_surfaces`):
+        still closed, manifold and seam-free, surface area within ~1.5 % (light) or
+        ~1 % (strong) on balls instead of +9 %.  Statistics measure this surface.
+    shared_boundaries : bool
+        Smooth all labels together so touching labels use identical vertex positions on
+        the interface they share (multi-material models).
 
     Returns
     -------
@@ -865,7 +977,7 @@ def mesh(
         ``out_dir``, ``files`` ({label: [paths]}), ``stats`` (rows as from
         :func:`label_stats`, with ``mesh_bodies``), ``stats_csv``, ``voxel_size``,
         ``unit``, ``blocks``, ``faces`` ({label: faces written}), ``simplified``
-        ({label: bool}).
+        ({label: bool}), ``surface`` (``"marching-cubes"`` or ``"smooth-<level>"``).
 
     Raises
     ------
@@ -882,6 +994,7 @@ def mesh(
     (['1.ply', '1.stl'], 1)
     """
     fmts = _parse_formats(formats)
+    params = smoothing_params(smooth)
     if simplify is not None and not 0.0 < float(simplify) < 1.0:
         raise ValueError(f"simplify must be a fraction of faces to remove in (0, 1), got {simplify}")
     vol = open_labels(labels, voxel_size, unit)
@@ -898,8 +1011,10 @@ def mesh(
         blocks, results = _run_pass(
             vol, work_dir, chunk_size=chunk_size, selection=selection, write_parts=True,
             executor=executor, workers=workers, progress=block_progress if progress else None,
+            smooth=params, shared=shared_boundaries,
         )
-        rows = _merge_stats(results, _count_components(results, blocks, work_dir), vol)
+        rows = _merge_stats(results, _count_components(results, blocks, work_dir), vol,
+                            surface_name(params))
         files: dict[int, list[Path]] = {}
         faces_written: dict[int, int] = {}
         simplified: dict[int, bool] = {}
@@ -909,9 +1024,12 @@ def mesh(
                 log.warning("label %s has no surface (fills the volume?)", value)
                 row["mesh_bodies"] = 0
                 continue
-            v2, faces = _weld(parts, vol.shape)
-            verts = _physical(v2, vol.voxel_size)
-            del v2
+            v2, faces, smoothed = _weld(parts, vol.shape)
+            if smoothed is None:
+                verts = _physical(v2, vol.voxel_size)
+            else:
+                verts = np.ascontiguousarray(smoothed[:, ::-1])
+            del v2, smoothed
             row["mesh_bodies"] = body_count(len(verts), faces)
             did = False
             if simplify is not None:
@@ -938,4 +1056,5 @@ def mesh(
         "blocks": n_blocks,
         "faces": faces_written,
         "simplified": simplified,
+        "surface": surface_name(params),
     }

@@ -353,3 +353,79 @@ def test_levels_names_and_bad_values():
         Smoothing("x", iterations=3, max_shift=0.6)
     with pytest.raises(ValueError, match="3D integer"):
         surfaces(np.zeros((4, 4), np.uint8))
+
+
+# --------------------------------------------------------------------------- through mesh()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own", "shared"])
+def test_mesh_files_do_not_depend_on_blocks_and_stats_measure_the_smooth_surface(tmp_path, shared):
+    from ml4paleo.meshing import STATS_COLUMNS, label_stats, mesh
+
+    labels = _scene()
+    vs = (1.0, 0.7, 1.3)
+    runs = {}
+    for chunk in (1000, BLOCK, (20, 40, 28)):
+        runs[chunk] = mesh(labels, tmp_path / str(chunk), chunk_size=chunk, formats="ply,stl",
+                           voxel_size=vs, smooth="light", shared_boundaries=shared,
+                           executor="serial")
+    assert runs[1000]["blocks"] == 1 and runs[BLOCK]["blocks"] == 27
+    reference = surfaces(labels, vs, smooth="light", shared=shared)
+    stats = {r["label"]: r for r in runs[BLOCK]["stats"]}
+    for value in (1, 2, 3):
+        files = [(tmp_path / str(c) / f"{value}.ply").read_bytes() for c in runs]
+        assert files[0] == files[1] == files[2]  # identical files, whatever the blocks
+        m = trimesh.load(tmp_path / str(BLOCK) / f"{value}.ply", process=False)
+        np.testing.assert_allclose(m.vertices, reference[value][0], rtol=0, atol=1e-4)  # float32
+        assert np.array_equal(m.faces, reference[value][1])
+        assert m.is_watertight and m.is_winding_consistent
+        ref = _mesh(*reference[value])
+        assert stats[value]["surface_area"] == pytest.approx(ref.area, rel=1e-9)
+        assert stats[value]["mesh_volume"] == pytest.approx(ref.volume, rel=1e-9)
+        assert stats[value]["surface"] == "smooth-light"
+    assert runs[BLOCK]["surface"] == "smooth-light"
+    header = (tmp_path / str(BLOCK) / "stats.csv").read_text().splitlines()[0].split(",")
+    assert header == list(STATS_COLUMNS) and header[-1] == "surface"
+    # label_stats (no files) measures the same smooth surface
+    rows = label_stats(labels, vs, chunk_size=BLOCK, smooth="light", shared_boundaries=shared,
+                       executor="serial")
+    for row in rows:
+        assert row["surface_area"] == pytest.approx(stats[row["label"]]["surface_area"], rel=1e-9)
+        assert row["surface"] == "smooth-light"
+    flat = label_stats(labels, vs, chunk_size=BLOCK, smooth="none", executor="serial")
+    assert all(r["surface"] == "marching-cubes" for r in flat)
+    flat = {r["label"]: r["surface_area"] for r in flat}
+    assert flat[1] > 1.05 * stats[1]["surface_area"] and flat[2] > 1.05 * stats[2]["surface_area"]
+
+
+def test_mesh_smooth_then_simplify_stays_closed(tmp_path):
+    from ml4paleo.meshing import mesh
+
+    vol = ball(16.0).astype(np.uint8)
+    out = mesh(vol, tmp_path, chunk_size=BLOCK, formats="ply", smooth="strong", simplify=0.8,
+               executor="serial")
+    assert out["simplified"][1] is True
+    m = trimesh.load(tmp_path / "1.ply", process=False)
+    assert_closed_manifold(m, euler=2)
+    assert abs(m.volume / vol.sum() - 1) < 0.01
+    assert abs(m.area / (4 * math.pi * 256) - 1) < 0.02
+
+
+def test_cli_mesh_smooth_option(tmp_path):
+    from click.testing import CliRunner
+
+    from ml4paleo.cli import main
+
+    np.save(tmp_path / "labels.npy", ball(10.0).astype(np.uint8) * 4)
+    result = CliRunner().invoke(main, ["mesh", str(tmp_path / "labels.npy"), "-o",
+                                       str(tmp_path / "out"), "--smooth", "strong", "-q",
+                                       "--workers", "1", "--formats", "ply"])
+    assert result.exit_code == 0, result.output
+    assert "(surface: smooth-strong)" in result.output
+    lines = (tmp_path / "out" / "stats.csv").read_text().splitlines()
+    assert lines[0].endswith(",surface") and lines[1].endswith(",smooth-strong")
+    m = trimesh.load(tmp_path / "out" / "4.ply", process=False)
+    assert abs(m.area / (4 * math.pi * 100) - 1) < 0.02
+    bad = CliRunner().invoke(main, ["mesh", str(tmp_path / "labels.npy"), "-o",
+                                    str(tmp_path / "x"), "--smooth", "wobbly"])
+    assert bad.exit_code != 0 and "wobbly" in bad.output
