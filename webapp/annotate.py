@@ -64,6 +64,7 @@ from ml4paleo.annotation import (
     validate_sample_metadata,
     zinfo_header,
 )
+from ml4paleo.smooth_surfaces import SMOOTH_LEVELS
 
 from .common import get_job, json_body, store
 
@@ -677,8 +678,12 @@ def start_meshing(job_id: str):
         f in ("stl", "obj", "ply", "glb") for f in formats
     ):
         abort(400, "formats must be a list of stl, obj, ply, glb")
+    smooth = body.get("smooth")
+    if smooth is not None and smooth not in SMOOTH_LEVELS:
+        abort(400, f"smooth must be one of {', '.join(SMOOTH_LEVELS)}")
     try:
-        record = store().request_mesh(job_id, segmentation_id=seg, formats=formats)
+        record = store().request_mesh(job_id, segmentation_id=seg, formats=formats,
+                                      smooth=smooth)
     except InvalidTransition as exc:
         abort(409, str(exc))
     return _action_reply(record)

@@ -225,9 +225,10 @@ def mesh_step(ctx) -> dict:
     tmp.mkdir()
     ctx.message(f"meshing segmentation {seg_id}")
     try:
+        smooth = {"smooth": request["smooth"]} if request.get("smooth") else {}
         summary = mesh(labels, tmp, chunk_size=ctx.settings.chunk_size, formats=formats,
                        simplify=request.get("simplify"), executor=_executor(ctx.settings),
-                       workers=ctx.settings.workers, progress=ctx.progress)
+                       workers=ctx.settings.workers, progress=ctx.progress, **smooth)
         ctx.check()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
