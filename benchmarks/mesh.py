@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/mesh.py                 # 512^3, chunk 256, 2 workers
     .venv/bin/python benchmarks/mesh.py --size 256 --chunk-size 128 --workers 1
+    .venv/bin/python benchmarks/mesh.py --smooth none,light,strong   # compare, same run
 
 The label volume (spheres, tori, a metaball blob, a thin shell and many small grains)
 is written slab by slab to an OME-Zarr label image in a temp folder, then
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -104,7 +106,8 @@ def _run_child(args) -> None:
 
     t0 = time.perf_counter()
     out = mesh(args.labels, args.out, chunk_size=args.chunk_size, formats=args.formats,
-               workers=args.workers, executor="serial" if args.workers == 1 else None)
+               workers=args.workers, executor="serial" if args.workers == 1 else None,
+               smooth=args.smooth)
     seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "faces": {str(k): v for k, v in out["faces"].items()},
                       "stats": out["stats"], "blocks": out["blocks"]}))
@@ -125,12 +128,57 @@ def _tree_memory(proc) -> tuple[int, int, int]:
     return rss, pss, biggest
 
 
+def _measure(args, labels: Path, out: Path, smooth: str) -> dict:
+    """Mesh in a child process, sampling its memory; check every mesh is closed."""
+    import psutil
+    import trimesh
+
+    cmd = [sys.executable, __file__, "--child", "--labels", str(labels), "--out", str(out),
+           "--chunk-size", str(args.chunk_size), "--workers", str(args.workers), "--formats",
+           args.formats, "--smooth", smooth]
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = psutil.Process(child.pid)
+    peak = [0, 0, 0]
+    while child.poll() is None:
+        try:
+            now = _tree_memory(proc)
+        except psutil.NoSuchProcess:
+            break
+        peak = [max(a, b) for a, b in zip(peak, now, strict=True)]
+        time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    output = child.stdout.read()
+    if child.returncode:
+        raise SystemExit(f"meshing failed (exit {child.returncode})")
+    result = json.loads(output.strip().splitlines()[-1])
+    closed = {}
+    for f in sorted(out.glob("*.stl")):
+        m = trimesh.load(f, force="mesh")
+        closed[f.stem] = bool(m.is_watertight and m.is_winding_consistent)
+    mb = 1024**2
+    return {
+        "size": args.size, "chunk_size": args.chunk_size, "workers": args.workers,
+        "smooth": smooth, "blocks": result["blocks"],
+        "mesh_seconds": round(result["seconds"], 1), "wall_seconds_with_startup": round(wall, 1),
+        "peak_rss_tree_mb": round(peak[0] / mb), "peak_pss_tree_mb": round(peak[1] / mb),
+        "peak_rss_largest_process_mb": round(peak[2] / mb),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "faces": result["faces"], "watertight": closed,
+        "components": {str(r["label"]): r["components"] for r in result["stats"]},
+        "surface_area": {str(r["label"]): round(r["surface_area"], 4) for r in result["stats"]},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--formats", default="stl")
+    parser.add_argument("--smooth", default="light",
+                        help="none, light or strong; several comma-separated run one after "
+                             "the other on the same volume")
     parser.add_argument("--keep", action="store_true", help="Keep the temp folder.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--labels", help=argparse.SUPPRESS)
@@ -140,48 +188,14 @@ def main() -> None:
         _run_child(args)
         return
 
-    import psutil
-    import trimesh
-
     tmp = Path(tempfile.mkdtemp(prefix="ml4paleo-bench-mesh-"))
     try:
         labels = tmp / "labels.ome.zarr"
         gen_s = generate(labels, args.size)
         print(f"generated {args.size}^3 labels in {gen_s:.1f} s", flush=True)
-        cmd = [sys.executable, __file__, "--child", "--labels", str(labels), "--out",
-               str(tmp / "meshes"), "--chunk-size", str(args.chunk_size), "--workers",
-               str(args.workers), "--formats", args.formats]
-        t0 = time.perf_counter()
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        proc = psutil.Process(child.pid)
-        peak = [0, 0, 0]
-        while child.poll() is None:
-            try:
-                now = _tree_memory(proc)
-            except psutil.NoSuchProcess:
-                break
-            peak = [max(a, b) for a, b in zip(peak, now, strict=True)]
-            time.sleep(0.1)
-        wall = time.perf_counter() - t0
-        output = child.stdout.read()
-        if child.returncode:
-            raise SystemExit(f"meshing failed (exit {child.returncode})")
-        result = json.loads(output.strip().splitlines()[-1])
-        closed = {}
-        for f in sorted((tmp / "meshes").glob("*.stl")):
-            m = trimesh.load(f, force="mesh")
-            closed[f.stem] = bool(m.is_watertight and m.is_winding_consistent)
-        mb = 1024**2
-        report = {
-            "size": args.size, "chunk_size": args.chunk_size, "workers": args.workers,
-            "blocks": result["blocks"], "mesh_seconds": round(result["seconds"], 1),
-            "wall_seconds_with_startup": round(wall, 1),
-            "peak_rss_tree_mb": round(peak[0] / mb), "peak_pss_tree_mb": round(peak[1] / mb),
-            "peak_rss_largest_process_mb": round(peak[2] / mb),
-            "faces": result["faces"], "watertight": closed,
-            "components": {str(r["label"]): r["components"] for r in result["stats"]},
-        }
-        print(json.dumps(report, indent=2))
+        for smooth in [v for v in args.smooth.split(",") if v]:
+            print(json.dumps(_measure(args, labels, tmp / f"meshes-{smooth}", smooth), indent=2),
+                  flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
