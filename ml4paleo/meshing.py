@@ -738,10 +738,13 @@ def _weld(
     smoothed = None
     if points:
         p_all = np.concatenate(points)
+        del points
         smoothed = p_all[first]
-        if not np.array_equal(smoothed[inverse], p_all):
-            raise RuntimeError("blocks disagree on smoothed vertex positions: the smoothing "
-                               "halo does not cover its support (a seam would open)")
+        step = 1 << 20  # compare a piece at a time: no second copy of every position
+        for i in range(0, len(p_all), step):
+            if not np.array_equal(smoothed[inverse[i : i + step]], p_all[i : i + step]):
+                raise RuntimeError("blocks disagree on smoothed vertex positions: the "
+                                   "smoothing halo does not cover its support (a seam)")
         del p_all
     f_all = inverse[f_all]
     return vertices, _canonical_faces(f_all), smoothed
@@ -1028,7 +1031,7 @@ def mesh(
             if smoothed is None:
                 verts = _physical(v2, vol.voxel_size)
             else:
-                verts = np.ascontiguousarray(smoothed[:, ::-1])
+                verts = smoothed[:, ::-1]  # (x, y, z): a view, no copy
             del v2, smoothed
             row["mesh_bodies"] = body_count(len(verts), faces)
             did = False
