@@ -9,6 +9,9 @@ Run by hand (not part of the test suite)::
 
     .venv/bin/python benchmarks/convert.py                # ~2 GiB, 1024 slices of 1024 x 1024
     .venv/bin/python benchmarks/convert.py --slices 256   # quicker, ~0.5 GiB
+    # before/after in one run: also convert with the ml4paleo of another source tree
+    git archive main ml4paleo | tar -x -C /tmp/before
+    .venv/bin/python benchmarks/convert.py --slices 512 --baseline /tmp/before --repeat 2
 
 The data are generated once per run (not timed): a smooth "fossil" of a few ellipsoids
 plus scanner-like noise, so the compressor sees realistic, not trivially compressible, data.
@@ -94,14 +97,26 @@ def _child(kind: str, source: str, dest: str) -> None:
     print(json.dumps(info))
 
 
-def run(kind: str, source: Path, dest: Path) -> dict:
+def run(kind: str, source: Path, dest: Path, tree: Path | None = None) -> dict:
+    """Run one conversion in a child process (with ``tree`` first on the import path)."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    shutil.rmtree(dest, ignore_errors=True)
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(source), str(dest)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env=env,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """Same files with the same bytes under both folders."""
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
 
 
 def main() -> None:
@@ -111,6 +126,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep data here (reused by the next run) instead of a temp dir")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="also convert with the ml4paleo package of this source tree "
+                             "(before/after in one run)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each (alternating with the baseline); the best is shown")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SOURCE", "DEST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -126,11 +146,25 @@ def main() -> None:
             nbytes = generate(slices, args.slices, args.size)
         print(f"{args.slices} slices of {args.size}x{args.size} uint16 = {nbytes / MiB:.0f} MiB "
               f"ready in {time.perf_counter() - t:.0f} s (not timed)")
-        for old in ("out.ome.zarr", "naive.zarr"):
+        for old in ("out.ome.zarr", "base.ome.zarr", "naive.zarr"):
             shutil.rmtree(work / old, ignore_errors=True)
         print(f"CPUs available: {len(os.sched_getaffinity(0))}, load average before: "
               f"{os.getloadavg()[0]:.1f} (other processes share the CPUs)")
-        results = {"ml4paleo.convert": run("ml4paleo", work / "slices", work / "out.ome.zarr")}
+        results: dict[str, dict] = {}
+
+        def best(name: str, r: dict) -> None:
+            print(f"  {name}: {r['wall']:.1f} s, peak RSS {r['peak_rss'] / MiB:.0f} MiB")
+            if name not in results or r["wall"] < results[name]["wall"]:
+                results[name] = r
+
+        for _ in range(max(1, args.repeat)):
+            if args.baseline is not None:
+                best("baseline ml4paleo.convert", run("ml4paleo", work / "slices",
+                                                      work / "base.ome.zarr", args.baseline))
+            best("ml4paleo.convert", run("ml4paleo", work / "slices", work / "out.ome.zarr"))
+        if args.baseline is not None:
+            same = _same_tree(work / "base.ome.zarr", work / "out.ome.zarr")
+            print(f"baseline and current outputs byte-identical: {same}")
         if not args.skip_naive:
             results["naive (stack in RAM, zarr write, no pyramid)"] = run(
                 "naive", work / "slices", work / "naive.zarr"

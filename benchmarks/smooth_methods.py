@@ -13,7 +13,7 @@ Candidates (every one on the same generated shapes with known answers):
   vtkWindowedSincPolyDataFilter with a Nuttall window), 20 terms, pass band 0.05, clamped;
 * ``nets``: surface nets (one vertex per boundary cell, a quad per boundary voxel face)
   relaxed by Taubin smoothing inside each vertex's cell (Gibson 1998; vtkSurfaceNets3D);
-* ``light`` / ``strong``: what ml4paleo ships (:mod:`ml4paleo.smooth_surfaces`).
+* ``light`` / ``strong``: what ml4paleo ships (:mod:`ml4paleo.meshing.smooth`).
 
 Errors: area against the analytic surface (balls, torus; the tilted plate inside a
 24 x 24 window where it is flat), volume against the voxel count.  ``open`` counts
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_smooth_meshes import ball, clipped_area, rod, tilted_plate, torus  # noqa: E402
 
-from ml4paleo.smooth_surfaces import Smoothing, smooth_points, surfaces  # noqa: E402
+from ml4paleo.meshing.smooth import Smoothing, smooth_points, surfaces  # noqa: E402
 
 
 def _mc(mask: np.ndarray, vs) -> tuple[np.ndarray, np.ndarray]:

@@ -5,9 +5,11 @@ The verbs a notebook needs are importable from here; each lives in its own modul
     import ml4paleo
     ml4paleo.convert("scan_folder/", "scan.ome.zarr")
 
-Modules: :mod:`ml4paleo.io` (readers), :mod:`ml4paleo.convert`, :mod:`ml4paleo.blocks`,
-:mod:`ml4paleo.features`, :mod:`ml4paleo.segmentation`, :mod:`ml4paleo.meshing`,
-:mod:`ml4paleo.export`, :mod:`ml4paleo.jobs`.
+Packages: :mod:`ml4paleo.io` (readers, ``open_any``), :mod:`ml4paleo.formats` (OME-Zarr,
+NGFF metadata, pyramid), :mod:`ml4paleo.blocks` (block grid and scheduler: threads, local
+processes or Dask), :mod:`ml4paleo.convert`, :mod:`ml4paleo.features`,
+:mod:`ml4paleo.segmentation`, :mod:`ml4paleo.meshing`, :mod:`ml4paleo.export`,
+:mod:`ml4paleo.workspace`, :mod:`ml4paleo.jobs`.
 """
 
 from __future__ import annotations

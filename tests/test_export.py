@@ -17,8 +17,9 @@ from click.testing import CliRunner
 
 from ml4paleo import export as export_mod
 from ml4paleo.export import export, stream_export, to_uint8
+from ml4paleo.export import volumes as export_volumes
+from ml4paleo.formats import build_pyramid, create_image, open_image
 from ml4paleo.meshing import label_stats, mesh
-from ml4paleo.omezarr import build_pyramid, create_image, open_image
 
 SHAPE = (12, 40, 52)
 VOXEL = (2.0, 0.75, 0.5)
@@ -88,11 +89,11 @@ def test_png_stack_of_an_image_is_windowed_8_bit(data, tmp_path):
 
 
 def test_png_window_is_sampled_not_read_whole(data, monkeypatch):
-    monkeypatch.setattr(export_mod, "_SAMPLE_VOXELS", 5000)
-    vol = export_mod._open_volume(data["image_path"], None)
-    sample = export_mod._sample(vol)
+    monkeypatch.setattr(export_volumes, "SAMPLE_VOXELS", 5000)
+    vol = export_volumes.open_export_volume(data["image_path"], None)
+    sample = export_volumes.sample(vol)
     assert 0 < sample.size <= 5000
-    lo, hi = export_mod._window(vol, None)
+    lo, hi = export_volumes.window(vol, None)
     full_lo, full_hi = np.percentile(data["image"], [1, 99.5])
     assert abs(lo - full_lo) < 0.5 * (full_hi - full_lo) and hi > lo
 
@@ -214,7 +215,7 @@ def test_stream_serves_the_cache_on_repeat(data, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the export was built again")
 
-    monkeypatch.setitem(export_mod._WRITERS, "png", fail)
+    monkeypatch.setitem(export_mod.WRITERS, "png", fail)
     assert b"".join(stream_export("png", data["labels_path"], cache)) == first
     # a source newer than the cache is exported again
     os.utime(cache, (time.time() - 3600, time.time() - 3600))
@@ -283,3 +284,35 @@ def test_package_verb_works_after_the_module_was_imported(data, tmp_path):
 
     out = ml4paleo.export("stats", data["seg"], tmp_path / "s.csv")  # module already imported
     assert out.read_bytes() == (data["seg"] / "meshes" / "stats.csv").read_bytes()
+
+
+def _members(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_identical_exports(data, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    kinds = [("png", data["image_path"]), ("tiff", data["labels_path"]),
+             ("nifti", data["image_path"]), ("stats", data["labels_path"])]
+    ref = {kind: export(kind, src, tmp_path / "ref" / f"{kind}.out") for kind, src in kinds}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        got = {kind: export(kind, src, tmp_path / "dask" / f"{kind}.out", executor=client)
+               for kind, src in kinds}
+        streamed = b"".join(stream_export("png", data["labels_path"], tmp_path / "c.zip",
+                                          executor=client))
+    for kind in ("png", "tiff"):
+        assert _members(got[kind]) == _members(ref[kind])
+    assert got["nifti"].read_bytes() == ref["nifti"].read_bytes()  # gzip with mtime 0
+    assert got["stats"].read_bytes() == ref["stats"].read_bytes()
+    assert _members(io.BytesIO(streamed)) == _members(export("png", data["labels_path"],
+                                                             tmp_path / "l.zip"))
+
+
+def test_slabs_on_local_processes_give_the_same_files(data, tmp_path):
+    a = export("tiff", data["image_path"], tmp_path / "a.zip")
+    b = export("tiff", data["image_path"], tmp_path / "b.zip", executor="processes", workers=2)
+    assert _members(a) == _members(b)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from ml4paleo.smooth_surfaces import (
+from ml4paleo.meshing.smooth import (
     SMOOTHING,
     Smoothing,
     blockwise_surfaces,

@@ -64,7 +64,7 @@ from ml4paleo.annotation import (
     validate_sample_metadata,
     zinfo_header,
 )
-from ml4paleo.smooth_surfaces import SMOOTH_LEVELS
+from ml4paleo.meshing.smooth import SMOOTH_LEVELS
 
 from .common import get_job, json_body, store
 

@@ -21,9 +21,11 @@ from ml4paleo.blocks import tqdm_progress
               help="Chunk edge of the output.")
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
               help="Threads for decoding and compression (default: CPUs).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler address, e.g. tcp://host:8786 (default: this machine).")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def convert_command(source, dest, voxel_size, unit, chunks, workers, force, quiet):
+def convert_command(source, dest, voxel_size, unit, chunks, workers, scheduler, force, quiet):
     """Convert SOURCE (slice folder, zip, TIFF, DICOM, NIfTI, .npy, Zarr) to an OME-Zarr DEST.
 
     The image is written bit-exact in the source's dtype with a 2x pyramid, to a temporary
@@ -40,6 +42,7 @@ def convert_command(source, dest, voxel_size, unit, chunks, workers, force, quie
     try:
         image = convert(
             source, dest, voxel_size=voxel_size or None, unit=unit, chunks=chunks, workers=workers,
+            executor=scheduler,
             progress=tqdm_progress("convert", disable=True if quiet else None),  # None: no bar off a TTY
         )
     except InputError as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ml4paleo.blocks import tqdm_progress
-from ml4paleo.smooth_surfaces import DEFAULT_SMOOTH, SMOOTH_LEVELS
+from ml4paleo.meshing.smooth import DEFAULT_SMOOTH, SMOOTH_LEVELS
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -101,8 +101,10 @@ def mesh_command(labels, out_dir, chunk_size, formats, simplify, smooth, shared_
               help="Pyramid level to export (png, tiff, nifti).")
 @click.option("--window", default=None,
               help="LO,HI intensity window for 8-bit PNG of an image (default: 1-99.5 percentiles).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler address for the slab work, e.g. tcp://host:8786.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def export_command(kind, source, dest, label, level, window, quiet) -> None:
+def export_command(kind, source, dest, label, level, window, scheduler, quiet) -> None:
     """Export SOURCE as KIND to DEST (a file, or a folder to put it in: existing, or ending in /).
 
     \b
@@ -117,6 +119,8 @@ def export_command(kind, source, dest, label, level, window, quiet) -> None:
     from ml4paleo.export import export
 
     options: dict = {"progress": tqdm_progress(f"export {kind}", disable=quiet)}
+    if scheduler:
+        options["executor"] = scheduler
     if kind in ("png", "tiff", "nifti"):
         options.update(label=label, level=level)
     if window:

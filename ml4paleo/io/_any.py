@@ -1,7 +1,7 @@
 """One way to open anything that holds a volume: :func:`open_any`.
 
 Library functions accept a *volume-like* — a path (anything :func:`open_volume` reads),
-an :class:`~ml4paleo.omezarr.OmeImage`, a :class:`Volume`, a zarr array, a numpy array
+an :class:`~ml4paleo.formats.OmeImage`, a :class:`Volume`, a zarr array, a numpy array
 or any ``(z, y, x)`` array-like — and turn it into a :class:`Volume` here, the only
 coercer in the package. The result pickles as a cheap reference (its path, or the array
 itself), so block workers reopen it instead of receiving the data.
@@ -18,20 +18,13 @@ from typing import Any
 import numpy as np
 
 from ._base import InputError, Volume
+from ._open import open_volume
+from ._sources import is_zarr_store
 
 __all__ = ["ArrayVolume", "VolumeLike", "is_zarr_store", "open_any", "voxel_size_or_default"]
 
 #: What :func:`open_any` accepts.
 VolumeLike = str | os.PathLike | Volume | np.ndarray | Any
-
-_ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json", ".zattrs")
-
-
-def is_zarr_store(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder holding a Zarr group or array (v2 or v3 metadata)."""
-    path = Path(path)
-    return path.is_dir() and any((path / m).is_file() for m in _ZARR_MARKERS)
-
 
 def voxel_size_or_default(value: Sequence[float] | float | None) -> tuple[float, float, float]:
     """``value`` as three positive finite floats ``(z, y, x)``; ``(1, 1, 1)`` when None.
@@ -98,10 +91,6 @@ def _rebuild_array(array, voxel_size, unit, name, metadata, world=None):
                        world=world)
 
 
-def _reopen(path: str, voxel_size, unit, level: int):
-    return open_any(path, voxel_size=voxel_size, unit=unit, level=level)
-
-
 def open_any(source: VolumeLike, *, voxel_size: Sequence[float] | float | None = None,
              unit: str | None = None, level: int = 0) -> Volume:
     """Open ``source`` as a lazy ``(z, y, x)`` :class:`Volume`.
@@ -123,7 +112,7 @@ def open_any(source: VolumeLike, *, voxel_size: Sequence[float] | float | None =
     -------
     Volume
         With ``voxel_size`` / ``unit`` (None when unknown), ``metadata`` and, for
-        OME-Zarr images, ``image`` (the :class:`~ml4paleo.omezarr.OmeImage`), ``level``
+        OME-Zarr images, ``image`` (the :class:`~ml4paleo.formats.OmeImage`), ``level``
         and ``levels`` (the pyramid's arrays from ``level`` down).
 
     Raises
@@ -133,9 +122,7 @@ def open_any(source: VolumeLike, *, voxel_size: Sequence[float] | float | None =
     FileNotFoundError
         (an :class:`InputError` subclass is raised instead for paths; see ``open_volume``.)
     """
-    from ml4paleo.omezarr import OmeImage
-
-    from . import open_volume
+    from ml4paleo.formats import OmeImage
 
     vs = None if voxel_size is None else voxel_size_or_default(voxel_size)
     if isinstance(source, Volume):

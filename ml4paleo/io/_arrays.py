@@ -187,7 +187,7 @@ class ZarrVolume(Volume):
     def __init__(self, path: str | os.PathLike, *, level: int = 0, **kw: Any):
         import zarr
 
-        from ml4paleo.omezarr import open_image
+        from ml4paleo.formats import open_image
 
         path = Path(path)
         meta: dict[str, Any] = {"file": path.name}

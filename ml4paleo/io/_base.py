@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
 import os
 import re
@@ -87,6 +88,16 @@ def _normalize_index(k: Any, n: int, axis: int) -> int:
     if not 0 <= k < n:
         raise IndexError(f"index {k} is out of bounds for axis {axis} with size {n}")
     return k
+
+
+def reopen_volume(path: str, voxel_size: Any, unit: str | None, level: int) -> Volume:
+    """Reopen a pickled :class:`Volume` reference with :func:`ml4paleo.io.open_any`.
+
+    The opener is looked up when called: every reader imports this module, and the
+    opener imports every reader.
+    """
+    open_any = importlib.import_module("ml4paleo.io").open_any
+    return open_any(path, voxel_size=voxel_size, unit=unit, level=level)
 
 
 class Volume(abc.ABC):
@@ -276,10 +287,8 @@ class Volume(abc.ABC):
     def __reduce__(self):
         # Pickles as a reference: a block worker reopens the source from its path instead
         # of receiving decoded data (subclasses over in-memory arrays override this).
-        from ._any import _reopen
-
-        return (_reopen, (str(self.path), self.voxel_size, self.unit,
-                          int(getattr(self, "level", 0))))
+        return (reopen_volume, (str(self.path), self.voxel_size, self.unit,
+                                int(getattr(self, "level", 0))))
 
     # -- threads and lifetime ---------------------------------------------------------------
     def _map(self, fn, items) -> list:

@@ -32,6 +32,15 @@ MEMBER_RATIO_MIN_BYTES = 128 << 20
 MAX_MEMBER_READ = 4 << 30  # entries read whole into memory (slices, DICOM files)
 
 
+_ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json", ".zattrs")
+
+
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder holding a Zarr group or array (v2 or v3 metadata)."""
+    path = Path(path)
+    return path.is_dir() and any((path / m).is_file() for m in _ZARR_MARKERS)
+
+
 def ext_of(name: str) -> str:
     """Lower-case extension, ``.nii.gz`` counted as one."""
     low = name.lower()

@@ -1,5 +1,8 @@
 """Smooth label surfaces: marching cubes relaxed by constrained Taubin smoothing, block by block.
 
+Used by :func:`ml4paleo.meshing.mesh` and :func:`ml4paleo.meshing.label_stats`
+(``smooth=``); :func:`surfaces` meshes an in-memory volume in one go.
+
 The stair-stepped marching-cubes surface of a binary label over-estimates surface area
 (+8.5 to +8.8 % on balls of radius 10 to 60 voxels) and prints as terraces.  Here the
 marching-cubes mesh keeps its connectivity - so it stays closed, manifold and
@@ -38,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
+
+from .weld import canonical_faces
 
 #: names accepted by ``smooth=``
 SMOOTH_LEVELS = ("none", "light", "strong")
@@ -429,7 +434,7 @@ def block_window(
     return read, pad, first, (lo, hi)
 
 
-def weld(parts: Sequence[Surface], shape: Sequence[int]) -> Surface:
+def weld_surfaces(parts: Sequence[Surface], shape: Sequence[int]) -> Surface:
     """Join block pieces of one label into one mesh, merging vertices by exact position key.
 
     Vertices come out sorted by key and faces in a canonical order (each rotated to start
@@ -455,14 +460,6 @@ def weld(parts: Sequence[Surface], shape: Sequence[int]) -> Surface:
         worst = float(np.abs(merged[inverse] - points).max())
         raise RuntimeError(f"blocks disagree on shared vertex positions (by {worst:.3g}): seam")
     return Surface(v2[first], merged, canonical_faces(inverse[faces]))
-
-
-def canonical_faces(faces: np.ndarray) -> np.ndarray:
-    """Faces rotated to start at their smallest index (winding kept), then sorted."""
-    start = np.argmin(faces, axis=1)
-    cols = (start[:, None] + np.arange(3)) % 3
-    faces = np.take_along_axis(faces, cols, axis=1)
-    return faces[np.lexsort((faces[:, 2], faces[:, 1], faces[:, 0]))]
 
 
 def blockwise_surfaces(
@@ -494,7 +491,7 @@ def blockwise_surfaces(
             pieces.setdefault(value, []).append(surf)
     out = {}
     for value in sorted(pieces):
-        s = weld(pieces[value], labels.shape)
+        s = weld_surfaces(pieces[value], labels.shape)
         out[value] = (s.xyz(), s.faces)
     return out
 
@@ -556,5 +553,5 @@ def surfaces(
         window, (-1, -1, -1), ((-1, -1, -1), labels.shape), present if shared else keep,
         shape=labels.shape, voxel_size=vs, smooth=smooth, shared=shared, keep=keep,
     )
-    welded = {v: weld([s], labels.shape) for v, s in out.items()}
+    welded = {v: weld_surfaces([s], labels.shape) for v, s in out.items()}
     return {v: (s.xyz(), s.faces) for v, s in welded.items()}
