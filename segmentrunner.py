@@ -6,7 +6,7 @@ if you like (each job is claimed by exactly one). Same as `ml4paleo runner segme
 
 import sys
 
-from ml4paleo.jobs.serve import runner_main
+from ml4paleo.cli.jobs_commands import runner_main
 
 if __name__ == "__main__":
     sys.exit(runner_main("segment"))

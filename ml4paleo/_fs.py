@@ -122,11 +122,13 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = True,
-                  encoding: str | None = None) -> Iterator[IO[Any]]:
+                  encoding: str | None = None, permissions: int | None = None
+                  ) -> Iterator[IO[Any]]:
     """Open a temp sibling of ``path`` for writing; rename it over ``path`` on success.
 
     On an exception the temp file is removed and ``path`` is untouched. Files get the
-    process's umask (``0o666 & ~umask``), like any file the user makes.
+    process's umask (``0o666 & ~umask``), like any file the user makes, unless
+    ``permissions`` says otherwise.
 
     Parameters
     ----------
@@ -139,6 +141,9 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tr
         either the old or the new file.
     encoding : str, optional
         Text encoding for ``mode="w"`` (default UTF-8).
+    permissions : int, optional
+        Exact mode bits of the file (e.g. ``0o600`` for secrets), set on the temp file
+        before it gets its name, so the file is never readable by others, not even briefly.
 
     Examples
     --------
@@ -153,8 +158,11 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tr
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
     tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                 0o666 if permissions is None else permissions)
     try:
+        if permissions is not None:
+            os.fchmod(fd, permissions)  # exactly these bits, whatever the umask
         if mode == "w":
             fh: IO[Any] = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
         else:
@@ -177,8 +185,10 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tr
         _fsync_dir(path.parent)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> Path:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through a temp file + rename.
+def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True,
+                 permissions: int | None = None) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through a temp file + rename
+    (``permissions``: see :func:`atomic_writer`).
 
     Returns
     -------
@@ -186,16 +196,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
         ``path``.
     """
     path = Path(path)
-    with atomic_writer(path, "wb", fsync=fsync) as fh:
+    with atomic_writer(path, "wb", fsync=fsync, permissions=permissions) as fh:
         fh.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
-                      fsync: bool = True) -> Path:
+                      fsync: bool = True, permissions: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (NaN/Infinity refused: strict JSON)."""
     text = json.dumps(obj, indent=indent, allow_nan=False)
-    return atomic_write(path, text + "\n", fsync=fsync)
+    return atomic_write(path, text + "\n", fsync=fsync, permissions=permissions)
 
 
 def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:

@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 import requests
 
+from ml4paleo._fs import atomic_writer
+from ml4paleo.jobs.statuses import PIPELINE_ORDER, describe, reached
+
 log = logging.getLogger(__name__)
 
 #: default upload chunk, bytes (Dropzone's default is 1 MB; we go bigger over fast links)
@@ -40,24 +43,9 @@ DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 #: tries per upload chunk (lost connections and 5xx answers are retried)
 UPLOAD_ATTEMPTS = 4
 
-#: the pipeline's statuses in the order a job normally passes them
-STATUS_ORDER = (
-    "pending",
-    "uploading",
-    "uploaded",
-    "converting",
-    "converted",
-    "annotated",
-    "training_queued",
-    "training",
-    "trained",
-    "segmenting",
-    "segmented",
-    "meshing_queued",
-    "meshing",
-    "meshed",
-    "done",
-)
+#: the pipeline's statuses in the order a job normally passes them (the status rules'
+#: own order, :data:`ml4paleo.jobs.statuses.PIPELINE_ORDER`)
+STATUS_ORDER = tuple(s.value for s in PIPELINE_ORDER)
 
 #: download kinds -> route template under the server URL
 DOWNLOAD_ROUTES = {
@@ -406,13 +394,13 @@ class Client:
             record = self.status(job_id)
             key = (record.get("status"), record.get("progress"), record.get("message"))
             status = str(record.get("status"))
-            if status == "error" or status.endswith("_error"):
+            if _failed(status):
                 yield record
                 raise JobFailed(record)
             if key != last_key:
                 last_key = key
                 yield record
-            if _reached(status, targets):
+            if reached(status, targets):
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
@@ -662,19 +650,14 @@ class Client:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 target = dest
             total = int(response.headers.get("Content-Length") or 0)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
             done = 0
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    for block in response.iter_content(chunk_size=1024 * 1024):
-                        out.write(block)
-                        done += len(block)
-                        if progress:
-                            progress(done, total)
-                os.replace(tmp_name, target)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
+            # a temp file renamed when complete (never half a file); the user's umask
+            with atomic_writer(target, fsync=False) as out:
+                for block in response.iter_content(chunk_size=1024 * 1024):
+                    out.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
         return target
 
 
@@ -738,13 +721,13 @@ def _upload_files(source, tmp: Path) -> list[tuple[Path, str, int]]:
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def _reached(status: str, targets: set[str]) -> bool:
-    if status in targets:
-        return True
-    if status not in STATUS_ORDER:
-        return False
-    ranks = [STATUS_ORDER.index(t) for t in targets if t in STATUS_ORDER]
-    return bool(ranks) and STATUS_ORDER.index(status) >= min(ranks)
+def _failed(status: str) -> bool:
+    """A failed stage (``*_error``, or the legacy ``error``) per the status rules; a status
+    this client does not know (a newer server) counts as failed only by its name."""
+    try:
+        return describe(status)["failed"]
+    except ValueError:
+        return status.endswith("error")
 
 
 def _error_message(response: requests.Response) -> str:

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml4paleo._fs import atomic_write, atomic_write_json, sweep_temps
 from ml4paleo.config import Settings
 
 log = logging.getLogger(__name__)
@@ -232,9 +233,8 @@ class DicomReceiver:
                             "they will make a new job", series_uid,
                         )
                 target = series.folder / f"{_safe(sop_uid)}.dcm"
-                tmp = series.folder / f".{target.name}.part"
-                tmp.write_bytes(event.encoded_dataset())
-                os.replace(tmp, target)
+                # no fsync per instance: hundreds arrive per series, each renamed when whole
+                atomic_write(target, event.encoded_dataset(), fsync=False)
                 series.instances.add(sop_uid)
                 series.last_received = time.monotonic()
                 series.associations.add(id(event.assoc))
@@ -315,7 +315,7 @@ class DicomReceiver:
                     "received_by": self.ae_title,
                 },
             )
-            upload = self.store.job_dir(record["id"]) / "upload"
+            upload = self.store.paths(record["id"]).upload
             upload.mkdir(exist_ok=True)
             for path in files:
                 shutil.move(str(path), upload / path.name)
@@ -333,16 +333,13 @@ class DicomReceiver:
         return record["id"]
 
     def _save_state(self, series: _Series) -> None:
-        from ml4paleo.omezarr import write_json_atomic
-
-        write_json_atomic(series.folder / _STATE_FILE, series.state())
+        atomic_write_json(series.folder / _STATE_FILE, series.state())
 
     def _recover_staged(self) -> None:
         """Pick up series staged by an earlier run (finished after ``idle_seconds``)."""
         for folder in sorted(p for p in self.staging.iterdir() if p.is_dir()):
             files = list(folder.glob("*.dcm"))
-            for stray in folder.glob(".*.part"):
-                stray.unlink(missing_ok=True)
+            sweep_temps(folder)  # instances half-written by a receiver that died
             if not files:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue

@@ -27,10 +27,9 @@ import os
 import re
 import secrets
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
-from ml4paleo.omezarr import write_json_atomic
+from ml4paleo._fs import atomic_write_json, now_iso
 
 KEYS_FILE = "keys.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -66,8 +65,7 @@ def _load(data_dir) -> list[dict]:
 def _save(data_dir, keys: list[dict]) -> None:
     path = keys_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"keys": keys})
-    os.chmod(path, 0o600)
+    atomic_write_json(path, {"keys": keys}, permissions=0o600)  # never readable by others
 
 
 def _hash(secret: str, salt: bytes) -> str:
@@ -107,7 +105,7 @@ def add_key(data_dir: str | os.PathLike, name: str) -> tuple[dict, str]:
             "prefix": secret[:8],
             "salt": salt.hex(),
             "hash": _hash(secret, salt),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": now_iso(),
         }
         keys.append(record)
         _save(data_dir, keys)

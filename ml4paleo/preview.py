@@ -16,11 +16,13 @@ Examples
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ml4paleo._fs import atomic_writer
 from ml4paleo.omezarr import OmeImage, open_image
 
 
@@ -40,7 +42,7 @@ def preview_level(image: OmeImage, max_edge: int = 256) -> int:
 def write_nifti_preview(
     image: OmeImage | str | os.PathLike, dest: str | os.PathLike, *, max_edge: int = 256
 ) -> Path:
-    """Write a downsampled copy of ``image`` as a ``.nii.gz`` (atomic: temp + rename).
+    """Write a downsampled copy of ``image`` as a ``.nii.gz`` (atomically, see :mod:`ml4paleo._fs`).
 
     Parameters
     ----------
@@ -74,10 +76,7 @@ def write_nifti_preview(
     nii = nib.Nifti1Image(vol, affine)
     nii.header.set_xyzt_units("mm" if image.unit in (None, "millimeter") else "micron")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}.nii.gz")
-    try:
-        nib.save(nii, str(tmp))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_writer(dest) as fh, gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=6,
+                                                  mtime=0) as gz:
+        gz.write(nii.to_bytes())
     return dest

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,11 +38,16 @@ from typing import Any
 
 import numpy as np
 
+from ml4paleo._fs import atomic_write
+from ml4paleo.classes import default_color
+from ml4paleo.jobs.store import load_record
+from ml4paleo.workspace import JobPaths, SegmentationPaths, SegmentationRegistry, model_meta_file
+from ml4paleo.workspace.models import read_meta
+from ml4paleo.workspace.segmentations import read_class_list
+
 log = logging.getLogger(__name__)
 
-#: default class colours when neither the model nor the label store names any
-DEFAULT_COLORS = ("#9e9e9e", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
-                  "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990", "#dcbeff")
+#: mesh formats in the order the 3D snapshot prefers them (binary formats load fastest)
 MESH_EXTENSIONS = ("ply", "stl", "glb", "obj")
 #: longest side of a montage panel, pixels (a pyramid level at most this big is read)
 PANEL_PIXELS = 512
@@ -96,7 +100,7 @@ class ReportData:
     def class_color(self, label: int) -> str:
         if 0 <= label < len(self.classes) and self.classes[label].get("color"):
             return str(self.classes[label]["color"])
-        return DEFAULT_COLORS[label % len(DEFAULT_COLORS)]
+        return default_color(label)
 
 
 # ----------------------------------------------------------------------------- collect
@@ -138,24 +142,27 @@ def collect(
     source = Path(source)
     if not source.exists():
         raise ReportError(f"{source}: no such job, segmentation folder or label image")
-    job: dict | None = None
-    job_dir: Path | None = None
-    if (source / "job.json").is_file():
-        job_dir = source
-        job = _read_json(source / "job.json")
+    job = load_record(source)  # through the store's lock, never half a write
+    job_paths: JobPaths | None = None
+    seg: SegmentationPaths | None = None
+    if job is not None:
+        job_paths = JobPaths(source)
         seg_id = segmentation_id or job.get("segmentation_id")
         if not seg_id:
             raise ReportError(f"{source}: the job has no segmentation yet")
-        seg_dir = source / "segmentations" / seg_id
-        labels_path = seg_dir / "labels.ome.zarr"
-    elif (source / "labels.ome.zarr").exists():
-        seg_dir = source
-        labels_path = source / "labels.ome.zarr"
-        if source.parent.name == "segmentations" and (source.parents[1] / "job.json").is_file():
-            job_dir = source.parents[1]
-            job = _read_json(job_dir / "job.json")
+        try:
+            seg = job_paths.segmentation_files(seg_id)
+        except ValueError as exc:
+            raise ReportError(f"{source}: {exc}") from None
+        labels_path = seg.labels
+    elif SegmentationPaths(source).labels.exists():
+        seg = SegmentationPaths(source)
+        labels_path = seg.labels
+        parent = JobPaths(source.parent.parent)
+        if parent.segmentations == source.parent:
+            job = load_record(parent.root)
+            job_paths = parent if job is not None else None
     else:
-        seg_dir = None
         labels_path = source
     if not labels_path.exists():
         raise ReportError(f"{labels_path}: the segmentation's label image does not exist")
@@ -166,29 +173,32 @@ def collect(
     if len(labels.shape) != 3:
         raise ReportError(f"{labels_path}: labels must be 3-D (z, y, x), got {labels.shape}")
 
-    seg_meta = _read_json(seg_dir / "segmentation.json") if seg_dir else {}
-    seg_id = seg_meta.get("id") or (seg_dir.name if seg_dir else None)
+    seg_meta = read_meta(seg.meta) if seg else {}
+    seg_id = seg_meta.get("id") or (seg.root.name if seg else None)
     image_path = Path(image) if image is not None else None
     if image_path is not None and not image_path.exists():
         raise ReportError(f"{image_path}: no such image")
-    if image_path is None and job_dir is not None and (job_dir / "image.ome.zarr").exists():
-        image_path = job_dir / "image.ome.zarr"
+    if image_path is None and job_paths is not None and job_paths.image.exists():
+        image_path = job_paths.image
     model_id = seg_meta.get("model_id") or (job or {}).get("model_id")
     model_meta = None
     if model is not None:
         if isinstance(model, str | os.PathLike):
-            model_meta = _read_json(Path(model) / "meta.json") or None
+            model_meta = read_meta(model_meta_file(model)) or None
             model_id = Path(model).name
         else:
             model_meta = dict(getattr(model, "meta", None) or {})
             model_id = model_meta.get("id", model_id)
-    elif job_dir is not None and model_id:
-        model_meta = _read_json(job_dir / "models" / str(model_id) / "meta.json") or None
+    elif job_paths is not None and model_id:
+        try:
+            model_meta = read_meta(job_paths.model_meta(str(model_id))) or None
+        except ValueError:
+            model_meta = None  # a malformed id in an old record names no model
 
-    classes = _classes(model_meta, job_dir)
-    stats = _stats(seg_dir, labels, progress)
-    mesh_files = _mesh_files(seg_dir / "meshes") if seg_dir else {}
-    title = title or (job or {}).get("name") or (seg_dir.name if seg_dir else labels_path.stem)
+    classes = _classes(model_meta, job_paths, seg_id if seg is not None else None)
+    stats = _stats(seg, labels, progress)
+    mesh_files = _mesh_files(seg.meshes) if seg else {}
+    title = title or (job or {}).get("name") or (seg.root.name if seg else labels_path.stem)
     return ReportData(
         title=str(title),
         labels_path=labels_path,
@@ -206,35 +216,31 @@ def collect(
     )
 
 
-def _read_json(path: Path) -> dict:
+def _classes(model: dict | None, job_paths: JobPaths | None, seg_id: str | None) -> list[dict]:
+    """The model's class list, else the segmentation's (its registry's rule), else the
+    annotations'; colours from :mod:`ml4paleo.classes` where none is stored."""
+    classes = read_class_list((model or {}).get("classes"))
+    if classes or job_paths is None:
+        return classes
+    if seg_id is not None:
+        try:
+            return SegmentationRegistry(job_paths).classes(seg_id)
+        except ValueError:
+            pass
+    return read_class_list(read_meta(job_paths.classes) or _read_list(job_paths.classes))
+
+
+def _read_list(path: Path) -> list:
+    """A JSON list file (older class files were bare lists), [] otherwise."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return []
+    return data if isinstance(data, list) else []
 
 
-def _classes(model: dict | None, job_dir: Path | None) -> list[dict]:
-    raw: Any = (model or {}).get("classes")
-    if not raw and job_dir is not None:
-        raw = _read_json(job_dir / "annotations" / "classes.json").get("classes")
-        if raw is None:
-            try:
-                raw = json.loads((job_dir / "annotations" / "classes.json").read_text())
-            except (OSError, ValueError):
-                raw = None
-    out = []
-    for k, item in enumerate(raw or []):
-        if isinstance(item, dict):
-            out.append({"name": str(item.get("name") or f"class {k}"),
-                        "color": item.get("color") or DEFAULT_COLORS[k % len(DEFAULT_COLORS)]})
-        else:
-            out.append({"name": str(item), "color": DEFAULT_COLORS[k % len(DEFAULT_COLORS)]})
-    return out
-
-
-def _stats(seg_dir: Path | None, labels, progress) -> list[dict]:
-    for candidate in ((seg_dir / "stats.csv", seg_dir / "meshes" / "stats.csv") if seg_dir else ()):
+def _stats(seg: SegmentationPaths | None, labels, progress) -> list[dict]:
+    for candidate in ((seg.stats, seg.mesh_stats) if seg else ()):
         if candidate.is_file():
             with open(candidate, newline="") as fh:
                 return [_typed(row) for row in csv.DictReader(fh)]
@@ -636,12 +642,12 @@ def build_report(
     written: dict[str, Path] = {}
     if "html" in formats:
         target = folder / f"{stem}.html"
-        _atomic_write(target, render_html(data, montage, snapshot).encode("utf-8"))
+        atomic_write(target, render_html(data, montage, snapshot))
         written["html"] = target
         advance()
     if "pdf" in formats:
         target = folder / f"{stem}.pdf"
-        _atomic_write(target, render_pdf(data, montage, snapshot))
+        atomic_write(target, render_pdf(data, montage, snapshot))
         written["pdf"] = target
         advance()
     return written
@@ -821,16 +827,3 @@ def _b64(png: bytes | None) -> str:
 def _safe_stem(text: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9-]+", "_", text).strip("_")
     return stem[:60] or "segmentation"
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -25,21 +25,22 @@ import pytest
 import requests
 
 from ml4paleo.client import (
+    STATUS_ORDER,
     Client,
     ClientError,
     JobFailed,
     _label_slices,
-    _reached,
     _upload_files,
     encode_label_mask,
 )
+from ml4paleo.jobs.statuses import PIPELINE_ORDER, reached
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- helpers
 def test_label_mask_round_trip():
-    from ml4paleo.annotation import decode_label_mask
+    from ml4paleo.annotate import decode_label_mask
 
     plane = np.zeros((7, 9), np.uint8)
     plane[2:5, 3:8] = 2
@@ -67,11 +68,15 @@ def test_label_slices_from_volume_and_mapping():
 
 
 def test_reached_follows_pipeline_order():
-    assert _reached("converted", {"converted"})
-    assert _reached("segmenting", {"converted"})  # passed while we were not looking
-    assert not _reached("converting", {"converted"})
-    assert not _reached("segment_error", {"segmented"})
-    assert _reached("meshed", {"segmented", "meshed"})
+    assert reached("converted", {"converted"})
+    assert reached("segmenting", {"converted"})  # passed while we were not looking
+    assert not reached("converting", {"converted"})
+    assert not reached("segment_error", {"segmented"})
+    assert reached("meshed", {"segmented", "meshed"})
+    assert reached("something_new", {"something_new"})  # unknown names match themselves
+    assert not reached("something_new", {"converted"})
+    # the client waits along the status rules' own order (no copy of its own)
+    assert STATUS_ORDER == tuple(s.value for s in PIPELINE_ORDER)
 
 
 def test_upload_file_listing(tmp_path):
@@ -232,6 +237,11 @@ def test_full_pipeline(server, phantom, tmp_path):
     rows = list(csv.DictReader(io.StringIO(stats.read_text())))
     assert {int(r["label"]) for r in rows} >= {1, 2}
     assert {r["surface"] for r in rows} == {"smooth-strong"}  # the choice reached the runner
+    # downloads are the user's files: their umask, not a temp file's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stats.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp left
 
     meshes = client.download(job, "meshes", out)
     names = zipfile.ZipFile(meshes).namelist()

@@ -228,8 +228,12 @@ def test_writer_killed_mid_write_50_times_store_always_parses(store):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(store.data_dir), job_id],
                                 cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
-        if i % 2:
-            time.sleep(rng.uniform(0.0, 0.05))  # anywhere
+        if i % 2:  # anywhere, once this writer finished a write (slow disks: no starving)
+            deadline = time.monotonic() + 30
+            while json.loads(path.read_text()).get("seq", 0) <= last_seq:
+                assert time.monotonic() < deadline, "no write finished in 30 s"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.05))
         else:  # the moment a temp file exists: inside a write
             deadline = time.monotonic() + 5
             while not any(n.startswith(".job.json.tmp-") for n in os.listdir(path.parent)):

@@ -350,3 +350,36 @@ def test_real_pipeline_steps_segment_and_mesh(data):
     stats = (seg_dir / "stats.csv").read_text().splitlines()
     assert len(stats) >= 2
     assert stats[0].endswith(",surface") and stats[1].endswith(",smooth-strong")
+    # what the runners wrote went through the workspace registries
+    from ml4paleo.workspace import ModelRegistry, SegmentationRegistry
+
+    paths = store.paths(job_id)
+    model_meta = ModelRegistry(paths).meta(rec["model_id"])
+    assert model_meta["source"] == {"kind": "train"} and model_meta["created_at"].endswith("Z")
+    seg_meta = SegmentationRegistry(paths).meta(seg_id)
+    assert (seg_meta["id"], seg_meta["model_id"], seg_meta["job_id"]) == (
+        seg_id, rec["model_id"], job_id)
+    for folder in (paths.models, seg_dir):
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp")
+                    or ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_runner_scripts_and_module_share_the_click_options(data):
+    store = JobStore(data)
+    job_id = _queued_job(store, "script", np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4))
+    run = subprocess.run(
+        [sys.executable, str(REPO / "conversionrunner.py"), "--data", str(data), "--once",
+         "--poll-interval", "0.05"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "convert runner: 1 job(s) processed" in run.stdout
+    assert "convert runner" in run.stderr and "INFO" in run.stderr  # logs at INFO alone
+    assert store.get(job_id)["status"] == "converted"
+    helps = subprocess.run([sys.executable, str(REPO / "meshrunner.py"), "-h"], cwd=REPO,
+                           env=_env(), capture_output=True, text=True, timeout=60)
+    assert helps.returncode == 0 and "KIND" not in helps.stdout.upper().split("OPTIONS")[0]
+    for option in ("--data", "--poll-interval", "--once", "--verbose"):
+        assert option in helps.stdout
+    bad = subprocess.run([sys.executable, "-m", "ml4paleo.jobs", "fly"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "fly" in bad.stderr

@@ -289,6 +289,52 @@ def test_delete_retry_cancel(client, store, job):
     assert client.post(f"/api/job/{other}/delete").status_code == 200
 
 
+def test_every_job_answer_carries_its_status_description(client, store, job):
+    jid, seg = job
+    table = client.get("/api/statuses").get_json()
+    assert set(table["statuses"]) >= {"uploading", "meshing_queued", "mesh_error", "done"}
+    assert table["order"][:3] == ["pending", "uploading", "uploaded"]
+    assert table["stages"]["mesh"] == {"queued": "meshing_queued", "running": ["meshing"],
+                                       "done": ["meshed"], "error": "mesh_error"}
+    queued = table["statuses"]["meshing_queued"]
+    assert (queued["busy"], queued["queued"], queued["running"], queued["phase"]) == \
+        (True, True, False, "mesh")
+    assert table["statuses"]["segment_error"]["retryable"] is True
+    assert table["statuses"]["segmented"]["tone"] == "ok"
+
+    segmented = table["statuses"]["segmented"]
+    assert client.get(f"/api/job/{jid}/status").get_json()["state"] == segmented
+    assert client.get(f"/api/job/{jid}").get_json()["state"] == segmented
+    row = next(r for r in client.get("/api/jobs").get_json()["jobs"] if r["id"] == jid)
+    assert row["state"] == segmented
+    new = client.post("/api/job/new", json={"name": "x"}).get_json()
+    assert new["state"]["status"] == "uploading" and new["state"]["active"] is True
+    store.request_mesh(jid)
+    state = client.get(f"/api/job/{jid}/status").get_json()["state"]
+    assert state == queued
+    cancelled = client.post(f"/api/job/{jid}/cancel", json={}).get_json()
+    assert cancelled["status"] == "mesh_error" and cancelled["state"]["failed"] is True
+    # the OpenAPI document lists the table too
+    assert "/api/statuses" in client.get("/api/openapi.json").get_json()["paths"]
+
+
+def test_a_running_job_with_a_lease_is_not_deleted(client, store, job):
+    jid, _ = job
+    _force(store, jid, status="meshing", lease={"owner": "r1", "expires_at": None})
+    r = client.delete(f"/api/job/{jid}")
+    assert r.status_code == 409 and "meshing" in r.get_json()["error"]
+    _force(store, jid, status="meshing_queued", lease={"owner": None, "expires_at": None})
+    assert client.delete(f"/api/job/{jid}").status_code == 200  # queued: nothing runs
+
+
+def test_home_status_filter_comes_from_the_status_rules(client):
+    from ml4paleo.jobs.statuses import status_filters
+
+    page = client.get("/").get_data(as_text=True)
+    for f in status_filters():
+        assert f'<option value="{",".join(f["statuses"])}">{f["label"]}</option>' in page
+
+
 # ------------------------------------------------------------------ catalogue
 def test_catalogue_filters_sort_page_csv(client, store, job):
     jid, _ = job

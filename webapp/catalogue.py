@@ -27,7 +27,7 @@ from datetime import datetime
 
 from flask import Blueprint, Response, abort, jsonify, request
 
-from .common import int_arg, store
+from .common import int_arg, job_state, store
 
 bp = Blueprint("catalogue", __name__)
 
@@ -86,7 +86,7 @@ def _field(meta: dict, *names: str):
 
 
 def summarize(record: dict) -> dict:
-    """One catalogue row of a job record."""
+    """One catalogue row of a job record (plus ``state``: its status described)."""
     meta = record.get("metadata") or {}
     if not isinstance(meta, dict):
         meta = {}
@@ -112,6 +112,7 @@ def summarize(record: dict) -> dict:
         "study_uid": _field(meta, "study_uid", "StudyInstanceUID"),
         "series_description": _field(meta, "series_description", "SeriesDescription"),
         "error": record.get("error"),
+        "state": job_state(status),  # what the status means (not a CSV column)
     }
 
 

@@ -1,18 +1,31 @@
-"""Helpers shared by the blueprints: store access, id checks, safe paths, outputs on disk."""
+"""Helpers shared by the blueprints: store access, id checks, safe paths, job files
+(through :mod:`ml4paleo.workspace`) and the status description every job answer carries."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 from flask import abort, current_app, request
 
 from ml4paleo.config import Settings
+from ml4paleo.jobs.statuses import describe
+from ml4paleo.workspace import (
+    ARTIFACT_NAME_RE,
+    JobPaths,
+    SegmentationNotFound,
+    SegmentationRegistry,
+    job_outputs,
+)
+from ml4paleo.workspace.segmentations import MESH_EXTENSIONS, dir_size
 
-#: segmentation / model ids and mesh file names: no separators, no dots at the start
-SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-MESH_EXTENSIONS = ("glb", "stl", "obj", "ply")
+__all__ = [
+    "MESH_EXTENSIONS", "SAFE_NAME_RE", "check_name", "dir_size", "get_job", "image_path",
+    "int_arg", "job_dir", "job_paths", "job_state", "json_body", "outputs", "safe_join",
+    "segmentation_dir", "settings", "store", "with_state",
+]
+
+#: export / mesh file names: no separators, no dots at the start
+SAFE_NAME_RE = ARTIFACT_NAME_RE
 #: longest file name / relative path :func:`safe_join` looks up (Linux NAME_MAX; well
 #: below PATH_MAX once joined onto the data directory)
 MAX_NAME = 255
@@ -101,123 +114,38 @@ def int_arg(name: str, default: int | None = None, lo: int | None = None, hi: in
     return value
 
 
-def is_zarr_image(path: Path) -> bool:
-    """A finished OME-Zarr group (conversion renames into place only when complete)."""
-    return (path / ".zattrs").is_file() or (path / "zarr.json").is_file()
+def job_paths(job_id: str) -> JobPaths:
+    """The :class:`~ml4paleo.workspace.JobPaths` of an existing job (404 when unknown)."""
+    return JobPaths(job_dir(job_id))
 
 
 def image_path(job_id: str) -> Path:
-    return job_dir(job_id) / "image.ome.zarr"
+    """The job's converted image (may not exist yet)."""
+    return job_paths(job_id).image
 
 
 def segmentation_dir(job_id: str, seg_id: str) -> Path:
-    check_name(seg_id, "segmentation")
-    path = job_dir(job_id) / "segmentations" / seg_id
-    if not path.is_dir():
+    """Folder of an existing segmentation of the job, else 404."""
+    try:
+        return SegmentationRegistry(job_paths(job_id)).folder(seg_id)
+    except SegmentationNotFound:
         abort(404, f"no segmentation {seg_id!r} in job {job_id!r}")
-    return path
-
-
-def dir_size(path: Path) -> int:
-    """Total bytes of the files under ``path`` (0 when missing)."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    if path.is_dir():
-        for p in path.rglob("*"):
-            try:
-                if p.is_file():
-                    total += p.stat().st_size
-            except OSError:
-                continue
-    return total
-
-
-def read_classes(seg_path: Path, job_path: Path) -> list[dict]:
-    """Class names + colours of a segmentation (its model's meta, else the annotations')."""
-    candidates = [seg_path / "classes.json", seg_path / "meta.json"]
-    meta_file = seg_path / "segmentation.json"
-    model_id = None
-    if meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-            model_id = meta.get("model_id")
-            if isinstance(meta.get("classes"), list):
-                return _clean_classes(meta["classes"])
-        except (OSError, json.JSONDecodeError):
-            pass
-    if model_id and SAFE_NAME_RE.match(str(model_id)):
-        candidates.append(job_path / "models" / str(model_id) / "meta.json")
-    candidates.append(job_path / "annotations" / "classes.json")
-    for c in candidates:
-        if not c.is_file():
-            continue
-        try:
-            data = json.loads(c.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        classes = data.get("classes") if isinstance(data, dict) else data
-        if isinstance(classes, list) and classes:
-            return _clean_classes(classes)
-    return []
-
-
-def _clean_classes(classes: list) -> list[dict]:
-    out = []
-    for i, c in enumerate(classes):
-        if isinstance(c, dict):
-            out.append({"name": str(c.get("name", f"class {i}")), "color": str(c.get("color", ""))})
-        else:
-            out.append({"name": str(c), "color": ""})
-    return out
 
 
 def outputs(job_id: str) -> dict:
-    """What exists on disk for a job: the image, segmentations, meshes, stats, exports.
+    """What exists on disk for a job (:func:`ml4paleo.workspace.job_outputs`)."""
+    return job_outputs(job_paths(job_id))
 
-    The UI offers viewers and downloads from this, not from the latest status, so a
-    new annotation never hides an existing segmentation's results.
-    """
-    root = job_dir(job_id)
-    image = root / "image.ome.zarr"
-    result: dict = {
-        "upload": {"exists": (root / "upload").is_dir(), "bytes": dir_size(root / "upload")},
-        "image": {"exists": is_zarr_image(image), "bytes": dir_size(image) if image.is_dir() else 0},
-        "annotations": {"exists": (root / "annotations").is_dir()},
-        "models": sorted(p.name for p in (root / "models").glob("*") if p.is_dir())
-        if (root / "models").is_dir()
-        else [],
-        "segmentations": [],
-        "exports": [],
-    }
-    seg_root = root / "segmentations"
-    if seg_root.is_dir():
-        segs = sorted((p for p in seg_root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-        for seg in segs:
-            if not SAFE_NAME_RE.match(seg.name):
-                continue
-            labels = seg / "labels.ome.zarr"
-            mesh_dir = seg / "meshes"
-            meshes = []
-            if mesh_dir.is_dir():
-                for m in sorted(mesh_dir.iterdir()):
-                    ext = m.suffix.lower().lstrip(".")
-                    if m.is_file() and ext in MESH_EXTENSIONS and SAFE_NAME_RE.match(m.name):
-                        meshes.append({"file": m.name, "label": m.stem, "format": ext,
-                                       "bytes": m.stat().st_size})
-            result["segmentations"].append(
-                {
-                    "id": seg.name,
-                    "labels": is_zarr_image(labels),
-                    "labels_bytes": dir_size(labels) if labels.is_dir() else 0,
-                    "meshes": meshes,
-                    "stats": (seg / "stats.csv").is_file() or (mesh_dir / "stats.csv").is_file(),
-                    "classes": read_classes(seg, root),
-                }
-            )
-    exports = root / "exports"
-    if exports.is_dir():
-        for f in sorted(exports.iterdir()):
-            if f.is_file() and not f.name.startswith("."):
-                result["exports"].append({"file": f.name, "bytes": f.stat().st_size})
-    return result
+
+def job_state(status: object) -> dict | None:
+    """The UI description of a status (:func:`ml4paleo.jobs.describe`); None when unknown."""
+    try:
+        return describe(str(getattr(status, "value", status)))
+    except ValueError:
+        return None
+
+
+def with_state(answer: dict, status: object) -> dict:
+    """``answer`` with ``state``: what every job JSON of the API carries about its status."""
+    answer["state"] = job_state(status)
+    return answer

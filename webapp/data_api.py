@@ -14,19 +14,21 @@ from pathlib import Path
 import numpy as np
 from flask import Blueprint, Response, abort, jsonify, request, send_file
 
+from ml4paleo.io import is_zarr_store
 from ml4paleo.omezarr import open_image
+from ml4paleo.workspace import SegmentationRegistry
 
 from .common import (
     get_job,
     image_path,
     int_arg,
-    is_zarr_image,
-    job_dir,
+    job_paths,
+    job_state,
     outputs,
-    read_classes,
     safe_join,
     segmentation_dir,
     store,
+    with_state,
 )
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def _public_record(record: dict) -> dict:
     rec = dict(record)
     status = rec.get("status")
     rec["status"] = getattr(status, "value", status)
-    return rec
+    return with_state(rec, rec["status"])
 
 
 @bp.get("/api/job/<job_id>")
@@ -66,8 +68,8 @@ def delete_job(job_id: str):
     get_job(job_id)
     record = store().get(job_id)
     status = getattr(record.get("status"), "value", record.get("status"))
-    lease = record.get("lease")
-    if lease and status in ("converting", "training", "segmenting", "meshing"):
+    state = job_state(status) or {}
+    if record.get("lease") and state.get("running"):
         abort(409, f"job {job_id!r} is {status}; wait for it to finish or fail before deleting")
     store().delete(job_id)
     return jsonify(status="deleted", job_id=job_id)
@@ -82,7 +84,8 @@ def _user_action(job_id: str, action: str):
         record = getattr(store(), action)(job_id)
     except InvalidTransition as exc:
         abort(409, str(exc))
-    return jsonify(job_id=job_id, status=_public_record(record)["status"])
+    rec = _public_record(record)
+    return jsonify(job_id=job_id, status=rec["status"], state=rec["state"])
 
 
 @bp.post("/api/job/<job_id>/retry")
@@ -98,7 +101,7 @@ def cancel_job(job_id: str):
 
 
 def _image_or_404(path: Path, what: str):
-    if not is_zarr_image(path):
+    if not is_zarr_store(path):
         abort(404, f"{what} does not exist (yet)")
     try:
         return open_image(path)
@@ -177,7 +180,8 @@ def image_zarr(job_id: str, path: str):
 @bp.get("/api/job/<job_id>/segmentation/<seg_id>/zarr/<path:path>")
 def segmentation_zarr(job_id: str, seg_id: str, path: str):
     """A raw key of a segmentation's label Zarr store."""
-    base = segmentation_dir(job_id, seg_id) / "labels.ome.zarr"
+    segmentation_dir(job_id, seg_id)
+    base = job_paths(job_id).labels(seg_id)
     if not base.is_dir():
         abort(404, f"segmentation {seg_id!r} has no label image")
     return _send_key(base, path)
@@ -186,7 +190,8 @@ def segmentation_zarr(job_id: str, seg_id: str, path: str):
 @bp.get("/api/job/<job_id>/segmentation/<seg_id>/obj/<path:path>")
 def segmentation_mesh(job_id: str, seg_id: str, path: str):
     """A mesh file (``<label>.stl|obj|ply|glb``) of a segmentation."""
-    base = segmentation_dir(job_id, seg_id) / "meshes"
+    segmentation_dir(job_id, seg_id)
+    base = job_paths(job_id).meshes(seg_id)
     target = safe_join(base, path)
     if not target.is_file():
         abort(404, f"no mesh {path!r}")
@@ -202,13 +207,11 @@ def segmentation_mesh(job_id: str, seg_id: str, path: str):
 @bp.get("/api/job/<job_id>/segmentation/<seg_id>")
 def segmentation_info(job_id: str, seg_id: str):
     """A segmentation's label image metadata, classes and meshes."""
-    seg = segmentation_dir(job_id, seg_id)
-    info = next((s for s in outputs(job_id)["segmentations"] if s["id"] == seg_id), None)
-    if info is None:
-        abort(404, f"no segmentation {seg_id!r}")
+    segmentation_dir(job_id, seg_id)
+    paths = job_paths(job_id)
+    info = SegmentationRegistry(paths).describe(seg_id)
     if info["labels"]:
-        info.update(_image_info(_image_or_404(seg / "labels.ome.zarr", "the label image")))
-    info["classes"] = read_classes(seg, job_dir(job_id))
+        info.update(_image_info(_image_or_404(paths.labels(seg_id), "the label image")))
     return jsonify(info)
 
 
@@ -304,8 +307,8 @@ def segmentation_slice(job_id: str, seg_id: str):
     Same query as the image slice (without ``window``); the viewer colours the labels
     with the per-class colours and opacity the user picks.
     """
-    seg = segmentation_dir(job_id, seg_id)
-    img = _image_or_404(seg / "labels.ome.zarr", "the label image")
+    segmentation_dir(job_id, seg_id)
+    img = _image_or_404(job_paths(job_id).labels(seg_id), "the label image")
     axis = _axis()
     index = int_arg("index", img.shape[axis] // 2)
     level = int_arg("level", 0)
@@ -317,7 +320,7 @@ def segmentation_slice(job_id: str, seg_id: str):
 def _preview(source: Path, cache: Path, what: str):
     from ml4paleo.preview import write_nifti_preview
 
-    if not is_zarr_image(source):
+    if not is_zarr_store(source):
         abort(404, f"{what} does not exist (yet)")
     zattrs = source / ".zattrs"
     stale = cache.is_file() and zattrs.is_file() and cache.stat().st_mtime < zattrs.stat().st_mtime
@@ -329,14 +332,13 @@ def _preview(source: Path, cache: Path, what: str):
 @bp.get("/api/job/<job_id>/preview/image.nii.gz")
 def image_preview(job_id: str):
     """The image downsampled to at most 256 voxels per edge, as NIfTI (for volume viewers)."""
-    root = job_dir(job_id)
-    return _preview(root / "image.ome.zarr", root / "exports" / "preview-image.nii.gz",
-                    "the converted image")
+    paths = job_paths(job_id)
+    return _preview(paths.image, paths.image_preview, "the converted image")
 
 
 @bp.get("/api/job/<job_id>/segmentation/<seg_id>/preview.nii.gz")
 def segmentation_preview(job_id: str, seg_id: str):
     """A segmentation downsampled like the image preview, as NIfTI."""
-    seg = segmentation_dir(job_id, seg_id)
-    cache = job_dir(job_id) / "exports" / f"preview-segmentation-{seg_id}.nii.gz"
-    return _preview(seg / "labels.ome.zarr", cache, "the label image")
+    segmentation_dir(job_id, seg_id)
+    paths = job_paths(job_id)
+    return _preview(paths.labels(seg_id), paths.segmentation_preview(seg_id), "the label image")

@@ -13,15 +13,10 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, jsonify, stream_with_context
 
-from .common import (
-    dir_size,
-    get_job,
-    image_path,
-    is_zarr_image,
-    job_dir,
-    outputs,
-    segmentation_dir,
-)
+from ml4paleo.io import is_zarr_store
+from ml4paleo.workspace import JobPaths, SegmentationRegistry
+
+from .common import dir_size, get_job, job_paths, outputs, segmentation_dir
 
 log = logging.getLogger(__name__)
 bp = Blueprint("downloads", __name__)
@@ -79,14 +74,14 @@ def _kind_or_404(kinds: dict, kind: str):
     return kinds[kind]
 
 
-def _seg_source(seg: Path, kind: str) -> Path:
+def _seg_source(paths: JobPaths, seg_id: str, kind: str) -> Path:
     if kind == "stats":
-        for candidate in (seg / "stats.csv", seg / "meshes" / "stats.csv"):
-            if candidate.is_file():
-                return candidate
-    labels = seg / "labels.ome.zarr"
-    if not is_zarr_image(labels):
-        abort(404, f"segmentation {seg.name!r} has no label image (yet)")
+        stats = SegmentationRegistry(paths).stats_file(seg_id)
+        if stats is not None:
+            return stats
+    labels = paths.labels(seg_id)
+    if not is_zarr_store(labels):
+        abort(404, f"segmentation {seg_id!r} has no label image (yet)")
     return labels
 
 
@@ -95,9 +90,10 @@ def segmentation_download(job_id: str, seg_id: str, kind: str):
     """Download a segmentation: ``zarr``, ``png``, ``tiff`` (zips), ``nifti`` or ``stats``."""
     record = get_job(job_id)
     ext, mimetype, _ = _kind_or_404(SEGMENTATION_KINDS, kind)
-    seg = segmentation_dir(job_id, seg_id)
-    source = _seg_source(seg, kind)
-    cache = job_dir(job_id) / "exports" / f"segmentation-{seg_id}-{kind}.{ext}"
+    segmentation_dir(job_id, seg_id)
+    paths = job_paths(job_id)
+    source = _seg_source(paths, seg_id, kind)
+    cache = paths.segmentation_export(seg_id, kind, ext)
     return _stream(kind, source, cache, _filename(record, seg_id, f"labels.{ext}"), mimetype)
 
 
@@ -105,11 +101,12 @@ def segmentation_download(job_id: str, seg_id: str, kind: str):
 def meshes_download(job_id: str, seg_id: str):
     """Download the meshes of a segmentation as one zip."""
     record = get_job(job_id)
-    seg = segmentation_dir(job_id, seg_id)
-    meshes = seg / "meshes"
+    segmentation_dir(job_id, seg_id)
+    paths = job_paths(job_id)
+    meshes = paths.meshes(seg_id)
     if not meshes.is_dir() or not any(meshes.iterdir()):
         abort(404, f"segmentation {seg_id!r} has no meshes (yet)")
-    cache = job_dir(job_id) / "exports" / f"meshes-{seg_id}.zip"
+    cache = paths.meshes_export(seg_id)
     return _stream("meshes", meshes, cache, _filename(record, seg_id, "meshes.zip"), MESH_KIND[1])
 
 
@@ -118,22 +115,22 @@ def image_download(job_id: str, kind: str):
     """Download the converted image: ``zarr``, ``png``, ``tiff`` (zips) or ``nifti``."""
     record = get_job(job_id)
     ext, mimetype, _ = _kind_or_404(IMAGE_KINDS, kind)
-    source = image_path(job_id)
-    if not is_zarr_image(source):
+    paths = job_paths(job_id)
+    source = paths.image
+    if not is_zarr_store(source):
         abort(404, "the converted image does not exist (yet)")
-    cache = job_dir(job_id) / "exports" / f"image-{kind}.{ext}"
+    cache = paths.image_export(kind, ext)
     return _stream(kind, source, cache, _filename(record, f"image.{ext}"), mimetype)
 
 
 def download_list(job_id: str) -> list[dict]:
     """Every download that exists for a job, with its URL and (cached or source) size."""
-    root = job_dir(job_id)
-    exports = root / "exports"
+    paths = job_paths(job_id)
+    segs = SegmentationRegistry(paths)
     out = outputs(job_id)
     items: list[dict] = []
 
-    def add(group: str, kind: str, url: str, cache_name: str, source: Path, about: str):
-        cached = exports / cache_name
+    def add(group: str, kind: str, url: str, cached: Path, source: Path, about: str):
         items.append({
             "group": group, "kind": kind, "url": url, "description": about,
             "cached": cached.is_file(),
@@ -144,26 +141,26 @@ def download_list(job_id: str) -> list[dict]:
     if out["image"]["exists"]:
         for kind, (ext, _, about) in IMAGE_KINDS.items():
             add("image", kind, f"/api/job/{job_id}/image/download/{kind}",
-                f"image-{kind}.{ext}", root / "image.ome.zarr", about)
+                paths.image_export(kind, ext), paths.image, about)
     for seg in out["segmentations"]:
         sid = seg["id"]
-        seg_path = root / "segmentations" / sid
         if seg["labels"]:
             for kind, (ext, _, about) in SEGMENTATION_KINDS.items():
                 if kind == "stats":
                     continue
                 add(f"segmentation {sid}", kind,
                     f"/api/job/{job_id}/segmentation/{sid}/download/{kind}",
-                    f"segmentation-{sid}-{kind}.{ext}", seg_path / "labels.ome.zarr", about)
+                    paths.segmentation_export(sid, kind, ext), paths.labels(sid), about)
         if seg["labels"] or seg["stats"]:
-            stats_src = next((p for p in (seg_path / "stats.csv", seg_path / "meshes" / "stats.csv")
-                              if p.is_file()), seg_path / "labels.ome.zarr")
+            stats_src = segs.stats_file(sid) or paths.labels(sid)
+            ext = SEGMENTATION_KINDS["stats"][0]
             add(f"segmentation {sid}", "stats",
                 f"/api/job/{job_id}/segmentation/{sid}/download/stats",
-                f"segmentation-{sid}-stats.csv", stats_src, SEGMENTATION_KINDS["stats"][2])
+                paths.segmentation_export(sid, "stats", ext), stats_src,
+                SEGMENTATION_KINDS["stats"][2])
         if seg["meshes"]:
             add(f"segmentation {sid}", "meshes", f"/api/job/{job_id}/meshes/{sid}/download",
-                f"meshes-{sid}.zip", seg_path / "meshes", MESH_KIND[2])
+                paths.meshes_export(sid), paths.meshes(sid), MESH_KIND[2])
     return items
 
 

@@ -5,38 +5,44 @@ Uploads are Dropzone-style chunks (multipart ``file`` + ``dzuuid``, ``dzchunkind
 ``dzchunkbyteoffset``, ``dztotalchunkcount``, ``dztotalfilesize``). Each chunk is written
 at its byte offset, so a retried or resumed chunk is harmless, and the byte ranges
 received are recorded per file so ``GET /api/upload/status`` tells a client where to
-resume. Chunk writes and ``upload-complete`` exclude each other (a per-job upload lock),
-so conversion never starts on a half-written file.
+resume (:mod:`ml4paleo.workspace.uploads` holds those rules). Chunk writes and
+``upload-complete`` exclude each other (a per-job upload lock), so conversion never
+starts on a half-written file.
+
+``GET /api/statuses`` serves the status table (:func:`ml4paleo.jobs.status_table`): the
+pages' scripts read what a status means from it, and every job answer carries its
+status's description as ``state``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import io
-import json
 import logging
 import os
-import re
-from pathlib import Path
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
-from ml4paleo.jobs import InvalidTransition, JobNotFound, JobStore, Status
+from ml4paleo.jobs import InvalidTransition, JobNotFound, JobStore, Status, status_table
 from ml4paleo.jobs.store import clean_name, normalize_source_type
+from ml4paleo.workspace import JobPaths
+from ml4paleo.workspace.uploads import (
+    UploadError,
+    all_states,
+    contiguous,
+    file_state,
+    incomplete_files,
+    sanitize_upload_path,
+    upload_lock,
+    write_chunk,
+)
+
+from .common import with_state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs_api", __name__)
 
-UPLOAD_STATE_DIR = ".uploads"
-UPLOAD_LOCK = ".upload.lock"
-MAX_PATH_DEPTH = 16
-MAX_PART_LENGTH = 200
-COPY_BLOCK = 8 * 1024 * 1024
-#: the only dot-file names an upload keeps (Zarr v2 metadata); any other leading dot is cut
-ZARR_METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata"})
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ ()+,=@~-]")
+__all__ = ["bp", "public_status", "sanitize_upload_path"]
 
 
 def _store() -> JobStore:
@@ -96,7 +102,15 @@ def public_status(record: dict) -> dict:
         "last_error": record.get("last_error"),
         "history": record.get("history", []),
     }
-    return out
+    return with_state(out, out["status"])
+
+
+@bp.get("/api/statuses")
+def statuses():
+    """Every job status with what it means for a user interface (busy, queued, running,
+    failed, retryable, done, phase, label, badge tone), the pipeline order and the runner
+    stages."""
+    return jsonify(status_table())
 
 
 # --------------------------------------------------------------------------- jobs
@@ -110,8 +124,9 @@ def new_job():
     except (TypeError, ValueError, AttributeError) as exc:
         abort(400, str(exc))
     record = _store().create(name, source_type)
-    return jsonify(job_id=record["id"], name=record["name"], status=record["status"],
-                   source_type=record["source_type"]), 201
+    return jsonify(with_state({"job_id": record["id"], "name": record["name"],
+                               "status": record["status"],
+                               "source_type": record["source_type"]}, record["status"])), 201
 
 
 @bp.get("/api/job/<job_id>/status")
@@ -150,43 +165,24 @@ def upload_complete():
         abort(409, f"the upload can only be completed while uploading (the job is "
                    f"{record['status']})")
     store = _store()
-    with _upload_lock(store, job_id):
-        for state in _all_upload_states(store, job_id):
-            got = _contiguous(state)
-            if got < state["total"]:
-                abort(400, f"file {state['name']!r} is incomplete: {got} of {state['total']} "
-                           "bytes received")
+    paths = _paths(job_id)
+    with _upload_lock(paths, job_id):
+        for name, got, total in incomplete_files(paths):
+            abort(400, f"file {name!r} is incomplete: {got} of {total} bytes received")
         try:
             record = store.mark_uploaded(job_id)
         except InvalidTransition as exc:
             abort(400, str(exc))
         except JobNotFound:
             abort(404, f"no job {job_id!r}")
-    return jsonify(job_id=job_id, status=record["status"], upload_bytes=record.get("upload_bytes"),
-                   upload_files=record.get("upload_files"))
+    return jsonify(with_state({"job_id": job_id, "status": record["status"],
+                               "upload_bytes": record.get("upload_bytes"),
+                               "upload_files": record.get("upload_files")}, record["status"]))
 
 
 # --------------------------------------------------------------------------- upload
-def sanitize_upload_path(name: object) -> str:
-    """A safe relative path for an uploaded file: no ``..``, no absolute paths, no hidden
-    or special names; folders kept (``scan/slice_001.tif``). Raises ValueError."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("the uploaded file has no name")
-    parts = []
-    for raw in re.split(r"[\\/]+", name):
-        stripped = raw.strip()
-        if stripped in ("", ".", ".."):
-            continue
-        part = _UNSAFE_CHARS.sub("_", stripped)
-        if part not in ZARR_METADATA_NAMES:  # a Zarr v2 folder needs its dot files
-            part = part.lstrip(".").strip()  # no other hidden files
-        if part:
-            parts.append(part[:MAX_PART_LENGTH])
-    if not parts:
-        raise ValueError(f"unusable file name {name[:100]!r}")
-    if len(parts) > MAX_PATH_DEPTH:
-        raise ValueError(f"file path {name[:100]!r} is nested too deeply")
-    return "/".join(parts)
+def _paths(job_id: str) -> JobPaths:
+    return JobPaths(_store().job_dir(job_id))
 
 
 def _int_field(name: str, default: int | None) -> int | None:
@@ -203,60 +199,12 @@ def _int_field(name: str, default: int | None) -> int | None:
 
 
 @contextlib.contextmanager
-def _upload_lock(store: JobStore, job_id: str):
-    path = store.job_dir(job_id) / UPLOAD_LOCK
+def _upload_lock(paths: JobPaths, job_id: str):
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with upload_lock(paths):
+            yield
     except FileNotFoundError:
         abort(404, f"no job {job_id!r}")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _state_path(store: JobStore, job_id: str, rel: str) -> Path:
-    digest = hashlib.sha256(rel.encode("utf-8")).hexdigest()[:32]
-    return store.job_dir(job_id) / UPLOAD_STATE_DIR / f"{digest}.json"
-
-
-def _read_state(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _all_upload_states(store: JobStore, job_id: str) -> list[dict]:
-    folder = store.job_dir(job_id) / UPLOAD_STATE_DIR
-    states = []
-    if folder.is_dir():
-        for p in sorted(folder.glob("*.json")):
-            state = _read_state(p)
-            if state:
-                states.append(state)
-    return states
-
-
-def _merge(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
-    merged: list[list[int]] = []
-    for s, e in sorted([*ranges, [start, end]]):
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    return merged
-
-
-def _contiguous(state: dict) -> int:
-    """Bytes received from offset 0 without a gap (where a client resumes)."""
-    ranges = state.get("ranges") or []
-    return ranges[0][1] if ranges and ranges[0][0] == 0 else 0
-
-
-def _received(state: dict) -> int:
-    return sum(e - s for s, e in state.get("ranges") or [])
 
 
 @bp.post("/api/upload")
@@ -301,66 +249,25 @@ def upload_chunk():
     if record["status"] != Status.UPLOADING.value:
         abort(409, f"uploads are only accepted while the job is uploading (it is "
                    f"{record['status']})")
-    with _upload_lock(store, job_id):
+    paths = _paths(job_id)
+    with _upload_lock(paths, job_id):
         record = _job(job_id)  # re-read under the upload lock: upload-complete may have won
         if record["status"] != Status.UPLOADING.value:
             abort(409, f"uploads are only accepted while the job is uploading (it is "
                        f"{record['status']})")
-        state, added = _write_chunk(store, job_id, rel, stream, length, offset, total)
+        try:
+            state, added = write_chunk(paths, rel, stream, length, offset, total)
+        except UploadError as exc:
+            abort(400, str(exc))
     if added:
         try:
             store.update(job_id, lambda r: r.__setitem__(
                 "upload_bytes", max(0, int(r.get("upload_bytes") or 0) + added)))
         except JobNotFound:
             abort(404, f"no job {job_id!r}")
-    got = _contiguous(state)
+    got = contiguous(state)
     return jsonify(job_id=job_id, filename=rel, received_bytes=got, total_bytes=total,
                    complete=got >= total, chunk_index=index)
-
-
-def _write_chunk(store: JobStore, job_id: str, rel: str, stream, length: int, offset: int,
-                 total: int) -> tuple[dict, int]:
-    folder = store.job_dir(job_id) / "upload"
-    target = folder.joinpath(*rel.split("/"))
-    root = folder.resolve()
-    if root not in target.resolve().parents:
-        abort(400, f"file name {rel!r} leaves the upload folder")
-    state_path = _state_path(store, job_id, rel)
-    state_path.parent.mkdir(exist_ok=True)
-    state = _read_state(state_path)
-    fresh = state is None or state.get("total") != total or not target.is_file()
-    # bytes already counted in the record's upload_bytes; a restarted file gives them back
-    counted = _received(state) if state else 0
-    if fresh:
-        state = {"name": rel, "total": total, "ranges": []}
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        abort(400, f"file name {rel!r} clashes with an uploaded file")
-    if target.is_dir():
-        abort(400, f"file name {rel!r} clashes with an uploaded folder")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o644)
-    try:
-        if os.fstat(fd).st_size != total:
-            os.ftruncate(fd, total)
-        pos, end = offset, offset + length
-        while pos < end:
-            block = stream.read(min(COPY_BLOCK, end - pos))
-            if not block:
-                abort(400, "the uploaded chunk is shorter than announced")
-            view = memoryview(block)
-            while view:
-                n = os.pwrite(fd, view, pos)
-                view, pos = view[n:], pos + n
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if length or total == 0:
-        state["ranges"] = _merge(state["ranges"], offset, offset + length)
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, state_path)
-    return state, _received(state) - counted
 
 
 @bp.get("/api/upload/status")
@@ -368,19 +275,18 @@ def upload_status():
     """``?job_id=..&filename=..`` -> bytes received so far (resume from ``received_bytes``)."""
     job_id = request.args.get("job_id") or request.headers.get("X-Job-ID")
     _job(job_id)
-    store = _store()
+    paths = _paths(job_id)
     name = request.args.get("filename")
     if not name:
-        states = _all_upload_states(store, job_id)
         return jsonify(job_id=job_id, files=[
-            {"filename": s["name"], "received_bytes": _contiguous(s), "total_bytes": s["total"],
-             "complete": _contiguous(s) >= s["total"]} for s in states])
+            {"filename": s["name"], "received_bytes": contiguous(s), "total_bytes": s["total"],
+             "complete": contiguous(s) >= s["total"]} for s in all_states(paths)])
     try:
         rel = sanitize_upload_path(name)
     except ValueError as exc:
         abort(400, str(exc))
-    state = _read_state(_state_path(store, job_id, rel)) or {"total": None, "ranges": []}
-    got = _contiguous(state)
+    state = file_state(paths, rel)
+    got = contiguous(state)
     total = state.get("total")
     return jsonify(job_id=job_id, filename=rel, received_bytes=got, total_bytes=total,
                    ranges=state.get("ranges", []),

@@ -41,7 +41,9 @@ def _job_page(template: str, job_id: str, **context):
 @bp.get("/")
 def home():
     """Home: upload a scan, list jobs."""
-    return render("home.html")
+    from ml4paleo.jobs.statuses import status_filters
+
+    return render("home.html", status_filters=status_filters())
 
 
 @bp.get("/about")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 from flask import Blueprint, abort, request, send_file
 
-from .common import get_job, job_dir, segmentation_dir
+from ml4paleo.workspace import JobPaths, SegmentationRegistry
+
+from .common import get_job, job_paths, segmentation_dir
 
 log = logging.getLogger(__name__)
 bp = Blueprint("reports", __name__)
@@ -30,29 +31,33 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def _inputs_mtime(root: Path, seg: Path, record: dict) -> float:
+def _inputs_mtime(paths: JobPaths, seg_id: str, record: dict) -> float:
     """Newest modification time of what the report shows."""
-    candidates = [seg / "stats.csv", seg / "segmentation.json", seg / "meshes",
-                  seg / "labels.ome.zarr", root / "annotations" / "classes.json"]
-    if (seg / "meshes").is_dir():
-        candidates += list((seg / "meshes").iterdir())
+    meshes = paths.meshes(seg_id)
+    candidates = [paths.stats(seg_id), paths.segmentation_meta(seg_id), meshes,
+                  paths.labels(seg_id), paths.classes]
+    if meshes.is_dir():
+        candidates += list(meshes.iterdir())
     model_id = record.get("model_id")
     if model_id:
-        candidates.append(root / "models" / str(model_id) / "meta.json")
+        try:
+            candidates.append(paths.model_meta(str(model_id)))
+        except ValueError:
+            pass  # a malformed id in an old record names no file
     times = [p.stat().st_mtime for p in candidates if p.exists()]
     return max(times, default=0.0)
 
 
-def _check_size(seg: Path) -> None:
+def _check_size(paths: JobPaths, seg_id: str) -> None:
     """409 when the statistics would have to be computed over a big label volume here."""
-    if (seg / "stats.csv").is_file() or (seg / "meshes" / "stats.csv").is_file():
+    if SegmentationRegistry(paths).stats_file(seg_id) is not None:
         return
     from ml4paleo.omezarr import open_image
 
     try:
-        shape = open_image(seg / "labels.ome.zarr").shape
+        shape = open_image(paths.labels(seg_id)).shape
     except (FileNotFoundError, ValueError):
-        abort(404, f"segmentation {seg.name!r} has no label image (yet)")
+        abort(404, f"segmentation {seg_id!r} has no label image (yet)")
     voxels = 1
     for s in shape:
         voxels *= int(s)
@@ -69,15 +74,15 @@ def segmentation_report(job_id: str, seg_id: str, fmt: str):
     if fmt not in _MIMETYPES:
         abort(404, f"no report format {fmt!r}; use report.html or report.pdf")
     record = get_job(job_id)
-    seg = segmentation_dir(job_id, seg_id)
-    root = job_dir(job_id)
-    cache = root / "exports" / f"report-{seg_id}.{fmt}"
+    segmentation_dir(job_id, seg_id)
+    paths = job_paths(job_id)
+    cache = paths.report(seg_id, fmt)
     with _lock(f"{job_id}/{seg_id}"):
-        if not cache.is_file() or cache.stat().st_mtime < _inputs_mtime(root, seg, record):
-            _check_size(seg)
+        if not cache.is_file() or cache.stat().st_mtime < _inputs_mtime(paths, seg_id, record):
+            _check_size(paths, seg_id)
             # both formats at once: the figures are the expensive part
             try:
-                build_report(root, cache, formats=("html", "pdf"), segmentation_id=seg_id)
+                build_report(paths.root, cache, formats=("html", "pdf"), segmentation_id=seg_id)
             except (ReportError, FileNotFoundError) as exc:
                 abort(404, str(exc))
             log.info("built %s report of job %s segmentation %s", fmt, job_id, seg_id)

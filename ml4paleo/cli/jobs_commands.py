@@ -1,14 +1,23 @@
-"""``ml4paleo serve``, ``ml4paleo runner KIND``, ``ml4paleo jobs list|show|retry|cancel|delete|purge``."""
+"""``ml4paleo runner KIND``, ``ml4paleo jobs list|show|retry|cancel|delete|purge``.
+
+(``ml4paleo serve`` comes from the web app, registered through the ``ml4paleo.commands``
+entry point group; see :mod:`ml4paleo.cli`.)
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
+from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
 from ml4paleo.config import Settings
+from ml4paleo.jobs.statuses import STAGES
 
 _data_option = click.option(
     "--data", "data_dir", type=click.Path(file_okay=False), default=None,
@@ -38,36 +47,48 @@ def _store(data_dir: str | None):
     return JobStore(settings.data_dir, settings=settings)
 
 
-@click.command("serve")
-@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default 5000).")
-@_data_option
-@click.option("--no-runners", is_flag=True, help="Start the web app only.")
-@click.option("--threads", type=int, default=8, show_default=True, help="Web server threads.")
-def serve(host, port, data_dir, no_runners, threads) -> None:
-    """Web app (waitress) + convert, segment and mesh runners; Ctrl-C stops all."""
-    from ml4paleo.jobs.serve import serve as run
-
-    settings = Settings.from_env(data_dir=data_dir, host=host, port=port)
-    run(settings, runners=not no_runners, threads=threads,
-        on_ready=lambda url: click.echo(f"ml4paleo on {url} (data: {settings.data_dir}); "
-                                        "Ctrl-C stops"))
+def _runner_logging(verbose: int) -> None:
+    """Runner scripts log at INFO (DEBUG with ``-v``); under ``ml4paleo`` the group's
+    ``-v`` already configured logging and this changes nothing."""
+    logging.basicConfig(level=logging.INFO - 10 * min(verbose, 1),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@click.command("runner")
-@click.argument("kind", type=click.Choice(["convert", "segment", "mesh"]))
-@_data_option
-@click.option("--poll-interval", type=float, default=None,
-              help="Seconds between polls when idle (default 2).")
-@click.option("--once", is_flag=True, help="Drain the queue, then exit.")
-def runner(kind, data_dir, poll_interval, once) -> None:
-    """Run a job runner (several copies may run at once)."""
-    from ml4paleo.jobs.runner import run_runner
+def make_runner_command(kind: str | None = None) -> click.Command:
+    """The ``runner`` command; with ``kind`` given, one without the KIND argument (the
+    top-level ``conversionrunner.py`` / ``segmentrunner.py`` / ``meshrunner.py``)."""
 
-    settings = Settings.from_env(data_dir=data_dir, poll_interval=poll_interval)
-    n = run_runner(kind, settings, once=once)
-    if once:
-        click.echo(f"{kind} runner: {n} job(s) processed")
+    @click.option("--once", is_flag=True, help="Drain the queue, then exit.")
+    @click.option("--poll-interval", type=float, default=None,
+                  help="Seconds between polls when idle (default 2).")
+    @_data_option
+    @click.option("-v", "--verbose", count=True, help="More log output.")
+    def run(data_dir, poll_interval, once, verbose, kind=kind) -> None:
+        from ml4paleo.jobs.runner import run_runner
+
+        _runner_logging(verbose)
+        settings = Settings.from_env(data_dir=data_dir, poll_interval=poll_interval)
+        n = run_runner(kind, settings, once=once)
+        if once:
+            click.echo(f"{kind} runner: {n} job(s) processed")
+
+    run.__doc__ = ("Run a job runner (several copies may run at once)." if kind is None else
+                   f"The {kind} runner: process queued jobs (several copies may run at once).")
+    if kind is None:
+        run = click.argument("kind", type=click.Choice(list(STAGES)))(run)
+    return click.command("runner", context_settings={"help_option_names": ["-h", "--help"]})(run)
+
+
+runner = make_runner_command()
+
+
+def runner_main(kind: str | None = None, argv: Sequence[str] | None = None) -> int:
+    """``python -m ml4paleo.jobs KIND ...`` (``kind`` None) or a runner script (``kind``
+    given): the ``runner`` command with the same options, as its own program."""
+    prog = "python -m ml4paleo.jobs" if kind is None else Path(sys.argv[0]).name
+    make_runner_command(kind).main(args=list(sys.argv[1:] if argv is None else argv),
+                              prog_name=prog)
+    return 0
 
 
 @click.group("jobs")
@@ -163,4 +184,4 @@ def purge(older_than, data_dir, dry_run) -> None:
     click.echo(f"{len(ids)} job(s) {'to purge' if dry_run else 'purged'}")
 
 
-commands: list = [serve, runner, jobs]
+commands: list = [runner, jobs]

@@ -4,16 +4,20 @@
 >>> Status.CONVERTED.value
 'converted'
 
-Modules: :mod:`.statuses` (Status, the transition table), :mod:`.store` (JobStore),
-:mod:`.runner` (claim / heartbeat / retry loop, ``run_runner``), :mod:`.steps` (the
-convert, segment and mesh steps), :mod:`.serve` (web app + runners in one command).
+Modules: :mod:`.statuses` (Status, the transition table, :func:`describe` of a status
+for user interfaces), :mod:`.store` (JobStore), :mod:`.context` (what a step sees),
+:mod:`.steps` (one module per job kind: convert, segment, mesh), :mod:`.runner` (claim /
+heartbeat / retry loop, ``run_runner``), :mod:`.serve` (a server plus the runners as
+child processes).
 """
 
 from __future__ import annotations
 
+from ml4paleo.jobs.runner import run_runner
 from ml4paleo.jobs.statuses import (
     BUSY,
     FINAL,
+    PIPELINE_ORDER,
     RUNNING,
     STAGES,
     TRANSITIONS,
@@ -21,7 +25,10 @@ from ml4paleo.jobs.statuses import (
     Status,
     annotation_effect,
     check_transition,
+    describe,
     parse_status,
+    reached,
+    status_table,
 )
 from ml4paleo.jobs.store import (
     InvalidTransition,
@@ -29,19 +36,13 @@ from ml4paleo.jobs.store import (
     JobStore,
     LeaseLost,
     clean_name,
+    load_record,
     normalize_source_type,
 )
 
-
-def run_runner(kind, settings=None, once=False, stop_event=None):
-    """See :func:`ml4paleo.jobs.runner.run_runner` (imported lazily)."""
-    from ml4paleo.jobs.runner import run_runner as _run
-
-    return _run(kind, settings, once=once, stop_event=stop_event)
-
-
 __all__ = [
-    "BUSY", "FINAL", "RUNNING", "STAGES", "TRANSITIONS", "InvalidTransition", "JobNotFound",
-    "JobStore", "LeaseLost", "Stage", "Status", "annotation_effect", "check_transition",
-    "clean_name", "normalize_source_type", "parse_status", "run_runner",
+    "BUSY", "FINAL", "PIPELINE_ORDER", "RUNNING", "STAGES", "TRANSITIONS", "InvalidTransition",
+    "JobNotFound", "JobStore", "LeaseLost", "Stage", "Status", "annotation_effect",
+    "check_transition", "clean_name", "describe", "load_record", "normalize_source_type",
+    "parse_status", "reached", "run_runner", "status_table",
 ]

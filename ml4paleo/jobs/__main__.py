@@ -1,7 +1,7 @@
-"""``python -m ml4paleo.jobs convert|segment|mesh [--data DIR] [--poll-interval S] [--once]``."""
+"""``python -m ml4paleo.jobs convert|segment|mesh [--data DIR] [--poll-interval S] [--once] [-v]``."""
 
 import sys
 
-from ml4paleo.jobs.serve import runner_main
+from ml4paleo.cli.jobs_commands import runner_main
 
 sys.exit(runner_main())

@@ -33,9 +33,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 from ml4paleo.config import Settings
+from ml4paleo.jobs import steps
+from ml4paleo.jobs.context import JobContext, StepError, Stopping, ensure_owner
 from ml4paleo.jobs.statuses import RUNNER, STAGES, Stage, Status, parse_status
 from ml4paleo.jobs.store import (
     JobNotFound,
@@ -55,132 +56,9 @@ PURGE_INTERVAL = 3600.0
 PROGRESS_WRITE_INTERVAL = 0.5
 
 
-class StepError(RuntimeError):
-    """A step failure that retrying cannot fix (bad input, library missing); fails at once."""
-
-
-class Stopping(Exception):  # noqa: N818 - a signal, not an error
-    """Raised inside a step when the runner was asked to stop."""
-
-
 def new_owner(kind: str) -> str:
     """A lease owner name: host, pid, kind and a random tag (unique per runner run)."""
     return f"{socket.gethostname()}:{os.getpid()}:{kind}:{secrets.token_hex(3)}"
-
-
-class JobContext:
-    """What a step sees: the job, its folder, and owned writes (progress, fields, status).
-
-    Every write checks that this runner still holds the lease (else :class:`LeaseLost`);
-    :meth:`progress` also raises :class:`Stopping` when the runner is shutting down.
-    """
-
-    def __init__(self, store: JobStore, record: dict, stage: Stage, owner: str,
-                 settings: Settings, stop_event: threading.Event) -> None:
-        self.store = store
-        self.settings = settings
-        self.record = record
-        self.job_id: str = record["id"]
-        self.job_dir: Path = store.job_dir(self.job_id)
-        self.stage = stage
-        self.owner = owner
-        self.stop_event = stop_event
-        self.lost = threading.Event()
-        self._lock = threading.Lock()
-        self._progress: float = float(record.get("progress") or 0.0)
-        self._message: str | None = None
-        self._dirty = False
-        self._range = (0.0, 1.0)
-
-    # -- progress -------------------------------------------------------------
-    def set_range(self, lo: float, hi: float) -> None:
-        """Map the next ``progress(done, total)`` calls onto ``[lo, hi]`` of the job."""
-        self._range = (float(lo), float(hi))
-
-    def progress(self, done: int | float, total: int | float, message: str | None = None) -> None:
-        """Progress callback for library functions: ``progress(done, total)``."""
-        self.check()
-        frac = min(max(float(done) / float(total), 0.0), 1.0) if total else 0.0
-        lo, hi = self._range
-        with self._lock:
-            self._progress = lo + (hi - lo) * frac
-            if message is not None:
-                self._message = message
-            self._dirty = True
-
-    def message(self, text: str) -> None:
-        """Set the human message shown with the progress bar."""
-        with self._lock:
-            self._message = text
-            self._dirty = True
-
-    def check(self) -> None:
-        """Raise :class:`LeaseLost` / :class:`Stopping` when the job must be dropped."""
-        if self.lost.is_set():
-            raise LeaseLost(f"job {self.job_id}: lease lost (cancelled, deleted or reclaimed)")
-        if self.stop_event.is_set():
-            raise Stopping(f"runner stopping; job {self.job_id} handed back")
-
-    # -- owned writes ---------------------------------------------------------
-    def owned_update(self, fn: Callable[[dict], object]) -> dict:
-        """Read-modify-write that only happens while this runner owns the job."""
-        def apply(record: dict) -> None:
-            ensure_owner(record, self.stage, self.owner)
-            fn(record)
-
-        try:
-            record = self.store.update(self.job_id, apply)
-        except JobNotFound:
-            self.lost.set()
-            raise LeaseLost(f"job {self.job_id} was deleted") from None
-        except LeaseLost:
-            self.lost.set()
-            raise
-        self.record = record
-        return record
-
-    def set_fields(self, **fields) -> dict:
-        """Set fields of the record (owned write)."""
-        return self.owned_update(lambda r: r.update(fields))
-
-    def set_status(self, status: Status, message: str | None = None, **fields) -> dict:
-        """Move to another running status of this stage (e.g. training -> segmenting)."""
-        status = parse_status(status)
-        if status not in self.stage.running:
-            raise ValueError(f"{status.value} is not a running status of the {self.stage.kind} stage")
-
-        def apply(record: dict) -> None:
-            set_status(record, status, message)
-            record.update(fields)
-
-        return self.owned_update(apply)
-
-    def flush(self, renew: bool) -> None:
-        """Write pending progress / message and, when ``renew``, extend the lease."""
-        with self._lock:
-            dirty, progress, message = self._dirty, self._progress, self._message
-            self._dirty = False
-        if not (dirty or renew):
-            return
-        expires = isoformat(utcnow() + timedelta(seconds=self.settings.lease_seconds))
-
-        def apply(record: dict) -> None:
-            record["progress"] = round(progress, 4)
-            if message is not None:
-                record["message"] = message
-            if renew:
-                record["lease"]["expires_at"] = expires
-
-        self.owned_update(apply)
-
-
-def ensure_owner(record: dict, stage: Stage, owner: str) -> None:
-    """Raise :class:`LeaseLost` unless ``owner`` holds the lease of a running ``record``."""
-    lease = record.get("lease") or {}
-    if lease.get("owner") != owner or record.get("status") not in {s.value for s in stage.running}:
-        raise LeaseLost(
-            f"job {record.get('id')}: not owned by {owner} (status {record.get('status')}, "
-            f"lease owner {lease.get('owner')})")
 
 
 class _Heartbeat(threading.Thread):
@@ -397,19 +275,17 @@ def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
 
 
 def get_step(kind: str) -> Callable[[JobContext], dict | None]:
-    """The step function for ``kind``.
+    """The step function for ``kind`` (see :data:`ml4paleo.jobs.steps.STEPS`).
 
     ``ML4PALEO_STEPS_PLUGIN`` may name a module whose ``STEPS`` dict overrides steps
     (used by the test suite to slow a step down; production uses :mod:`.steps`).
     """
     plugin = os.environ.get("ML4PALEO_STEPS_PLUGIN")
     if plugin:
-        steps = getattr(importlib.import_module(plugin), "STEPS", {})
-        if kind in steps:
-            return steps[kind]
-    from ml4paleo.jobs import steps
-
-    return steps.STEPS[kind]
+        overrides = getattr(importlib.import_module(plugin), "STEPS", {})
+        if kind in overrides:
+            return overrides[kind]
+    return steps.get_step(kind)
 
 
 class Runner:

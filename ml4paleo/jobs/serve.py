@@ -1,15 +1,14 @@
-"""One command for everything: the web app on waitress plus the three runners.
+"""A server plus the three runners in one process tree: :func:`serve_with_runners`.
 
-``python main.py`` and ``ml4paleo serve`` call :func:`serve`; the top-level runner
-scripts and ``python -m ml4paleo.jobs KIND`` call :func:`runner_main`. Flask and the
-web app are imported only inside :func:`serve`, so ``ml4paleo`` stays Flask-free.
+The runners are child processes (``python -m ml4paleo.jobs KIND``), restarted when they
+crash and stopped with the server. The web app itself lives in ``webapp`` (its ``serve``
+command, used by ``python main.py`` and ``ml4paleo serve``, hands its server to
+:func:`serve_with_runners`), so this package never imports Flask.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from ml4paleo.config import Settings
 from ml4paleo.jobs.statuses import STAGES
@@ -102,30 +102,33 @@ class RunnerProcesses:
         log.info("runners stopped")
 
 
-def serve(settings: Settings, *, runners: bool = True, threads: int = 8,
-          on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the web app on waitress (and the three runners as child processes) until
-    SIGTERM / Ctrl-C; then stop everything.
+class Server(Protocol):
+    """What :func:`serve_with_runners` runs: a WSGI server such as waitress's."""
+
+    def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def serve_with_runners(settings: Settings, server: Server, url: str, *, runners: bool = True,
+                       on_ready: Callable[[str], None] | None = None) -> None:
+    """Run ``server`` (and the three runners as child processes) until SIGTERM / Ctrl-C;
+    then stop everything.
 
     Parameters
     ----------
     settings : Settings
-        ``host``, ``port`` (0 = any free port) and ``data_dir`` are used.
+        ``data_dir`` and ``poll_interval`` are handed to the runners.
+    server : Server
+        A server that was created listening (``run()`` blocks, ``close()`` stops it).
+    url : str
+        Where it listens (logged, passed to ``on_ready``).
     runners : bool
         Start the convert, segment and mesh runners as child processes.
-    threads : int
-        Waitress worker threads.
     on_ready : callable, optional
-        Called with the server's URL once it listens.
+        Called with ``url`` once everything runs.
     """
-    from waitress import create_server  # web stack imported only here
-
-    from webapp import create_app
-
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
-    server = create_server(app, host=settings.host, port=settings.port, threads=threads)
-    url = f"http://{settings.host}:{server.effective_port}"
     children = RunnerProcesses(settings) if runners else None
 
     def _on_signal(signum, _frame):
@@ -151,48 +154,3 @@ def serve(settings: Settings, *, runners: bool = True, threads: int = 8,
             children.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _common_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", default=None,
-                        help="data directory (default: ML4PALEO_DATA or ./data)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    return parser
-
-
-def _logging(verbose: int) -> None:
-    logging.basicConfig(level=logging.INFO - 10 * min(verbose, 1),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def runner_main(kind: str | None = None, argv: Sequence[str] | None = None) -> int:
-    """``conversionrunner.py`` / ``python -m ml4paleo.jobs KIND``: parse args, run a runner."""
-    from ml4paleo.jobs.runner import run_runner
-
-    parser = _common_parser(f"ml4paleo {kind or ''} runner: process queued jobs".replace("  ", " "))
-    if kind is None:
-        parser.add_argument("kind", choices=RUNNER_KINDS)
-    parser.add_argument("--poll-interval", type=float, default=None,
-                        help="seconds between polls when idle (default 2)")
-    parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
-    args = parser.parse_args(argv)
-    _logging(args.verbose)
-    settings = Settings.from_env(data_dir=args.data, poll_interval=args.poll_interval)
-    run_runner(kind or args.kind, settings, once=args.once)
-    return 0
-
-
-def serve_main(argv: Sequence[str] | None = None) -> int:
-    """``python main.py [--host] [--port] [--data] [--no-runners]``."""
-    parser = _common_parser("ml4paleo: web app + the three runners")
-    parser.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default 5000)")
-    parser.add_argument("--no-runners", action="store_true", help="web app only")
-    parser.add_argument("--threads", type=int, default=8, help="web server threads")
-    args = parser.parse_args(argv)
-    _logging(args.verbose)
-    settings = Settings.from_env(data_dir=args.data, host=args.host, port=args.port)
-    os.environ.setdefault("ML4PALEO_DATA", str(settings.data_dir))
-    serve(settings, runners=not args.no_runners, threads=args.threads)
-    return 0

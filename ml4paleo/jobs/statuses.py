@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -88,6 +89,19 @@ RUNNING: frozenset[Status] = frozenset(s for st in STAGES.values() for s in st.r
 #: statuses after which the job waits for the user (final for the stage, or failed)
 FINAL: frozenset[Status] = frozenset(
     {s for st in STAGES.values() for s in (*st.done, st.error)}
+)
+#: statuses of a failed stage (the legacy ``error`` included)
+FAILED: frozenset[Status] = frozenset({st.error for st in STAGES.values()} | {Status.ERROR})
+#: statuses in which a stage's result was just written (the legacy ``done`` included)
+DONE: frozenset[Status] = frozenset(
+    {s for st in STAGES.values() for s in st.done} | {Status.DONE}
+)
+#: the order a job normally passes its statuses (errors left out): "at or after" checks
+PIPELINE_ORDER: tuple[Status, ...] = (
+    Status.PENDING, Status.UPLOADING, Status.UPLOADED, Status.CONVERTING, Status.CONVERTED,
+    Status.ANNOTATED, Status.TRAINING_QUEUED, Status.TRAINING, Status.TRAINED,
+    Status.SEGMENTING, Status.SEGMENTED, Status.MESHING_QUEUED, Status.MESHING, Status.MESHED,
+    Status.DONE,
 )
 #: an image exists and nothing runs: the user may annotate, train, segment
 RESTING_WITH_IMAGE: frozenset[Status] = frozenset({
@@ -270,3 +284,158 @@ def annotation_effect(status: Status | str) -> tuple[Status | None, str | None]:
     if status in BUSY and status not in STAGES["convert"].busy:
         return None, None
     return None, f"annotations need a converted image (the job is {status.value})"
+
+
+#: the step of the pipeline the UI shows a status under
+_UI_STEP: dict[Status, str] = {
+    Status.PENDING: "upload", Status.UPLOADING: "upload",
+    Status.UPLOADED: "convert", Status.CONVERTING: "convert", Status.CONVERTED: "convert",
+    Status.CONVERT_ERROR: "convert",
+    Status.ANNOTATED: "annotate",
+    Status.TRAINING_QUEUED: "train", Status.TRAINING: "train", Status.TRAINED: "train",
+    Status.SEGMENTING: "segment", Status.SEGMENTED: "segment", Status.SEGMENT_ERROR: "segment",
+    Status.MESHING_QUEUED: "mesh", Status.MESHING: "mesh", Status.MESHED: "mesh",
+    Status.MESH_ERROR: "mesh",
+}
+
+
+def reached(status: Status | str, targets: Status | str | tuple | list | set | frozenset) -> bool:
+    """True when ``status`` is one of ``targets`` or comes after one of them in
+    :data:`PIPELINE_ORDER` (so a short status between two polls is not missed).
+
+    Examples
+    --------
+    >>> reached("meshed", "converted"), reached("converting", "converted")
+    (True, False)
+    """
+    names = (targets,) if isinstance(targets, str | Status) else tuple(targets)
+    if str(status) in {str(t) for t in names}:
+        return True
+    wanted = set()
+    for name in names:
+        try:
+            wanted.add(parse_status(name))
+        except ValueError:
+            continue  # an unknown name can only match itself (checked above)
+    try:
+        status = parse_status(status)
+    except ValueError:
+        return False
+    if status in wanted:
+        return True
+    if status not in PIPELINE_ORDER:
+        return False
+    ranks = [PIPELINE_ORDER.index(t) for t in wanted if t in PIPELINE_ORDER]
+    return bool(ranks) and PIPELINE_ORDER.index(status) >= min(ranks)
+
+
+def describe(status: Status | str) -> dict[str, Any]:
+    """What a user interface needs to know about one status: the one place of these rules.
+
+    Returns
+    -------
+    dict
+        ``status`` (plain value), ``label`` (human words), ``phase`` (the runner stage:
+        ``convert`` / ``segment`` / ``mesh``, ``upload`` before it, None for the legacy
+        values), ``step`` (the pipeline step the UI shows it under), ``busy`` (a runner
+        has work queued or under way), ``active`` (busy, or the upload is under way: poll
+        often), ``queued``, ``running``, ``failed``, ``retryable``
+        (a retry queues it again), ``cancellable``, ``done`` (a stage just finished),
+        ``resting`` (an image exists and nothing runs: annotate / segment / mesh are
+        possible), ``tone`` (``busy`` / ``ok`` / ``bad`` / ``""`` for badges) and
+        ``order`` (index in :data:`PIPELINE_ORDER`, None for errors).
+
+    Raises
+    ------
+    ValueError
+        When the text names no status.
+
+    Examples
+    --------
+    >>> d = describe("training_queued")
+    >>> d["phase"], d["busy"], d["queued"], d["running"], d["label"]
+    ('segment', True, True, False, 'training queued')
+    >>> describe("mesh_error")["retryable"]
+    True
+    """
+    status = parse_status(status)
+    stage = stage_of(status)
+    busy = status in BUSY
+    active = busy or status == Status.UPLOADING  # the user's browser is at work too
+    failed = status in FAILED
+    if active:
+        tone = "busy"
+    elif failed:
+        tone = "bad"
+    elif status in DONE or status == Status.ANNOTATED:
+        tone = "ok"
+    else:
+        tone = ""
+    if stage is not None:
+        phase: str | None = stage.kind
+    elif status in (Status.PENDING, Status.UPLOADING):
+        phase = "upload"
+    else:
+        phase = None
+    return {
+        "status": status.value,
+        "label": status.value.replace("_", " "),
+        "phase": phase,
+        "step": _UI_STEP.get(status),
+        "busy": busy,
+        "active": active,
+        "queued": stage is not None and status == stage.queued,
+        "running": status in RUNNING,
+        "failed": failed,
+        "retryable": retry_target(status) is not None,
+        "cancellable": cancel_target(status) is not None,
+        "done": status in DONE,
+        "resting": status in RESTING_WITH_IMAGE,
+        "tone": tone,
+        "order": PIPELINE_ORDER.index(status) if status in PIPELINE_ORDER else None,
+    }
+
+
+#: how a list of jobs names each stage's queued + running statuses together
+_BUSY_LABEL = {"convert": "converting", "segment": "training / segmenting", "mesh": "meshing"}
+
+
+def status_filters() -> list[dict[str, Any]]:
+    """Choices for filtering a job list by status, in pipeline order: each resting status
+    alone, each stage's queued + running statuses together, all failures together.
+
+    Examples
+    --------
+    >>> [f["label"] for f in status_filters()][:3]
+    ['uploading', 'converting', 'converted']
+    >>> status_filters()[-1]["statuses"]
+    ['convert_error', 'segment_error', 'mesh_error']
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[Status] = set()
+    for status in PIPELINE_ORDER:
+        if status in (Status.PENDING, Status.DONE) or status in seen:
+            continue
+        stage = stage_of(status)
+        group = list(stage.busy) if stage is not None and status in BUSY else [status]
+        seen.update(group)
+        label = _BUSY_LABEL.get(stage.kind, stage.kind) if len(group) > 1 else \
+            status.value.replace("_", " ")
+        out.append({"label": label, "statuses": [s.value for s in group]})
+    out.append({"label": "failed", "statuses": [st.error.value for st in STAGES.values()]})
+    return out
+
+
+def status_table() -> dict[str, Any]:
+    """Every status described (:func:`describe`), the pipeline order and the runner stages:
+    served to the browser at ``GET /api/statuses`` so no script keeps its own copy."""
+    return {
+        "statuses": {s.value: describe(s) for s in Status},
+        "order": [s.value for s in PIPELINE_ORDER],
+        "filters": status_filters(),
+        "stages": {
+            kind: {"queued": st.queued.value, "running": [s.value for s in st.running],
+                   "done": [s.value for s in st.done], "error": st.error.value}
+            for kind, st in STAGES.items()
+        },
+    }

@@ -1,11 +1,13 @@
 """The JSON job store: one ``job.json`` per job, locked read-modify-write, atomic writes.
 
-Layout: ``<data_dir>/jobs/<job_id>/job.json`` plus the job's files beside it. Every
+Layout: ``<data_dir>/jobs/<job_id>/`` holds the record (``JobPaths.record``) plus the
+job's files beside it (:class:`ml4paleo.workspace.JobPaths` names them all). Every
 change is a read-modify-write done while holding an exclusive ``fcntl.flock`` on the
-job's ``.lock`` file, written to a temp file, fsync'ed and ``os.replace``'d over the
-record, so several processes (web app, runners, CLI) can update one job at once
-without losing an update, and a SIGKILL at any instant leaves a readable record.
-Reads need no lock: a reader sees the old or the new file, never half of one.
+job's lock file, written atomically (:func:`ml4paleo._fs.atomic_write`: temp file,
+fsync, rename) over the record, so several processes (web app, runners, CLI) can update
+one job at once without losing an update, and a SIGKILL at any instant leaves a readable
+record. Reads need no lock: a reader sees the old or the new file, never half of one
+(:func:`load_record` takes the lock shared, for readers outside the store).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import os
 import re
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ml4paleo._fs import atomic_write, parse_iso
 from ml4paleo.config import Settings
 from ml4paleo.jobs.statuses import (
     BUSY,
@@ -35,12 +37,11 @@ from ml4paleo.jobs.statuses import (
     parse_status,
     retry_target,
 )
+from ml4paleo.workspace.ids import new_id
+from ml4paleo.workspace.paths import JobPaths
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = "job.json"
-LOCK_NAME = ".lock"
-_TMP_PREFIX = f".{RECORD_NAME}.tmp-"
 _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 MAX_NAME_LENGTH = 200
@@ -90,7 +91,7 @@ def parse_time(text: str | None) -> datetime | None:
     """Parse a timestamp written by :func:`isoformat` (None passes through)."""
     if not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_iso(text)
 
 
 def normalize_source_type(value: str | None) -> str:
@@ -132,16 +133,38 @@ def clean_name(value: object, default: str | None = None) -> str:
     return name
 
 
-def new_id() -> str:
-    """A new job / model / segmentation id: > 128 random bits, URL-safe (23 characters).
+def _record_temp_prefix(paths: JobPaths) -> str:
+    """Start of the temp names :func:`ml4paleo._fs.temp_path` gives a record being written."""
+    return f".{paths.record.name}.tmp-"
 
-    Ids never start with ``-``, so they can't be mistaken for a command-line option
-    (``ml4paleo jobs show ID``) and pass every path-component check.
+
+@contextlib.contextmanager
+def _locked_fd(lock_path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield fd
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def load_record(job_dir: str | os.PathLike) -> dict | None:
+    """Read the record of the job folder ``job_dir`` (None when it has none), holding the
+    job's lock shared, so no writer of the store is between its steps.
+
+    For readers that have a job folder rather than a store (the report, tools); a folder
+    whose lock cannot be taken (read-only copy) is read without it.
     """
-    while True:
-        candidate = secrets.token_urlsafe(17)
-        if not candidate.startswith("-"):
-            return candidate
+    paths = JobPaths(job_dir)
+    if not paths.record.is_file():
+        return None
+    try:
+        with _locked_fd(paths.lock, fcntl.LOCK_SH):
+            return JobStore.read_record_file(paths.record)
+    except FileNotFoundError:
+        return None  # deleted meanwhile
+    except OSError:  # no lock file can be made here (read-only copy): atomic files anyway
+        return JobStore.read_record_file(paths.record)
 
 
 class JobStore:
@@ -194,8 +217,12 @@ class JobStore:
             raise JobNotFound(f"no job {job_id!r}: path escapes the data directory")
         return path
 
+    def paths(self, job_id: str) -> JobPaths:
+        """The :class:`~ml4paleo.workspace.JobPaths` of job ``job_id`` (id checked)."""
+        return JobPaths(self.job_dir(job_id))
+
     def record_path(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / RECORD_NAME
+        return self.paths(job_id).record
 
     def exists(self, job_id: str) -> bool:
         try:
@@ -213,8 +240,8 @@ class JobStore:
         JobNotFound
             When the job does not exist (or was deleted while waiting for the lock).
         """
-        folder = self.job_dir(job_id)
-        lock_path = folder / LOCK_NAME
+        paths = self.paths(job_id)
+        folder, lock_path = paths.root, paths.lock
         while True:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -229,7 +256,7 @@ class JobStore:
                     raise JobNotFound(f"no job {job_id!r}") from None
                 if not same:
                     continue
-                if not (folder / RECORD_NAME).is_file():
+                if not paths.record.is_file():
                     raise JobNotFound(f"no job {job_id!r}")
                 yield folder
                 return
@@ -237,23 +264,14 @@ class JobStore:
                 os.close(fd)  # closing releases the flock
 
     @staticmethod
-    def _read(path: Path) -> dict:
+    def read_record_file(path: Path) -> dict:
+        """Parse a record file (no lock: records are replaced atomically)."""
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
 
     @staticmethod
     def _write(path: Path, record: dict) -> None:
-        tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}")
-        data = json.dumps(record, indent=1, sort_keys=False).encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(record, indent=1, sort_keys=False), fsync=True)
 
     def sweep(self) -> int:
         """Remove stray temp files (left by a killed writer), half-deleted jobs and
@@ -270,7 +288,8 @@ class JobStore:
                 continue
             if not entry.is_dir() or not self.is_valid_id(entry.name):
                 continue
-            if not (entry / RECORD_NAME).exists():
+            paths = JobPaths(entry)
+            if not paths.record.exists():
                 # a folder re-created by a step still writing into a job deleted under it
                 try:
                     orphan = time.time() - entry.stat().st_mtime > ORPHAN_SECONDS
@@ -280,11 +299,12 @@ class JobStore:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed += 1
                 continue
-            temps = list(entry.glob(_TMP_PREFIX + "*"))
+            prefix = _record_temp_prefix(paths)
+            temps = list(entry.glob(prefix + "*"))
             if not temps:
                 continue
             try:
-                fd = os.open(entry / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError:
                 continue
             try:
@@ -292,7 +312,7 @@ class JobStore:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # someone is writing right now; their temp file is not stray
-                for tmp in entry.glob(_TMP_PREFIX + "*"):
+                for tmp in entry.glob(prefix + "*"):
                     tmp.unlink(missing_ok=True)
                     removed += 1
             finally:
@@ -339,10 +359,10 @@ class JobStore:
             "version": 1,
         }
         record.update(fields)
-        folder = self.job_dir(job_id)
-        folder.mkdir(parents=True)
-        (folder / "upload").mkdir()
-        self._write(folder / RECORD_NAME, record)
+        paths = self.paths(job_id)
+        paths.root.mkdir(parents=True)
+        paths.upload.mkdir()
+        self._write(paths.record, record)
         log.info("created job %s (%s, %s)", job_id, name, source)
         return record
 
@@ -356,7 +376,7 @@ class JobStore:
         """
         path = self.record_path(job_id)
         try:
-            return self._read(path)
+            return self.read_record_file(path)
         except (FileNotFoundError, NotADirectoryError):
             raise JobNotFound(f"no job {job_id!r}") from None
 
@@ -367,11 +387,12 @@ class JobStore:
             if not self.is_valid_id(entry.name):
                 continue
             try:
-                records.append(self._read(entry / RECORD_NAME))
+                records.append(self.read_record_file(JobPaths(entry).record))
             except FileNotFoundError:
                 continue  # created or deleted right now
             except (OSError, ValueError) as exc:
-                log.warning("skipping unreadable job record %s: %s", entry / RECORD_NAME, exc)
+                log.warning("skipping unreadable job record %s: %s", JobPaths(entry).record,
+                            exc)
         records.sort(key=lambda r: r.get("created_at") or "", reverse=True)
         return records
 
@@ -388,8 +409,8 @@ class JobStore:
             The record as written.
         """
         with self.lock(job_id) as folder:
-            path = folder / RECORD_NAME
-            record = self._read(path)
+            path = JobPaths(folder).record
+            record = self.read_record_file(path)
             fn(record)
             record["id"] = job_id
             record["updated_at"] = isoformat(utcnow())
@@ -455,7 +476,7 @@ class JobStore:
         """
 
         def apply(record: dict) -> None:
-            files, size = upload_size(self.job_dir(job_id) / "upload")
+            files, size = upload_size(self.paths(job_id).upload)
             record.update(upload_bytes=size, upload_files=files)
             reason = check_transition(record, Status.UPLOADED, USER)
             if reason:
@@ -464,6 +485,42 @@ class JobStore:
             record.update(progress=0.0, error=None, lease=None)
 
         return self.update(job_id, apply)
+
+    def annotation_refusal(self, job_id: str) -> str | None:
+        """Why annotations may not be written to job ``job_id`` now (None: they may).
+
+        Raises
+        ------
+        JobNotFound
+            Unknown or malformed id.
+        """
+        return annotation_effect(self.get(job_id)["status"])[1]
+
+    @contextlib.contextmanager
+    def annotating(self, job_id: str, **fields) -> Iterator[None]:
+        """Write annotations inside this block; the job records them only after it.
+
+        Checks first that the job can take annotations (else :class:`InvalidTransition`,
+        nothing written), runs the block (the label write), and only when the block
+        succeeded calls :meth:`record_annotation` with ``fields``. A label write that
+        fails therefore never marks the job ``annotated``.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> store = JobStore(tempfile.mkdtemp())
+        >>> job = store.create("a")
+        >>> with store.annotating(job["id"]):
+        ...     pass
+        Traceback (most recent call last):
+        ...
+        ml4paleo.jobs.store.InvalidTransition: annotations need a converted image (the job is uploading)
+        """
+        refusal = self.annotation_refusal(job_id)
+        if refusal:
+            raise InvalidTransition(refusal)
+        yield
+        self.record_annotation(job_id, **fields)
 
     def record_annotation(self, job_id: str, **fields) -> dict:
         """Note that annotations changed. Moves a resting job to ``annotated``; a job with

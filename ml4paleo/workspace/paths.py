@@ -11,16 +11,40 @@ Names given by users or clients (model, segmentation and export ids) are checked
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ARTIFACT_NAME_RE", "JobPaths", "check_name"]
+__all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "SegmentationPaths", "check_id",
+           "check_name", "label_store_classes_file", "model_meta_file"]
 
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+#: Model and segmentation ids: like artifact names, but a leading ``-`` is allowed (ids of
+#: older versions were URL-safe base64 that could start with one; their folders still open).
+ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """Return ``value`` when it is a safe model / segmentation id, else raise ``ValueError``.
+
+    Examples
+    --------
+    >>> check_id("-abc")
+    '-abc'
+    >>> check_id("a/b")
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid id 'a/b'
+    """
+    if not isinstance(value, str) or not ID_RE.match(value) or ".." in value:
+        raise ValueError(f"invalid {what} {value!r}")
+    return value
 
 
 def check_name(value: object, what: str = "name") -> str:
@@ -38,6 +62,73 @@ def check_name(value: object, what: str = "name") -> str:
     if not isinstance(value, str) or not ARTIFACT_NAME_RE.match(value) or ".." in value:
         raise ValueError(f"invalid {what} {value!r}")
     return value
+
+
+def label_store_classes_file(folder: str | os.PathLike) -> Path:
+    """The class list (names and colours) of a label store folder (a job's annotations,
+    or any :class:`ml4paleo.segmentation.LabelStore` folder)."""
+    from ml4paleo.segmentation.labels import CLASSES_NAME  # the label store's format
+
+    return Path(folder) / CLASSES_NAME
+
+
+def model_meta_file(folder: str | os.PathLike) -> Path:
+    """The ``meta.json`` of a model folder (anywhere: a job's version or a copy)."""
+    from ml4paleo.segmentation.model import META_FILE  # the model folder's format
+
+    return Path(folder) / META_FILE
+
+
+@dataclass(frozen=True)
+class SegmentationPaths:
+    """The file names of one segmentation folder (inside a job, or a copy elsewhere).
+
+    Examples
+    --------
+    >>> SegmentationPaths("/x/s1").labels.as_posix()
+    '/x/s1/labels.ome.zarr'
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def meta(self) -> Path:
+        """``segmentation.json``: model, classes, settings and timings."""
+        return self.root / "segmentation.json"
+
+    @property
+    def labels(self) -> Path:
+        """The OME-Zarr label image."""
+        return self.root / "labels.ome.zarr"
+
+    @property
+    def probabilities(self) -> Path:
+        """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
+        return self.root / "labels.ome.zarr_probabilities"
+
+    @property
+    def meshes(self) -> Path:
+        """Folder of the meshes (one file per label and format)."""
+        return self.root / "meshes"
+
+    @property
+    def stats(self) -> Path:
+        """Per-label statistics CSV."""
+        return self.root / "stats.csv"
+
+    @property
+    def mesh_stats(self) -> Path:
+        """Statistics inside the meshes folder (older layout; read as a fallback)."""
+        return self.meshes / "stats.csv"
+
+    @property
+    def class_files(self) -> tuple[Path, Path]:
+        """A class list (``classes.json``) or model metadata (``meta.json``) copied beside
+        the segmentation by older versions."""
+        return label_store_classes_file(self.root), model_meta_file(self.root)
 
 
 @dataclass(frozen=True)
@@ -93,6 +184,15 @@ class JobPaths:
     def upload_lock(self) -> Path:
         return self.root / ".upload.lock"
 
+    def upload_file(self, rel: str) -> Path:
+        """Where the uploaded file ``rel`` (a sanitised relative path, ``a/b.tif``) goes."""
+        return self.upload.joinpath(*rel.split("/"))
+
+    def upload_state_file(self, rel: str) -> Path:
+        """The received-ranges record of uploaded file ``rel`` (named by a hash of it)."""
+        digest = hashlib.sha256(rel.encode("utf-8")).hexdigest()[:32]
+        return self.upload_state / f"{digest}.json"
+
     # -- image ----------------------------------------------------------------------------
     @property
     def image(self) -> Path:
@@ -108,7 +208,7 @@ class JobPaths:
     @property
     def classes(self) -> Path:
         """Class names and colours of the annotations."""
-        return self.annotations / "classes.json"
+        return label_store_classes_file(self.annotations)
 
     # -- models ---------------------------------------------------------------------------
     @property
@@ -117,10 +217,10 @@ class JobPaths:
 
     def model(self, model_id: str) -> Path:
         """Folder of model version ``model_id`` (model file + ``meta.json``)."""
-        return self.models / check_name(model_id, "model id")
+        return self.models / check_id(model_id, "model id")
 
     def model_meta(self, model_id: str) -> Path:
-        return self.model(model_id) / "meta.json"
+        return model_meta_file(self.model(model_id))
 
     # -- segmentations --------------------------------------------------------------------
     @property
@@ -129,27 +229,40 @@ class JobPaths:
 
     def segmentation(self, seg_id: str) -> Path:
         """Folder of segmentation ``seg_id``."""
-        return self.segmentations / check_name(seg_id, "segmentation id")
+        return self.segmentations / check_id(seg_id, "segmentation id")
+
+    def segmentation_files(self, seg_id: str) -> SegmentationPaths:
+        """The :class:`SegmentationPaths` of segmentation ``seg_id``."""
+        return SegmentationPaths(self.segmentation(seg_id))
 
     def segmentation_meta(self, seg_id: str) -> Path:
         """``segmentation.json``: model, classes, settings and timings of a segmentation."""
-        return self.segmentation(seg_id) / "segmentation.json"
+        return self.segmentation_files(seg_id).meta
 
     def labels(self, seg_id: str) -> Path:
         """The segmentation's OME-Zarr label image."""
-        return self.segmentation(seg_id) / "labels.ome.zarr"
+        return self.segmentation_files(seg_id).labels
 
     def probabilities(self, seg_id: str) -> Path:
         """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
-        return self.segmentation(seg_id) / "labels.ome.zarr_probabilities"
+        return self.segmentation_files(seg_id).probabilities
 
     def meshes(self, seg_id: str) -> Path:
         """Folder of the segmentation's meshes (one file per label and format)."""
-        return self.segmentation(seg_id) / "meshes"
+        return self.segmentation_files(seg_id).meshes
 
     def stats(self, seg_id: str) -> Path:
         """Per-label statistics CSV."""
-        return self.segmentation(seg_id) / "stats.csv"
+        return self.segmentation_files(seg_id).stats
+
+    def mesh_stats(self, seg_id: str) -> Path:
+        """Statistics written inside the meshes folder (older layout; read as a fallback)."""
+        return self.segmentation_files(seg_id).mesh_stats
+
+    def segmentation_class_files(self, seg_id: str) -> tuple[Path, Path]:
+        """A class list or model metadata copied beside a segmentation by older versions;
+        read as fallbacks for its class names."""
+        return self.segmentation_files(seg_id).class_files
 
     # -- exports --------------------------------------------------------------------------
     @property
@@ -159,3 +272,28 @@ class JobPaths:
 
     def export(self, name: str) -> Path:
         return self.exports / check_name(name, "export name")
+
+    def image_export(self, kind: str, ext: str) -> Path:
+        """Cached download of the converted image as ``kind`` (``image-<kind>.<ext>``)."""
+        return self.export(f"image-{kind}.{ext}")
+
+    def segmentation_export(self, seg_id: str, kind: str, ext: str) -> Path:
+        """Cached download of a segmentation as ``kind``."""
+        return self.export(f"segmentation-{check_id(seg_id, 'segmentation id')}-{kind}.{ext}")
+
+    def meshes_export(self, seg_id: str) -> Path:
+        """Cached zip of a segmentation's meshes."""
+        return self.export(f"meshes-{check_id(seg_id, 'segmentation id')}.zip")
+
+    @property
+    def image_preview(self) -> Path:
+        """Small NIfTI copy of the image for browser volume viewers."""
+        return self.export("preview-image.nii.gz")
+
+    def segmentation_preview(self, seg_id: str) -> Path:
+        """Small NIfTI copy of a segmentation."""
+        return self.export(f"preview-segmentation-{check_id(seg_id, 'segmentation id')}.nii.gz")
+
+    def report(self, seg_id: str, fmt: str) -> Path:
+        """Cached quantification report (``html`` / ``pdf``) of a segmentation."""
+        return self.export(f"report-{check_id(seg_id, 'segmentation id')}.{fmt}")

@@ -55,6 +55,7 @@
   const S = {
     info: null,
     classes: [],
+    palette: [],         // colours for new classes, by class index (from the API)
     axis: 0,
     index: 0,
     h: 0, w: 0,
@@ -582,12 +583,14 @@
     try {
       const res = await api("PUT", `${API}/annotate/classes`, { classes: S.classes });
       S.classes = res.classes;
+      S.palette = res.palette || S.palette;
       renderClasses();
       refreshPreview();
     } catch (err) {
       toast("Classes not saved: " + err.message, "error");
       const res = await api("GET", `${API}/annotate/classes`);
       S.classes = res.classes;
+      S.palette = res.palette || S.palette;
       renderClasses();
     }
   }
@@ -741,7 +744,6 @@
 
   // ------------------------------------------------------------------ whole volume
   let poll = 0;
-  const BUSY = ["training_queued", "training", "segmenting", "meshing_queued", "meshing"];
   async function queue(kind) {
     if (S.dirty) await submit({ preview: false });
     try {
@@ -766,15 +768,17 @@
       let st;
       try { st = await api("GET", `${API}/status`); } catch (e) { return; }
       const status = String(st.status);
+      const state = st.state || {}; // the server's description of the status
+      const busy = !!state.busy, label = state.label || status;
       const pct = Math.round(100 * (st.progress || 0));
-      $("ann-progress-fill").style.width = `${BUSY.includes(status) ? pct : 100}%`;
-      $("ann-progress-text").textContent = `${status.replace(/_/g, " ")}${BUSY.includes(status) ? ` · ${pct}%` : ""}${st.message ? " · " + st.message : ""}`;
+      $("ann-progress-fill").style.width = `${busy ? pct : 100}%`;
+      $("ann-progress-text").textContent = `${label}${busy ? ` · ${pct}%` : ""}${st.message ? " · " + st.message : ""}`;
       $("ann-progress").dataset.status = status;
-      if (BUSY.includes(status)) { seenBusy = true; return; }
+      if (busy) { seenBusy = true; return; }
       if (!seenBusy && Date.now() - started < 3000) return;
       clearInterval(poll);
-      if (status.endsWith("error")) {
-        $("ann-progress-text").textContent = `${status.replace(/_/g, " ")}: ${st.error || "failed"}`;
+      if (state.failed) {
+        $("ann-progress-text").textContent = `${label}: ${st.error || "failed"}`;
         toast(`${kind === "mesh" ? "Meshing" : "Segmentation"} failed: ${st.error || status}`, "error");
         return;
       }
@@ -820,8 +824,9 @@
     $("ann-add-class").addEventListener("click", () => {
       const name = $("ann-new-class").value.trim();
       if (!name) return toast("Type a class name first");
-      const palette = ["#22c55e", "#e11d48", "#a855f7", "#eab308", "#14b8a6", "#ec4899", "#84cc16", "#6366f1"];
-      S.classes.push({ name, color: palette[(S.classes.length - 2 + palette.length) % palette.length] });
+      // the server's palette colour for the new class's index (ml4paleo.classes.PALETTE)
+      const k = S.classes.length;
+      S.classes.push(S.palette.length ? { name, color: S.palette[k % S.palette.length] } : { name });
       $("ann-new-class").value = "";
       saveClasses().then(() => selectClass(S.classes.length));
     });
@@ -856,6 +861,7 @@
       return;
     }
     S.classes = S.info.classes;
+    S.palette = S.info.palette || [];
     S.cls = Math.min(2, S.classes.length);
     if (S.info.chosen_model) {
       $("ann-seg-note").textContent = `The chosen model ${S.info.chosen_model} segments the volume (new annotations switch back to training a new model).`;
@@ -878,7 +884,8 @@
       axis = AXES.indexOf(last.axis); index = last.index;
     }
     await go(axis, index);
-    if (BUSY.includes(S.info.status)) watch(S.info.status.startsWith("mesh") ? "mesh" : "segment");
+    const state = (await window.ml4p.statuses().catch(() => ({})))[S.info.status];
+    if (state && state.busy && state.phase !== "convert") watch(state.phase === "mesh" ? "mesh" : "segment");
   }
   start();
 })();

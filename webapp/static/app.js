@@ -111,14 +111,20 @@
     return isNaN(d) ? String(iso) : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
   }
 
-  const OK = new Set(["converted", "annotated", "trained", "segmented", "meshed", "uploaded"]);
-  const BUSY = new Set(["uploading", "converting", "training_queued", "training", "segmenting", "meshing_queued", "meshing"]);
-  function statusClass(s) {
-    if (!s) return "";
-    if (String(s).endsWith("error")) return "bad";
-    if (BUSY.has(s)) return "busy";
-    if (OK.has(s)) return "ok";
-    return "";
+  // What a job status means comes from the server: every job answer carries its status
+  // described as `state` (busy, queued, failed, step, tone, ...), and GET /api/statuses
+  // serves the whole table. No status lists live in the scripts.
+  let statusTable = null;
+  function statuses() {
+    if (!statusTable) {
+      statusTable = apiJSON("/api/statuses").then((t) => t.statuses)
+        .catch((err) => { statusTable = null; throw err; });
+    }
+    return statusTable;
+  }
+  // Badge class of a job's `state` ("ok", "busy", "bad" or "").
+  function statusClass(state) {
+    return (state && typeof state === "object" && state.tone) || "";
   }
 
   function toast(text, bad) {
@@ -143,6 +149,6 @@
     return /^#[0-9a-fA-F]{6}$/.test(c || "") ? c : PALETTE[label % PALETTE.length];
   }
 
-  window.ml4p = { api, apiJSON, el, fmtBytes, fmtDate, statusClass, toast, progressBar, cookie,
-    headers, askKey, classColor, PALETTE, jobId: document.body.dataset.jobId || null };
+  window.ml4p = { api, apiJSON, el, fmtBytes, fmtDate, statusClass, statuses, toast, progressBar,
+    cookie, headers, askKey, classColor, PALETTE, jobId: document.body.dataset.jobId || null };
 })();

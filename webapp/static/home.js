@@ -84,8 +84,8 @@
       const body = $("jobs-table").querySelector("tbody");
       body.replaceChildren(...data.jobs.map((j) => el("tr", { dataset: { jobId: j.id } },
         el("td", {}, el("a", { href: `/job/${encodeURIComponent(j.id)}` }, j.name || "(unnamed)")),
-        el("td", {}, el("span", { class: "badge " + statusClass(j.status), title: j.error || "" }, j.status)),
-        el("td", {}, progressBar(j.progress, String(j.status).endsWith("error") ? "failed" : (j.progress >= 1 ? "done" : ""))),
+        el("td", {}, el("span", { class: "badge " + statusClass(j.state), title: j.error || "" }, j.status)),
+        el("td", {}, progressBar(j.progress, j.state && j.state.failed ? "failed" : (j.progress >= 1 ? "done" : ""))),
         el("td", {}, j.source_type || "–"),
         el("td", {}, fmtBytes(j.bytes)),
         el("td", { title: j.created_at || "" }, fmtDate(j.created_at)))));

@@ -6,35 +6,33 @@
   const base = `/api/job/${encodeURIComponent(jobId)}`;
   const $ = (id) => document.getElementById(id);
   const annotate = document.body.dataset.annotate === "true";
-  let imageShown = false, timer = null, lastStatus = null;
+  let imageShown = false, timer = null, lastState = null;
 
-  // Each step: statuses in which it is queued/running, and whether its result exists on disk.
-  const ACTIVE = {
-    upload: ["uploading"], convert: ["uploaded", "converting"], annotate: [],
-    train: ["training_queued", "training"], segment: ["segmenting"], mesh: ["meshing_queued", "meshing"],
-  };
-
+  // What the status means (which step, busy, queued, failed) is the server's `job.state`;
+  // whether a step's result exists comes from what is on disk (`job.available`).
   function renderPipeline(job) {
+    const st = job.state || {};
     const avail = job.available || {};
     const segs = avail.segmentations || [];
     const models = (avail.models || []).length > 0;
     const done = {
-      upload: !["pending", "uploading"].includes(job.status),
+      upload: st.phase !== "upload",
       convert: !!(avail.image && avail.image.exists),
       annotate: !!(avail.annotations && avail.annotations.exists) || models,
       train: models,
       segment: segs.some((s) => s.labels),
       mesh: segs.some((s) => s.meshes.length),
     };
-    const failed = { convert_error: "convert", segment_error: models ? "segment" : "train", mesh_error: "mesh" }[job.status];
+    // a failed segment stage failed in training when no model exists yet
+    const failed = st.failed ? (st.step === "segment" && !models ? "train" : st.step) : null;
     document.querySelectorAll("#pipeline li").forEach((li) => {
       const step = li.dataset.step;
       li.classList.remove("done", "active", "failed");
       let note = "";
       if (failed === step) { li.classList.add("failed"); note = "failed"; }
-      else if (ACTIVE[step].includes(job.status)) {
+      else if (st.active && st.step === step) {
         li.classList.add("active");
-        note = /queued$|^uploaded$/.test(job.status) ? "queued" : `${Math.round((job.progress || 0) * 100)}%`;
+        note = st.queued ? "queued" : `${Math.round((job.progress || 0) * 100)}%`;
       } else if (done[step]) { li.classList.add("done"); note = "done"; }
       li.querySelector("small").textContent = note;
     });
@@ -44,12 +42,12 @@
     $("job-name").textContent = job.name || "(unnamed)";
     document.title = `${job.name || "job"} · ml4paleo`;
     const badge = $("status-badge");
-    badge.textContent = job.status; badge.className = "badge " + statusClass(job.status);
+    const failed = !!(job.state && job.state.failed);
+    badge.textContent = job.status; badge.className = "badge " + statusClass(job.state);
     const p = Math.max(0, Math.min(1, job.progress || 0));
     $("job-bar").style.width = `${(p * 100).toFixed(1)}%`;
-    $("job-bar").parentElement.className = "progress grow" + (String(job.status).endsWith("error") ? " failed" : p >= 1 ? " done" : "");
+    $("job-bar").parentElement.className = "progress grow" + (failed ? " failed" : p >= 1 ? " done" : "");
     $("job-percent").textContent = `${Math.round(p * 100)}%`;
-    const failed = String(job.status).endsWith("error");
     $("job-message").textContent = failed && job.message === job.error ? "" : (job.message || "");
     $("job-error").hidden = !failed;
     $("job-error-text").textContent = failed ? (job.error || "The step failed.") : "";
@@ -75,7 +73,7 @@
     if (image) items.push(link(`/job/${encodeURIComponent(jobId)}/viewer`, "Slice viewer", segs.length > 0));
     if (image) items.push(link(`/job/${encodeURIComponent(jobId)}/3d`, "3D view"));
     if (image) items.push(link(`/job/${encodeURIComponent(jobId)}/download`, "Downloads"));
-    const busy = ["uploaded", "converting", "training_queued", "training", "segmenting", "meshing_queued", "meshing"].includes(job.status);
+    const busy = !!(job.state && job.state.busy);
     const annotated = avail.annotations && avail.annotations.exists;
     if (annotate && image && annotated && !busy) {
       items.push(el("button", { class: "btn", id: "segment-btn", onclick: () => post("start", "Segmentation queued.") }, "Segment whole volume"));
@@ -138,13 +136,12 @@
       const job = await apiJSON(base);
       renderStatus(job); renderPipeline(job); renderActions(job);
       if (!imageShown && job.available && job.available.image.exists) await renderImage();
-      lastStatus = job.status;
+      lastState = job.state;
     } catch (err) {
       if (err.status === 404) { $("job-message").textContent = "This job no longer exists."; return; }
       $("job-message").textContent = `Connection problem: ${err.message}`;
     }
-    const busy = /ing$|queued$|^uploaded$/.test(lastStatus || "");
-    timer = setTimeout(poll, busy ? 1200 : 5000);
+    timer = setTimeout(poll, lastState && lastState.active ? 1200 : 5000);
   }
 
   async function post(action, done, body) {
