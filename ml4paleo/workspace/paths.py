@@ -20,6 +20,9 @@ from pathlib import Path
 __all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "SegmentationPaths", "check_id",
            "check_name", "label_store_classes_file", "model_meta_file"]
 
+#: The NGFF group of an image holding its label images (``ml4paleo.formats.LABELS_GROUP``)
+IMAGE_LABELS_GROUP = "labels"
+
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -101,7 +104,9 @@ class SegmentationPaths:
 
     @property
     def labels(self) -> Path:
-        """The OME-Zarr label image."""
+        """The OME-Zarr label image of a segmentation folder copied elsewhere, or of a job of
+        an older version (a job's segmentations are labels of its image now:
+        :meth:`JobPaths.labels`)."""
         return self.root / "labels.ome.zarr"
 
     @property
@@ -146,7 +151,7 @@ class JobPaths:
     >>> p.image.name
     'image.ome.zarr'
     >>> p.labels("s1").relative_to(p.root).as_posix()
-    'segmentations/s1/labels.ome.zarr'
+    'image.ome.zarr/labels/s1'
     """
 
     root: Path
@@ -240,8 +245,20 @@ class JobPaths:
         return self.segmentation_files(seg_id).meta
 
     def labels(self, seg_id: str) -> Path:
-        """The segmentation's OME-Zarr label image."""
-        return self.segmentation_files(seg_id).labels
+        """The segmentation's OME-Zarr label image: an NGFF label of the job's image.
+
+        ``image.ome.zarr/labels/<seg_id>`` (listed in ``image.ome.zarr/labels/.zattrs``, so
+        NGFF readers open the scan with its segmentations); a segmentation made by an
+        older version, ``segmentations/<seg_id>/labels.ome.zarr``, is found where it is.
+        """
+        legacy = self.segmentation_files(seg_id).labels
+        if legacy.exists():
+            return legacy
+        return self.image_labels(seg_id)
+
+    def image_labels(self, seg_id: str) -> Path:
+        """Where a segmentation's label image goes inside the job's image (NGFF ``labels/``)."""
+        return self.image / IMAGE_LABELS_GROUP / check_id(seg_id, "segmentation id")
 
     def probabilities(self, seg_id: str) -> Path:
         """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
