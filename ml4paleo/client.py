@@ -537,11 +537,17 @@ class Client:
         *,
         segmentation_id: str | None = None,
         formats: Iterable[str] = ("stl",),
+        smooth: str | None = None,
     ) -> dict:
-        """Queue meshing of a segmentation (default: the latest) on the mesh runner."""
+        """Queue meshing of a segmentation (default: the latest) on the mesh runner.
+
+        ``smooth``: ``"none"``, ``"light"`` or ``"strong"`` (default: the server's, light).
+        """
         body: dict[str, Any] = {"formats": list(formats)}
         if segmentation_id is not None:
             body["segmentation_id"] = segmentation_id
+        if smooth is not None:
+            body["smooth"] = smooth
         return self._post(f"/api/job/{_q(job_id)}/mesh", json=body)
 
     def retry(self, job_id: str) -> dict:

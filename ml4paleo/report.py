@@ -484,8 +484,11 @@ def class_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-class table, formatted for display."""
     u = data.unit_symbol
     total = float(np.prod(data.shape)) * float(np.prod(data.voxel_size))
+    surfaces = sorted({str(r["surface"]) for r in data.stats if r.get("surface")})
+    kind = f", {', '.join(surfaces)}" if surfaces else ""  # which mesh was measured
     header = ["Class", "Label", "Voxels", f"Volume ({u}³)", "% of scan",
-              f"Mesh volume ({u}³)", f"Surface ({u}²)", "Components", f"Extent z×y×x ({u})"]
+              f"Mesh volume ({u}³{kind})", f"Surface ({u}²{kind})", "Components",
+              f"Extent z×y×x ({u})"]
     rows = []
     for r in sorted(data.stats, key=lambda r: int(r.get("label") or 0)):
         label = int(r.get("label") or 0)

@@ -71,7 +71,7 @@ def test_shapes_are_closed_with_right_topology_volume_and_bounds(tmp_path, shape
     mask = shape_fn()
     vol = mask.astype(np.uint8) * 3
     out = mesh(vol, tmp_path, chunk_size=8, formats=("ply", "stl"), voxel_size=VOXEL,
-               executor="serial")
+               executor="serial", smooth="none")
     assert [p.name for p in out["files"][3]] == ["3.ply", "3.stl"]
     m = _load(tmp_path / "3.ply")
     assert m.is_watertight and m.is_winding_consistent
@@ -116,9 +116,9 @@ def _blobs(shape=(23, 29, 31), seed=3):
 def test_blockwise_equals_whole_volume(tmp_path, chunk):
     labels = _blobs()
     whole = mesh(labels, tmp_path / "whole", chunk_size=1000, formats="ply", voxel_size=VOXEL,
-                 executor="serial")
+                 executor="serial", smooth="none")
     parts = mesh(labels, tmp_path / "parts", chunk_size=chunk, formats="ply", voxel_size=VOXEL,
-                 executor="serial")
+                 executor="serial", smooth="none")
     assert whole["blocks"] == 1 and parts["blocks"] > 20
     assert sorted(parts["files"]) == [1, 2, 7]
     for value in (1, 2, 7):
@@ -151,7 +151,7 @@ def test_multiple_labels_objects_and_cavities(tmp_path):
     vol[6:10, 18:21, 6:10] = 0  # cavity: one object, two surfaces
     vol[20, 3, 25] = 300  # a single voxel
     vol[21, 4, 25] = 0
-    out = mesh(vol, tmp_path, chunk_size=7, formats="stl,obj", executor="serial")
+    out = mesh(vol, tmp_path, chunk_size=7, formats="stl,obj", executor="serial", smooth="none")
     rows = {r["label"]: r for r in out["stats"]}
     assert sorted(rows) == [1, 2, 300]
     assert (rows[1]["components"], rows[1]["mesh_bodies"]) == (2, 2)
@@ -319,7 +319,8 @@ def test_meshes_are_byte_identical_to_those_made_before(tmp_path):
     for name, kw in [("plain", {"chunk_size": 7}), ("simpl", {"chunk_size": 9, "simplify": 0.5})]:
         for space in ("voxel", "world"):
             mesh(labels, tmp_path / space / name, formats=("stl", "ply", "obj"),
-                 voxel_size=VOXEL, unit="micrometer", executor="serial", space=space, **kw)
+                 voxel_size=VOXEL, unit="micrometer", executor="serial", space=space,
+                 smooth="none", **kw)
     for space in ("voxel", "world"):
         got = {f"{d.name}/{p.name}": hashlib.sha256(_without_headers(p)).hexdigest()
                for d in sorted((tmp_path / space).iterdir()) for p in sorted(d.iterdir())
@@ -353,7 +354,7 @@ def test_label_stats_values_in_physical_units():
     vol = np.zeros((6, 7, 8), np.int32)
     vol[1:4, 2:4, 3:7] = 5
     rows = label_stats(vol, voxel_size=(2.0, 3.0, 0.5), unit="mm", chunk_size=4,
-                       executor="serial")
+                       executor="serial", smooth="none")
     assert len(rows) == 1
     r = rows[0]
     assert (r["label"], r["voxel_count"], r["components"], r["unit"]) == (5, 24, 1,

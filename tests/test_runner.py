@@ -348,7 +348,8 @@ def test_real_pipeline_steps_segment_and_mesh(data):
     assert out_image.world == open_image(paths.image).world
     out = np.asarray(out_image.array[:])
     assert (out == truth).mean() > 0.95
-    store.request_mesh(job_id, formats=["stl"])
+    store.request_mesh(job_id, formats=["stl"], smooth="strong")
+    assert store.get(job_id)["request"]["smooth"] == "strong"
     run_runner("mesh", settings, once=True)
     rec = store.get(job_id)
     assert rec["status"] == Status.MESHED.value, rec.get("error")
@@ -357,6 +358,7 @@ def test_real_pipeline_steps_segment_and_mesh(data):
     assert "1.stl" in rec["meshes"][seg_id]["files"]
     stats = (seg_dir / "stats.csv").read_text().splitlines()
     assert len(stats) >= 2
+    assert stats[0].endswith(",surface") and stats[1].endswith(",smooth-strong")
     # what the runners wrote went through the workspace registries
     from ml4paleo.workspace import ModelRegistry, SegmentationRegistry
 

@@ -197,9 +197,11 @@ def segmentation_mesh(job_id: str, seg_id: str, path: str):
         abort(404, f"no mesh {path!r}")
     mimetypes = {".glb": "model/gltf-binary", ".stl": "model/stl", ".obj": "model/obj",
                  ".ply": "application/octet-stream", ".csv": "text/csv"}
+    # re-meshing replaces these files in place (same names, often the same size):
+    # revalidate every time (ETag / 304) so the 3D view never shows a stale surface
     return send_file(target, mimetype=mimetypes.get(target.suffix.lower(),
                                                     "application/octet-stream"),
-                     conditional=True, max_age=60)
+                     conditional=True, max_age=0)
 
 
 @bp.get("/api/job/<job_id>/segmentation/<seg_id>")

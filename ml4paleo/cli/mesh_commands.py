@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ml4paleo.blocks import tqdm_progress
+from ml4paleo.meshing.smooth import DEFAULT_SMOOTH, SMOOTH_LEVELS
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -41,7 +42,13 @@ def _voxel_size(text: str | None) -> tuple[float, ...] | None:
 @click.option("--formats", default="stl", show_default=True,
               help="Comma-separated: stl (binary), obj, ply, glb.")
 @click.option("--simplify", type=float, default=None,
-              help="Fraction of faces to remove, e.g. 0.9 keeps ~10 %% (meshes stay closed).")
+              help="Fraction of faces to remove, e.g. 0.9 keeps ~10 % (meshes stay closed).")
+@click.option("--smooth", type=click.Choice(SMOOTH_LEVELS, case_sensitive=False),
+              default=DEFAULT_SMOOTH, show_default=True,
+              help="Surface: none = stair-stepped marching cubes; light/strong = smoothed "
+                   "(vertices move at most a quarter voxel; still closed and seam-free).")
+@click.option("--shared-boundaries", is_flag=True,
+              help="Touching labels share identical vertices on their common interface.")
 @click.option("--labels", "label_list", default=None, help="Only these labels, e.g. 1,2.")
 @click.option("--voxel-size", default=None,
               help="Voxel size z,y,x (or one number) when LABELS has none, e.g. 0.02,0.01,0.01.")
@@ -53,8 +60,8 @@ def _voxel_size(text: str | None) -> tuple[float, ...] | None:
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: CPUs).")
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def mesh_command(labels, out_dir, chunk_size, formats, simplify, label_list, voxel_size, unit,
-                 space, workers, scheduler, quiet) -> None:
+def mesh_command(labels, out_dir, chunk_size, formats, simplify, smooth, shared_boundaries,
+                 label_list, voxel_size, unit, space, workers, scheduler, quiet) -> None:
     """Mesh every label of LABELS (OME-Zarr label image, .npy, ...) into closed surfaces.
 
     Writes one mesh per label, <label>.<ext>, in the scan's world coordinates (x, y, z;
@@ -69,8 +76,8 @@ def mesh_command(labels, out_dir, chunk_size, formats, simplify, label_list, vox
         summary = mesh(
             labels, out_dir, chunk_size=chunk_size, formats=formats, simplify=simplify,
             labels_to_mesh=_int_list(label_list), executor=scheduler, workers=workers,
-            voxel_size=_voxel_size(voxel_size), unit=unit, space=space,
-            progress=tqdm_progress("meshing", disable=quiet),
+            voxel_size=_voxel_size(voxel_size), unit=unit, space=space, smooth=smooth,
+            shared_boundaries=shared_boundaries, progress=tqdm_progress("meshing", disable=quiet),
         )
     except (ValueError, FileNotFoundError, OSError) as exc:
         fail(str(exc))
@@ -89,7 +96,7 @@ def mesh_command(labels, out_dir, chunk_size, formats, simplify, label_list, vox
             f"area {row['surface_area']:.6g} {unit}^2, {row['components']} object(s), "
             f"{summary['faces'].get(value, 0)} faces -> {names}"
         )
-    click.echo(f"stats: {summary['stats_csv']}")
+    click.echo(f"stats: {summary['stats_csv']} (surface: {summary['surface']})")
 
 
 @click.command("export")

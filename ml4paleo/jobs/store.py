@@ -584,8 +584,11 @@ class JobStore:
 
     def request_mesh(self, job_id: str, *, segmentation_id: str | None = None,
                      formats: tuple[str, ...] | list[str] = ("stl",),
-                     simplify: float | None = None) -> dict:
-        """Queue meshing of a segmentation (default: the job's current one)."""
+                     simplify: float | None = None, smooth: str | None = None) -> dict:
+        """Queue meshing of a segmentation (default: the job's current one).
+
+        ``smooth`` is ``"none"``, ``"light"`` or ``"strong"`` (None: the meshing default).
+        """
 
         def apply(record: dict) -> None:
             reason = check_transition(record, Status.MESHING_QUEUED, USER)
@@ -596,7 +599,8 @@ class JobStore:
                 raise InvalidTransition(f"this job has no segmentation {seg!r}")
             set_status(record, Status.MESHING_QUEUED, "queued for meshing")
             record.update(request={"kind": "mesh", "segmentation_id": seg,
-                                   "formats": list(formats), "simplify": simplify},
+                                   "formats": list(formats), "simplify": simplify,
+                                   "smooth": smooth},
                           progress=0.0, error=None, lease=None)
 
         return self.update(job_id, apply)

@@ -8,19 +8,27 @@ every cell is triangulated exactly once, so the parts weld by exact integer keys
 (:mod:`~ml4paleo.meshing.weld`) into a result *identical* to meshing the whole volume at
 once (same vertices, same faces, and — after the canonical ordering — the same files).
 
+By default the vertices are then smoothed (:mod:`~ml4paleo.meshing.smooth`: constrained
+Taubin smoothing, each vertex within a quarter voxel of its marching-cubes position, the
+halo of every block covering the smoothing support): the connectivity is unchanged, so
+the meshes stay closed, manifold and seam-free, and blockwise still equals whole-volume,
+but the terraces (+9 % surface area on a ball) are gone; ``smooth="none"`` keeps the
+stair-stepped surface.
+
 Surfaces are extracted on the voxel grid (the centre of voxel ``(z, y, x)`` at
-``(x * sx, y * sy, z * sz)``; the surface passes half a voxel outside the outermost voxel
-centres) and written in the scan's **world** coordinates by default — its affine (NIfTI
-sform/qform, DICOM position and orientation, OME-Zarr ``world``), frame and unit — so a
-mesh overlays its scan in any viewer; ``space="voxel"`` keeps the scaled grid
-(:mod:`~ml4paleo.meshing.space`, the one place that moves vertices). Every file says
-which space, unit and frame it holds. Objects are face-connected (6-connectivity), which is the
+``(x * sx, y * sy, z * sz)``; the marching-cubes surface passes half a voxel outside the
+outermost voxel centres; smoothing happens there too) and written in the scan's **world**
+coordinates by default — its affine (NIfTI sform/qform, DICOM position and orientation,
+OME-Zarr ``world``), frame and unit — so a mesh overlays its scan in any viewer;
+``space="voxel"`` keeps the scaled grid (:mod:`~ml4paleo.meshing.space`, the one place
+that moves vertices out of the grid). Every file says which space, unit and frame it
+holds. Objects are face-connected (6-connectivity), which is the
 connectivity this surface realises, so one closed body per object (plus one per enclosed
 cavity).
 
 Memory stays flat: blocks stream their triangles to ``.npz`` parts on disk, and each label
 is welded from its own parts at the end. Modules: :mod:`~ml4paleo.meshing.blockwise`,
-:mod:`~ml4paleo.meshing.weld`, :mod:`~ml4paleo.meshing.simplify`,
+:mod:`~ml4paleo.meshing.smooth`, :mod:`~ml4paleo.meshing.weld`, :mod:`~ml4paleo.meshing.simplify`,
 :mod:`~ml4paleo.meshing.writers` (STL/OBJ/PLY/GLB), :mod:`~ml4paleo.meshing.stats`
 (label statistics and their CSV), :mod:`~ml4paleo.meshing.space` (world or voxel
 coordinates).
@@ -40,6 +48,7 @@ from ml4paleo.blocks import block_grid
 
 from .blockwise import LabelVolume, open_labels, run_pass, selection_of
 from .simplify import simplify_closed
+from .smooth import DEFAULT_SMOOTH, SMOOTH_LEVELS, Smoothing, smoothing_params, surface_name
 from .space import SPACES, MeshSpace, mesh_space, unit_suffix, world_of
 from .stats import (
     STATS_COLUMNS,
@@ -60,12 +69,15 @@ from .writers import MESH_FORMATS, parse_formats, write_glb, write_mesh, write_s
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_SMOOTH",
     "MESH_FORMATS",
+    "SMOOTH_LEVELS",
     "SPACES",
     "STATS_COLUMNS",
     "STATS_CSV",
     "LabelVolume",
     "MeshSpace",
+    "Smoothing",
     "body_count",
     "label_stats",
     "mesh",
@@ -101,6 +113,8 @@ def mesh(
     stats_path: str | os.PathLike | None = None,
     space: str = "world",
     classes: Sequence[dict] | None = None,
+    smooth: str | Smoothing | None = DEFAULT_SMOOTH,
+    shared_boundaries: bool = False,
 ) -> dict:
     """Mesh every label of a label volume into closed surfaces, block by block.
 
@@ -141,6 +155,15 @@ def mesh(
     classes : list of dict, optional
         Class names by label value, for file headers and the statistics (default: those
         the label image holds).
+    smooth : {"none", "light", "strong"}, optional
+        ``"none"``: the stair-stepped marching-cubes surface.  ``"light"`` (default) and
+        ``"strong"``: the same mesh with its vertices moved by constrained Taubin
+        smoothing (at most a quarter voxel per axis; :mod:`ml4paleo.meshing.smooth`):
+        still closed, manifold and seam-free, surface area within ~1.5 % (light) or
+        ~1 % (strong) on balls instead of +9 %.  The statistics measure this surface.
+    shared_boundaries : bool
+        Smooth all labels together so touching labels use identical vertex positions on
+        the interface they share (multi-material models).
 
     Returns
     -------
@@ -148,7 +171,8 @@ def mesh(
         ``out_dir``, ``files`` ({label: [paths]}), ``stats`` (rows as from
         :func:`label_stats`, with ``mesh_bodies``), ``stats_csv``, ``voxel_size``,
         ``unit``, ``space``, ``frame``, ``world`` (the scan's transform used, as JSON), ``blocks``,
-        ``faces`` ({label: faces written}), ``simplified`` ({label: bool}).
+        ``faces`` ({label: faces written}), ``simplified`` ({label: bool}), ``surface``
+        (``"marching-cubes"`` or ``"smooth-<level>"``).
 
     Raises
     ------
@@ -165,6 +189,7 @@ def mesh(
     (['1.ply', '1.stl'], 1)
     """
     fmts = parse_formats(formats)
+    params = smoothing_params(smooth)
     if simplify is not None and not 0.0 < float(simplify) < 1.0:
         raise ValueError(f"simplify must be a fraction of faces to remove in (0, 1), got {simplify}")
     vol = open_labels(labels, voxel_size, unit)
@@ -186,9 +211,10 @@ def mesh(
         passed = run_pass(
             vol, work_dir, chunk_size=chunk_size, selection=selection, write_parts=True,
             executor=executor, workers=workers, progress=block_progress if progress else None,
+            smooth=params, shared=shared_boundaries,
         )
-        rows = place_rows(merge_stats(passed.results, count_components(passed, work_dir), vol),
-                          where, classes)
+        rows = place_rows(merge_stats(passed.results, count_components(passed, work_dir), vol,
+                                      surface_name(params)), where, classes)
         files: dict[int, list[Path]] = {}
         faces_written: dict[int, int] = {}
         simplified: dict[int, bool] = {}
@@ -198,9 +224,12 @@ def mesh(
                 log.warning("label %s has no surface (fills the volume?)", value)
                 row["mesh_bodies"] = 0
                 continue
-            v2, faces = weld(parts, vol.shape)
-            verts = to_physical(v2, vol.voxel_size)
-            del v2
+            v2, faces, smoothed = weld(parts, vol.shape)
+            if smoothed is None:
+                verts = to_physical(v2, vol.voxel_size)
+            else:
+                verts = smoothed[:, ::-1]  # (x, y, z)
+            del v2, smoothed
             row["mesh_bodies"] = body_count(len(verts), faces)
             did = False
             if simplify is not None:
@@ -235,4 +264,5 @@ def mesh(
         "blocks": n_blocks,
         "faces": faces_written,
         "simplified": simplified,
+        "surface": surface_name(params),
     }

@@ -31,6 +31,7 @@ from ml4paleo._fs import atomic_write
 from ml4paleo.blocks import ProgressCallback
 
 from .blockwise import LabelVolume, PassResult, open_labels, run_pass, selection_of
+from .smooth import DEFAULT_SMOOTH, Smoothing, smoothing_params, surface_name
 from .space import MeshSpace, mesh_space, unit_suffix, world_of
 
 __all__ = [
@@ -75,6 +76,7 @@ STATS_COLUMNS = (
     "max_x",
     "max_y",
     "max_z",
+    "surface",
 )
 
 #: name of the statistics CSV :func:`ml4paleo.meshing.mesh` writes beside the meshes
@@ -126,9 +128,13 @@ def count_components(passed: PassResult, work_dir: Path) -> dict[int, int]:
     return {int(v): int(n) for v, n in zip(labels, counts, strict=True)}
 
 
-def merge_stats(results: list[dict], components: dict[int, int], vol: LabelVolume
-                ) -> dict[int, dict]:
-    """Rows (:data:`STATS_COLUMNS` and ``_faces``) per label from the blocks' measures."""
+def merge_stats(results: list[dict], components: dict[int, int], vol: LabelVolume,
+                surface: str = "marching-cubes") -> dict[int, dict]:
+    """Rows (:data:`STATS_COLUMNS` and ``_faces``) per label from the blocks' measures.
+
+    ``surface`` names the surface the areas and mesh volumes were measured on
+    (:func:`ml4paleo.meshing.smooth.surface_name`).
+    """
     vs = np.asarray(vol.voxel_size)
     merged: dict[int, dict] = {}
     for r in results:
@@ -173,6 +179,7 @@ def merge_stats(results: list[dict], components: dict[int, int], vol: LabelVolum
             "max_x": float(hi_p[2]),
             "max_y": float(hi_p[1]),
             "max_z": float(hi_p[0]),
+            "surface": surface,
             "_faces": m["faces"],
         }
     return rows
@@ -281,6 +288,8 @@ def label_stats(
     progress: ProgressCallback | None = None,
     space: str = "world",
     classes: Sequence[dict] | None = None,
+    smooth: str | Smoothing | None = DEFAULT_SMOOTH,
+    shared_boundaries: bool = False,
 ) -> list[dict]:
     """Per-label statistics of a label volume, computed block by block.
 
@@ -306,17 +315,25 @@ def label_stats(
         world (default) or the voxel grid scaled by the voxel size.
     classes : list of dict, optional
         Class names by label value (default: those the label image holds).
+    smooth : {"none", "light", "strong"}, optional
+        Which surface ``surface_area`` and ``mesh_volume`` measure: the marching-cubes
+        surface (``"none"``) or the smoothed one :func:`ml4paleo.meshing.mesh` writes
+        (default ``"light"``; see :mod:`ml4paleo.meshing.smooth`).
+    shared_boundaries : bool
+        Measure the surfaces smoothed with shared interfaces (as ``mesh(...,
+        shared_boundaries=True)``).
 
     Returns
     -------
     list of dict
         One row per label, keys :data:`STATS_COLUMNS`: ``class`` (its name, or None);
         ``voxel_count``; ``volume`` (voxel count x voxel volume) and ``mesh_volume``
-        (enclosed by the marching-cubes surface) in unit³; ``surface_area`` in unit²;
-        ``components`` (face-connected objects); ``mesh_bodies`` (None here, filled by
+        (enclosed by the surface) in unit³; ``surface_area`` in unit²; ``components``
+        (face-connected objects); ``mesh_bodies`` (None here, filled by
         :func:`ml4paleo.meshing.mesh`); ``unit``, ``space``, ``frame``; the bounding box
         of the voxels, inclusive, in voxel indices (``*_vox``) and of the voxel centres
-        in ``space``.
+        in ``space``; ``surface``: the surface measured (``"marching-cubes"``,
+        ``"smooth-light"``, ``"smooth-strong"``).
 
     Examples
     --------
@@ -327,6 +344,7 @@ def label_stats(
     >>> row["label"], row["voxel_count"], row["volume"], row["components"]
     (2, 18, 36.0, 1)
     """
+    params = smoothing_params(smooth)
     vol = open_labels(labels, voxel_size, unit)
     where = mesh_space(world_of(vol.volume, vol.voxel_size, vol.unit), space)
     selection = selection_of(labels_to_mesh)
@@ -334,8 +352,9 @@ def label_stats(
     try:
         passed = run_pass(vol, work_dir, chunk_size=chunk_size, selection=selection,
                           write_parts=False, executor=executor, workers=workers,
-                          progress=progress)
-        rows = merge_stats(passed.results, count_components(passed, work_dir), vol)
+                          progress=progress, smooth=params, shared=shared_boundaries)
+        rows = merge_stats(passed.results, count_components(passed, work_dir), vol,
+                           surface_name(params))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     rows = place_rows(rows, where, classes if classes is not None else volume_classes(vol))

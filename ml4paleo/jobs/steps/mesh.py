@@ -44,17 +44,20 @@ def run(ctx: JobContext) -> dict:
         raise StepError(f"{labels_path}: the segmentation's labels are missing")
     labels = _with_world(ctx, labels_path, open_image(labels_path))
     formats = tuple(request.get("formats") or ("stl",))
+    # the surface asked for (none / light / strong); absent: the meshing default
+    smooth = {"smooth": request["smooth"]} if request.get("smooth") else {}
     segs = SegmentationRegistry(ctx.paths)
     workdir = segs.mesh_workdir(seg_id)
     ctx.message(f"meshing segmentation {seg_id}")
     try:
         summary = mesh(labels, workdir, chunk_size=ctx.settings.chunk_size, formats=formats,
                        simplify=request.get("simplify"), executor=executor(ctx.settings),
-                       workers=ctx.settings.workers, progress=ctx.progress)
+                       workers=ctx.settings.workers, progress=ctx.progress, **smooth)
         ctx.check()
         if not segs.has_stats(workdir):
             label_stats = library("ml4paleo.meshing", "label_stats", "label statistics")
-            segs.write_stats(seg_id, label_stats(labels, voxel_size=labels.voxel_size))
+            segs.write_stats(seg_id, label_stats(labels, voxel_size=labels.voxel_size,
+                                                 **smooth))
         files = segs.install_meshes(seg_id, workdir)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
