@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "SegmentationPaths", "check_id",
-           "check_name", "label_store_classes_file", "model_meta_file"]
+           "check_name", "label_store_classes_file", "model_meta_file", "without_server_paths"]
 
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
@@ -293,3 +293,32 @@ class JobPaths:
     def report(self, seg_id: str, fmt: str) -> Path:
         """Cached quantification report (``html`` / ``pdf``) of a segmentation."""
         return self.export(f"report-{check_id(seg_id, 'segmentation id')}.{fmt}")
+
+
+def without_server_paths(text: str, data_dir: str | os.PathLike) -> str:
+    """``text`` with the data folder's absolute paths made relative: a path inside a job
+    folder becomes relative to the job (``upload/scan.zip``), any other path under the
+    data folder relative to it, so messages shown to users name no server folders.
+
+    Examples
+    --------
+    >>> without_server_paths("/srv/d/jobs/AbCdEfGhIjKlMnOpQrStUv/upload/a.png: bad", "/srv/d")
+    'upload/a.png: bad'
+    >>> without_server_paths("cannot read /srv/d/jobs/AbCdEfGhIjKlMnOpQrStUv", "/srv/d")
+    'cannot read the job folder'
+    """
+    text = str(text)
+    roots = {str(Path(data_dir))}
+    try:
+        roots.add(str(Path(data_dir).resolve()))
+    except OSError:
+        pass
+    for root in sorted(roots, key=len, reverse=True):
+        if not root or root == "/":
+            continue
+        base = re.escape(root.rstrip("/"))
+        text = re.sub(base + r"/jobs/[A-Za-z0-9_-]+/", "", text)
+        text = re.sub(base + r"/jobs/[A-Za-z0-9_-]+\b", "the job folder", text)
+        text = re.sub(base + r"/", "", text)
+        text = re.sub(base + r"\b", "the data folder", text)
+    return text
