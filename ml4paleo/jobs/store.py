@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ml4paleo._fs import atomic_write, parse_iso
+from ml4paleo._fs import atomic_write, parse_iso, sweep_temps
 from ml4paleo.config import Settings
 from ml4paleo.jobs.statuses import (
     BUSY,
@@ -46,7 +46,8 @@ _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 MAX_NAME_LENGTH = 200
 MAX_HISTORY = 500
-#: a job folder without job.json older than this is debris of a deleted job
+#: a job folder without job.json older than this is debris (default of
+#: ``Settings.orphan_seconds``)
 ORPHAN_SECONDS = 3600.0
 
 #: accepted ``source_type`` values and aliases -> canonical source type
@@ -274,13 +275,17 @@ class JobStore:
         atomic_write(path, json.dumps(record, indent=1, sort_keys=False), fsync=True)
 
     def sweep(self) -> int:
-        """Remove stray temp files (left by a killed writer), half-deleted jobs and
-        record-less job folders older than an hour.
+        """Remove what killed writers left: temp files and folders of every kind (record,
+        image and staging, upload state, exports, models, meshes, annotations; see
+        :meth:`JobPaths.temp_homes`) whose writing process is gone, half-deleted jobs, and
+        job folders without a record older than ``settings.orphan_seconds``.
 
-        A job's temp files are removed only while holding its lock, so a writer that is
-        alive right now is never disturbed. Returns the number of paths removed.
+        Record temps are removed only while holding the job's lock, other temps only when
+        the process named in them is dead (or, made on another host, older than a day), so
+        a writer that is alive right now is never disturbed. Returns the number of paths
+        removed.
         """
-        removed = 0
+        removed = sweep_temps(self.data_dir) + sweep_temps(self.jobs_dir)
         for entry in list(self.jobs_dir.iterdir()):
             if entry.name.startswith(_TRASH_PREFIX):
                 shutil.rmtree(entry, ignore_errors=True)
@@ -292,13 +297,16 @@ class JobStore:
             if not paths.record.exists():
                 # a folder re-created by a step still writing into a job deleted under it
                 try:
-                    orphan = time.time() - entry.stat().st_mtime > ORPHAN_SECONDS
+                    orphan = time.time() - entry.stat().st_mtime > float(
+                        self.settings.orphan_seconds)
                 except FileNotFoundError:
                     continue
                 if orphan:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed += 1
                 continue
+            for home in paths.temp_homes():
+                removed += sweep_temps(home)
             prefix = _record_temp_prefix(paths)
             temps = list(entry.glob(prefix + "*"))
             if not temps:
@@ -578,7 +586,8 @@ class JobStore:
                        "queued for training" if train else "queued for segmentation")
             record.update(request={"kind": "segment", "train": train, "segment": bool(segment),
                                    "model_id": model_id},
-                          progress=0.0, error=None, lease=None, pending_segmentation_id=None)
+                          progress=0.0, error=None, lease=None, pending_segmentation_id=None,
+                          pending_model_id=None)
 
         return self.update(job_id, apply)
 

@@ -260,6 +260,22 @@ class JobPaths:
         read as fallbacks for its class names."""
         return self.segmentation_files(seg_id).class_files
 
+    # -- temp files -----------------------------------------------------------------------
+    def temp_homes(self) -> list[Path]:
+        """Every folder where a writer of this job puts temp files beside what it writes
+        (record, image, staging; upload state; exports; models; each segmentation and the
+        annotations): what a sweep after a crash looks through (not recursively: big
+        stores are never walked)."""
+        homes = [self.root, self.upload_state, self.exports, self.models, self.segmentations,
+                 self.annotations]
+        for parent in (self.segmentations, self.annotations):
+            try:
+                homes += [p for p in parent.iterdir()
+                          if p.is_dir() and not p.name.startswith(".")]
+            except OSError:
+                continue
+        return homes
+
     # -- exports --------------------------------------------------------------------------
     @property
     def exports(self) -> Path:
