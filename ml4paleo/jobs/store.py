@@ -369,8 +369,13 @@ class JobStore:
         record.update(fields)
         paths = self.paths(job_id)
         paths.root.mkdir(parents=True)
-        paths.upload.mkdir()
-        self._write(paths.record, record)
+        try:
+            paths.upload.mkdir()
+            self._write(paths.record, record)
+        except BaseException:
+            # e.g. a full disk: no folder without a record is left behind
+            shutil.rmtree(paths.root, ignore_errors=True)
+            raise
         log.info("created job %s (%s, %s)", job_id, name, source)
         return record
 

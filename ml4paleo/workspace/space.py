@@ -29,6 +29,7 @@ __all__ = [
     "check_quota",
     "disk_full",
     "free_bytes",
+    "human_size",
     "is_disk_full",
 ]
 
@@ -97,6 +98,21 @@ def check_quota(current_bytes: int, adding: int, max_job_bytes: int | None) -> N
         return
     if int(current_bytes) + int(adding) > int(max_job_bytes):
         raise QuotaExceeded(
-            f"the job's quota is full: it holds {int(current_bytes) // MiB} MiB, "
-            f"{int(adding) // MiB} MiB more would pass its limit of "
-            f"{int(max_job_bytes) // MiB} MiB")
+            f"the job's quota is full: it holds {human_size(current_bytes)}, "
+            f"{human_size(adding)} more would pass its limit of {human_size(max_job_bytes)}")
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes as text: ``"512 B"``, ``"4.0 KiB"``, ``"12 MiB"``, ``"3.2 GiB"``.
+
+    Examples
+    --------
+    >>> human_size(4096), human_size(12 * MiB), human_size(3 << 30)
+    ('4.0 KiB', '12 MiB', '3.0 GiB')
+    """
+    n = int(n)
+    for unit, size in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
