@@ -296,3 +296,40 @@ def test_client_does_not_retry_507(monkeypatch, tmp_path):
     with pytest.raises(ClientError) as info:
         client._send_chunk("j", {"dzchunkindex": "0"}, "a.npy", b"x")  # noqa: SLF001
     assert info.value.status_code == 507 and len(calls) == 2  # the 503 was retried once
+
+
+def test_every_state_change_and_the_report_on_a_full_disk_is_507(app, monkeypatch):
+    """Record writes of segment / mesh / retry / cancel / rename and a report build that
+    hit ENOSPC answer 507 and leave the record as it was."""
+    import ml4paleo.jobs.store as store_mod
+    import ml4paleo.report as report_mod
+
+    client = app.test_client()
+    store = app.extensions["ml4paleo_store"]
+    job_id = client.post("/api/job/new", json={"name": "s"}).get_json()["job_id"]
+    create_image(store.paths(job_id).labels("seg1"), (4, 8, 8), np.uint8, label=True,
+                 pyramid=False)
+    store.update(job_id, lambda r: r.update(status="segmented", segmentations=["seg1"],
+                                            segmentation_id="seg1", model_id=None,
+                                            annotations_updated_at="2026-01-01T00:00:00Z"))
+    before = store.get(job_id)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "atomic_write", full)
+    monkeypatch.setattr(report_mod, "build_report", full)
+    for method, url, body in [
+        ("POST", f"/api/job/{job_id}/segment", {}),
+        ("POST", f"/api/job/{job_id}/mesh", {}),
+        ("POST", f"/api/job/{job_id}/rename", {"name": "n"}),
+        ("POST", f"/api/job/{job_id}/cancel", {}),
+        ("GET", f"/api/job/{job_id}/segmentation/seg1/report.html", None),
+    ]:
+        r = client.open(url, method=method, json=body)
+        assert r.status_code in (507, 409), (url, r.status_code, r.data[:200])
+        if r.status_code == 507:
+            assert r.get_json()["error"].startswith("the data disk is full (")
+        else:  # refused by the rules before any write (e.g. nothing to cancel)
+            assert "disk" not in r.get_json()["error"]
+    assert store.get(job_id) == before
