@@ -278,10 +278,10 @@ class AttemptLimiter:
     Examples
     --------
     >>> lim = AttemptLimiter(burst=2, per_minute=60)
-    >>> lim.blocked("1.2.3.4"), lim.failed("1.2.3.4"), lim.failed("1.2.3.4")
-    (0.0, 0.0, 0.0)
-    >>> lim.blocked("1.2.3.4") > 0, lim.blocked("5.6.7.8")
-    (True, 0.0)
+    >>> lim.blocked("1.2.3.4"), lim.failed("1.2.3.4")
+    (0.0, 0.0)
+    >>> lim.failed("1.2.3.4") > 0, lim.blocked("1.2.3.4") > 0, lim.blocked("5.6.7.8")
+    (True, True, 0.0)
     """
 
     def __init__(self, burst: int = 20, per_minute: float = 30.0,

@@ -101,7 +101,7 @@ def json_body() -> dict:
 def int_arg(name: str, default: int | None = None, lo: int | None = None, hi: int | None = None):
     """Integer query argument with bounds, 400 when malformed or out of range."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         if default is None:
             abort(400, f"query parameter {name!r} is required")
         return default

@@ -354,10 +354,21 @@ class Runner:
             log.exception("retention purge failed")
             return []
 
+    def _stage_statuses(self) -> list[str]:
+        return [self.stage.queued.value, *(s.value for s in self.stage.running)]
+
     def candidates(self) -> list[dict]:
-        """Claimable jobs of this stage, oldest update first (lockless read)."""
+        """Claimable jobs of this stage, oldest update first (lockless read). The job index
+        names the jobs in this stage's statuses; only their records are read."""
         now = utcnow()
-        jobs = [r for r in self.store.list() if claimable(r, self.stage, now)]
+        jobs = []
+        for row in self.store.index.with_status(self._stage_statuses()):
+            try:
+                record = self.store.get(row["id"])
+            except (JobNotFound, OSError, ValueError):
+                continue
+            if claimable(record, self.stage, now):
+                jobs.append(record)
         jobs.sort(key=lambda r: r.get("updated_at") or "")
         return jobs
 
@@ -365,10 +376,9 @@ class Runner:
         """Seconds until a queued job in back-off becomes claimable (None: none waiting)."""
         now = utcnow()
         waits = []
-        for r in self.store.list():
-            lease = r.get("lease") or {}
-            if r.get("status") == self.stage.queued.value and lease.get("expires_at"):
-                waits.append((parse_time(lease["expires_at"]) - now).total_seconds())
+        for row in self.store.index.with_status([self.stage.queued.value]):
+            if row["lease_expires"]:
+                waits.append((parse_time(row["lease_expires"]) - now).total_seconds())
         return max(0.0, min(waits)) if waits else None
 
     def run_once(self) -> bool:
