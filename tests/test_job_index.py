@@ -114,5 +114,5 @@ def test_index_rows_are_what_the_catalogue_shows(store):
     row = store.query()[0][0]
     assert (row["bytes"], row["shape"], row["manufacturer"], row["manufacturer_model"],
             row["series_uid"]) == (12345, [2, 3, 4], "ACME", "M9", "1.2")
-    stored = sqlite3.connect(store.index.path).execute("SELECT row FROM jobs").fetchone()[0]
+    stored = sqlite3.connect(store.index.path).execute("SELECT row FROM rows").fetchone()[0]
     assert json.loads(stored) == row

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from flask import abort, current_app, request
@@ -139,8 +140,14 @@ def outputs(job_id: str) -> dict:
 
 def job_state(status: object) -> dict | None:
     """The UI description of a status (:func:`ml4paleo.jobs.describe`); None when unknown."""
+    described = _described(str(getattr(status, "value", status)))
+    return dict(described) if described is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _described(status: str) -> dict | None:
     try:
-        return describe(str(getattr(status, "value", status)))
+        return describe(status)
     except ValueError:
         return None
 

@@ -82,23 +82,32 @@ CREATE TABLE IF NOT EXISTS jobs (
     manufacturer_model_lc TEXT, series_uid_lc TEXT,
     created_at TEXT, updated_at TEXT,
     progress REAL, bytes INTEGER, voxel_size REAL,
-    lease_expires TEXT,
-    row TEXT NOT NULL
+    lease_expires TEXT
 );
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
-CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name_lc);
+-- the rows as shown, apart: filters and sorts scan the narrow table above only
+CREATE TABLE IF NOT EXISTS rows (id TEXT PRIMARY KEY, version INTEGER NOT NULL, row TEXT NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (
+    (created_at IS NULL OR created_at = ''), created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_name ON jobs ((name_lc IS NULL OR name_lc = ''), name_lc, id);
+CREATE INDEX IF NOT EXISTS jobs_name_desc ON jobs (
+    (name_lc IS NULL OR name_lc = ''), name_lc DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (
+    status_lc, (created_at IS NULL OR created_at = ''), created_at DESC, id DESC);
 """
 _COLUMNS = ("id", "version", "status", "status_lc", "name_lc", "id_lc", "source_type_lc",
             "modality_lc", "manufacturer_lc", "manufacturer_model_lc", "series_uid_lc",
-            "created_at", "updated_at", "progress", "bytes", "voxel_size", "lease_expires",
-            "row")
+            "created_at", "updated_at", "progress", "bytes", "voxel_size", "lease_expires")
 _UPSERT = (
     f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
     "ON CONFLICT(id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
     + " WHERE excluded.version >= jobs.version"
 )
+_UPSERT_ROW = ("INSERT INTO rows (id, version, row) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
+               "SET version = excluded.version, row = excluded.row "
+               "WHERE excluded.version >= rows.version")
+_DELETE = ("DELETE FROM jobs WHERE id = ?", "DELETE FROM rows WHERE id = ?")
 
 
 def _field(meta: dict, *names: str):
@@ -166,17 +175,31 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _values(record: dict) -> tuple:
+def _values(record: dict) -> tuple[tuple, tuple]:
+    """(the ``jobs`` columns, the ``rows`` entry) of a record."""
     row = summarize(record)
     lease = record.get("lease") if isinstance(record.get("lease"), dict) else {}
+    job_id, version = str(record["id"]), int(record.get("version") or 0)
     return (
-        str(record["id"]), int(record.get("version") or 0), row["status"], _lc(row["status"]),
-        str(row["name"] or "").lower(), str(row["id"]).lower(), _lc(row["source_type"]),
-        _lc(row["modality"]), _lc(row["manufacturer"]), _lc(row["manufacturer_model"]),
-        _lc(row["series_uid"]), row["created_at"], row["updated_at"], _number(row["progress"]),
-        row["bytes"], _smallest(row["voxel_size"]), lease.get("expires_at"),
-        json.dumps(row, allow_nan=False, default=str),
+        (job_id, version, row["status"], _lc(row["status"]),
+         str(row["name"] or "").lower(), str(row["id"]).lower(), _lc(row["source_type"]),
+         _lc(row["modality"]), _lc(row["manufacturer"]), _lc(row["manufacturer_model"]),
+         _lc(row["series_uid"]), row["created_at"], row["updated_at"], _number(row["progress"]),
+         row["bytes"], _smallest(row["voxel_size"]), lease.get("expires_at")),
+        (job_id, version, json.dumps(row, allow_nan=False, default=str)),
     )
+
+
+def _upsert(conn: sqlite3.Connection, records: Iterable[dict]) -> None:
+    pairs = [_values(r) for r in records]
+    conn.executemany(_UPSERT, [p[0] for p in pairs])
+    conn.executemany(_UPSERT_ROW, [p[1] for p in pairs])
+
+
+def _delete(conn: sqlite3.Connection, ids: Iterable[str]) -> None:
+    ids = [(i,) for i in ids]
+    for statement in _DELETE:
+        conn.executemany(statement, ids)
 
 
 class JobIndex:
@@ -255,7 +278,7 @@ class JobIndex:
 
     def _put(self, record: dict, created: bool) -> None:
         with self._write() as conn:
-            conn.execute(_UPSERT, _values(record))
+            _upsert(conn, [record])
             if created:
                 self._stamp(conn)
 
@@ -263,7 +286,7 @@ class JobIndex:
         """Drop a deleted job's row."""
         def drop():
             with self._write() as conn:
-                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                _delete(conn, [job_id])
                 self._stamp(conn)
 
         self._guarded(drop)
@@ -314,10 +337,22 @@ class JobIndex:
             self._drop_connection()
             self._discard()
             stale, version, stamp = True, None, None
+        if version is not None and version != SCHEMA_VERSION:
+            self._reset()
         if stale or version != SCHEMA_VERSION:
             self.rebuild()
         elif stamp != self._folder_stamp():
             self.sync()
+
+    def _reset(self) -> None:
+        """Drop the tables of another schema version (rebuilt next)."""
+        with self._rebuild_lock():
+            conn = self._conn()
+            if self._meta(conn, "schema") in (None, SCHEMA_VERSION):
+                return
+            log.info("job index of schema %s: recreating it", self._meta(conn, "schema"))
+            conn.executescript("DROP TABLE IF EXISTS jobs; DROP TABLE IF EXISTS rows; "
+                               "DROP TABLE IF EXISTS meta;" + _SCHEMA)
 
     def _discard(self) -> None:
         for suffix in ("", "-journal", "-wal", "-shm"):
@@ -349,10 +384,9 @@ class JobIndex:
             records = [r for r in (self._read(i) for i in self._job_ids()) if r]
             seen = {str(r["id"]) for r in records}
             with self._write() as conn:
-                conn.executemany(_UPSERT, [_values(r) for r in records])
+                _upsert(conn, records)
                 stored = [row[0] for row in conn.execute("SELECT id FROM jobs")]
-                gone = [i for i in stored if i not in seen and self._read(i) is None]
-                conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in gone])
+                _delete(conn, [i for i in stored if i not in seen and self._read(i) is None])
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
                              (SCHEMA_VERSION,))
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('folder_mtime', ?)", (stamp,))
@@ -370,8 +404,8 @@ class JobIndex:
         added = [r for r in (self._read(i) for i in ids - stored) if r]
         gone = [i for i in stored - ids if self._read(i) is None]
         with self._write() as conn:
-            conn.executemany(_UPSERT, [_values(r) for r in added])
-            conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in gone])
+            _upsert(conn, added)
+            _delete(conn, gone)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('folder_mtime', ?)", (stamp,))
         if added or gone:
             log.info("job index synced: %d added, %d removed", len(added), len(gone))
@@ -459,14 +493,22 @@ class JobIndex:
             raise ValueError(f"cannot sort by {column!r}; choose from {', '.join(sorted(SORTABLE))}")
         key = _TEXT_SORT.get(column) or _NUM_SORT[column]
         missing = f"({key} IS NULL OR {key} = '')" if column in _TEXT_SORT else f"({key} IS NULL)"
-        order = f"{missing}, {key} {'DESC' if desc else 'ASC'}, created_at DESC, id"
+        direction = "DESC" if desc else "ASC"
+        order = f"{missing}, {key} {direction}, id {direction}"  # as the indexes are
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         conn = self._conn()
         total = int(conn.execute(f"SELECT count(*) FROM jobs{clause}", args).fetchone()[0])
         page = f" LIMIT {int(limit)} OFFSET {max(0, int(offset))}" if limit is not None else ""
-        rows = [json.loads(r[0]) for r in conn.execute(
-            f"SELECT row FROM jobs{clause} ORDER BY {order}{page}", args)]
-        return rows, total
+        # sort and page on the narrow table, then fetch the page's rows
+        ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM jobs{clause} ORDER BY {order}{page}", args)]
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            found.update(conn.execute(
+                f"SELECT id, row FROM rows WHERE id IN ({', '.join('?' * len(part))})",
+                part).fetchall())
+        return [json.loads(found[i]) for i in ids if i in found], total
 
     def with_status(self, statuses: Iterable[str]) -> list[dict]:
         """``{id, status, updated_at, lease_expires}`` of the jobs in any of ``statuses``

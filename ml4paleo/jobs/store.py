@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ml4paleo._fs import atomic_write, parse_iso, sweep_temps
+from ml4paleo._fs import atomic_write, is_temp_name, parse_iso, sweep_temps
 from ml4paleo.config import Settings
 from ml4paleo.jobs.index import JobIndex
 from ml4paleo.jobs.statuses import (
@@ -308,15 +308,21 @@ class JobStore:
         removed.
         """
         removed = sweep_temps(self.data_dir) + sweep_temps(self.jobs_dir)
-        for entry in list(self.jobs_dir.iterdir()):
+        with os.scandir(self.jobs_dir) as it:
+            entries = list(it)
+        for entry in entries:
             if entry.name.startswith(_TRASH_PREFIX):
-                shutil.rmtree(entry, ignore_errors=True)
+                shutil.rmtree(entry.path, ignore_errors=True)
                 removed += 1
                 continue
-            if not entry.is_dir() or not self.is_valid_id(entry.name):
+            if not self.is_valid_id(entry.name) or not entry.is_dir(follow_symlinks=False):
                 continue
-            paths = JobPaths(entry)
-            if not paths.record.exists():
+            paths = JobPaths(entry.path)
+            try:
+                names = os.listdir(entry.path)
+            except OSError:
+                continue
+            if paths.record.name not in names:
                 # a folder re-created by a step still writing into a job deleted under it
                 try:
                     orphan = time.time() - entry.stat().st_mtime > float(
@@ -324,14 +330,15 @@ class JobStore:
                 except FileNotFoundError:
                     continue
                 if orphan:
-                    shutil.rmtree(entry, ignore_errors=True)
+                    shutil.rmtree(entry.path, ignore_errors=True)
                     removed += 1
                 continue
-            for home in paths.temp_homes():
+            for home in paths.temp_homes(names)[1:]:
                 removed += sweep_temps(home)
+            if any(is_temp_name(n) for n in names):
+                removed += sweep_temps(entry.path)
             prefix = _record_temp_prefix(paths)
-            temps = list(entry.glob(prefix + "*"))
-            if not temps:
+            if not any(n.startswith(prefix) for n in os.listdir(entry.path)):
                 continue
             try:
                 fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -342,9 +349,10 @@ class JobStore:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # someone is writing right now; their temp file is not stray
-                for tmp in entry.glob(prefix + "*"):
-                    tmp.unlink(missing_ok=True)
-                    removed += 1
+                for name in os.listdir(entry.path):
+                    if name.startswith(prefix):
+                        Path(entry.path, name).unlink(missing_ok=True)
+                        removed += 1
             finally:
                 os.close(fd)
         if removed:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,17 +262,30 @@ class JobPaths:
         return self.segmentation_files(seg_id).class_files
 
     # -- temp files -----------------------------------------------------------------------
-    def temp_homes(self) -> list[Path]:
+    def temp_homes(self, names: Iterable[str] | None = None) -> list[Path]:
         """Every folder where a writer of this job puts temp files beside what it writes
         (record, image, staging; upload state; exports; models; each segmentation and the
-        annotations): what a sweep after a crash looks through (not recursively: big
-        stores are never walked)."""
-        homes = [self.root, self.upload_state, self.exports, self.models, self.segmentations,
-                 self.annotations]
+        annotations) that exists: what a sweep after a crash looks through (not
+        recursively: big stores are never walked).
+
+        ``names``: the job folder's listing when the caller has it (saves a listing).
+        """
+        try:
+            listed = set(os.listdir(self.root)) if names is None else set(names)
+        except OSError:
+            return []
+        homes = [self.root]
+        for folder in (self.upload_state, self.exports, self.models, self.segmentations,
+                       self.annotations):
+            if folder.name in listed:
+                homes.append(folder)
         for parent in (self.segmentations, self.annotations):
+            if parent.name not in listed:
+                continue
             try:
-                homes += [p for p in parent.iterdir()
-                          if p.is_dir() and not p.name.startswith(".")]
+                with os.scandir(parent) as it:
+                    homes += [Path(e.path) for e in it
+                              if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
             except OSError:
                 continue
         return homes
