@@ -186,8 +186,8 @@ def test_slice_tiles_match_the_volume(client, job, volume):
 
 
 @pytest.mark.parametrize("query", [
-    "axis=w", "axis=z&index=-1", "axis=z&index=40", "axis=z&index=abc", "level=9",
-    "window=1", "window=a,b", "window=nan,inf", "tile=1", "tile=99,0", "tile_size=5",
+    "axis=w", "axis=z&index=-1", "axis=z&index=abc", "index=", "level=-1",
+    "window=1", "window=a,b", "window=nan,inf", "tile=1", "tile_size=5",
     "tile_size=999999",
 ])
 def test_slice_bad_parameters_are_400(client, job, query):
@@ -196,6 +196,15 @@ def test_slice_bad_parameters_are_400(client, job, query):
     if "window" not in query:
         r = client.get(f"/api/job/{jid}/segmentation/{seg}/slice?{query}")
         assert r.status_code == 400, query
+
+
+@pytest.mark.parametrize("query", ["axis=z&index=40", "level=9", "tile=99,0"])
+def test_slices_beyond_the_image_are_404(client, job, query):
+    """A plane, level or tile the image does not have is a resource that does not exist."""
+    jid, seg = job
+    for url in (f"/api/job/{jid}/slice?{query}", f"/api/job/{jid}/segmentation/{seg}/slice?{query}"):
+        r = client.get(url)
+        assert r.status_code == 404 and r.is_json and "no " in r.get_json()["error"], url
 
 
 # ------------------------------------------------------------------ downloads

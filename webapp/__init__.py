@@ -21,6 +21,7 @@ import logging
 
 from flask import Flask, Request, g, request
 from werkzeug.exceptions import BadRequest
+from werkzeug.routing import BaseConverter, Rule
 
 from ml4paleo.config import Settings
 
@@ -34,11 +35,28 @@ _BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "opena
                "reports")
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "KEY_COOKIE", "KEY_HEADER", "MAX_BODY_BYTES",
-           "create_app"]
+           "JobIdConverter", "create_app"]
 
 #: routes whose body is a file (up to ``Settings.max_upload_bytes``, spooled to disk)
 _UPLOAD_ROUTES = {"/api/upload"}
 MAX_BODY_BYTES = 128 * 1024**2
+
+
+class JobIdConverter(BaseConverter):
+    """``<job_id>``: only what a job id can be (URL-safe, 22..64 characters), so a rule
+    such as ``/api/job/<job_id>`` never matches ``/api/job/new`` (nor its OPTIONS /
+    405 answers list that rule's methods)."""
+
+    regex = r"[A-Za-z0-9_-]{22,64}"
+
+
+class _Rule(Rule):
+    """Every ``<job_id>`` of every blueprint uses :class:`JobIdConverter`."""
+
+    def get_converter(self, variable_name, converter_name, args, kwargs):
+        if variable_name == "job_id" and converter_name == "default":
+            converter_name = "job_id"
+        return super().get_converter(variable_name, converter_name, args, kwargs)
 
 
 class _Request(Request):
@@ -70,6 +88,8 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     settings = (settings or Settings.from_env()).with_overrides(**overrides)
     app = Flask(__name__)
     app.request_class = _Request
+    app.url_rule_class = _Rule
+    app.url_map.converters["job_id"] = JobIdConverter
     app.config["ML4PALEO_SETTINGS"] = settings
     app.config["JSON_SORT_KEYS"] = False
     # a request body may hold one whole (unchunked) file; chunked uploads are smaller

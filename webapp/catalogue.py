@@ -115,7 +115,10 @@ def _csv(rows: list[dict]) -> Response:
 @bp.get("/api/jobs")
 def list_jobs():
     """The job catalogue (see the module docstring for filters, sorting and paging)."""
-    if request.args.get("format") == "csv":
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        abort(400, f"format must be json or csv, got {fmt[:40]!r}")
+    if fmt == "csv":
         return _csv(_query(paged=False)[0])
     rows, total, page, per_page = _query(paged=True)
     return jsonify(jobs=rows, total=total, page=page, per_page=per_page,

@@ -119,9 +119,12 @@ def statuses():
 def new_job():
     """Create a job: ``{name?, source_type?}`` -> 201 ``{job_id, ...}``."""
     data = _body()
+    raw_type = data.get("source_type")
+    if raw_type is not None and not isinstance(raw_type, str):
+        abort(400, "source_type must be a string")
     try:
         name = clean_name(data.get("name"), default="Untitled job")
-        source_type = normalize_source_type(data.get("source_type") or "auto")
+        source_type = normalize_source_type(raw_type or "auto")
     except (TypeError, ValueError, AttributeError) as exc:
         abort(400, str(exc))
     check_free(_settings().data_dir, _settings().min_free_mb)

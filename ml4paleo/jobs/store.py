@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 MAX_NAME_LENGTH = 200
+_SPACES_RE = re.compile(r"[ \t\n\r]+")
 MAX_HISTORY = 500
 #: a job folder without job.json older than this is debris (default of
 #: ``Settings.orphan_seconds``)
@@ -112,7 +113,8 @@ def normalize_source_type(value: str | None) -> str:
 
 
 def clean_name(value: object, default: str | None = None) -> str:
-    """Validate a job name: text, 1..200 characters after trimming, no control characters.
+    """Validate a job name: text of at most 200 characters (1 or more after trimming;
+    whitespace runs become one space), no other control characters.
 
     Raises
     ------
@@ -123,7 +125,9 @@ def clean_name(value: object, default: str | None = None) -> str:
         return default
     if not isinstance(value, str):
         raise ValueError("name must be a string")
-    name = " ".join(value.split())  # collapses newlines / tabs too
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"name is {len(value)} characters long; at most {MAX_NAME_LENGTH} allowed")
+    name = _SPACES_RE.sub(" ", value).strip(" ")  # runs of spaces, tabs, newlines: one space
     if not name:
         if default is not None:
             return default
