@@ -307,6 +307,9 @@ def test_every_state_change_and_the_report_on_a_full_disk_is_507(app, monkeypatc
     client = app.test_client()
     store = app.extensions["ml4paleo_store"]
     job_id = client.post("/api/job/new", json={"name": "s"}).get_json()["job_id"]
+    from ml4paleo.workspace import SegmentationRegistry
+
+    SegmentationRegistry(store.paths(job_id)).create("seg1")
     create_image(store.paths(job_id).labels("seg1"), (4, 8, 8), np.uint8, label=True,
                  pyramid=False)
     store.update(job_id, lambda r: r.update(status="segmented", segmentations=["seg1"],

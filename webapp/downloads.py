@@ -35,7 +35,7 @@ SEGMENTATION_KINDS = {
     "stats": ("csv", "text/csv", "per-label volume, surface area and components (CSV)"),
 }
 IMAGE_KINDS = {
-    "zarr": ("zarr.zip", "application/zip", "converted image as an OME-Zarr folder (zip)"),
+    "zarr": ("zarr.zip", "application/zip", "converted image and its segmentations as an OME-Zarr store (zip)"),
     "png": ("png.zip", "application/zip", "converted image as a stack of PNG slices (zip)"),
     "tiff": ("tiff.zip", "application/zip", "converted image as a stack of TIFF slices (zip)"),
     "nifti": ("nii.gz", "application/gzip", "converted image as one NIfTI file"),

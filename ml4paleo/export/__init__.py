@@ -10,16 +10,20 @@ a file that is later served as complete. Slab work (PNG, TIFF, NIfTI) runs throu
 Kinds
 -----
 ``zarr``
-    Zip of the OME-Zarr folder (chunks stored as they are: already compressed).
+    Zip of the OME-Zarr folder, the store at the zip's root (a Zarr ``ZipStore`` as it is;
+    an image's ``labels/`` come along), chunks stored as they are (already compressed).
 ``png``
     Zip of one PNG per z slice: 8-bit, windowed to the 1-99.5 percentiles of a sample
-    for images; label values (8-bit, or 16-bit when the dtype needs it) for label images.
+    for images; label values (8-bit, or 16-bit when the dtype needs it) for label images;
+    the pixel size in each file's ``pHYs`` chunk.
 ``tiff``
-    Zip of one 16-bit TIFF per z slice (ImageJ metadata with the voxel size).
+    Zip of one TIFF per z slice (ImageJ metadata with the voxel size): 8-bit for 8-bit
+    sources, else 16-bit.
 ``meshes``
     Zip of a meshes folder (``<label>.stl|obj|ply|glb``) and its ``stats.csv``.
 ``nifti``
-    One ``.nii.gz`` with the voxel size in the header, written slab by slab.
+    One ``.nii.gz`` on the source's world (sform/qform and their codes; labels with
+    intent ``NIFTI_INTENT_LABEL``), written slab by slab.
 ``stats``
     The per-label statistics CSV (copied, or computed from a label image).
 
@@ -30,7 +34,6 @@ Modules: :mod:`~ml4paleo.export.sinks`, :mod:`~ml4paleo.export.volumes`,
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -40,6 +43,7 @@ from typing import Any
 from ml4paleo._fs import atomic_writer
 from ml4paleo._verbs import make_module_callable
 from ml4paleo.meshing import STATS_CSV
+from ml4paleo.meshing import read_stats_csv as meshing_read_stats_csv
 
 from .folders import write_meshes, write_stats, write_zarr
 from .nifti import nifti_header, write_nifti
@@ -63,11 +67,11 @@ __all__ = [
 
 #: kind -> (file suffix, mimetype, description)
 EXPORT_KINDS: dict[str, tuple[str, str, str]] = {
-    "zarr": ("zarr.zip", "application/zip", "OME-Zarr folder (zip)"),
+    "zarr": ("zarr.zip", "application/zip", "OME-Zarr store (zip, the store at its root)"),
     "png": ("png.zip", "application/zip", "stack of PNG slices (zip)"),
-    "tiff": ("tiff.zip", "application/zip", "stack of 16-bit TIFF slices (zip)"),
+    "tiff": ("tiff.zip", "application/zip", "stack of 8/16-bit TIFF slices (zip)"),
     "meshes": ("meshes.zip", "application/zip", "meshes of every label and stats.csv (zip)"),
-    "nifti": ("nii.gz", "application/gzip", "NIfTI-1 volume with the voxel size"),
+    "nifti": ("nii.gz", "application/gzip", "NIfTI-1 volume on the scan's affine"),
     "stats": ("csv", "text/csv", "per-label statistics (CSV)"),
 }
 
@@ -165,12 +169,24 @@ def is_cached(cache: str | os.PathLike, source: Any) -> bool:
     return _is_fresh(Path(cache), source)
 
 
+def _changed_at(path: Path) -> float:
+    """When ``path`` last changed, as far as an export of it can tell: the folder, its
+    metadata and its NGFF ``labels`` (a segmentation added to an image changes its zip)."""
+    times = [path.stat().st_mtime]
+    for part in (".zattrs", "labels", "labels/.zattrs"):
+        try:
+            times.append((path / part).stat().st_mtime)
+        except OSError:
+            pass
+    return max(times)
+
+
 def _is_fresh(cache: Path, source: Any) -> bool:
     if not cache.is_file():
         return False
     path = getattr(source, "path", source)
     if isinstance(path, str | os.PathLike) and Path(path).exists():
-        return cache.stat().st_mtime >= Path(path).stat().st_mtime
+        return cache.stat().st_mtime >= _changed_at(Path(path))
     return True
 
 
@@ -276,9 +292,12 @@ def cached_export(kind: str, source: Any, cache_path: str | os.PathLike,
 
 
 def read_stats_csv(path: str | os.PathLike) -> list[dict]:
-    """Read a statistics CSV written by :func:`ml4paleo.meshing.write_stats_csv`."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Read a statistics CSV written by :func:`ml4paleo.meshing.write_stats_csv`.
+
+    Rows keyed like :data:`ml4paleo.meshing.STATS_COLUMNS` (``volume``, not
+    ``volume_mm3``), values as the CSV's strings; any version's headers.
+    """
+    return meshing_read_stats_csv(path)
 
 
 make_module_callable(__name__, export)

@@ -8,9 +8,13 @@ every cell is triangulated exactly once, so the parts weld by exact integer keys
 (:mod:`~ml4paleo.meshing.weld`) into a result *identical* to meshing the whole volume at
 once (same vertices, same faces, and — after the canonical ordering — the same files).
 
-Vertex coordinates are ``(x, y, z)`` in physical units: the centre of voxel ``(z, y, x)``
-sits at ``(x * sx, y * sy, z * sz)``; the surface passes half a voxel outside the
-outermost voxel centres. Objects are face-connected (6-connectivity), which is the
+Surfaces are extracted on the voxel grid (the centre of voxel ``(z, y, x)`` at
+``(x * sx, y * sy, z * sz)``; the surface passes half a voxel outside the outermost voxel
+centres) and written in the scan's **world** coordinates by default — its affine (NIfTI
+sform/qform, DICOM position and orientation, OME-Zarr ``world``), frame and unit — so a
+mesh overlays its scan in any viewer; ``space="voxel"`` keeps the scaled grid
+(:mod:`~ml4paleo.meshing.space`, the one place that moves vertices). Every file says
+which space, unit and frame it holds. Objects are face-connected (6-connectivity), which is the
 connectivity this surface realises, so one closed body per object (plus one per enclosed
 cavity).
 
@@ -18,7 +22,8 @@ Memory stays flat: blocks stream their triangles to ``.npz`` parts on disk, and 
 is welded from its own parts at the end. Modules: :mod:`~ml4paleo.meshing.blockwise`,
 :mod:`~ml4paleo.meshing.weld`, :mod:`~ml4paleo.meshing.simplify`,
 :mod:`~ml4paleo.meshing.writers` (STL/OBJ/PLY/GLB), :mod:`~ml4paleo.meshing.stats`
-(label statistics and their CSV).
+(label statistics and their CSV), :mod:`~ml4paleo.meshing.space` (world or voxel
+coordinates).
 """
 
 from __future__ import annotations
@@ -35,32 +40,43 @@ from ml4paleo.blocks import block_grid
 
 from .blockwise import LabelVolume, open_labels, run_pass, selection_of
 from .simplify import simplify_closed
+from .space import SPACES, MeshSpace, mesh_space, unit_suffix, world_of
 from .stats import (
     STATS_COLUMNS,
     STATS_CSV,
     count_components,
     label_stats,
     merge_stats,
+    place_rows,
     public_row,
+    read_stats_csv,
     stats_csv_text,
+    volume_classes,
     write_stats_csv,
 )
 from .weld import body_count, to_physical, weld
-from .writers import MESH_FORMATS, parse_formats, write_mesh, write_stl
+from .writers import MESH_FORMATS, parse_formats, write_glb, write_mesh, write_stl
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "MESH_FORMATS",
+    "SPACES",
     "STATS_COLUMNS",
     "STATS_CSV",
     "LabelVolume",
+    "MeshSpace",
     "body_count",
     "label_stats",
     "mesh",
+    "mesh_space",
     "open_labels",
+    "read_stats_csv",
     "simplify_closed",
     "stats_csv_text",
+    "unit_suffix",
+    "world_of",
+    "write_glb",
     "write_mesh",
     "write_stats_csv",
     "write_stl",
@@ -83,6 +99,8 @@ def mesh(
     unit: str | None = None,
     workers: int | None = None,
     stats_path: str | os.PathLike | None = None,
+    space: str = "world",
+    classes: Sequence[dict] | None = None,
 ) -> dict:
     """Mesh every label of a label volume into closed surfaces, block by block.
 
@@ -114,14 +132,23 @@ def mesh(
         Local worker processes.
     stats_path : path, optional
         Where to write the statistics CSV (default ``out_dir / STATS_CSV``).
+    space : {"world", "voxel"}
+        Coordinates of the vertices and the statistics' bounding boxes (see
+        :mod:`ml4paleo.meshing.space`): ``"world"`` (default), the scan's world
+        coordinates (its affine, frame and unit: the mesh overlays the NIfTI / DICOM /
+        OME-Zarr it came from), or ``"voxel"``, the voxel grid scaled by the voxel size.
+        Every file says which, with the unit and frame.
+    classes : list of dict, optional
+        Class names by label value, for file headers and the statistics (default: those
+        the label image holds).
 
     Returns
     -------
     dict
         ``out_dir``, ``files`` ({label: [paths]}), ``stats`` (rows as from
         :func:`label_stats`, with ``mesh_bodies``), ``stats_csv``, ``voxel_size``,
-        ``unit``, ``blocks``, ``faces`` ({label: faces written}), ``simplified``
-        ({label: bool}).
+        ``unit``, ``space``, ``frame``, ``world`` (the scan's transform used, as JSON), ``blocks``,
+        ``faces`` ({label: faces written}), ``simplified`` ({label: bool}).
 
     Raises
     ------
@@ -141,6 +168,9 @@ def mesh(
     if simplify is not None and not 0.0 < float(simplify) < 1.0:
         raise ValueError(f"simplify must be a fraction of faces to remove in (0, 1), got {simplify}")
     vol = open_labels(labels, voxel_size, unit)
+    where = mesh_space(world_of(vol.volume, vol.voxel_size, vol.unit), space)
+    if classes is None:
+        classes = volume_classes(vol)
     selection = selection_of(labels_to_mesh)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +187,8 @@ def mesh(
             vol, work_dir, chunk_size=chunk_size, selection=selection, write_parts=True,
             executor=executor, workers=workers, progress=block_progress if progress else None,
         )
-        rows = merge_stats(passed.results, count_components(passed, work_dir), vol)
+        rows = place_rows(merge_stats(passed.results, count_components(passed, work_dir), vol),
+                          where, classes)
         files: dict[int, list[Path]] = {}
         faces_written: dict[int, int] = {}
         simplified: dict[int, bool] = {}
@@ -176,10 +207,15 @@ def mesh(
                 verts, faces, did = simplify_closed(verts, faces, float(simplify), f"label {value}")
             simplified[value] = did
             faces_written[value] = len(faces)
-            files[value] = [write_mesh(verts, faces, out_dir / f"{value}.{f}", f) for f in fmts]
+            # the one place meshes leave the voxel grid: world (or voxel) coordinates,
+            # windings reversed when the transform mirrors
+            verts, faces = where.apply(verts, faces)
+            meta = {"label": value, "class": row.get("class"), **where.describe()}
+            files[value] = [write_mesh(verts, faces, out_dir / f"{value}.{f}", f, meta=meta)
+                            for f in fmts]
             del verts, faces
         stats = [public_row(r) for r in rows.values()]
-        stats_csv = write_stats_csv(stats, stats_path or out_dir / STATS_CSV)
+        stats_csv = write_stats_csv(stats, stats_path or out_dir / STATS_CSV, where.unit)
         if progress is not None:
             progress(n_blocks + 1, n_blocks + 1)
     finally:
@@ -192,7 +228,10 @@ def mesh(
         "stats": stats,
         "stats_csv": stats_csv,
         "voxel_size": vol.voxel_size,
-        "unit": vol.unit,
+        "unit": where.unit,
+        "space": where.space,
+        "frame": where.frame,
+        "world": where.world.to_json(),
         "blocks": n_blocks,
         "faces": faces_written,
         "simplified": simplified,

@@ -21,6 +21,9 @@ from pathlib import Path
 __all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "SegmentationPaths", "check_id",
            "check_name", "label_store_classes_file", "model_meta_file", "without_server_paths"]
 
+#: The NGFF group of an image holding its label images (``ml4paleo.formats.LABELS_GROUP``)
+IMAGE_LABELS_GROUP = "labels"
+
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
 ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -68,12 +71,16 @@ def check_name(value: object, what: str = "name") -> str:
 def label_store_classes_file(folder: str | os.PathLike) -> Path:
     """The class list (names and colours) of a label store folder (a job's annotations,
     or any :class:`ml4paleo.segmentation.LabelStore` folder)."""
-    return Path(folder) / "classes.json"
+    from ml4paleo.segmentation.labels import CLASSES_NAME  # the label store's format
+
+    return Path(folder) / CLASSES_NAME
 
 
 def model_meta_file(folder: str | os.PathLike) -> Path:
     """The ``meta.json`` of a model folder (anywhere: a job's version or a copy)."""
-    return Path(folder) / "meta.json"
+    from ml4paleo.segmentation.model import META_FILE  # the model folder's format
+
+    return Path(folder) / META_FILE
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,9 @@ class SegmentationPaths:
 
     @property
     def labels(self) -> Path:
-        """The OME-Zarr label image."""
+        """The OME-Zarr label image of a segmentation folder copied elsewhere, or of a job of
+        an older version (a job's segmentations are labels of its image now:
+        :meth:`JobPaths.labels`)."""
         return self.root / "labels.ome.zarr"
 
     @property
@@ -143,7 +152,7 @@ class JobPaths:
     >>> p.image.name
     'image.ome.zarr'
     >>> p.labels("s1").relative_to(p.root).as_posix()
-    'segmentations/s1/labels.ome.zarr'
+    'image.ome.zarr/labels/s1'
     """
 
     root: Path
@@ -237,8 +246,20 @@ class JobPaths:
         return self.segmentation_files(seg_id).meta
 
     def labels(self, seg_id: str) -> Path:
-        """The segmentation's OME-Zarr label image."""
-        return self.segmentation_files(seg_id).labels
+        """The segmentation's OME-Zarr label image: an NGFF label of the job's image.
+
+        ``image.ome.zarr/labels/<seg_id>`` (listed in ``image.ome.zarr/labels/.zattrs``, so
+        NGFF readers open the scan with its segmentations); a segmentation made by an
+        older version, ``segmentations/<seg_id>/labels.ome.zarr``, is found where it is.
+        """
+        legacy = self.segmentation_files(seg_id).labels
+        if legacy.exists():
+            return legacy
+        return self.image_labels(seg_id)
+
+    def image_labels(self, seg_id: str) -> Path:
+        """Where a segmentation's label image goes inside the job's image (NGFF ``labels/``)."""
+        return self.image / IMAGE_LABELS_GROUP / check_id(seg_id, "segmentation id")
 
     def probabilities(self, seg_id: str) -> Path:
         """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
@@ -264,8 +285,8 @@ class JobPaths:
     # -- temp files -----------------------------------------------------------------------
     def temp_homes(self, names: Iterable[str] | None = None) -> list[Path]:
         """Every folder where a writer of this job puts temp files beside what it writes
-        (record, image, staging; upload state; exports; models; each segmentation and the
-        annotations) that exists: what a sweep after a crash looks through (not
+        (record, image, staging; upload state; exports; models; each segmentation, the
+        image's labels group and the annotations) that exists: what a sweep after a crash looks through (not
         recursively: big stores are never walked).
 
         ``names``: the job folder's listing when the caller has it (saves a listing).
@@ -276,9 +297,11 @@ class JobPaths:
             return []
         homes = [self.root]
         for folder in (self.upload_state, self.exports, self.models, self.segmentations,
-                       self.annotations):
+                       self.annotations, self.image):
             if folder.name in listed:
                 homes.append(folder)
+        if self.image.name in listed and (self.image / IMAGE_LABELS_GROUP).is_dir():
+            homes.append(self.image / IMAGE_LABELS_GROUP)  # the segmentations' listing
         for parent in (self.segmentations, self.annotations):
             if parent.name not in listed:
                 continue

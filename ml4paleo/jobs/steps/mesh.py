@@ -3,14 +3,31 @@ write its statistics."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
+from ml4paleo.formats import attach_labels
 from ml4paleo.jobs.context import JobContext, StepError
 from ml4paleo.jobs.statuses import Status
 from ml4paleo.jobs.steps.common import executor, jsonable, library
 from ml4paleo.workspace.segmentations import SegmentationRegistry, record_meshes
+from ml4paleo.world import ZARR_WORLD_KEY
 
 KIND = "mesh"
+
+log = logging.getLogger(__name__)
+
+
+def _with_world(ctx: JobContext, path, labels):
+    """Labels of an older version (no world of their own) get the image's world and classes
+    in their metadata first, so their meshes land on the scan too."""
+    if ZARR_WORLD_KEY in (labels.attrs.get("ml4paleo") or {}) or not ctx.paths.image.exists():
+        return labels
+    try:
+        return attach_labels(path, image=ctx.paths.image, register=False)
+    except ValueError as exc:
+        log.warning("%s: kept as it is (%s)", path, exc)
+        return labels
 
 
 def run(ctx: JobContext) -> dict:
@@ -25,7 +42,7 @@ def run(ctx: JobContext) -> dict:
     labels_path = ctx.paths.labels(seg_id)
     if not labels_path.exists():
         raise StepError(f"segmentation {seg_id}: its labels are missing")
-    labels = open_image(labels_path)
+    labels = _with_world(ctx, labels_path, open_image(labels_path))
     formats = tuple(request.get("formats") or ("stl",))
     segs = SegmentationRegistry(ctx.paths)
     workdir = segs.mesh_workdir(seg_id)

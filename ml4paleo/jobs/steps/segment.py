@@ -103,6 +103,8 @@ def run(ctx: JobContext) -> dict:
     # a retried attempt (runner died) resumes the same segmentation from its done-markers
     seg_id = segs.create(ctx.record.get("pending_segmentation_id"))
     ctx.set_fields(pending_segmentation_id=seg_id)
+    # an NGFF label of the image (its world, the model's class names and colours), listed
+    # in the image's labels/ once complete
     segment(image, model, ctx.paths.labels(seg_id), chunk_size=ctx.settings.chunk_size,
             executor=executor(ctx.settings), workers=ctx.settings.workers,
             progress=ctx.progress)
