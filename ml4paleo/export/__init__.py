@@ -34,6 +34,7 @@ Modules: :mod:`~ml4paleo.export.sinks`, :mod:`~ml4paleo.export.volumes`,
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,8 +54,11 @@ from .volumes import stem, to_uint8
 __all__ = [
     "EXPORT_KINDS",
     "WRITERS",
+    "cached_export",
     "default_filename",
+    "estimate_bytes",
     "export",
+    "is_cached",
     "nifti_header",
     "read_stats_csv",
     "stream_export",
@@ -160,6 +164,11 @@ def export(kind: str, source: Any, dest: str | os.PathLike, **options: Any) -> P
     return dest
 
 
+def is_cached(cache: str | os.PathLike, source: Any) -> bool:
+    """True when the export file ``cache`` exists and is not older than ``source``."""
+    return _is_fresh(Path(cache), source)
+
+
 def _changed_at(path: Path) -> float:
     """When ``path`` last changed, as far as an export of it can tell: the folder, its
     metadata and its NGFF ``labels`` (a segmentation added to an image changes its zip)."""
@@ -229,6 +238,57 @@ def stream_export(kind: str, source: Any, cache_path: str | os.PathLike,
     data = sink.take()
     if data:
         yield data
+
+
+def estimate_bytes(kind: str, source: Any) -> int:
+    """An upper estimate of the size of the ``kind`` export of ``source``, from its files
+    and header (nothing is decoded): what a caller checks free disk space against before
+    building it.
+
+    ``zarr`` and ``meshes`` zips store their files as they are; ``tiff`` is 16-bit and
+    uncompressed; ``png`` and ``nifti`` compress, so the uncompressed size bounds them.
+    """
+    _writer(kind)
+    path = Path(getattr(source, "path", source)) if isinstance(
+        source, str | os.PathLike) or hasattr(source, "path") else None
+    if kind in ("zarr", "meshes") and path is not None:
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        total = sum(p.stat().st_size for p in files if p.exists())
+        return total + 200 * len(files) + 1024  # zip headers and directory
+    if kind == "stats":
+        return path.stat().st_size if path is not None and path.is_file() else 1 << 20
+    from ml4paleo.io import open_any
+
+    vol = open_any(source)
+    try:
+        itemsize = vol.dtype.itemsize
+        per_voxel = {"tiff": 2, "png": min(itemsize, 2), "nifti": itemsize}[kind]
+        return math.prod(vol.shape) * per_voxel + vol.shape[0] * 1024 + 4096
+    finally:
+        if vol is not source:
+            vol.close()
+
+
+def cached_export(kind: str, source: Any, cache_path: str | os.PathLike,
+                  **options: Any) -> Path:
+    """The complete ``kind`` export of ``source`` at ``cache_path``: the cached file when
+    it is not older than ``source``, else built now (atomically: temp file, then rename).
+
+    For servers: the file is complete before its first byte is sent, so a download is
+    never cut short by a failure half-way (a full disk, a corrupt chunk); serve it with
+    its length.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        Unknown kind, missing or unsuitable source.
+    OSError
+        ``ENOSPC`` when the disk fills while building (nothing is left behind).
+    """
+    cache = Path(cache_path)
+    if _is_fresh(cache, source):
+        return cache
+    return export(kind, source, cache, **options)
 
 
 def read_stats_csv(path: str | os.PathLike) -> list[dict]:

@@ -117,6 +117,10 @@ class NiftiVolume(Volume):
             data = np.rint(data)
         return np.ascontiguousarray(data, dtype=self.dtype)
 
+    def stored_bytes(self) -> int | None:
+        """Bytes of the (possibly gzipped) NIfTI file."""
+        return int(self.path.stat().st_size)
+
     def close(self) -> None:
         super().close()
         fileobj = getattr(self._proxy, "_opener", None)
@@ -170,6 +174,10 @@ class NpyVolume(Volume):
             got += n
         data = np.frombuffer(buf, self._raw).reshape((z1 - z0,) + self.shape[1:])
         return np.ascontiguousarray(data[:, rows, cols], dtype=self.dtype)
+
+    def stored_bytes(self) -> int | None:
+        """Bytes of the ``.npy`` file."""
+        return int(self.path.stat().st_size)
 
     def close(self) -> None:
         super().close()

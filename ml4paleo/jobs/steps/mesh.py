@@ -41,7 +41,7 @@ def run(ctx: JobContext) -> dict:
         raise StepError(f"job {ctx.job_id} has no segmentation {seg_id!r} to mesh")
     labels_path = ctx.paths.labels(seg_id)
     if not labels_path.exists():
-        raise StepError(f"{labels_path}: the segmentation's labels are missing")
+        raise StepError(f"segmentation {seg_id}: its labels are missing")
     labels = _with_world(ctx, labels_path, open_image(labels_path))
     formats = tuple(request.get("formats") or ("stl",))
     # the surface asked for (none / light / strong); absent: the meshing default
