@@ -79,3 +79,108 @@ def test_settings_data_dir_absolute_everywhere(tmp_path, monkeypatch):
     assert Settings().with_overrides(data_dir="x/../y").data_dir == tmp_path / "y"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert Settings(data_dir="~/d").data_dir == tmp_path / "home" / "d"
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(data_dir=tmp_path / "data")
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["ml4paleo_store"]
+
+
+# ------------------------------------------------------------------ 2. report on offer, sizes
+def test_downloads_offer_the_report_and_honest_sizes(client, store):
+    import io
+    import zipfile
+
+    jid, seg = _segmented_job(store)
+    listing = client.get(f"/api/job/{jid}/downloads").get_json()["downloads"]
+    reports = {d["kind"]: d for d in listing if d["kind"].startswith("report")}
+    assert set(reports) == {"report_pdf", "report_html"}
+    pdf = reports["report_pdf"]
+    assert pdf["size_kind"] == "unknown" and pdf["bytes"] is None
+    assert pdf["group"].startswith("Segmentation 1") and pdf["segmentation_id"] == seg
+    r = client.get(pdf["url"])
+    assert r.status_code == 200 and r.data[:5] == b"%PDF-"
+    assert r.headers["Content-Disposition"].startswith("attachment")
+    assert client.get(pdf["view_url"]).headers.get("Content-Disposition", "").startswith(
+        "inline")
+
+    estimates = {(d["group"], d["kind"]): d for d in listing}
+    for d in listing:
+        if d["kind"].startswith("report"):
+            continue
+        data = client.get(d["url"]).get_data()
+        if d["size_kind"] == "at_most":
+            assert len(data) <= d["bytes"], d
+        elif d["size_kind"] == "about":
+            # metadata files are deflated: a few KB at most, whatever the size
+            assert abs(len(data) - d["bytes"]) <= 0.05 * len(data) + 2048, (d, len(data))
+        else:
+            assert d["size_kind"] == "exact" and len(data) == d["bytes"], d
+    after = client.get(f"/api/job/{jid}/downloads").get_json()["downloads"]
+    for d in after:  # cached now (reports too): exact
+        assert d["size_kind"] == "exact", d
+        assert d["bytes"] > 0
+    zarr = client.get(estimates[("image", "zarr")]["url"]).get_data()
+    assert any(n.endswith(".zattrs") for n in zipfile.ZipFile(io.BytesIO(zarr)).namelist())
+
+
+# ------------------------------------------------------------------ 5. names
+def _fill_model(folder):
+    import json
+
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"classes": [{"name": "matrix"},
+                                                              {"name": "bone"}]}))
+
+
+def test_results_have_names_and_can_be_renamed(client, store):
+    from ml4paleo.workspace import JobPaths, ModelRegistry
+
+    jid, seg = _segmented_job(store, "Skull 42")
+    out = client.get(f"/api/job/{jid}/outputs").get_json()
+    assert out["segmentations"][0]["name"].startswith("Segmentation 1")
+    r = client.post(f"/api/job/{jid}/segmentation/{seg}/rename", json={"name": "Best <b>"})
+    assert r.status_code == 200 and r.get_json()["segmentation"]["name"] == "Best <b>"
+    assert client.get(f"/api/job/{jid}/segmentation/{seg}").get_json()["name"] == "Best <b>"
+    listing = client.get(f"/api/job/{jid}/downloads").get_json()["downloads"]
+    assert {d["group"] for d in listing} == {"image", "Best <b>"}
+    assert client.post(f"/api/job/{jid}/segmentation/{seg}/rename",
+                       json={"name": "x\x01"}).status_code == 400
+    assert client.post(f"/api/job/{jid}/segmentation/nope/rename",
+                       json={"name": "x"}).status_code == 404
+    assert client.post(f"/api/job/{jid}/segmentation/{seg}/rename", json={}).status_code == 400
+
+    reg = ModelRegistry(JobPaths(store.job_dir(jid)))
+    mid = reg.add(_fill_model, source={"kind": "train"})
+    r = client.post(f"/api/job/{jid}/models/{mid}/rename", json={"name": "Forest A"})
+    assert r.status_code == 200 and r.get_json()["model"]["name"] == "Forest A"
+    assert client.post(f"/api/job/{jid}/models/nope/rename",
+                       json={"name": "x"}).status_code == 404
+
+
+def test_models_across_jobs_by_job_name(client, store):
+    from ml4paleo.workspace import JobPaths, ModelRegistry
+
+    a, _ = _segmented_job(store, "Skull 42")
+    b, _ = _segmented_job(store, "Jaw 7")
+    ModelRegistry(JobPaths(store.job_dir(a))).add(_fill_model, source={"kind": "train"})
+    ModelRegistry(JobPaths(store.job_dir(b))).add(_fill_model, source={"kind": "train"})
+    models = client.get("/api/models").get_json()["models"]
+    assert {m["job_name"] for m in models} == {"Skull 42", "Jaw 7"}
+    skull = next(m for m in models if m["job_id"] == a)
+    assert skull["label"].startswith("Skull 42 · Model 1 · matrix/bone")
+    assert skull["classes"] == ["matrix", "bone"]
+    others = client.get(f"/api/models?exclude_job={b}").get_json()["models"]
+    assert [m["job_id"] for m in others] == [a]

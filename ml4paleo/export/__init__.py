@@ -25,7 +25,8 @@ Kinds
 
 Modules: :mod:`~ml4paleo.export.sinks`, :mod:`~ml4paleo.export.volumes`,
 :mod:`~ml4paleo.export.stacks` (PNG, TIFF), :mod:`~ml4paleo.export.nifti`,
-:mod:`~ml4paleo.export.folders` (zarr, meshes, stats).
+:mod:`~ml4paleo.export.folders` (zarr, meshes, stats), :mod:`~ml4paleo.export.estimates`
+(sizes before building).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ml4paleo._fs import atomic_writer
 from ml4paleo._verbs import make_module_callable
 from ml4paleo.meshing import STATS_CSV
 
+from .estimates import SIZE_KINDS, estimate_size
 from .folders import write_meshes, write_stats, write_zarr
 from .nifti import nifti_header, write_nifti
 from .sinks import COPY_PIECE, Sink
@@ -48,8 +50,10 @@ from .volumes import stem, to_uint8
 
 __all__ = [
     "EXPORT_KINDS",
+    "SIZE_KINDS",
     "WRITERS",
     "default_filename",
+    "estimate_size",
     "export",
     "nifti_header",
     "read_stats_csv",

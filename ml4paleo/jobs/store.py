@@ -38,13 +38,13 @@ from ml4paleo.jobs.statuses import (
     retry_target,
 )
 from ml4paleo.workspace.ids import new_id
+from ml4paleo.workspace.names import clean_name
 from ml4paleo.workspace.paths import JobPaths
 
 log = logging.getLogger(__name__)
 
 _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
-MAX_NAME_LENGTH = 200
 MAX_HISTORY = 500
 #: a job folder without job.json older than this is debris of a deleted job
 ORPHAN_SECONDS = 3600.0
@@ -107,30 +107,6 @@ def normalize_source_type(value: str | None) -> str:
         known = sorted({v for v in SOURCE_TYPES.values()})
         raise ValueError(f"unknown source_type {value!r}; use one of {', '.join(known)}")
     return SOURCE_TYPES[key]
-
-
-def clean_name(value: object, default: str | None = None) -> str:
-    """Validate a job name: text, 1..200 characters after trimming, no control characters.
-
-    Raises
-    ------
-    ValueError
-        With the reason.
-    """
-    if value is None and default is not None:
-        return default
-    if not isinstance(value, str):
-        raise ValueError("name must be a string")
-    name = " ".join(value.split())  # collapses newlines / tabs too
-    if not name:
-        if default is not None:
-            return default
-        raise ValueError("name must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"name is {len(name)} characters long; at most {MAX_NAME_LENGTH} allowed")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError("name must not contain control characters")
-    return name
 
 
 def _record_temp_prefix(paths: JobPaths) -> str:

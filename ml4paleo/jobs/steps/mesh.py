@@ -3,6 +3,7 @@ write its statistics."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 from ml4paleo.jobs.context import JobContext, StepError
@@ -11,6 +12,19 @@ from ml4paleo.jobs.steps.common import executor, jsonable, library
 from ml4paleo.workspace.segmentations import SegmentationRegistry, record_meshes
 
 KIND = "mesh"
+
+log = logging.getLogger(__name__)
+
+
+def _cache_zip(ctx: JobContext, seg_id: str) -> None:
+    """Pack the meshes' download zip now (it is small next to the meshing), so the
+    downloads list shows its real size instead of the size before compression."""
+    export = library("ml4paleo.export", "export", "exports")
+    ctx.message("packing the meshes for download")
+    try:
+        export("meshes", ctx.paths.meshes(seg_id), ctx.paths.meshes_export(seg_id))
+    except (OSError, ValueError) as exc:  # the download packs it on request instead
+        log.warning("job %s: meshes zip not cached: %s", ctx.job_id, exc)
 
 
 def run(ctx: JobContext) -> dict:
@@ -42,6 +56,7 @@ def run(ctx: JobContext) -> dict:
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    _cache_zip(ctx, seg_id)
     record_meshes(ctx.owned_update, seg_id, {
         "formats": list(formats), "files": files,
         "summary": jsonable(summary) if isinstance(summary, dict) else None})
