@@ -184,3 +184,168 @@ def test_models_across_jobs_by_job_name(client, store):
     assert skull["classes"] == ["matrix", "bone"]
     others = client.get(f"/api/models?exclude_job={b}").get_json()["models"]
     assert [m["job_id"] for m in others] == [a]
+
+
+# ------------------------------------------------------------------ 3. voxel size
+def test_voxel_size_typed_at_upload_is_used_by_the_conversion(client, store):
+    import io as _io
+
+    from ml4paleo.config import Settings
+    from ml4paleo.jobs.runner import run_runner
+
+    r = client.post("/api/job/new", json={"name": "ammonite", "voxel_size": [25, 12.5, 12.5],
+                                          "unit": "µm"})
+    assert r.status_code == 201, r.data
+    jid = r.get_json()["job_id"]
+    assert r.get_json()["convert_options"] == {"voxel_size": [25.0, 12.5, 12.5],
+                                               "unit": "micrometer"}
+    buf = _io.BytesIO()
+    np.save(buf, _volume()[0])
+    up = client.post("/api/upload", data={"job_id": jid, "file": (_io.BytesIO(buf.getvalue()),
+                                                                  "scan.npy")})
+    assert up.status_code == 200, up.data
+    assert client.post("/api/job/status/upload-complete", json={"job_id": jid}).status_code == 200
+    run_runner("convert", Settings(data_dir=store.data_dir, poll_interval=0.05), once=True)
+    info = client.get(f"/api/job/{jid}/image").get_json()
+    assert info["voxel_size"] == [25.0, 12.5, 12.5] and info["unit"] == "micrometer"
+    assert info["voxel_size_status"] == {"state": "known", "source": "user", "assumed": [],
+                                         "message": None}
+    assert not [w for w in info["warnings"] if w["code"] == "voxel_size_unknown"]
+    for bad in ({"voxel_size": [1, 2], "unit": "um"}, {"voxel_size": [1, 2, 3]},
+                {"voxel_size": [1, -2, 3], "unit": "um"}, {"voxel_size": [1, 2, 3],
+                                                           "unit": "parsec-ish"}):
+        assert client.post("/api/job/new", json=bad).status_code == 400, bad
+
+
+def test_voxel_size_set_afterwards_updates_image_labels_and_world(client, store):
+    import json
+
+    from ml4paleo.formats import open_image, validate_attrs
+    from ml4paleo.io import open_any
+    from ml4paleo.workspace import JobPaths, SegmentationRegistry
+
+    jid, seg = _segmented_job(store)
+    paths = JobPaths(store.job_dir(jid))
+    segs = SegmentationRegistry(paths)
+    segs.write_meta(seg, model_id="m")
+    segs.write_stats(seg, [{"label": 1, "volume": 8.0, "unit": "micrometer"}])
+    client.get(f"/api/job/{jid}/preview/image.nii.gz")
+    assert any(paths.exports.iterdir())
+    chunk = (paths.image / "0" / "0" / "0" / "0").read_bytes()
+
+    r = client.post(f"/api/job/{jid}/voxel-size", json={"voxel_size": [0.05, 0.025, 0.025],
+                                                       "unit": "mm"})
+    assert r.status_code == 200, r.data
+    assert r.get_json()["unit"] == "millimeter"
+    for path, rule_offset in ((paths.image, 0.5), (paths.labels(seg), 0.0)):
+        attrs = json.loads((path / ".zattrs").read_text())
+        validate_attrs(attrs)
+        ms = attrs["multiscales"][0]
+        assert {a["unit"] for a in ms["axes"]} == {"millimeter"}
+        assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.05, 0.025, 0.025]
+        assert attrs["ml4paleo"]["voxel_size_from"] == "user"
+        world = attrs["ml4paleo"]["world"]
+        assert world["unit"] == "millimeter" and world["voxel_size"] == [0.05, 0.025, 0.025]
+        with open_any(path) as vol:
+            assert vol.voxel_size == (0.05, 0.025, 0.025) and vol.unit == "millimeter"
+        if len(ms["datasets"]) > 1:  # a mean level sits half a coarse voxel in, labels not
+            t = ms["datasets"][1]["coordinateTransformations"][1]["translation"]
+            assert t[0] == pytest.approx(rule_offset * 0.05)
+    assert open_image(paths.image).voxel_size == (0.05, 0.025, 0.025)
+    assert (paths.image / "0" / "0" / "0" / "0").read_bytes() == chunk  # no reconversion
+    assert not any(paths.exports.iterdir())  # cached exports had the old size
+    assert segs.describe(seg)["measurements_outdated"] is True
+    record = store.get(jid)
+    assert record["metadata"]["voxel_size"] == [0.05, 0.025, 0.025]
+    assert record["history"][-1]["message"] == "voxel size set to 0.05 x 0.025 x 0.025 millimeter"
+    info = client.get(f"/api/job/{jid}/image").get_json()
+    assert info["voxel_size_status"]["state"] == "known"
+    assert client.get(f"/api/job/{jid}/segmentation/{seg}").get_json()["unit"] == "millimeter"
+
+    assert client.post(f"/api/job/{jid}/voxel-size",
+                       json={"voxel_size": [1, 1, 1], "unit": "furlong"}).status_code == 400
+    store.update(jid, lambda r: r.update(status="meshing"))
+    assert client.post(f"/api/job/{jid}/voxel-size",
+                       json={"voxel_size": [1, 1, 1], "unit": "um"}).status_code == 409
+    empty = store.create("nothing yet", "npy")["id"]
+    assert client.post(f"/api/job/{empty}/voxel-size",
+                       json={"voxel_size": [1, 1, 1], "unit": "um"}).status_code == 400
+
+
+def test_probe_reads_the_voxel_size_from_the_first_file(client, tmp_path):
+    import gzip
+    import io as _io
+
+    import nibabel as nib
+    import tifffile
+
+    buf = _io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((32, 32), np.uint16), imagej=True,
+                     resolution=(1 / 12.5, 1 / 12.5), metadata={"unit": "um"})
+    r = client.post("/api/probe", data={"file": (_io.BytesIO(buf.getvalue()), "slice_000.tif")})
+    got = r.get_json()
+    assert r.status_code == 200 and got["readable"]
+    assert got["voxel_size"][1:] == [12.5, 12.5] and got["unit"] == "micrometer"
+    assert "z_spacing" in got["assumed"]  # one slice says nothing about the spacing
+
+    data = np.random.default_rng(0).integers(0, 1000, (96, 96, 64)).astype(np.int16)
+    nii = nib.Nifti1Image(data, np.diag([0.8, 0.8, 1.5, 1.0]))
+    nii.header.set_xyzt_units("mm")
+    head = gzip.compress(nii.to_bytes())[:200_000]  # the first part of a .nii.gz only
+    r = client.post("/api/probe", data={"file": (_io.BytesIO(head), "brain.nii.gz")})
+    got = r.get_json()
+    assert got["voxel_size"] == pytest.approx([1.5, 0.8, 0.8]) and got["unit"] == "millimeter"
+
+    r = client.post("/api/probe", data={"file": (_io.BytesIO(b"junk" * 10), "notes.npy")})
+    assert r.status_code == 200 and r.get_json()["readable"] is False
+    assert "/tmp" not in r.get_json()["reason"]
+    assert client.post("/api/probe", data={}).status_code == 400
+
+
+# ------------------------------------------------------------------ 4. resumable uploads
+def test_unfinished_uploads_are_listed_and_resume_from_the_server_ranges(client, store):
+    import io as _io
+
+    payload = bytes(range(256)) * 64  # 16 KiB
+    second = b"abc" * 100
+    files = [{"path": "scan/a.bin", "size": len(payload), "last_modified": 1700000000000},
+             {"path": "scan/b.bin", "size": len(second), "last_modified": None}]
+    r = client.post("/api/job/new", json={"name": "big scan", "files": files})
+    assert r.status_code == 201, r.data
+    jid = r.get_json()["job_id"]
+
+    def chunk(name, data, offset, total):
+        return client.post("/api/upload", data={
+            "job_id": jid, "fullPath": name, "dzchunkbyteoffset": str(offset),
+            "dztotalfilesize": str(total), "dztotalchunkcount": "4",
+            "file": (_io.BytesIO(data), name.rsplit("/", 1)[-1])})
+
+    assert chunk("scan/a.bin", payload[:4096], 0, len(payload)).status_code == 200
+    assert chunk("scan/a.bin", payload[4096:8192], 4096, len(payload)).status_code == 200
+    # the tab is closed here; another page lists the upload
+    ups = client.get("/api/uploads").get_json()["uploads"]
+    assert [u["job_id"] for u in ups] == [jid]
+    up = ups[0]
+    assert up["name"] == "big scan" and up["total_bytes"] == len(payload) + len(second)
+    assert up["received_bytes"] == 8192 and up["files_complete"] == 0
+    assert up["files"][0] == {"path": "scan/a.bin", "size": len(payload),
+                              "last_modified": 1700000000000, "received": 8192,
+                              "complete": False}
+    assert store.get(jid)["progress"] == pytest.approx(8192 / up["total_bytes"], abs=1e-4)
+    # not done: upload-complete says what is missing
+    r = client.post("/api/job/status/upload-complete", json={"job_id": jid})
+    assert r.status_code == 400 and "incomplete" in r.get_json()["error"]
+    # resume: the server says where to carry on
+    st = client.get(f"/api/upload/status?job_id={jid}&filename=scan/a.bin").get_json()
+    assert st["received_bytes"] == 8192
+    assert chunk("scan/a.bin", payload[8192:], 8192, len(payload)).status_code == 200
+    r = client.post("/api/job/status/upload-complete", json={"job_id": jid})
+    assert r.status_code == 400 and "not uploaded yet" in r.get_json()["error"]
+    assert chunk("scan/b.bin", second, 0, len(second)).status_code == 200
+    r = client.post("/api/job/status/upload-complete", json={"job_id": jid})
+    assert r.status_code == 200, r.data
+    assert (store.job_dir(jid) / "upload" / "scan" / "a.bin").read_bytes() == payload
+    assert client.get("/api/uploads").get_json()["uploads"] == []
+
+    for bad in ([], [{"path": "../x", "size": -1}], [{"path": "a", "size": 1}] * 2, "x"):
+        assert client.post("/api/job/new", json={"files": bad}).status_code == 400, bad

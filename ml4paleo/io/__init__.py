@@ -26,6 +26,7 @@ from __future__ import annotations
 from ._any import ArrayVolume, VolumeLike, is_zarr_store, open_any, voxel_size_or_default
 from ._base import SOURCE_TYPES, InputError, Volume, natural_key, to_gray
 from ._open import detect_source_type, open_volume
+from ._probe import probe_voxel_size
 
 __all__ = [
     "SOURCE_TYPES",
@@ -38,6 +39,7 @@ __all__ = [
     "natural_key",
     "open_any",
     "open_volume",
+    "probe_voxel_size",
     "to_gray",
     "voxel_size_or_default",
 ]

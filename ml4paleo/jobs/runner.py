@@ -37,7 +37,15 @@ from datetime import timedelta
 from ml4paleo.config import Settings
 from ml4paleo.jobs import steps
 from ml4paleo.jobs.context import JobContext, StepError, Stopping, ensure_owner
-from ml4paleo.jobs.statuses import RUNNER, STAGES, Stage, Status, parse_status
+from ml4paleo.jobs.statuses import (
+    ERROR_FAILED,
+    ERROR_INPUT,
+    RUNNER,
+    STAGES,
+    Stage,
+    Status,
+    parse_status,
+)
 from ml4paleo.jobs.store import (
     JobNotFound,
     JobStore,
@@ -142,7 +150,7 @@ def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
             reason = (f"gave up after {attempts} attempt(s): "
                       f"{record.get('last_error') or 'unknown error'}")
             set_status(record, stage.error, reason)
-            record.update(error=reason, lease=None, attempts=attempts)
+            record.update(error=reason, error_kind=ERROR_FAILED, lease=None, attempts=attempts)
             outcome["result"] = "gave_up"
             return
         first = _first_running(stage, record)
@@ -152,7 +160,7 @@ def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
                    "expires_at": isoformat(now + timedelta(seconds=settings.lease_seconds)),
                    "attempts": attempts + 1,
                    "claimed_at": isoformat(now)},
-            progress=0.0, error=None)
+            progress=0.0, error=None, error_kind=None)
         outcome["result"] = "claimed"
 
     try:
@@ -218,7 +226,8 @@ def process_job(store: JobStore, record: dict, stage: Stage, owner: str, setting
     def finish(rec: dict) -> None:
         set_status(rec, status, message)
         rec.update(result)
-        rec.update(progress=1.0, error=None, lease=None, last_error=None, attempts=attempts)
+        rec.update(progress=1.0, error=None, error_kind=None, lease=None, last_error=None,
+                   attempts=attempts)
 
     try:
         final = ctx.owned_update(finish)
@@ -244,7 +253,7 @@ def _hand_back(ctx: JobContext, attempts: int) -> dict | None:
 
 
 def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
-    reason = _one_line(exc)
+    reason = ctx.public(_one_line(exc))
     permanent = _is_permanent(exc)
     if permanent:
         log.error("job %s: %s failed: %s", ctx.job_id, ctx.stage.kind, reason)
@@ -256,7 +265,8 @@ def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
         if give_up:
             error = reason if permanent else f"failed {attempts} time(s); last error: {reason}"
             set_status(rec, ctx.stage.error, error)
-            rec.update(error=error, lease=None, last_error=reason, attempts=attempts)
+            rec.update(error=error, error_kind=ERROR_INPUT if permanent else ERROR_FAILED,
+                       lease=None, last_error=reason, attempts=attempts)
         else:
             backoff = min(2.0 ** (attempts - 1), 30.0)
             set_status(rec, ctx.stage.queued, f"attempt {attempts} failed ({reason}); retrying")

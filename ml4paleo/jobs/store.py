@@ -29,6 +29,7 @@ from ml4paleo._fs import atomic_write, parse_iso
 from ml4paleo.config import Settings
 from ml4paleo.jobs.statuses import (
     BUSY,
+    ERROR_CANCELLED,
     USER,
     Status,
     annotation_effect,
@@ -458,7 +459,7 @@ class JobStore:
             if reason:
                 raise InvalidTransition(reason)
             set_status(record, Status.UPLOADED, "queued for conversion")
-            record.update(progress=0.0, error=None, lease=None)
+            record.update(progress=0.0, error=None, error_kind=None, lease=None)
 
         return self.update(job_id, apply)
 
@@ -554,7 +555,8 @@ class JobStore:
                        "queued for training" if train else "queued for segmentation")
             record.update(request={"kind": "segment", "train": train, "segment": bool(segment),
                                    "model_id": model_id},
-                          progress=0.0, error=None, lease=None, pending_segmentation_id=None)
+                          progress=0.0, error=None, error_kind=None, lease=None,
+                          pending_segmentation_id=None)
 
         return self.update(job_id, apply)
 
@@ -573,7 +575,7 @@ class JobStore:
             set_status(record, Status.MESHING_QUEUED, "queued for meshing")
             record.update(request={"kind": "mesh", "segmentation_id": seg,
                                    "formats": list(formats), "simplify": simplify},
-                          progress=0.0, error=None, lease=None)
+                          progress=0.0, error=None, error_kind=None, lease=None)
 
         return self.update(job_id, apply)
 
@@ -589,7 +591,50 @@ class JobStore:
             if reason:
                 raise InvalidTransition(reason)
             set_status(record, target, "queued again (retry)")
-            record.update(progress=0.0, error=None, lease=None)
+            record.update(progress=0.0, error=None, error_kind=None, lease=None)
+
+        return self.update(job_id, apply)
+
+    def set_voxel_size(self, job_id: str, voxel_size, unit: str) -> dict:
+        """Set the converted job's voxel size and unit (metadata only, no reconversion:
+        :func:`ml4paleo.workspace.geometry.set_job_voxel_size`), under the job's lock and
+        only while no runner works on it, so no runner reads half of the change.
+
+        Returns
+        -------
+        dict
+            The record as written: ``metadata`` carries the new ``voxel_size``, ``unit``
+            and ``voxel_size_from="user"``; ``warnings`` lose those about the voxel size.
+
+        Raises
+        ------
+        InvalidTransition
+            While work is queued or running on the job.
+        ValueError
+            For a bad voxel size or unit, or a job without a converted image.
+        """
+        from ml4paleo.convert import SIZE_WARNINGS
+        from ml4paleo.workspace.geometry import set_job_voxel_size
+
+        paths = self.paths(job_id)
+
+        def apply(record: dict) -> None:
+            status = parse_status(record["status"])
+            if status in BUSY:
+                raise InvalidTransition(f"the job is {status.value}: wait for it to finish "
+                                        "(or cancel it) before changing the voxel size")
+            done = set_job_voxel_size(paths, voxel_size, unit)
+            meta = dict(record.get("metadata") or {})
+            meta.update(voxel_size=done["voxel_size"], unit=done["unit"],
+                        voxel_size_from="user")
+            keep = [w for w in record.get("warnings") or []
+                    if not (isinstance(w, dict) and w.get("code") in SIZE_WARNINGS)]
+            meta["warnings"] = keep
+            size = " x ".join(f"{v:g}" for v in done["voxel_size"])
+            record.update(metadata=meta, warnings=keep)
+            record.setdefault("history", []).append(
+                {"status": status.value, "at": isoformat(utcnow()),
+                 "message": f"voxel size set to {size} {done['unit']}"})
 
         return self.update(job_id, apply)
 
@@ -606,7 +651,7 @@ class JobStore:
                 raise InvalidTransition(
                     f"nothing to cancel: no work is queued or running (the job is {record['status']})")
             set_status(record, target, "cancelled by user")
-            record.update(error="cancelled by user", lease=None)
+            record.update(error="cancelled by user", error_kind=ERROR_CANCELLED, lease=None)
 
         return self.update(job_id, apply)
 

@@ -30,6 +30,7 @@ from ml4paleo._fs import (
     atomic_writer,
     iso_of_timestamp,
     now_iso,
+    parse_iso,
     replace_dir,
     temp_path,
 )
@@ -41,6 +42,7 @@ from ml4paleo.workspace.names import assign_numbers, clean_name, default_name
 from ml4paleo.workspace.paths import ARTIFACT_NAME_RE, ID_RE, JobPaths
 
 __all__ = [
+    "GEOMETRY_CHANGED",
     "MESH_EXTENSIONS",
     "SegmentationNotFound",
     "SegmentationRegistry",
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: mesh file formats a segmentation's ``meshes/`` folder may hold
 MESH_EXTENSIONS = ("glb", "stl", "obj", "ply")
+#: key of ``segmentation.json``: when the job's voxel size changed after it was measured
+GEOMETRY_CHANGED = "geometry_changed_at"
 
 
 class SegmentationNotFound(KeyError):
@@ -202,6 +206,20 @@ class SegmentationRegistry:
                             "bytes": m.stat().st_size})
         return out
 
+    def measurements_outdated(self, seg_id: str) -> bool:
+        """True when the job's voxel size changed after the segmentation's meshes or
+        statistics were made (they are in the old size until it is meshed again)."""
+        changed = self.meta(seg_id).get(GEOMETRY_CHANGED)
+        if not changed:
+            return False
+        try:
+            when = parse_iso(changed).timestamp()
+        except (TypeError, ValueError):
+            return False
+        made = [p for p in (self.stats_file(seg_id), self.paths.meshes(seg_id))
+                if p is not None and p.exists()]
+        return bool(made) and min(p.stat().st_mtime for p in made) < when
+
     def numbers(self) -> dict[str, int]:
         """The number (from 1) of every segmentation in the job, in the order they were made
         (kept in ``segmentation.json``; older ones are numbered by their time)."""
@@ -267,6 +285,7 @@ class SegmentationRegistry:
             "created_at": meta.get("created_at"),
             "model_id": meta.get("model_id"),
             "cleanup": meta.get("cleanup"),
+            "measurements_outdated": self.measurements_outdated(seg_id),
             "labels": is_zarr_store(labels),
             "labels_bytes": dir_size(labels) if labels.is_dir() else 0,
             "meshes": self.mesh_files(seg_id),

@@ -38,7 +38,7 @@ def run(ctx: JobContext) -> dict:
         raise StepError(f"job {ctx.job_id} has no segmentation {seg_id!r} to mesh")
     labels_path = ctx.paths.labels(seg_id)
     if not labels_path.exists():
-        raise StepError(f"{labels_path}: the segmentation's labels are missing")
+        raise StepError(f"the labels of segmentation {seg_id} are missing")
     labels = open_image(labels_path)
     formats = tuple(request.get("formats") or ("stl",))
     segs = SegmentationRegistry(ctx.paths)

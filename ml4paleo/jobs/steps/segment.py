@@ -21,11 +21,11 @@ def _train(ctx: JobContext, image, models: ModelRegistry, do_segment: bool) -> t
     label_store_cls = library("ml4paleo.segmentation", "LabelStore", "the label store")
     annotations = ctx.paths.annotations
     if not annotations.exists():
-        raise StepError(f"{annotations}: no annotations to train on")
+        raise StepError("no annotations to train on: label a few slices first")
     try:
         labels = label_store_cls(annotations)
     except (FileNotFoundError, ValueError) as exc:
-        raise StepError(f"{annotations}: no usable annotations ({exc})") from None
+        raise StepError(f"no usable annotations ({ctx.public(str(exc))})") from None
     ctx.set_fields(annotations_pending=False)  # the annotations as of now are used
     ctx.message("training a model on the annotations")
     ctx.set_range(0.0, 0.3 if do_segment else 1.0)
@@ -62,7 +62,7 @@ def run(ctx: JobContext) -> dict:
     do_segment = request.get("segment", True) is not False
     image_path = ctx.paths.image
     if not image_path.exists():
-        raise StepError(f"{image_path}: the job has no converted image")
+        raise StepError("the job has no converted image")
     image = open_image(image_path)
     models = ModelRegistry(ctx.paths)
     if do_train:
