@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml4paleo.annotation import encode_rle  # noqa: E402
+from ml4paleo.annotate import encode_rle  # noqa: E402
 from ml4paleo.omezarr import build_pyramid, create_image  # noqa: E402
 from ml4paleo.phantom import make_phantom  # noqa: E402
 from webapp import create_app  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml4paleo.annotation import apply_window, decode_label_mask, encode_rle
+from ml4paleo.annotate import apply_window, decode_label_mask, encode_rle
 from ml4paleo.omezarr import build_pyramid, create_image
 from ml4paleo.phantom import make_phantom
 from webapp import create_app
@@ -463,3 +463,79 @@ def test_non_integer_numbers_in_queries_and_bodies_are_400(env):
         assert r.status_code == 400 and "size" in r.get_json()["error"]
     r = c.get(f"/api/annotate/{jid}/images/next", query_string={"seed": "9" * 5000})
     assert r.status_code == 200 and r.mimetype == "image/png"
+
+
+# ----------------------------------------------------------------------------- one submit()
+def test_a_stroke_reads_classes_json_no_more(env, monkeypatch):
+    """The stroke path used to read classes.json 12 times per stroke; now it is read once
+    and kept while the file is unchanged (renaming a class is seen at once)."""
+    import builtins
+    import io as io_mod
+
+    assert _submit(env, index=12).status_code == 200  # opens the annotator, reads once
+    reads = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith("classes.json"):
+            reads.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io_mod, "open", counting_open)
+    for z in (12, 13):
+        r = _submit(env, index=z)
+        assert r.status_code == 200 and r.get_json()["preview"]["overlay"]
+    assert reads == []
+    url = f"/api/job/{env.jid}/annotate/classes"
+    classes = env.c.get(url).get_json()["classes"]
+    classes[1]["name"] = "bone"
+    assert env.c.put(url, json={"classes": classes}).status_code == 200
+    r = _submit(env, index=14)
+    assert list(r.get_json()["preview"]["fractions"]) == ["background", "bone"]
+    assert reads == []  # written by this process: the cache holds the new list already
+
+
+def test_info_and_classes_carry_the_palette(env):
+    from ml4paleo.classes import PALETTE
+
+    info = env.c.get(f"/api/job/{env.jid}/annotate/info").get_json()
+    assert info["palette"] == list(PALETTE) and info["status"] == "converted"
+    url = f"/api/job/{env.jid}/annotate/classes"
+    got = env.c.get(url).get_json()
+    assert got["palette"] == list(PALETTE)
+    # a class added without a colour gets the palette colour of its index
+    r = env.c.put(url, json={"classes": got["classes"] + [{"name": "dense"}]})
+    assert r.get_json()["classes"][2]["color"] == PALETTE[2] and r.get_json()["palette"]
+
+
+def test_submit_records_the_annotation_only_after_the_write(env, monkeypatch):
+    from ml4paleo.annotate import AnnotationConflict, JobAnnotator
+
+    ann = JobAnnotator(env.store.job_dir(env.jid), store=env.store)
+    labels = _strokes(env.truth[12])
+    before = env.store.get(env.jid)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ann.labels, "write_slice", broken)
+    with pytest.raises(OSError, match="disk full"):
+        ann.submit(0, 12, encode_rle(labels))
+    after = env.store.get(env.jid)
+    assert after["status"] == "converted" and after["version"] == before["version"]
+    assert "annotations_pending" not in after or not after["annotations_pending"]
+    monkeypatch.undo()
+    # a job that cannot take annotations now: refused before anything is written
+    env.store.update(env.jid, lambda r: r.update(status="converting"))
+    with pytest.raises(AnnotationConflict, match="converted image"):
+        ann.submit(0, 12, encode_rle(labels))
+    assert not ann.read_labels(0, 12).any()
+    r = _submit(env, index=12)
+    assert r.status_code == 409 and "converted image" in r.get_json()["error"]
+    env.store.update(env.jid, lambda r: r.update(status="converted"))
+    out = ann.submit(0, 12, encode_rle(labels))
+    assert out["saved"]["labelled"] == int((labels > 0).sum()) and out["preview"]["overlay"]
+    rec = env.store.get(env.jid)
+    assert rec["status"] == "annotated" and rec["annotations_pending"] is True
+    np.testing.assert_array_equal(ann.read_labels(0, 12), labels)

@@ -1,4 +1,5 @@
-"""Library side of the annotation studio: masks, polygons, cut-outs, overlays, session LRU."""
+"""Library side of the annotation studio (ml4paleo.annotate): masks, polygons, cut-outs,
+overlays, session LRU, the per-job annotator."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml4paleo.annotation import (
+from ml4paleo.annotate import (
     AnnotationError,
     SessionPool,
     apply_window,
@@ -35,10 +36,10 @@ from ml4paleo.annotation import (
     thumbnail,
     uncertainty_from_probabilities,
     uncertainty_overlay,
-    validate_classes,
     validate_sample_metadata,
     zinfo_header,
 )
+from ml4paleo.classes import ClassError, validate_classes
 
 
 def _png_data_url(arr: np.ndarray, mode: str | None = None) -> str:
@@ -199,12 +200,13 @@ def test_window_and_overlays():
 
 
 def test_classes_axes():
-    out = validate_classes([{"name": " bg ", "color": "#ABCDEF"}, {"name": "bone"}])
+    # the annotator's rule is ml4paleo.classes' with at least two classes
+    out = validate_classes([{"name": " bg ", "color": "#ABCDEF"}, {"name": "bone"}], min_count=2)
     assert out == [{"name": "bg", "color": "#abcdef"}, {"name": "bone", "color": "#f97316"}]
     for bad in ([{"name": "a"}], [{"name": "a"}, {"name": "A"}], [{"name": ""}, {"name": "b"}],
                 [{"name": "a", "color": "red"}, {"name": "b"}], "x", [1, 2]):
-        with pytest.raises(AnnotationError):
-            validate_classes(bad)
+        with pytest.raises(ClassError):
+            validate_classes(bad, min_count=2)
     assert [parse_axis(a) for a in ("z", "Y", 2, "1")] == [0, 1, 2, 1]
     with pytest.raises(AnnotationError):
         parse_axis("w")

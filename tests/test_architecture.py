@@ -26,7 +26,10 @@ Rules
 (d) Job file names are written only in ``ml4paleo/workspace/``: no string literal that is
     (or ends a path with, or starts a path with) ``image.ome.zarr``, ``labels.ome.zarr``,
     ``job.json``, ``meta.json``, ``segmentation.json`` or ``classes.json`` elsewhere
-    (docstrings are documentation and are skipped; tests are not checked).
+    (docstrings are documentation and are skipped; tests are not checked). The names
+    inside a *format's* folder belong to that format and are written once in its module
+    (``meta.json`` of a model folder, ``classes.json`` of a label store): the workspace
+    takes them from there.
 (e) ``os.replace`` only in ``ml4paleo/_fs.py`` (every atomic write goes through it).
 (f) Status names are listed only in ``ml4paleo/jobs/statuses.py``: no Python list, tuple,
     set or dict literal naming two or more job statuses elsewhere, and no JavaScript
@@ -59,6 +62,11 @@ STATUS_NAMES = frozenset({
 STATUS_HOME = "ml4paleo/jobs/statuses.py"
 FS_HOME = "ml4paleo/_fs.py"
 WORKSPACE = "ml4paleo/workspace/"
+#: file names owned by a format: written once, in the module of that format
+FORMAT_NAME_HOMES = {
+    "meta.json": "ml4paleo/segmentation/model.py",
+    "classes.json": "ml4paleo/segmentation/labels.py",
+}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -294,8 +302,9 @@ def private_imports() -> list[str]:
             for name in imp.names:
                 if not _private(name):
                     continue
-                if f"{imp.module}.{name}" in MODULES and mod.package == imp.module:
-                    continue  # ``from . import _base`` inside its own package
+                if f"{imp.module}.{name}" in MODULES and (
+                        mod.package == imp.module or mod.package.startswith(imp.module + ".")):
+                    continue  # ``from . import _base`` / ``from ml4paleo import _fs`` inside the package
                 bad.append(f"{mod.rel}:{imp.line}: imports private name {name} from {imp.module}")
     return bad
 
@@ -316,11 +325,15 @@ def _names_job_file(text: str) -> str | None:
 def job_file_literals() -> list[str]:
     bad = []
     for mod in MODULES.values():
-        if mod.rel.startswith(WORKSPACE):
-            continue
         for line, text in _strings(mod):
             name = _names_job_file(text)
-            if name:
+            if not name:
+                continue
+            home = FORMAT_NAME_HOMES.get(name)
+            if home is not None:
+                if mod.rel != home:
+                    bad.append(f"{mod.rel}:{line}: file name {name!r} belongs to {home}")
+            elif not mod.rel.startswith(WORKSPACE):
                 bad.append(f"{mod.rel}:{line}: job file name {name!r} (use JobPaths)")
     return bad
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- helpers
 def test_label_mask_round_trip():
-    from ml4paleo.annotation import decode_label_mask
+    from ml4paleo.annotate import decode_label_mask
 
     plane = np.zeros((7, 9), np.uint8)
     plane[2:5, 3:8] = 2

@@ -1,9 +1,10 @@
 """Annotation studio routes: the annotator, gallery and models pages and their JSON API.
 
-Thin over :mod:`ml4paleo.annotation` (mask decoding, overlays, the per-job
-:class:`~ml4paleo.annotation.JobAnnotator`) and :mod:`ml4paleo.jobs` (status rules).
-The server keeps one in-memory annotator (image, label store, interactive session with
-cached features) per job in a small LRU, so previews never reload from disk.
+Thin over :mod:`ml4paleo.annotate` (the per-job :class:`~ml4paleo.annotate.JobAnnotator`:
+submit -> write -> record -> retrain -> preview, overlays, the original API's cut-outs) and
+:mod:`ml4paleo.jobs` (status rules). The server keeps one in-memory annotator (image, label
+store, interactive session with cached features) per job in a small LRU, so previews never
+reload from disk.
 
 Also keeps the original ml4paleo annotation routes working:
 ``GET /api/annotate/<id>/images/next``, ``POST /api/annotate/<id>/data/submit``,
@@ -12,7 +13,6 @@ Also keeps the original ml4paleo annotation routes working:
 
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
 import time
@@ -33,37 +33,26 @@ from flask import (
     url_for,
 )
 
-from ml4paleo.annotation import (
+from ml4paleo.annotate import (
     AXIS_NAMES,
-    FILMSTRIP_SHAPE_ZYX,
     MAX_MASK_PIXELS,
+    AnnotationConflict,
     AnnotationError,
     JobAnnotator,
     SessionPool,
     apply_window,
-    class_overlay,
-    cutout_region,
-    decode_image_array,
-    decode_label_mask,
     encode_png,
+    encode_raw_plane,
     encode_rle,
-    filmstrip_slice,
-    legacy_mask_to_labels,
-    legacy_prediction_png,
     parse_axis,
+    parse_index,
     plane_shape,
-    png_base64,
-    rasterize_polygons,
-    sample_metadata_for_z,
-    thumbnail,
-    uncertainty_overlay,
-    validate_sample_metadata,
     zinfo_header,
 )
+from ml4paleo.workspace.paths import JobPaths
 
 from .common import get_job, json_body, store
 
-log = logging.getLogger(__name__)
 bp = Blueprint("annotate", __name__)
 
 POOL_SIZE = 3
@@ -86,20 +75,26 @@ def _job_dir(job_id: str) -> Path:
 
 @contextmanager
 def _annotator(job_id: str):
-    """The job's in-memory annotator, locked for the duration of the block."""
+    """The job's in-memory annotator, locked for the duration of the block.
+
+    :class:`~ml4paleo.annotate.AnnotationConflict` becomes a 409, any other
+    :class:`~ml4paleo.annotate.AnnotationError` a 400.
+    """
     folder = _job_dir(job_id)
-    pool = _pool()
+    jobs = store()
 
     def build() -> JobAnnotator:
         try:
-            return JobAnnotator(folder)
-        except AnnotationError as exc:
+            return JobAnnotator(folder, store=jobs)
+        except AnnotationConflict as exc:
             abort(409, str(exc))
 
-    ann = pool.get(job_id, build)
+    ann = _pool().get(job_id, build)
     with ann.lock:
         try:
             yield ann
+        except AnnotationConflict as exc:
+            abort(409, str(exc))
         except AnnotationError as exc:
             abort(400, str(exc))
 
@@ -107,73 +102,14 @@ def _annotator(job_id: str):
 def _axis_index(source: dict | None = None) -> tuple[int, int]:
     src = source if source is not None else request.args
     try:
-        axis = parse_axis(src.get("axis", "z"))
+        return parse_axis(src.get("axis", "z")), parse_index(src.get("index"))
     except AnnotationError as exc:
         abort(400, str(exc))
-    raw = src.get("index")
-    if raw is None or isinstance(raw, bool):
-        abort(400, "index is required")
-    if isinstance(raw, float) and not raw.is_integer():  # also NaN, Infinity (JSON allows them)
-        abort(400, f"index must be an integer, got {raw!r}")
-    try:
-        index = int(raw)
-    except (TypeError, ValueError, OverflowError):
-        abort(400, f"index must be an integer, got {raw!r}")
-    return axis, index
 
 
 def _status_value(record: dict) -> str:
     s = record.get("status")
     return str(getattr(s, "value", s))
-
-
-def _record_annotation(job_id: str) -> dict:
-    """Tell the job store annotations changed (keeps queued/running work)."""
-    from ml4paleo.jobs import InvalidTransition
-
-    try:
-        # new labels mean the next segmentation should train on them: drop the choice
-        return store().record_annotation(job_id, chosen_model_id=None)
-    except InvalidTransition as exc:
-        abort(409, str(exc))
-
-
-def _data_url(arr: np.ndarray) -> str:
-    return "data:image/png;base64," + png_base64(arr)
-
-
-def _preview(ann: JobAnnotator, axis: int, index: int, *, retrain: bool = True) -> dict:
-    """Retrain (if labels changed) and predict one plane: overlay + uncertainty data URLs."""
-    t0 = time.perf_counter()
-    if retrain:
-        ann.retrain()
-    t1 = time.perf_counter()
-    pred = ann.predict(axis, index)
-    t2 = time.perf_counter()
-    out: dict = {
-        "axis": AXIS_NAMES[axis],
-        "index": index,
-        "model_version": ann.model_version,
-        "stale": ann.stale,
-    }
-    if pred is None:
-        out.update(overlay=None, uncertainty=None,
-                   message="label at least two classes to see a prediction")
-    else:
-        classes2d, probs = pred
-        from ml4paleo.annotation import uncertainty_from_probabilities
-
-        unc = uncertainty_from_probabilities(probs)
-        out.update(
-            overlay=_data_url(class_overlay(classes2d, ann.colors)),
-            uncertainty=_data_url(uncertainty_overlay(unc)),
-            fractions={c["name"]: float((classes2d == k).mean())
-                       for k, c in enumerate(ann.classes)},
-            mean_uncertainty=float(unc.mean()),
-        )
-    out["timing"] = {"retrain_s": round(t1 - t0, 4), "predict_s": round(t2 - t1, 4),
-                     "total_s": round(time.perf_counter() - t0, 4)}
-    return out
 
 
 def _png_response(arr: np.ndarray, cache: bool = False) -> Response:
@@ -222,8 +158,7 @@ def annotation_file(job_id: str, filename: str):
     """A file of the job's annotation folder (label log, classes.json); never outside it."""
     from .common import safe_join
 
-    base = _job_dir(job_id) / "annotations"
-    target = safe_join(base, filename)
+    target = safe_join(JobPaths(_job_dir(job_id)).annotations, filename)
     if not target.is_file():
         abort(404, f"no annotation file {filename!r}")
     return send_file(target)
@@ -239,25 +174,10 @@ def models_page(job_id: str):
 # ----------------------------------------------------------------------------- new API
 @bp.get("/api/job/<job_id>/annotate/info")
 def info(job_id: str):
-    """Shape, dtype, voxel size, display window, classes, annotated slices, model state."""
+    """Shape, dtype, voxel size, display window, classes + palette, annotated slices, model."""
     record = get_job(job_id)
     with _annotator(job_id) as ann:
-        return jsonify(
-            job_id=job_id,
-            name=record.get("name"),
-            status=_status_value(record),
-            shape=list(ann.shape),
-            dtype=str(ann.image.dtype),
-            voxel_size=list(ann.image.voxel_size),
-            unit=ann.image.unit,
-            window=ann.window(),
-            classes=ann.classes,
-            counts={str(k): v for k, v in ann.count_by_class().items()},
-            annotated=ann.annotated_slices(),
-            model_version=ann.model_version,
-            stale=ann.stale,
-            chosen_model=record.get("chosen_model_id"),
-        )
+        return jsonify(ann.info(record))
 
 
 @bp.get("/api/job/<job_id>/annotate/slice")
@@ -278,13 +198,10 @@ def slice_data(job_id: str):
         plane = ann.read_plane(axis, index)
         window = ann.window()
     if fmt == "raw":
-        kind = plane.dtype
-        if kind not in (np.uint8, np.uint16, np.int16, np.float32):
-            plane = plane.astype(np.float32)
-        data = np.ascontiguousarray(plane).astype(plane.dtype.newbyteorder("<"), copy=False)
-        resp = Response(data.tobytes(), mimetype="application/octet-stream")
-        resp.headers["X-Shape"] = f"{plane.shape[0]},{plane.shape[1]}"
-        resp.headers["X-Dtype"] = str(plane.dtype.name)
+        data, shape, dtype = encode_raw_plane(plane)
+        resp = Response(data, mimetype="application/octet-stream")
+        resp.headers["X-Shape"] = f"{shape[0]},{shape[1]}"
+        resp.headers["X-Dtype"] = dtype
         resp.headers["Cache-Control"] = "private, max-age=300"
         return resp
     try:
@@ -319,26 +236,8 @@ def submit_labels(job_id: str):
     if "mask" not in body and "labels" not in body:
         abort(400, "mask is required")
     with _annotator(job_id) as ann:
-        try:
-            labels = decode_label_mask(
-                body.get("mask", body.get("labels")),
-                plane_shape(ann.shape, axis),
-                n_classes=len(ann.classes),
-                colors=ann.colors,
-            )
-        except AnnotationError as exc:
-            abort(400, str(exc))
-        if not 0 <= index < ann.shape[axis]:
-            abort(400, f"{AXIS_NAMES[axis]} index {index} outside 0..{ann.shape[axis] - 1}")
-        _record_annotation(job_id)
-        saved = ann.write_labels(axis, index, labels)
-        out = {"saved": saved, "counts": {str(k): v for k, v in ann.count_by_class().items()}}
-        if body.get("preview", True):
-            try:
-                out["preview"] = _preview(ann, axis, index)
-            except (ValueError, RuntimeError) as exc:
-                log.warning("preview failed for job %s: %s", job_id, exc)
-                out["preview"] = {"overlay": None, "uncertainty": None, "message": str(exc)}
+        out = ann.submit(axis, index, body.get("mask", body.get("labels")),
+                         preview=bool(body.get("preview", True)))
     return jsonify(out)
 
 
@@ -349,10 +248,7 @@ def delete_labels(job_id: str):
     body = request.get_json(silent=True)
     axis, index = _axis_index(body if isinstance(body, dict) and "index" in body else None)
     with _annotator(job_id) as ann:
-        ann.clear_labels(axis, index)
-        counts = {str(k): v for k, v in ann.count_by_class().items()}
-    _record_annotation(job_id)
-    return jsonify(deleted={"axis": AXIS_NAMES[axis], "index": index}, counts=counts)
+        return jsonify(ann.delete(axis, index))
 
 
 @bp.get("/api/job/<job_id>/annotate/predict")
@@ -361,9 +257,7 @@ def predict(job_id: str):
     axis, index = _axis_index()
     retrain = request.args.get("retrain", "1") not in ("0", "false", "no")
     with _annotator(job_id) as ann:
-        if not 0 <= index < ann.shape[axis]:
-            abort(400, f"{AXIS_NAMES[axis]} index {index} outside 0..{ann.shape[axis] - 1}")
-        return jsonify(_preview(ann, axis, index, retrain=retrain))
+        return jsonify(ann.preview(axis, index, retrain=retrain))
 
 
 @bp.get("/api/job/<job_id>/annotate/predict.png")
@@ -371,18 +265,12 @@ def predict(job_id: str):
 def predict_png(job_id: str):
     """The class overlay (or uncertainty overlay) of one plane as an RGBA PNG."""
     axis, index = _axis_index()
+    kind = "uncertainty" if request.path.endswith("uncertainty.png") else "classes"
     with _annotator(job_id) as ann:
-        if not 0 <= index < ann.shape[axis]:
-            abort(400, f"{AXIS_NAMES[axis]} index {index} outside 0..{ann.shape[axis] - 1}")
-        ann.retrain()
-        pred = ann.predict(axis, index)
-        if pred is None:
-            abort(409, "no model yet: label at least two classes")
-        if request.path.endswith("uncertainty.png"):
-            from ml4paleo.annotation import uncertainty_from_probabilities
-
-            return _png_response(uncertainty_overlay(uncertainty_from_probabilities(pred[1])))
-        return _png_response(class_overlay(pred[0], ann.colors))
+        overlay = ann.overlay(axis, index, kind)
+    if overlay is None:
+        abort(409, "no model yet: label at least two classes")
+    return _png_response(overlay)
 
 
 @bp.get("/api/job/<job_id>/annotate/suggest")
@@ -400,9 +288,9 @@ def suggest(job_id: str):
 
 @bp.get("/api/job/<job_id>/annotate/classes")
 def get_classes(job_id: str):
+    """The class list, the palette new classes take their colours from, labels per class."""
     with _annotator(job_id) as ann:
-        return jsonify(classes=ann.classes,
-                       counts={str(k): v for k, v in ann.count_by_class().items()})
+        return jsonify(ann.classes_state())
 
 
 @bp.put("/api/job/<job_id>/annotate/classes")
@@ -412,8 +300,8 @@ def put_classes(job_id: str):
     get_job(job_id)
     body = json_body()
     with _annotator(job_id) as ann:
-        classes = ann.set_classes(body.get("classes"))
-    return jsonify(classes=classes)
+        ann.set_classes(body.get("classes"))
+        return jsonify(ann.classes_state())
 
 
 @bp.get("/api/job/<job_id>/annotate/annotations")
@@ -440,10 +328,7 @@ def gallery_thumbnail(job_id: str):
     if not (size.isascii() and size.isdigit() and len(size) <= 4) or not 16 <= int(size) <= 1024:
         abort(400, "size must be 16..1024")
     with _annotator(job_id) as ann:
-        plane = ann.read_plane(axis, index)
-        w = ann.window()
-        gray = apply_window(plane, w["window_min"], w["window_max"])
-        thumb = thumbnail(gray, ann.read_labels(axis, index), ann.colors, int(size))
+        thumb = ann.thumbnail(axis, index, int(size))
     return _png_response(thumb)
 
 
@@ -645,14 +530,6 @@ def retrain(job_id: str):
 
 
 # ----------------------------------------------------------------------------- original API
-def _field(payload: dict, snake: str, camel: str | None = None):
-    if snake in payload:
-        return payload[snake]
-    if camel and camel in payload:
-        return payload[camel]
-    return None
-
-
 @bp.get("/api/annotate/<job_id>/images/next")
 def legacy_next_image(job_id: str):
     """A random cut-out as an 11-slice 512x512 PNG filmstrip + the ``zInfo`` header."""
@@ -667,62 +544,6 @@ def legacy_next_image(job_id: str):
     return resp
 
 
-def _legacy_regions(payload: dict, default_z: int) -> dict[int, dict]:
-    """``{local z: {positive_regions, negative_regions}}`` from any original polygon form."""
-
-    def regions(obj: dict) -> tuple[list, list]:
-        poly = obj.get("polygons") if isinstance(obj.get("polygons"), dict) else obj
-        pos = _field(poly, "positive_regions", "positiveRegions")
-        neg = _field(poly, "negative_regions", "negativeRegions")
-        return (pos if isinstance(pos, list) else [], neg if isinstance(neg, list) else [])
-
-    out: dict[int, dict] = {}
-    by_slice = _field(payload, "regions_by_slice", "regionsBySlice")
-    if isinstance(by_slice, dict):
-        for key, value in by_slice.items():
-            try:
-                z = int(key)
-            except (TypeError, ValueError):
-                abort(400, f"regions_by_slice key {key!r} is not a slice index")
-            if not isinstance(value, dict):
-                abort(400, f"regions_by_slice[{key}] must be an object")
-            pos, neg = regions(value)
-            if pos or neg:
-                out[z] = {"positive_regions": pos, "negative_regions": neg}
-        if out:
-            return out
-    pos, neg = regions(payload)
-    if pos or neg:
-        out[default_z] = {"positive_regions": pos, "negative_regions": neg}
-    return out
-
-
-def _uses_polygons(payload: dict) -> bool:
-    keys = ("regions_by_slice", "regionsBySlice", "polygons", "positive_regions",
-            "positiveRegions", "negative_regions", "negativeRegions")
-    return any(k in payload for k in keys)
-
-
-def _legacy_meta(ann: JobAnnotator, payload: dict, image_gray: np.ndarray | None) -> dict | None:
-    raw = _field(payload, "sample_metadata", "sampleMetadata")
-    local_z = _field(payload, "annotated_local_z_index", "annotatedLocalZIndex")
-    if isinstance(raw, dict):
-        meta = validate_sample_metadata(raw, ann.shape)
-        if local_z is not None:
-            meta = sample_metadata_for_z(meta, local_z)
-        window = _field(payload, "intensity_window", "intensityWindow")
-        if isinstance(window, dict):
-            meta["intensity_window"] = window
-        return meta
-    if raw is not None:
-        abort(400, "sample_metadata must be an object")
-    if image_gray is not None:
-        n = FILMSTRIP_SHAPE_ZYX[0]
-        z = local_z if isinstance(local_z, int) and not isinstance(local_z, bool) else n // 2
-        return ann.find_cutout(filmstrip_slice(image_gray, n, z))
-    return None
-
-
 @bp.post("/api/annotate/<job_id>/data/submit")
 def legacy_submit(job_id: str):
     """Original submit: raster ``{image, mask, sample_metadata?, ...}`` or polygons
@@ -734,59 +555,8 @@ def legacy_submit(job_id: str):
     """
     get_job(job_id)
     payload = json_body()
-    polygons = _uses_polygons(payload)
-    image_text = _field(payload, "image")
-    mask_text = _field(payload, "mask")
-    if not polygons and (image_text is None or mask_text is None):
-        abort(400, "{mask, image} not provided")
     with _annotator(job_id) as ann:
-        image_gray = decode_image_array(image_text, "image") if image_text is not None else None
-        meta = _legacy_meta(ann, payload, image_gray)
-        if meta is None:
-            abort(400, "sample_metadata is required (the image matches no cut-out served by "
-                       "/images/next)")
-        rx, ry, _ = meta["requested_shape_xyz"]
-        writes: list[tuple[dict, np.ndarray]] = []
-        if polygons:
-            size = _field(payload, "canvas_size_xy", "canvasSizeXY") or \
-                _field(payload, "displayed_image_shape_xy", "displayedImageShapeXY")
-            by_slice = _legacy_regions(payload, int(meta["annotated_local_z_index"]))
-            if not by_slice:
-                abort(400, "polygon submission requires at least one region")
-            for z in sorted(by_slice):
-                m = sample_metadata_for_z(meta, z)
-                mask = rasterize_polygons((ry, rx), by_slice[z]["positive_regions"],
-                                          by_slice[z]["negative_regions"], size)
-                writes.append((m, np.where(mask, 2, 1).astype(np.uint8)))
-        else:
-            from PIL import Image
-
-            from ml4paleo.annotation import decode_data_url, decode_png
-
-            img = decode_png(decode_data_url(mask_text, "mask"), "mask").convert("RGBA")
-            if img.size != (rx, ry):
-                img = img.resize((rx, ry), Image.Resampling.NEAREST)
-            writes.append((meta, legacy_mask_to_labels(img)))
-        _record_annotation(job_id)
-        saved = []
-        for m, labels in writes:
-            try:
-                z, vy, vx, my, mx = cutout_region(m)
-            except AnnotationError as exc:
-                abort(400, str(exc))
-            ann.merge_labels(0, z, (vy, vx), labels[my, mx])
-            saved.append({"slice_index": int(m["annotated_local_z_index"]),
-                          "global_z_index": z, "axis": "z",
-                          "origin_xyz": [vx.start, vy.start, z],
-                          "shape_xy": [vx.stop - vx.start, vy.stop - vy.start]})
-        show = next((m for m, _ in writes
-                     if m["annotated_local_z_index"] == meta["annotated_local_z_index"]),
-                    writes[0][0])
-        ann.retrain()
-        pred = ann.cutout_prediction(show)
-        if pred is None:  # one class only: echo the mask like the original did
-            pred = (writes[0][1] == 2).astype(np.uint8)
-    return jsonify(prediction=png_base64(legacy_prediction_png(pred)), saved_samples=saved)
+        return jsonify(ann.legacy_submit(payload))
 
 
 @bp.post("/api/annotate/<job_id>/data/predict")
@@ -796,17 +566,5 @@ def legacy_predict(job_id: str):
     """
     get_job(job_id)
     payload = json_body()
-    image_text = _field(payload, "image")
-    raw_meta = _field(payload, "sample_metadata", "sampleMetadata")
-    if image_text is None and raw_meta is None:
-        abort(400, "image or sample_metadata not provided")
     with _annotator(job_id) as ann:
-        image_gray = decode_image_array(image_text, "image") if image_text is not None else None
-        meta = _legacy_meta(ann, payload, image_gray)
-        if meta is None or meta.get("annotated_global_z_index") is None:
-            return jsonify(prediction=None)
-        ann.retrain()
-        pred = ann.cutout_prediction(meta)
-    if pred is None:
-        return jsonify(prediction=None)
-    return jsonify(prediction=png_base64(legacy_prediction_png(pred)))
+        return jsonify(ann.legacy_predict(payload))

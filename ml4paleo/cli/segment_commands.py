@@ -18,24 +18,15 @@ def _fail(message: str) -> None:
 
 
 def _open_source(path: str):
-    """Open IMAGE / LABELS with the readers (any supported source)."""
-    from ml4paleo.segmentation import LabelStore, _open_array
+    """Open IMAGE / LABELS: a label-store folder, or any source the readers open."""
+    from ml4paleo.io import open_any
+    from ml4paleo.segmentation import LabelStore
+    from ml4paleo.segmentation.labels import LABELS_NAME
 
     p = Path(path)
-    if p.is_dir() and (p / "labels.zarr").exists():
+    if p.is_dir() and (p / LABELS_NAME).exists():
         return LabelStore(p)
-    arr, vs, unit = _open_array(p)
-    return _Source(arr, vs, unit)
-
-
-class _Source:
-    def __init__(self, arr, voxel_size, unit):
-        self.arr, self.voxel_size, self.unit = arr, voxel_size, unit
-        self.shape = tuple(arr.shape)
-        self.dtype = arr.dtype
-
-    def __getitem__(self, item):
-        return self.arr[item]
+    return open_any(p)
 
 
 @click.command("train")
@@ -99,10 +90,14 @@ def segment_command(image, model_dir, output, chunk_size, scheduler, workers, pr
     from ml4paleo.segmentation import segment
 
     try:
-        src = image if Path(image).is_dir() else _open_source(image)
+        # a folder (OME-Zarr, slices) is reopened by worker processes; a single file is read
+        # in this process unless a Dask scheduler is given
+        is_dir = Path(image).is_dir()
+        src = image if is_dir else _open_source(image)
+        executor = scheduler if (scheduler or is_dir) else "serial"
         t0 = time.perf_counter()
-        out = segment(src if not isinstance(src, _Source) else src.arr, model_dir, output,
-                      chunk_size=chunk_size, executor=scheduler, workers=workers,
+        out = segment(src, model_dir, output,
+                      chunk_size=chunk_size, executor=executor, workers=workers,
                       probabilities=probabilities, min_size=min_size, fill_holes=fill_holes,
                       progress=tqdm_progress("segment", disable=quiet))
     except (ValueError, FileNotFoundError, OSError) as exc:

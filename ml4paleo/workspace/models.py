@@ -33,7 +33,7 @@ from typing import IO, Any
 from ml4paleo._fs import atomic_write, now_iso, replace_dir, temp_path
 from ml4paleo.workspace.ids import new_id
 from ml4paleo.workspace.names import assign_numbers, clean_name, default_name
-from ml4paleo.workspace.paths import ID_RE, JobPaths
+from ml4paleo.workspace.paths import ID_RE, JobPaths, model_meta_file
 
 __all__ = [
     "ModelNotFound",
@@ -199,14 +199,14 @@ class ModelRegistry:
             fill(tmp)
             if not tmp.is_dir():
                 raise ValueError(f"{tmp}: the model was not written")
-            meta = read_meta(tmp / "meta.json")
+            meta = read_meta(model_meta_file(tmp))
             if source is not None:
                 meta["source"] = source
             meta.setdefault("created_at", now_iso())
             meta["number"] = max(self.numbers().values(), default=0) + 1
             meta.pop("name", None)  # an imported copy gets its own number and name
             # plain json.dumps: metrics may hold NaN, as the model's own file may
-            atomic_write(tmp / "meta.json", json.dumps(meta, indent=2))
+            atomic_write(model_meta_file(tmp), json.dumps(meta, indent=2))
             replace_dir(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -67,12 +67,16 @@ def check_name(value: object, what: str = "name") -> str:
 def label_store_classes_file(folder: str | os.PathLike) -> Path:
     """The class list (names and colours) of a label store folder (a job's annotations,
     or any :class:`ml4paleo.segmentation.LabelStore` folder)."""
-    return Path(folder) / "classes.json"
+    from ml4paleo.segmentation.labels import CLASSES_NAME  # the label store's format
+
+    return Path(folder) / CLASSES_NAME
 
 
 def model_meta_file(folder: str | os.PathLike) -> Path:
     """The ``meta.json`` of a model folder (anywhere: a job's version or a copy)."""
-    return Path(folder) / "meta.json"
+    from ml4paleo.segmentation.model import META_FILE  # the model folder's format
+
+    return Path(folder) / META_FILE
 
 
 @dataclass(frozen=True)

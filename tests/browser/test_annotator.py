@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from ml4paleo.annotation import decode_label_mask
+from ml4paleo.annotate import decode_label_mask
 from ml4paleo.phantom import make_phantom
 
 from .conftest import shot
@@ -212,4 +212,28 @@ def test_annotate_retrain_undo_reload_segment_mesh(page, live_server, phantom):
     page.wait_for_selector("#mod-table tbody tr")
     page.wait_for_selector("#mod-chart svg")  # two annotated planes: held-out metrics exist
     shot(page, "annotator-8-models")
+    assert not page.js_errors, page.js_errors
+
+
+def test_a_new_class_takes_its_colour_from_the_server_palette(page, live_server, phantom):
+    from ml4paleo.classes import PALETTE
+
+    image, _ = phantom
+    job_id = live_server.seed_job("palette test", image[:16, :64, :64])
+    page.goto(f"/job/{job_id}/annotate")
+    page.wait_for_selector("#ann-viewport[data-loaded]")
+    assert page.evaluate("window.ml4paleoAnnotator.palette") == list(PALETTE)
+    for k, name in ((2, "dense"), (3, "crack")):
+        page.fill("#ann-new-class", name)
+        page.click("#ann-add-class")
+        page.wait_for_function(f"() => window.ml4paleoAnnotator.classes.length === {k + 1}")
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#ann-classes li').length === {k + 1}")
+    classes = requests.get(f"{live_server.url}/api/job/{job_id}/annotate/classes",
+                           timeout=30).json()["classes"]
+    assert [c["name"] for c in classes][2:] == ["dense", "crack"]
+    assert [c["color"] for c in classes][2:] == [PALETTE[2], PALETTE[3]]
+    shown = page.evaluate(
+        "Array.from(document.querySelectorAll('#ann-classes input[type=color]')).map(e => e.value)")
+    assert shown[2:] == [PALETTE[2], PALETTE[3]]
     assert not page.js_errors, page.js_errors

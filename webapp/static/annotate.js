@@ -55,6 +55,7 @@
   const S = {
     info: null,
     classes: [],
+    palette: [],         // colours for new classes, by class index (from the API)
     axis: 0,
     index: 0,
     h: 0, w: 0,
@@ -582,12 +583,14 @@
     try {
       const res = await api("PUT", `${API}/annotate/classes`, { classes: S.classes });
       S.classes = res.classes;
+      S.palette = res.palette || S.palette;
       renderClasses();
       refreshPreview();
     } catch (err) {
       toast("Classes not saved: " + err.message, "error");
       const res = await api("GET", `${API}/annotate/classes`);
       S.classes = res.classes;
+      S.palette = res.palette || S.palette;
       renderClasses();
     }
   }
@@ -819,8 +822,9 @@
     $("ann-add-class").addEventListener("click", () => {
       const name = $("ann-new-class").value.trim();
       if (!name) return toast("Type a class name first");
-      const palette = ["#22c55e", "#e11d48", "#a855f7", "#eab308", "#14b8a6", "#ec4899", "#84cc16", "#6366f1"];
-      S.classes.push({ name, color: palette[(S.classes.length - 2 + palette.length) % palette.length] });
+      // the server's palette colour for the new class's index (ml4paleo.classes.PALETTE)
+      const k = S.classes.length;
+      S.classes.push(S.palette.length ? { name, color: S.palette[k % S.palette.length] } : { name });
       $("ann-new-class").value = "";
       saveClasses().then(() => selectClass(S.classes.length));
     });
@@ -855,6 +859,7 @@
       return;
     }
     S.classes = S.info.classes;
+    S.palette = S.info.palette || [];
     S.cls = Math.min(2, S.classes.length);
     if (S.info.chosen_model) {
       $("ann-seg-note").textContent = `The chosen model ${S.info.chosen_model} segments the volume (new annotations switch back to training a new model).`;

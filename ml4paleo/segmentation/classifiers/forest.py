@@ -3,21 +3,24 @@
 A model file may come from an untrusted upload, so it is loaded with
 ``numpy.load(allow_pickle=False)`` and the trees are rebuilt from their arrays
 (children, split feature, threshold, leaf class fractions). Prediction runs scikit-learn's
-compiled tree traversal on the rebuilt trees.
+compiled tree traversal on the rebuilt trees; training is scikit-learn's random forest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from sklearn.tree._tree import NODE_DTYPE, Tree
+
+from .base import Classifier
+
+__all__ = ["Forest", "expected_path_length"]
 
 _MAX_NODES = 50_000_000  # refuse absurd files rather than allocating without bound
 
 
-class Forest:
+class Forest(Classifier):
     """A trained random forest: per tree, its node arrays and per-leaf class fractions.
 
     Parameters
@@ -31,6 +34,8 @@ class Forest:
         Number of output classes (columns of :meth:`predict_proba`).
     """
 
+    kind = "forest"
+
     def __init__(self, trees: list[dict], n_features: int, n_classes: int) -> None:
         if not trees:
             raise ValueError("a forest needs at least one tree")
@@ -39,6 +44,35 @@ class Forest:
         # keep only the compiled trees (structure) and float32 leaf fractions: one copy
         self._trees = [self._build(t) for t in trees]
         self._values = [np.ascontiguousarray(t["value"], np.float32) for t in trees]
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, *, n_classes: int, size: int, settings: Any,
+            seed: int, sample_weight: np.ndarray | None = None,
+            budget: float | None = None) -> Forest:
+        """Fit a random forest of ``size`` trees; with ``budget``, keep only as many trees as fit.
+
+        ``budget`` is the number of tree nodes a voxel may visit on average (the expected
+        root-leaf path length, summed over trees, under the training distribution):
+        prediction time is proportional to it. A few strokes give shallow trees, so many of
+        them fit; whole painted slices give deep trees, so fewer do. Never fewer than
+        ``settings.min_trees``.
+        """
+        from sklearn.ensemble import RandomForestClassifier
+
+        rf = RandomForestClassifier(
+            n_estimators=int(size),
+            max_depth=settings.max_depth,
+            min_samples_leaf=settings.min_samples_leaf,
+            max_features="sqrt",
+            n_jobs=settings.n_jobs,
+            random_state=seed,
+        )
+        rf.fit(X, y, sample_weight=sample_weight)
+        if budget:
+            paths = np.array([expected_path_length(e.tree_) for e in rf.estimators_])
+            keep = max(settings.min_trees, int(np.searchsorted(np.cumsum(paths), budget, side="right")))
+            rf.estimators_ = rf.estimators_[:keep]
+        return cls.from_sklearn(rf, [int(c) for c in rf.classes_], n_classes)
 
     @classmethod
     def from_sklearn(cls, rf, classes: Sequence[int], n_classes: int) -> Forest:
@@ -65,7 +99,11 @@ class Forest:
             )
         return cls(trees, rf.n_features_in_, n_classes)
 
-    def _build(self, a: dict) -> Tree:
+    def _build(self, a: dict) -> Any:
+        # scikit-learn is imported on first use: importing ml4paleo.segmentation (the web
+        # app does at start) stays fast
+        from sklearn.tree._tree import NODE_DTYPE, Tree
+
         left, right = np.asarray(a["left"]), np.asarray(a["right"])
         feature, threshold = np.asarray(a["feature"]), np.asarray(a["threshold"])
         n = len(left)
@@ -189,7 +227,8 @@ class Forest:
         }
 
     @classmethod
-    def from_arrays(cls, arrays, prefix: str, n_features: int, n_classes: int) -> Forest:
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str, n_features: int,
+                    n_classes: int) -> Forest:
         """Inverse of :meth:`to_arrays`."""
         try:
             off = np.asarray(arrays[f"{prefix}offsets"], np.int64)
@@ -210,9 +249,33 @@ class Forest:
             trees.append(t)
         return cls(trees, n_features, n_classes)
 
+    def truncated(self, n_trees: int) -> Forest:
+        """A forest of this one's first ``n_trees`` trees (shares their arrays)."""
+        if not 1 <= int(n_trees) <= self.n_trees:
+            raise ValueError(f"n_trees must be 1..{self.n_trees}, got {n_trees}")
+        out = object.__new__(type(self))
+        out.n_features, out.n_classes = self.n_features, self.n_classes
+        out._trees, out._values = self._trees[:n_trees], self._values[:n_trees]
+        return out
+
     @property
     def n_trees(self) -> int:
         return len(self._trees)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "n_trees": self.n_trees}
+
+
+def expected_path_length(tree) -> float:
+    """Nodes a sample visits on average in a fitted scikit-learn tree (training distribution)."""
+    left, right = tree.children_left, tree.children_right
+    depth = np.zeros(tree.node_count, np.int64)
+    for i in range(tree.node_count):
+        if left[i] != -1:
+            depth[left[i]] = depth[right[i]] = depth[i] + 1
+    leaf = left == -1
+    w = tree.weighted_n_node_samples[leaf]
+    return float((depth[leaf] * w).sum() / max(w.sum(), 1e-12)) + 1.0
 
 
 def _depth(left: np.ndarray, right: np.ndarray) -> int:
@@ -225,20 +288,3 @@ def _depth(left: np.ndarray, right: np.ndarray) -> int:
             return depth
         level = np.unique(np.concatenate([left[level], right[level]]))  # a DAG stays bounded
         depth += 1
-
-
-def save_forests(path: Path, forests: Sequence[Forest]) -> None:
-    """Write forests to one ``.npz`` (uncompressed arrays, no pickled objects)."""
-    arrays = {}
-    for i, f in enumerate(forests):
-        arrays.update(f.to_arrays(f"s{i}_"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-    tmp.replace(path)
-
-
-def load_forests(path: Path, shapes: Sequence[tuple[int, int]]) -> list[Forest]:
-    """Read forests written by :func:`save_forests`; ``shapes`` = (n_features, n_classes) each."""
-    with np.load(path, allow_pickle=False) as data:
-        return [Forest.from_arrays(data, f"s{i}_", nf, nc) for i, (nf, nc) in enumerate(shapes)]

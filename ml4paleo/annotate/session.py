@@ -1,0 +1,688 @@
+"""One job's annotate -> retrain -> preview loop, kept in memory: :class:`JobAnnotator`.
+
+Everything the annotator's routes do beyond HTTP lives here: opening the job's image and
+label store, checking and writing submitted labels (:meth:`JobAnnotator.submit`, the one
+entry for a stroke), recording them in the job store after they are written, retraining the
+preview model and assembling the preview (class overlay, uncertainty, fractions, timing),
+the info / classes / thumbnail answers, and the original API's cut-out submissions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ml4paleo.classes import DEFAULT_CLASSES, PALETTE, ClassError, colors_of, validate_classes
+from ml4paleo.io import open_any
+from ml4paleo.jobs import InvalidTransition, annotation_effect, parse_status
+from ml4paleo.omezarr import read_slice
+from ml4paleo.segmentation import InteractiveSession, LabelStore
+from ml4paleo.workspace.paths import JobPaths
+
+from .codecs import (
+    decode_data_url,
+    decode_image_array,
+    decode_label_mask,
+    decode_png,
+    legacy_mask_to_labels,
+    rasterize_polygons,
+)
+from .errors import AnnotationConflict, AnnotationError
+from .legacy import (
+    FILMSTRIP_SHAPE_ZYX,
+    cutout_region,
+    field,
+    filmstrip,
+    filmstrip_slice,
+    legacy_regions,
+    random_cutout,
+    read_cutout,
+    sample_metadata_for_z,
+    uses_polygons,
+    validate_sample_metadata,
+)
+from .overlays import (
+    apply_window,
+    class_overlay,
+    data_url,
+    display_window,
+    legacy_prediction_png,
+    png_base64,
+    thumbnail,
+    uncertainty_from_probabilities,
+    uncertainty_overlay,
+)
+from .planes import AXIS_NAMES, parse_axis, plane_shape
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JobAnnotator"]
+
+#: predictions of this many planes stay cached per annotator
+PREDICTION_CACHE = 16
+
+
+class JobAnnotator:
+    """The interactive annotate -> retrain -> preview loop of one job, kept in memory.
+
+    Holds the job's opened image, its :class:`~ml4paleo.segmentation.LabelStore`
+    (``<job>/annotations``) and one :class:`~ml4paleo.segmentation.InteractiveSession`
+    whose features at labelled voxels stay cached, so a retrain after a few more
+    strokes does not read the volume again. Not thread-safe by itself: callers hold
+    :attr:`lock` (the web app keeps these in a :class:`~ml4paleo.annotate.SessionPool`).
+
+    Parameters
+    ----------
+    job_dir : path
+        The job folder (see :class:`~ml4paleo.workspace.JobPaths`).
+    classes : list of dict, optional
+        Classes of a new label store (default: :data:`ml4paleo.classes.DEFAULT_CLASSES`).
+    store : JobStore, optional
+        The job store to record annotations in (after they are written); without one
+        nothing is recorded (a notebook).
+
+    Raises
+    ------
+    AnnotationConflict
+        When the job has no converted image yet.
+    """
+
+    def __init__(self, job_dir: Any, classes: Sequence[dict] | None = None, *,
+                 store: Any = None) -> None:
+        self.paths = JobPaths(job_dir)
+        self.job_dir = self.paths.root
+        self.job_id = self.paths.job_id
+        self.store = store
+        if not self.paths.image.is_dir():
+            raise AnnotationConflict("the image is not converted yet; wait for the conversion")
+        self.volume = open_any(self.paths.image)
+        #: the OME-Zarr image (pyramid levels, metadata)
+        self.image = self.volume.image
+        self.shape = tuple(int(s) for s in self.volume.shape)
+        self.lock = threading.RLock()
+        self.labels = self._open_store(classes)
+        self._session: InteractiveSession | None = None
+        self.model: Any = None
+        self.model_version = 0
+        self.revision = 0  # bumps on every label change
+        self._trained_revision = -1
+        self._predictions: OrderedDict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = (
+            OrderedDict()
+        )
+        self._window: dict | None = None
+        self._issued: OrderedDict[str, dict] = OrderedDict()  # legacy cut-outs by content hash
+        self.last_timing: dict[str, float] = {}
+        self._prefetch: dict[tuple[int, int], Any] = {}
+        self._prefetch_pool: ThreadPoolExecutor | None = None
+        self._prefetch_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- labels
+    def _open_store(self, classes: Sequence[dict] | None) -> LabelStore:
+        folder = self.paths.annotations
+        if folder.is_dir() and any(folder.iterdir()):
+            return LabelStore(folder)
+        return LabelStore.create(folder, self.shape, classes=list(classes or DEFAULT_CLASSES))
+
+    @property
+    def classes(self) -> list[dict]:
+        """The label store's classes ``[{name, color}, ...]`` (a copy; read once, cached)."""
+        return self.labels.classes
+
+    @property
+    def colors(self) -> list[str]:
+        """``#rrggbb`` per class."""
+        return colors_of(self.labels.classes)
+
+    def set_classes(self, classes: Any) -> list[dict]:
+        """Replace names/colours (2 to 254 classes); never drops a class that holds labels."""
+        try:
+            clean = validate_classes(classes, min_count=2)
+        except ClassError as exc:
+            raise AnnotationError(str(exc)) from exc
+        current = self.classes
+        counts = self.count_by_class(current)
+        used = max((k for k, n in counts.items() if n), default=-1)
+        if len(clean) <= used:
+            raise AnnotationError(
+                f"class {used} ({current[used]['name']}) still holds labels; "
+                "delete those annotations before removing the class"
+            )
+        if len(clean) != len(current):
+            self._invalidate_model()
+        self.labels.set_classes(clean)
+        return self.classes
+
+    def count_by_class(self, classes: list[dict] | None = None) -> dict[int, int]:
+        """Labelled voxels per class index."""
+        names = [c["name"] for c in (classes if classes is not None else self.classes)]
+        out: dict[int, int] = {}
+        for k, n in self.labels.count_by_class().items():
+            if k in names:
+                out[names.index(k)] = int(n)
+            elif n:
+                log.warning("labels counted for unknown class %r in job %s", k, self.job_id)
+        return out
+
+    def counts(self, classes: list[dict] | None = None) -> dict[str, int]:
+        """:meth:`count_by_class` with string keys (what the API returns)."""
+        return {str(k): v for k, v in self.count_by_class(classes).items()}
+
+    def read_labels(self, axis: int, index: int) -> np.ndarray:
+        self._check_index(axis, index)
+        return np.asarray(self.labels.read_slice(axis, index), dtype=np.uint8)
+
+    def write_labels(self, axis: int, index: int, labels2d: np.ndarray,
+                     n_classes: int | None = None) -> dict:
+        """Replace the labels of one plane with ``labels2d`` (0 = unlabelled)."""
+        self._check_index(axis, index)
+        labels2d = np.asarray(labels2d, dtype=np.uint8)
+        expected = plane_shape(self.shape, axis)
+        if labels2d.shape != expected:
+            raise AnnotationError(
+                f"labels are {labels2d.shape[0]} x {labels2d.shape[1]}, "
+                f"the {AXIS_NAMES[axis]} plane is {expected[0]} x {expected[1]}"
+            )
+        n_classes = len(self.classes) if n_classes is None else n_classes
+        if labels2d.size and int(labels2d.max()) > n_classes:
+            raise AnnotationError(
+                f"labels hold class value {int(labels2d.max())} but only "
+                f"{n_classes} classes exist"
+            )
+        # the plane becomes exactly labels2d (0 erases), one log entry per submission
+        self.labels.write_slice(axis, index, labels2d, source="annotator")
+        self._labels_changed()
+        return {"axis": AXIS_NAMES[axis], "index": int(index), "labelled": int((labels2d > 0).sum())}
+
+    def merge_labels(self, axis: int, index: int, region: tuple[slice, slice], patch: np.ndarray) -> dict:
+        """Set ``region`` of a plane to ``patch`` (the rest of the plane is kept)."""
+        current = self.read_labels(axis, index).copy()
+        current[region] = patch
+        return self.write_labels(axis, index, current)
+
+    def clear_labels(self, axis: int, index: int) -> None:
+        self._check_index(axis, index)
+        self.labels.clear_slice(axis, index)
+        self._labels_changed()
+
+    def annotated_slices(self) -> list[dict]:
+        """``[{axis, index, counts{class: n}, updated_at}, ...]`` of planes holding labels."""
+        out = []
+        for item in self.labels.annotated_slices():
+            entry = {"axis": AXIS_NAMES[parse_axis(item["axis"])], "index": int(item["index"])}
+            for key in ("counts", "updated_at"):
+                if key in item:
+                    entry[key] = item[key]
+            out.append(entry)
+        return out
+
+    def _labels_changed(self) -> None:
+        self.revision += 1
+
+    def _invalidate_model(self) -> None:
+        with self._prefetch_lock:
+            for f in self._prefetch.values():
+                f.cancel()
+            self._prefetch.clear()
+        self._session = None
+        self.model = None
+        self._predictions.clear()
+
+    def _check_index(self, axis: int, index: int) -> None:
+        if axis not in (0, 1, 2):
+            raise AnnotationError(f"axis must be 0, 1 or 2, got {axis}")
+        if not 0 <= int(index) < self.shape[axis]:
+            raise AnnotationError(
+                f"{AXIS_NAMES[axis]} index {index} outside 0..{self.shape[axis] - 1}"
+            )
+
+    # ---------------------------------------------------------------- the job store
+    def _check_can_annotate(self) -> None:
+        """Refuse (409) before writing when the job store would refuse the annotation."""
+        if self.store is None:
+            return
+        _, refusal = annotation_effect(self.store.get(self.job_id)["status"])
+        if refusal:
+            raise AnnotationConflict(refusal)
+
+    def record(self) -> None:
+        """Tell the job store the annotations changed (after they are written).
+
+        New labels mean the next segmentation should train on them, so a chosen model is
+        dropped; queued or running work is kept.
+        """
+        if self.store is None:
+            return
+        try:
+            self.store.record_annotation(self.job_id, chosen_model_id=None)
+        except InvalidTransition as exc:
+            raise AnnotationConflict(str(exc)) from exc
+
+    # ---------------------------------------------------------------- one submission
+    def submit(self, axis: int, index: int, mask: Any, *, preview: bool = True) -> dict:
+        """Check, store and record one plane's labels; retrain and preview that plane.
+
+        Parameters
+        ----------
+        axis, index : int
+            The plane.
+        mask : str or dict
+            A grey class-index PNG data URL or ``{encoding: rle|raw|zlib, shape, data}``
+            (0 = unlabelled, k+1 = class k); see :func:`~ml4paleo.annotate.decode_label_mask`.
+            The plane becomes exactly this mask.
+        preview : bool
+            Also retrain and return :meth:`preview` of the plane.
+
+        Returns
+        -------
+        dict
+            ``{saved: {axis, index, labelled}, counts: {class index: n}, preview?: {...}}``.
+
+        Raises
+        ------
+        AnnotationError
+            For a malformed or out-of-range mask or index (nothing is written).
+        AnnotationConflict
+            When the job cannot take annotations now (nothing is written).
+        """
+        classes = self.classes
+        colors = colors_of(classes)
+        labels = decode_label_mask(mask, plane_shape(self.shape, axis), n_classes=len(classes),
+                                   colors=colors)
+        self._check_index(axis, index)
+        self._check_can_annotate()
+        saved = self.write_labels(axis, index, labels, n_classes=len(classes))
+        self.record()
+        out: dict[str, Any] = {"saved": saved, "counts": self.counts(classes)}
+        if preview:
+            try:
+                out["preview"] = self.preview(axis, index, classes=classes)
+            except (ValueError, RuntimeError) as exc:
+                log.warning("preview failed for job %s: %s", self.job_id, exc)
+                out["preview"] = {"overlay": None, "uncertainty": None, "message": str(exc)}
+        return out
+
+    def delete(self, axis: int, index: int) -> dict:
+        """Erase one plane's labels and record that; ``{deleted, counts}``."""
+        self._check_index(axis, index)
+        self._check_can_annotate()
+        self.clear_labels(axis, index)
+        self.record()
+        return {"deleted": {"axis": AXIS_NAMES[axis], "index": int(index)}, "counts": self.counts()}
+
+    # ---------------------------------------------------------------- model
+    @property
+    def session(self) -> InteractiveSession:
+        if self._session is None:
+            self._session = InteractiveSession(self.volume, self.labels)
+        return self._session
+
+    def prefetch(self, axis: int, index: int) -> None:
+        """Start computing the features of a plane in the background.
+
+        Called when the browser opens a plane: the features are ready by the time the
+        first strokes arrive, so the first retrain + preview does not wait for them.
+        Safe to call without holding :attr:`lock`; at most one plane is computed at once.
+        """
+        self._check_index(axis, index)
+        key = (int(axis), int(index))
+        with self._prefetch_lock:
+            fut = self._prefetch.get(key)
+            if fut is not None and not fut.cancelled():
+                return
+            for k, f in list(self._prefetch.items()):
+                if f.done() or f.cancel():  # drop finished and not-yet-started planes
+                    del self._prefetch[k]
+            if self._prefetch_pool is None:
+                self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="features")
+            session = self.session
+            self._prefetch[key] = self._prefetch_pool.submit(session.slice_features, *key)
+
+    def _await_prefetch(self, axis: int, index: int) -> None:
+        """Wait for a running feature prefetch of this plane instead of computing twice."""
+        with self._prefetch_lock:
+            fut = self._prefetch.get((int(axis), int(index)))
+        if fut is not None:
+            try:
+                fut.result()
+            except Exception as exc:  # the synchronous path reports real errors
+                log.warning("feature prefetch failed: %s", exc)
+
+    def close(self) -> None:
+        """Stop the background feature thread (pending prefetches are dropped)."""
+        if self._prefetch_pool is not None:
+            self._prefetch_pool.shutdown(wait=False, cancel_futures=True)
+
+    def labelled_classes(self, classes: list[dict] | None = None) -> int:
+        return sum(1 for n in self.count_by_class(classes).values() if n)
+
+    def retrain(self, classes: list[dict] | None = None) -> Any:
+        """Retrain the preview model on the current labels (cached features).
+
+        Returns the model, or None when fewer than two classes hold labels.
+        """
+        if self._trained_revision == self.revision and self.model is not None:
+            return self.model
+        classes = classes if classes is not None else self.classes
+        if self.labelled_classes(classes) < 2:
+            self.model = None
+            self._trained_revision = self.revision
+            self._predictions.clear()
+            return None
+        with self._prefetch_lock:
+            pending = set(self._prefetch)
+        for s in self.labels.annotated_slices():
+            if (int(s["axis"]), int(s["index"])) in pending:
+                self._await_prefetch(int(s["axis"]), int(s["index"]))
+        t0 = time.perf_counter()
+        self.model = self.session.retrain(classes)
+        self.last_timing["retrain_s"] = time.perf_counter() - t0
+        self.model_version += 1
+        self._trained_revision = self.revision
+        self._predictions.clear()
+        return self.model
+
+    @property
+    def stale(self) -> bool:
+        """True when labels changed since the last retrain."""
+        return self._trained_revision != self.revision
+
+    def predict(self, axis: int, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(classes2d, probabilities (C, h, w)) of one plane, or None without a model."""
+        self._check_index(axis, index)
+        if self.model is None:
+            return None
+        key = (axis, int(index))
+        hit = self._predictions.get(key)
+        if hit is not None and hit[0] == self.model_version:
+            self._predictions.move_to_end(key)
+            return hit[1], hit[2]
+        self._await_prefetch(axis, index)
+        t0 = time.perf_counter()
+        classes2d, probs = self.session.predict_slice(axis, int(index))
+        self.last_timing["predict_s"] = time.perf_counter() - t0
+        classes2d = np.asarray(classes2d, dtype=np.uint8)
+        probs = np.asarray(probs, dtype=np.float32)
+        self._predictions[key] = (self.model_version, classes2d, probs)
+        while len(self._predictions) > PREDICTION_CACHE:
+            self._predictions.popitem(last=False)
+        return classes2d, probs
+
+    def uncertainty(self, axis: int, index: int) -> np.ndarray | None:
+        """Uncertainty 0..1 of one plane (from the cached prediction), or None."""
+        pred = self.predict(axis, index)
+        if pred is None:
+            return None
+        return uncertainty_from_probabilities(pred[1])
+
+    def preview(self, axis: int, index: int, *, retrain: bool = True,
+                classes: list[dict] | None = None) -> dict:
+        """Retrain (if labels changed) and predict one plane: overlay + uncertainty data URLs.
+
+        Returns
+        -------
+        dict
+            ``{axis, index, model_version, stale, overlay, uncertainty, fractions,
+            mean_uncertainty, timing}``; ``overlay`` is None (with a ``message``) while
+            fewer than two classes hold labels.
+        """
+        self._check_index(axis, index)
+        classes = classes if classes is not None else self.classes
+        t0 = time.perf_counter()
+        if retrain:
+            self.retrain(classes)
+        t1 = time.perf_counter()
+        pred = self.predict(axis, index)
+        t2 = time.perf_counter()
+        out: dict[str, Any] = {
+            "axis": AXIS_NAMES[axis],
+            "index": int(index),
+            "model_version": self.model_version,
+            "stale": self.stale,
+        }
+        if pred is None:
+            out.update(overlay=None, uncertainty=None,
+                       message="label at least two classes to see a prediction")
+        else:
+            classes2d, probs = pred
+            unc = uncertainty_from_probabilities(probs)
+            out.update(
+                overlay=data_url(class_overlay(classes2d, colors_of(classes))),
+                uncertainty=data_url(uncertainty_overlay(unc)),
+                fractions={c["name"]: float((classes2d == k).mean()) for k, c in enumerate(classes)},
+                mean_uncertainty=float(unc.mean()),
+            )
+        out["timing"] = {"retrain_s": round(t1 - t0, 4), "predict_s": round(t2 - t1, 4),
+                         "total_s": round(time.perf_counter() - t0, 4)}
+        return out
+
+    def overlay(self, axis: int, index: int, kind: str = "classes") -> np.ndarray | None:
+        """RGBA class (or ``kind="uncertainty"``) overlay of one plane after a retrain; None
+        without a model."""
+        self._check_index(axis, index)
+        self.retrain()
+        pred = self.predict(axis, index)
+        if pred is None:
+            return None
+        if kind == "uncertainty":
+            return uncertainty_overlay(uncertainty_from_probabilities(pred[1]))
+        return class_overlay(pred[0], self.colors)
+
+    def suggest(self, axis: int) -> dict:
+        """The plane along ``axis`` to annotate next.
+
+        The engine's choice (least certain plane) when a model exists; otherwise the
+        plane farthest from every annotated plane of that axis.
+        """
+        n = self.shape[axis]
+        if self.model is not None:
+            return {"index": int(self.session.suggest_slice(axis)), "reason": "least certain"}
+        done = sorted(
+            s["index"] for s in self.annotated_slices() if s["axis"] == AXIS_NAMES[axis]
+        )
+        if not done:
+            return {"index": n // 2, "reason": "middle of the volume"}
+        idx = np.arange(n)
+        dist = np.min(np.abs(idx[:, None] - np.asarray(done)[None, :]), axis=1)
+        return {"index": int(dist.argmax()), "reason": "farthest from annotated slices"}
+
+    # ---------------------------------------------------------------- image
+    def window(self) -> dict:
+        """Display window of the whole image (from its smallest pyramid level)."""
+        if self._window is None:
+            level = self.volume.levels[-1]
+            if int(np.prod(level.shape)) <= 32 * 1024**2:
+                values = np.asarray(level[...])
+            else:
+                mid = [s // 2 for s in level.shape]
+                values = np.concatenate(
+                    [np.asarray(level[mid[0]]).ravel(), np.asarray(level[:, mid[1]]).ravel()]
+                )
+            self._window = display_window(values)
+        return self._window
+
+    def read_plane(self, axis: int, index: int) -> np.ndarray:
+        """One plane of the image at full resolution."""
+        self._check_index(axis, index)
+        return read_slice(self.image, axis, int(index))
+
+    def thumbnail(self, axis: int, index: int, size: int = 192) -> np.ndarray:
+        """RGB thumbnail of a plane (display window) with its labels blended in."""
+        plane = self.read_plane(axis, index)
+        w = self.window()
+        gray = apply_window(plane, w["window_min"], w["window_max"])
+        return thumbnail(gray, self.read_labels(axis, index), self.colors, int(size))
+
+    # ---------------------------------------------------------------- answers
+    def info(self, record: dict | None = None) -> dict:
+        """What the annotator page starts from: image, window, classes (+ palette), labels, model.
+
+        ``record``: the job's record (name, status, chosen model), when there is one.
+        """
+        record = record or {}
+        classes = self.classes
+        vs = self.volume.voxel_size
+        return {
+            "job_id": record.get("id", self.job_id),
+            "name": record.get("name"),
+            "status": parse_status(record["status"]).value if record.get("status") else None,
+            "shape": list(self.shape),
+            "dtype": str(self.volume.dtype),
+            "voxel_size": list(vs) if vs else None,
+            "unit": self.volume.unit,
+            "window": self.window(),
+            "classes": classes,
+            "palette": list(PALETTE),
+            "counts": self.counts(classes),
+            "annotated": self.annotated_slices(),
+            "model_version": self.model_version,
+            "stale": self.stale,
+            "chosen_model": record.get("chosen_model_id"),
+        }
+
+    def classes_state(self) -> dict:
+        """``{classes, palette, counts}``: the class list, the colours for new classes, labels."""
+        classes = self.classes
+        return {"classes": classes, "palette": list(PALETTE), "counts": self.counts(classes)}
+
+    # ---------------------------------------------------------------- original API cut-outs
+    def issue_cutout(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict, dict]:
+        """A random legacy cut-out: (filmstrip uint8 (z*512, 512), sample metadata, window).
+
+        Each served slice is remembered by its content hash so an old client that
+        submits only the image (no metadata) is still placed in the volume.
+        """
+        meta = random_cutout(self.shape, FILMSTRIP_SHAPE_ZYX, rng)
+        block = read_cutout(self.volume, meta)
+        window = display_window(block)
+        display = apply_window(block, window["window_min"], window["window_max"])
+        meta["intensity_window"] = window
+        for z in range(display.shape[0]):
+            m = sample_metadata_for_z(meta, z)
+            if m["annotated_global_z_index"] is None:
+                continue
+            key = hashlib.sha1(display[z].tobytes()).hexdigest()
+            self._issued[key] = m
+        while len(self._issued) > FILMSTRIP_SHAPE_ZYX[0] * 64:
+            self._issued.popitem(last=False)
+        return filmstrip(display), meta, window
+
+    def find_cutout(self, gray2d: np.ndarray) -> dict | None:
+        """Sample metadata of a served cut-out slice equal to ``gray2d``, if any."""
+        key = hashlib.sha1(np.ascontiguousarray(gray2d, np.uint8).tobytes()).hexdigest()
+        return self._issued.get(key)
+
+    def cutout_prediction(self, meta: dict) -> np.ndarray | None:
+        """Predicted classes of a cut-out's annotated slice, at the requested size."""
+        z, vy, vx, my, mx = cutout_region(meta)
+        pred = self.predict(0, z)
+        if pred is None:
+            return None
+        rx, ry, _ = meta["requested_shape_xyz"]
+        out = np.zeros((ry, rx), dtype=np.uint8)
+        out[my, mx] = pred[0][vy, vx]
+        return out
+
+    def legacy_meta(self, payload: dict, image_gray: np.ndarray | None) -> dict | None:
+        """The cut-out a legacy payload refers to: its ``sample_metadata``, else the served
+        slice its ``image`` equals; None when neither places it."""
+        raw = field(payload, "sample_metadata", "sampleMetadata")
+        local_z = field(payload, "annotated_local_z_index", "annotatedLocalZIndex")
+        if isinstance(raw, dict):
+            meta = validate_sample_metadata(raw, self.shape)
+            if local_z is not None:
+                meta = sample_metadata_for_z(meta, local_z)
+            window = field(payload, "intensity_window", "intensityWindow")
+            if isinstance(window, dict):
+                meta["intensity_window"] = window
+            return meta
+        if raw is not None:
+            raise AnnotationError("sample_metadata must be an object")
+        if image_gray is not None:
+            n = FILMSTRIP_SHAPE_ZYX[0]
+            z = local_z if isinstance(local_z, int) and not isinstance(local_z, bool) else n // 2
+            return self.find_cutout(filmstrip_slice(image_gray, n, z))
+        return None
+
+    def legacy_submit(self, payload: dict) -> dict:
+        """The original submit: a raster ``{image, mask, sample_metadata?}`` or polygons
+        ``{regions_by_slice, sample_metadata, canvas_size_xy?}`` (snake or camel case).
+
+        Labels go into the label store (painted = structure, rest of the cut-out slice =
+        background, as the original trained) and are recorded after they are written; the
+        answer's ``prediction`` is the retrained model's red-alpha overlay of the annotated
+        slice: ``{prediction: base64 PNG, saved_samples: [...]}``.
+        """
+        from PIL import Image
+
+        polygons = uses_polygons(payload)
+        image_text = field(payload, "image")
+        mask_text = field(payload, "mask")
+        if not polygons and (image_text is None or mask_text is None):
+            raise AnnotationError("{mask, image} not provided")
+        image_gray = decode_image_array(image_text, "image") if image_text is not None else None
+        meta = self.legacy_meta(payload, image_gray)
+        if meta is None:
+            raise AnnotationError("sample_metadata is required (the image matches no cut-out "
+                                  "served by /images/next)")
+        rx, ry, _ = meta["requested_shape_xyz"]
+        writes: list[tuple[dict, np.ndarray]] = []
+        if polygons:
+            size = field(payload, "canvas_size_xy", "canvasSizeXY") or \
+                field(payload, "displayed_image_shape_xy", "displayedImageShapeXY")
+            by_slice = legacy_regions(payload, int(meta["annotated_local_z_index"]))
+            if not by_slice:
+                raise AnnotationError("polygon submission requires at least one region")
+            for z in sorted(by_slice):
+                m = sample_metadata_for_z(meta, z)
+                mask = rasterize_polygons((ry, rx), by_slice[z]["positive_regions"],
+                                          by_slice[z]["negative_regions"], size)
+                writes.append((m, np.where(mask, 2, 1).astype(np.uint8)))
+        else:
+            img = decode_png(decode_data_url(mask_text, "mask"), "mask").convert("RGBA")
+            if img.size != (rx, ry):
+                img = img.resize((rx, ry), Image.Resampling.NEAREST)
+            writes.append((meta, legacy_mask_to_labels(img)))
+        regions = [(m, labels, cutout_region(m)) for m, labels in writes]  # all placed first
+        self._check_can_annotate()
+        saved = []
+        for m, labels, (z, vy, vx, my, mx) in regions:
+            self.merge_labels(0, z, (vy, vx), labels[my, mx])
+            saved.append({"slice_index": int(m["annotated_local_z_index"]),
+                          "global_z_index": z, "axis": "z",
+                          "origin_xyz": [vx.start, vy.start, z],
+                          "shape_xy": [vx.stop - vx.start, vy.stop - vy.start]})
+        self.record()
+        show = next((m for m, _ in writes
+                     if m["annotated_local_z_index"] == meta["annotated_local_z_index"]),
+                    writes[0][0])
+        self.retrain()
+        pred = self.cutout_prediction(show)
+        if pred is None:  # one class only: echo the mask like the original did
+            pred = (writes[0][1] == 2).astype(np.uint8)
+        return {"prediction": png_base64(legacy_prediction_png(pred)), "saved_samples": saved}
+
+    def legacy_predict(self, payload: dict) -> dict:
+        """The original predict: ``{sample_metadata, annotated_local_z_index}`` or ``{image}``
+        -> ``{prediction: base64 RGBA PNG | None}`` from the in-memory model."""
+        image_text = field(payload, "image")
+        raw_meta = field(payload, "sample_metadata", "sampleMetadata")
+        if image_text is None and raw_meta is None:
+            raise AnnotationError("image or sample_metadata not provided")
+        image_gray = decode_image_array(image_text, "image") if image_text is not None else None
+        meta = self.legacy_meta(payload, image_gray)
+        if meta is None or meta.get("annotated_global_z_index") is None:
+            return {"prediction": None}
+        self.retrain()
+        pred = self.cutout_prediction(meta)
+        if pred is None:
+            return {"prediction": None}
+        return {"prediction": png_base64(legacy_prediction_png(pred))}
+
