@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 MAX_HISTORY = 500
+#: largest island size the segmentation clean-up removes (voxels)
+MAX_CLEANUP_VOXELS = 10**9
 #: a job folder without job.json older than this is debris of a deleted job
 ORPHAN_SECONDS = 3600.0
 
@@ -523,7 +525,8 @@ class JobStore:
         return self.update(job_id, apply)
 
     def request_segmentation(self, job_id: str, *, model_id: str | None = None,
-                             train: bool | None = None, segment: bool = True) -> dict:
+                             train: bool | None = None, segment: bool = True,
+                             min_size: int = 0, fill_holes: bool = False) -> dict:
         """Queue training and/or segmentation for the segment runner.
 
         Parameters
@@ -534,7 +537,17 @@ class JobStore:
             Train a new model first (default: True unless ``model_id`` is given).
         segment : bool
             Segment the whole volume after training (False = train only -> ``trained``).
+        min_size : int
+            Clean-up: remove islands of a class smaller than this many voxels (0 = keep).
+        fill_holes : bool
+            Clean-up: fill enclosed holes of every class.
         """
+        if isinstance(min_size, bool) or not isinstance(min_size, int) or not \
+                0 <= min_size <= MAX_CLEANUP_VOXELS:
+            raise ValueError(f"min_size must be a voxel count from 0 to {MAX_CLEANUP_VOXELS}, "
+                             f"got {min_size!r}")
+        if not isinstance(fill_holes, bool):
+            raise ValueError("fill_holes must be true or false")
         if model_id is not None and not self.is_valid_id(model_id):
             raise ValueError(f"malformed model id {model_id!r}")
         train = model_id is None if train is None else bool(train)
@@ -554,7 +567,8 @@ class JobStore:
             set_status(record, Status.TRAINING_QUEUED,
                        "queued for training" if train else "queued for segmentation")
             record.update(request={"kind": "segment", "train": train, "segment": bool(segment),
-                                   "model_id": model_id},
+                                   "model_id": model_id, "min_size": min_size,
+                                   "fill_holes": fill_holes},
                           progress=0.0, error=None, error_kind=None, lease=None,
                           pending_segmentation_id=None)
 

@@ -80,10 +80,14 @@ def run(ctx: JobContext) -> dict:
     # a retried attempt (runner died) resumes the same segmentation from its done-markers
     seg_id = segs.create(ctx.record.get("pending_segmentation_id"))
     ctx.set_fields(pending_segmentation_id=seg_id)
+    cleanup = {"min_size": int(request.get("min_size") or 0),
+               "fill_holes": bool(request.get("fill_holes"))}
+    if cleanup["min_size"] or cleanup["fill_holes"]:
+        ctx.message("segmenting the whole image, then cleaning it up")
     segment(image, model, ctx.paths.labels(seg_id), chunk_size=ctx.settings.chunk_size,
             executor=executor(ctx.settings), workers=ctx.settings.workers,
-            progress=ctx.progress)
+            progress=ctx.progress, **cleanup)
     ctx.check()
-    segs.write_meta(seg_id, model_id=model_id)
+    segs.write_meta(seg_id, model_id=model_id, cleanup=cleanup)
     record_segmentation(ctx.owned_update, seg_id)
     return {"status": Status.SEGMENTED.value, "message": f"segmentation {seg_id} finished"}
