@@ -328,7 +328,7 @@ def test_unfinished_uploads_are_listed_and_resume_from_the_server_ranges(client,
     up = ups[0]
     assert up["name"] == "big scan" and up["total_bytes"] == len(payload) + len(second)
     assert up["received_bytes"] == 8192 and up["files_complete"] == 0
-    assert up["files"][0] == {"path": "scan/a.bin", "size": len(payload),
+    assert up["files"][0] == {"path": "scan/a.bin", "given": "scan/a.bin", "size": len(payload),
                               "last_modified": 1700000000000, "received": 8192,
                               "complete": False}
     assert store.get(jid)["progress"] == pytest.approx(8192 / up["total_bytes"], abs=1e-4)

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from flask import Blueprint, Response, abort, jsonify, request, send_file
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 
 from ml4paleo.io import is_zarr_store
 from ml4paleo.omezarr import open_image
@@ -157,9 +157,12 @@ def _orientation(path: Path) -> str | None:
 def image_info(job_id: str):
     """Image metadata: shape, dtype, voxel size and how well it is known (``voxel_size_status``:
     known / assumed / unknown), orientation (axis codes of x, y, z when the scan has an
-    anatomical frame), pyramid levels, intensity range (full-resolution sample), warnings
-    of the conversion, source."""
+    anatomical frame) and how to show each plane (``planes``: flips and edge letters, as
+    3D Slicer shows them), pyramid levels, intensity range (full-resolution sample),
+    warnings of the conversion, source. Slice indices in the API count from 0; the pages
+    show slice numbers from 1 (index + 1)."""
     from ml4paleo.convert import voxel_size_status
+    from ml4paleo.world import plane_orientation
 
     record = get_job(job_id)
     img = _image_or_404(image_path(job_id), "the converted image")
@@ -168,6 +171,7 @@ def image_info(job_id: str):
     extra = img.attrs.get("ml4paleo", {}) if isinstance(img.attrs, dict) else {}
     info["voxel_size_status"] = voxel_size_status(img.attrs)
     info["orientation"] = _orientation(img.path)
+    info["planes"] = plane_orientation(info["orientation"])
     info["warnings"] = record.get("warnings") or []
     info["source_type"] = extra.get("source_type") or record.get("source_type")
     info["source"] = extra.get("source") or (record.get("metadata") or {}).get("source") or {}
@@ -191,6 +195,9 @@ def set_voxel_size(job_id: str):
         abort(400, str(exc))
     with _stats_lock:  # the image's .zattrs changed: its cache key too
         _stats_cache.clear()
+    annotators = current_app.extensions.get("ml4paleo_annotators")
+    if annotators is not None:  # its volume (and features) carry the old voxel size
+        annotators.drop(job_id)
     meta = record.get("metadata") or {}
     return jsonify(job_id=job_id, voxel_size=meta.get("voxel_size"), unit=meta.get("unit"),
                    warnings=record.get("warnings") or [])

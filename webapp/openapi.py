@@ -17,7 +17,8 @@ bp = Blueprint("openapi", __name__)
 _CONVERTER_RE = re.compile(r"<(?:(?P<conv>[a-zA-Z_]+)(?:\([^)]*\))?:)?(?P<name>[a-zA-Z_]\w*)>")
 _TILE = [
     ("axis", "string", "plane normal: z, y or x"),
-    ("index", "integer", "plane index in full-resolution voxels"),
+    ("index", "integer", "plane index in full-resolution voxels, from 0 (the pages number "
+                         "slices from 1: slice = index + 1)"),
     ("level", "integer", "pyramid level (0 = full resolution)"),
     ("tile", "string", "'row,col' of one tile of the plane (optional)"),
     ("tile_size", "integer", "tile edge in pixels of the level (16..2048, default 512)"),
@@ -46,6 +47,17 @@ QUERY_PARAMETERS: dict[str, list[tuple[str, str, str]]] = {
     ],
 }
 QUERY_PARAMETERS["catalogue.list_jobs_csv"] = QUERY_PARAMETERS["catalogue.list_jobs"][:12]
+_PLANE = [("axis", "string", "plane normal: z, y or x"), _TILE[1]]
+QUERY_PARAMETERS.update({
+    "annotate.cleanup_preview": [*_PLANE, ("min_size", "integer", "remove islands smaller than "
+                                          "this many voxels"),
+                                 ("fill_holes", "integer", "1 fills enclosed holes")],
+    "annotate.slice_data": _PLANE, "annotate.get_labels": _PLANE, "annotate.predict": _PLANE,
+    "annotate.predict_png": _PLANE,
+    "results.all_models": [("exclude_job", "string", "leave this job's models out")],
+    "jobs_api.upload_status": [("job_id", "string", "the job"),
+                               ("filename", "string", "one file (default: every file)")],
+})
 
 _PNG = ("image/png",)
 _ZIP = ("application/zip",)

@@ -250,7 +250,8 @@ def write_chunk(paths: JobPaths, rel: str, stream: BinaryIO, length: int, offset
 def check_manifest(files: object) -> list[dict]:
     """What a client says it will upload, checked: ``[{path, size, last_modified}]``
     (``path`` sanitised like an uploaded file's name, ``size`` in bytes,
-    ``last_modified`` in milliseconds since 1970 or None).
+    ``last_modified`` in milliseconds since 1970 or None). The path as the client gave it
+    is kept as ``given`` (so the client can recognise its files again).
 
     Raises
     ------
@@ -276,8 +277,8 @@ def check_manifest(files: object) -> list[dict]:
         if path in seen:
             raise ValueError(f"files[{i}]: {path!r} is listed twice")
         seen.add(path)
-        out.append({"path": path, "size": size,
-                    "last_modified": None if modified is None else int(modified)})
+        out.append({"path": path, "given": str(f.get("path"))[:MAX_PART_LENGTH * MAX_PATH_DEPTH],
+                    "size": size, "last_modified": None if modified is None else int(modified)})
     return out
 
 
@@ -319,8 +320,9 @@ def upload_progress(paths: JobPaths) -> dict:
     else:
         for name, state in sorted(states.items()):
             got = contiguous(state)
-            files.append({"path": name, "size": state["total"], "last_modified": None,
-                          "received": got, "complete": got >= state["total"]})
+            files.append({"path": name, "given": name, "size": state["total"],
+                          "last_modified": None, "received": got,
+                          "complete": got >= state["total"]})
     return {
         "files": files,
         "total_bytes": sum(f["size"] for f in files) if manifest is not None else None,
