@@ -199,8 +199,8 @@ def voxel_size_status(attrs: Mapping) -> dict:
     bare = extra.get("voxel_size_from") is None and unit is None and scale in (None, [1.0] * 3)
     if source == "default" or "voxel_size_unknown" in codes or bare:
         return {"state": "unknown", "source": "default", "assumed": ["voxel_size"],
-                "message": "The voxel size is unknown: sizes, volumes and meshes are in voxels. "
-                           "Set it to measure in physical units."}
+                "message": "Sizes, volumes and meshes are in voxels. Set the voxel size to "
+                           "measure in physical units."}
     if unit is None or unit not in LENGTH_UNITS:
         assumed.add("unit")
     if assumed:

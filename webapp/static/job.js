@@ -62,7 +62,8 @@
     $("retry-hint").textContent = failed && !job.retry_helps ? (st.phase === "convert"
       ? "Retrying cannot help: the files cannot be converted as they are. Fix them and upload them again as a new job."
       : "Retrying cannot help with this error: change what it names (annotations, model, input) and start the step again.") : "";
-    const warnings = job.warnings || [];
+    // the voxel size's own warning sits with the image (and its form)
+    const warnings = (job.warnings || []).filter((w) => w.code !== "voxel_size_unknown");
     $("job-warnings").hidden = !warnings.length;
     $("job-warnings-list").replaceChildren(...warnings.map((w) => el("li", { dataset: { code: w.code } }, w.message)));
     $("history").replaceChildren(...(job.history || []).slice().reverse().map((h) =>

@@ -43,7 +43,7 @@ def run(ctx: JobContext) -> dict:
     formats = tuple(request.get("formats") or ("stl",))
     segs = SegmentationRegistry(ctx.paths)
     workdir = segs.mesh_workdir(seg_id)
-    ctx.message(f"meshing segmentation {seg_id}")
+    ctx.message(f"meshing {segs.name(seg_id)}")
     try:
         summary = mesh(labels, workdir, chunk_size=ctx.settings.chunk_size, formats=formats,
                        simplify=request.get("simplify"), executor=executor(ctx.settings),
@@ -61,4 +61,5 @@ def run(ctx: JobContext) -> dict:
         "formats": list(formats), "files": files,
         "summary": jsonable(summary) if isinstance(summary, dict) else None})
     n = sum(1 for f in files if not f.endswith(".csv"))
-    return {"status": Status.MESHED.value, "message": f"{n} mesh file(s) written for {seg_id}"}
+    return {"status": Status.MESHED.value,
+            "message": f"{n} mesh file(s) written for {segs.name(seg_id)}"}

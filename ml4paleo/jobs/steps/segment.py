@@ -71,7 +71,7 @@ def run(ctx: JobContext) -> dict:
         model_id, model = _existing(ctx, models, request)
     if not do_segment:
         return {"status": Status.TRAINED.value, "model_id": model_id,
-                "message": f"model {model_id} trained"}
+                "message": f"{models.name(model_id)} trained"}
 
     segment = library("ml4paleo.segmentation", "segment", "segmentation")
     ctx.set_status(Status.SEGMENTING, "segmenting the whole image")
@@ -90,4 +90,4 @@ def run(ctx: JobContext) -> dict:
     ctx.check()
     segs.write_meta(seg_id, model_id=model_id, cleanup=cleanup)
     record_segmentation(ctx.owned_update, seg_id)
-    return {"status": Status.SEGMENTED.value, "message": f"segmentation {seg_id} finished"}
+    return {"status": Status.SEGMENTED.value, "message": f"{segs.name(seg_id)} finished"}
