@@ -84,7 +84,7 @@ def clone(tmp_path_factory):
         pytest.fail("pdftoppm is missing: apt-get install poppler-utils (scripts/test.sh does)")
     root = tmp_path_factory.mktemp("fresh") / "ml4paleo"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(root)], check=True)
-    (root / ".venv").symlink_to(Path(sys.executable).resolve().parents[1])
+    (root / ".venv").symlink_to(Path(sys.prefix))  # the venv running the tests
     (root / "webapp" / "static" / "vendor").symlink_to(vendor)
     port = _free_port()
     log = root.parent / "start.log"
