@@ -326,7 +326,7 @@ def test_readme_quick_start_whole_path(page_of, clone, tmp_path):
     assert seg["cleanup"] == {"min_size": 30, "fill_holes": False}
     assert seg["name"].startswith("Segmentation 1 · background/structure/tooth · ")
     assert seg["unit"] == "micrometer" and seg["voxel_size"] == list(VOXEL)
-    page.wait_for_selector("#seg-select option:checked")
+    page.wait_for_selector("#seg-select option:checked", state="attached")
     assert page.text_content("#seg-select option:checked") == seg["name"]
     page.wait_for_timeout(1500)
     shot(page, "readme-08-segmentation-in-viewer")

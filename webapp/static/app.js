@@ -174,7 +174,7 @@
       apiJSON(`/api/models?exclude_job=${encodeURIComponent(jobId)}`).then((d) => d.models || []).catch(() => []),
     ]);
     const keep = sel.value;
-    const items = [el("option", { value: "train" }, opts.annotated === false ? "Train a new model (annotate first)" : "Train a new model on the annotations")];
+    const items = [el("option", { value: "train" }, "Train a new model on the annotations")];
     if (mine.length) {
       items.push(el("optgroup", { label: "This job's models" }, ...mine.slice().reverse().map((m) =>
         el("option", { value: `own:${m.id}` }, m.name + (m.chosen ? " (chosen)" : "")))));
