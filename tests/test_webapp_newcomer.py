@@ -67,7 +67,7 @@ def test_relative_data_folder_serves_previews_and_reports(tmp_path, monkeypatch)
         elif url.endswith(".pdf"):
             assert r.data[:5] == b"%PDF-"
         else:
-            assert b"Skull 42" in r.data
+            assert b"Skull 42" in r.data and "Segmentation 1".encode() in r.data
 
 
 def test_settings_data_dir_absolute_everywhere(tmp_path, monkeypatch):
