@@ -265,12 +265,13 @@
     if (!infoCell.isConnected) return;
     const unit = ` ${unitLabel(info)}`;
     const pos = cursor.map((c, i) => +(c * info.voxel_size[i]).toPrecision(5));
-    infoCell.replaceChildren(
+    infoCell.replaceChildren(...[
       el("h3", {}, "Crosshair"),
       el("dl", { class: "meta" },
         ...["z", "y", "x"].flatMap((n, i) => [el("dt", {}, n), el("dd", {}, `slice ${cursor[i] + 1} / ${info.shape[i]} · ${pos[i]}${unit}`)])),
       el("p", { class: "small" }, "Click a plane to move the other two planes there."),
-      segInfo ? el("p", { class: "small" }, `Overlay: ${segInfo.name || seg} at ${Math.round(opacity * 100)}% opacity`) : null);
+      segInfo ? el("p", { class: "small" }, `Overlay: ${segInfo.name || seg} at ${Math.round(opacity * 100)}% opacity`) : null,
+    ].filter(Boolean));
   }
 
   let drawQueued = false;
