@@ -67,7 +67,7 @@ def test_relative_data_folder_serves_previews_and_reports(tmp_path, monkeypatch)
         elif url.endswith(".pdf"):
             assert r.data[:5] == b"%PDF-"
         else:
-            assert b"Skull 42" in r.data and "Segmentation 1".encode() in r.data
+            assert b"Skull 42" in r.data and b"Segmentation 1" in r.data
 
 
 def test_settings_data_dir_absolute_everywhere(tmp_path, monkeypatch):
@@ -349,3 +349,21 @@ def test_unfinished_uploads_are_listed_and_resume_from_the_server_ranges(client,
 
     for bad in ([], [{"path": "../x", "size": -1}], [{"path": "a", "size": 1}] * 2, "x"):
         assert client.post("/api/job/new", json={"files": bad}).status_code == 400, bad
+
+
+def test_cli_set_voxel_size(tmp_path):
+    from click.testing import CliRunner
+
+    from ml4paleo.cli import main
+    from ml4paleo.formats import open_image
+
+    _make_image(tmp_path / "scan.ome.zarr", _volume()[0], voxel_size=(1, 1, 1), unit=None)
+    r = CliRunner().invoke(main, ["set-voxel-size", str(tmp_path / "scan.ome.zarr"),
+                                  "--voxel-size", "20", "10", "10", "--unit", "um"])
+    assert r.exit_code == 0, r.output
+    assert "20 x 10 x 10 micrometer" in r.output
+    img = open_image(tmp_path / "scan.ome.zarr")
+    assert img.voxel_size == (20.0, 10.0, 10.0) and img.unit == "micrometer"
+    r = CliRunner().invoke(main, ["set-voxel-size", str(tmp_path / "scan.ome.zarr"),
+                                  "--voxel-size", "1", "1", "1", "--unit", "furlong"])
+    assert r.exit_code == 1 and "length unit" in r.output
