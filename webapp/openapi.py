@@ -21,7 +21,8 @@ import re
 from flask import Blueprint, current_app, jsonify
 
 from ml4paleo.jobs.index import SORTABLE
-from ml4paleo.jobs.store import MAX_NAME_LENGTH, SOURCE_TYPES
+from ml4paleo.jobs.store import SOURCE_TYPES
+from ml4paleo.workspace.names import MAX_NAME_LENGTH
 
 bp = Blueprint("openapi", __name__)
 
