@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -49,3 +50,150 @@ def test_measure_is_a_notebook_verb():
     assert "measure" in ml4paleo.__all__
     m = ml4paleo.measure(_plate(), voxel_size=1.0, measures="thickness")
     assert m.by_value(1)["thickness"]["max"] == pytest.approx(THICK)
+
+
+# ------------------------------------------------------------------ a job with a segmentation
+VS = (0.5, 0.5, 0.5)
+ORIGIN_XYZ = (10.0, 20.0, 30.0)
+SPHERES = [((20, 12, 12), 4), ((20, 28, 14), 4), ((22, 20, 30), 5)]  # (z, y, x), radius voxels
+
+
+def _two_class() -> np.ndarray:
+    """Class 1 'bone': a plate THICK voxels thick; class 2 'grain': three balls."""
+    vol = _plate(z0=2)
+    z, y, x = np.mgrid[0:vol.shape[0], 0:vol.shape[1], 0:vol.shape[2]]
+    for (cz, cy, cx), r in SPHERES:
+        vol[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= r * r] = 2
+    return vol
+
+
+def _segmented_job(store, labels: np.ndarray) -> tuple[str, str]:
+    """A converted job (image in a world with an origin) and one finished segmentation."""
+    from ml4paleo.formats import add_labels, build_pyramid, create_image
+    from ml4paleo.workspace import SegmentationRegistry
+    from ml4paleo.workspace.segmentations import record_segmentation
+    from ml4paleo.world import WorldTransform
+
+    job_id = store.create("plates & grains", "npy")["id"]
+    paths = store.paths(job_id)
+    affine = np.diag([*VS[::-1], 1.0])
+    affine[:3, 3] = ORIGIN_XYZ
+    world = WorldTransform(affine, unit="millimeter")
+    image = create_image(paths.image, labels.shape, np.uint16, chunks=16, world=world)
+    image.array[:] = labels.astype(np.uint16) * 1000
+    build_pyramid(image)
+    seg_id = SegmentationRegistry(paths).create()
+    lab = add_labels(paths.image, seg_id, classes=["background", "bone", "grain"], chunks=16)
+    lab.array[:] = labels
+    build_pyramid(lab)
+    store.update(job_id, lambda r: r.update(status="converted"))
+    record_segmentation(lambda fn: store.update(job_id, fn), seg_id)
+    return job_id, seg_id
+
+
+def _check_outputs(paths, seg_id, rec):
+    """What a measure run of _two_class must have written."""
+    from ml4paleo.formats import open_image
+
+    files = paths.segmentation_files(seg_id)
+    summary = json.loads(files.morphometry_summary.read_text())
+    bone, grain = summary["classes"]
+    assert (bone["name"], grain["name"]) == ("bone", "grain")
+    assert summary["unit"] == "millimeter"
+    assert bone["thickness"]["max"] == pytest.approx(THICK * 0.5)
+    assert abs(bone["thickness"]["mean"] - THICK * 0.5) <= 0.5
+    assert grain["thickness"]["max"] == pytest.approx(2 * 5 * 0.5, abs=0.5)
+    table = list(csv.DictReader(files.morphometry_table.open()))
+    assert [r["name"] for r in table] == ["bone", "grain"] and table[0]["unit"] == "millimeter"
+    assert float(table[0]["bv"]) == pytest.approx(THICK * 32 * 32 * 0.125)
+    objects = list(csv.DictReader(files.morphometry_objects.open()))
+    assert [r["class_name"] for r in objects].count("grain") == len(SPHERES)
+    assert [r["class_name"] for r in objects].count("bone") == 1
+    # centroids in the scan's world: index * 0.5 + origin
+    bone_row = next(r for r in objects if r["class_name"] == "bone")
+    assert float(bone_row["centroid_z"]) == pytest.approx(ORIGIN_XYZ[2] + (2 + 2.5) * 0.5)
+    tmap = open_image(files.thickness_map)
+    assert tmap.world.allclose(open_image(paths.labels(seg_id)).world)
+    assert tmap.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][1][
+        "translation"] == [ORIGIN_XYZ[2], ORIGIN_XYZ[1], ORIGIN_XYZ[0]]
+    values = np.asarray(tmap.array[:])
+    labels = np.asarray(open_image(paths.labels(seg_id)).array[:])
+    assert values[labels == 0].max() == 0 and values[labels == 1].max() == pytest.approx(3.0)
+    assert rec["morphometry"][seg_id]["table"][0]["name"] == "bone"
+    assert rec["morphometry"][seg_id]["objects"] == len(SPHERES) + 1
+    assert not [p for p in paths.segmentation(seg_id).iterdir() if p.name.startswith(".")]
+
+
+def test_measure_step_runs_in_the_measure_runner_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ml4paleo.jobs import JobStore
+
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    store = JobStore(data)
+    job_id, seg_id = _segmented_job(store, _two_class())
+    with pytest.raises(ValueError, match="measures: unknown measure"):
+        store.request_measure(job_id, measures=["volume"])
+    rec = store.request_measure(job_id, max_thickness=8.0)
+    assert rec["status"] == "measuring_queued" and rec["request"]["kind"] == "measure"
+    run = subprocess.run(
+        [sys.executable, str(repo / "measurerunner.py"), "--data", str(data), "--once",
+         "--poll-interval", "0.05"], cwd=repo, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(repo), "ML4PALEO_WORKERS": "1",
+             "ML4PALEO_CHUNK_SIZE": "16"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "measure runner: 1 job(s) processed" in run.stdout
+    rec = store.get(job_id)
+    assert rec["status"] == "measured", rec.get("error")
+    assert rec["progress"] == 1.0
+    _check_outputs(store.paths(job_id), seg_id, rec)
+    # a measured job can still be meshed, and measured again
+    assert store.request_mesh(job_id)["status"] == "meshing_queued"
+
+
+def test_measure_step_progress_and_bad_box_fail_cleanly(tmp_path):
+    from ml4paleo.config import Settings
+    from ml4paleo.jobs import JobStore
+    from ml4paleo.jobs.runner import run_runner
+
+    data = tmp_path / "data"
+    store = JobStore(data)
+    job_id, seg_id = _segmented_job(store, _two_class())
+    settings = Settings(data_dir=data, poll_interval=0.05, workers=1, chunk_size=16,
+                        lease_seconds=0.3)
+    store.request_measure(job_id, roi_box=[[0, 99], [0, 8], [0, 8]])
+    run_runner("measure", settings, once=True)
+    rec = store.get(job_id)
+    assert rec["status"] == "measure_error" and "roi_box" in rec["error"]
+    assert not store.paths(job_id).morphometry(seg_id).exists()
+    # live percentage: the record's progress moves while the step runs
+    from ml4paleo.jobs.steps import measure as measure_step
+
+    progress: list[float] = []
+
+    class Ctx:
+        def __init__(self):
+            self.record = store.get(job_id)
+            self.record["request"] = {"kind": "measure", "segmentation_id": seg_id,
+                                      "measures": ["fractions", "thickness"]}
+            self.job_id, self.paths, self.settings = job_id, store.paths(job_id), settings
+
+        def progress(self, done, total):
+            progress.append(done / total)
+
+        def message(self, text): ...
+        def set_range(self, lo, hi): ...
+        def check(self): ...
+
+        def owned_update(self, fn):
+            return store.update(job_id, fn)
+
+    out = measure_step.run(Ctx())
+    assert out["status"] == "measured"
+    assert progress == sorted(progress) and progress[-1] == 1.0 and len(set(progress)) > 3
+    summary = json.loads(store.paths(job_id).segmentation_files(seg_id)
+                         .morphometry_summary.read_text())
+    assert summary["measures"] == ["fractions", "thickness"] and summary["objects_csv"] is None

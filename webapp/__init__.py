@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # blueprint modules, each exposing ``bp``
 _BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "openapi", "annotate",
-               "reports")
+               "reports", "measure")
 
 CSRF_COOKIE = "ml4paleo_csrf"
 CSRF_HEADER = "X-CSRF-Token"

@@ -26,6 +26,8 @@ _TILE = [
 QUERY_PARAMETERS: dict[str, list[tuple[str, str, str]]] = {
     "data_api.image_slice": [*_TILE, ("window", "string", "'low,high' intensity window")],
     "data_api.segmentation_slice": _TILE,
+    "data_api.thickness_slice": _TILE,
+    "measure.measure_results": [("segmentation_id", "string", "default: the current one")],
     "catalogue.list_jobs": [
         ("q", "string", "substring of name or id"),
         ("name", "string", "substring of the name"),
@@ -52,6 +54,8 @@ _ZIP = ("application/zip",)
 #: endpoint -> media types of its success answer when it is not JSON (API) / HTML (pages)
 MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "data_api.image_slice": _PNG, "data_api.segmentation_slice": _PNG,
+    "data_api.thickness_slice": _PNG,
+    "measure.measure_file": ("application/json", "text/csv"),
     "annotate.predict_png": _PNG, "annotate.gallery_thumbnail": _PNG,
     "annotate.legacy_next_image": _PNG,
     "annotate.slice_data": ("image/png", "application/octet-stream"),

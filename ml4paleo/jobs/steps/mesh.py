@@ -18,7 +18,7 @@ KIND = "mesh"
 log = logging.getLogger(__name__)
 
 
-def _with_world(ctx: JobContext, path, labels):
+def labels_with_world(ctx: JobContext, path, labels):
     """Labels of an older version (no world of their own) get the image's world and classes
     in their metadata first, so their meshes land on the scan too."""
     if ZARR_WORLD_KEY in (labels.attrs.get("ml4paleo") or {}) or not ctx.paths.image.exists():
@@ -42,7 +42,7 @@ def run(ctx: JobContext) -> dict:
     labels_path = ctx.paths.labels(seg_id)
     if not labels_path.exists():
         raise StepError(f"{labels_path}: the segmentation's labels are missing")
-    labels = _with_world(ctx, labels_path, open_image(labels_path))
+    labels = labels_with_world(ctx, labels_path, open_image(labels_path))
     formats = tuple(request.get("formats") or ("stl",))
     segs = SegmentationRegistry(ctx.paths)
     workdir = segs.mesh_workdir(seg_id)
