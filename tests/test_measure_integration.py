@@ -86,8 +86,8 @@ def _segmented_job(store, labels: np.ndarray) -> tuple[str, str]:
     lab = add_labels(paths.image, seg_id, classes=["background", "bone", "grain"], chunks=16)
     lab.array[:] = labels
     build_pyramid(lab)
-    store.update(job_id, lambda r: r.update(status="converted"))
     record_segmentation(lambda fn: store.update(job_id, fn), seg_id)
+    store.update(job_id, lambda r: r.update(status="segmented"))  # as the segment runner leaves it
     return job_id, seg_id
 
 
@@ -197,3 +197,90 @@ def test_measure_step_progress_and_bad_box_fail_cleanly(tmp_path):
     summary = json.loads(store.paths(job_id).segmentation_files(seg_id)
                          .morphometry_summary.read_text())
     assert summary["measures"] == ["fractions", "thickness"] and summary["objects_csv"] is None
+
+
+# ------------------------------------------------------------------ HTTP routes
+@pytest.fixture
+def app(tmp_path):
+    from webapp import create_app
+
+    app = create_app(data_dir=tmp_path / "data")
+    app.config["TESTING"] = True
+    return app
+
+
+def test_measure_routes_queue_report_download_and_overlay(app, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from ml4paleo.config import Settings
+    from ml4paleo.jobs.runner import run_runner
+
+    client = app.test_client()
+    store = app.extensions["ml4paleo_store"]
+    job_id, seg_id = _segmented_job(store, _two_class())
+    base = f"/api/job/{job_id}/measure"
+    # not measured yet
+    r = client.get(base)
+    assert r.status_code == 404 and "not measured" in r.get_json()["error"]
+    # bad requests are JSON 4xx naming the field, nothing queued
+    for body, code, words in [
+        ({"measures": ["volume"]}, 400, "measures"),
+        ({"max_thickness": -2}, 400, "max_thickness"),
+        ({"roi_box": [[0, 4]]}, 400, "roi_box"),
+        ({"colour": "red"}, 400, "colour"),
+        ({"segmentation_id": "nope"}, 409, "nope"),
+        ([1, 2], 400, "JSON object"),
+    ]:
+        r = client.post(base, json=body)
+        assert r.status_code == code and words in r.get_json()["error"], (body, r.get_json())
+    assert store.get(job_id)["status"] == "segmented"
+    r = client.post(base, json={"max_thickness": 8, "measures": ["fractions", "thickness",
+                                                                  "objects", "connectivity"]})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["job_status"] == "measuring_queued"
+    assert r.get_json()["state"]["phase"] == "measure"
+    assert client.post(base, json={}).status_code == 409  # busy: already queued
+    run_runner("measure", Settings(data_dir=tmp_path / "data", poll_interval=0.05, workers=1,
+                                   chunk_size=16), once=True)
+    assert store.get(job_id)["status"] == "measured", store.get(job_id).get("error")
+    res = client.get(base).get_json()
+    assert [row["name"] for row in res["table"]] == ["bone", "grain"]
+    assert res["table"][0]["thickness_max"] == pytest.approx(3.0)
+    assert res["column_units"]["bv"] == "millimeter^3" and res["unit"] == "millimeter"
+    assert res["objects"] == len(SPHERES) + 1 and len(res["object_volumes"]["2"]) == len(SPHERES)
+    assert sum(res["histograms"]["1"]["thickness"]["counts"]) == THICK * 32 * 32
+    assert res["legend"]["max"] == 8.0 and res["legend"]["colors"][0].startswith("#")
+    assert set(res["files"]) == {"morphometry.json", "morphometry.csv", "objects.csv"}
+    # downloads
+    table = client.get(res["files"]["morphometry.csv"])
+    assert table.status_code == 200 and table.mimetype == "text/csv"
+    assert table.data.decode().splitlines()[1].startswith("1,bone,")
+    objects = client.get(res["files"]["objects.csv"]).data.decode()
+    assert objects.count("grain") == len(SPHERES)
+    assert client.get(f"{base}/{seg_id}/job.json").status_code == 404
+    assert client.get(f"{base}/nope/objects.csv").status_code == 404
+    # the overlay: transparent outside the classes, the scale's colour inside
+    r = client.get(res["thickness_slice"] + "?axis=z&index=4&level=0")
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    rgba = np.asarray(Image.open(io.BytesIO(r.data)))
+    labels = _two_class()[4]
+    assert rgba.shape == (*labels.shape, 4)
+    assert (rgba[..., 3][labels == 0] == 0).all() and (rgba[..., 3][labels == 1] == 255).all()
+    from ml4paleo.morphometry.colours import colorize
+
+    # the middle of the 3 mm plate shows the colour of 3 mm on the 0..8 scale
+    assert rgba[20, 20].tolist() == colorize(np.array([3.0]), 8.0)[0].tolist()
+    tile = client.get(res["thickness_slice"] + "?axis=y&index=20&level=0&tile=1,2&tile_size=16")
+    assert tile.status_code == 200
+    tile_rgba = np.asarray(Image.open(io.BytesIO(tile.data)))
+    assert tile_rgba.shape == (16, 8, 4)  # the last tile of a 32 x 40 plane
+    np.testing.assert_array_equal(tile_rgba[..., 3] > 0, _two_class()[16:32, 20, 32:40] > 0)
+    bad = client.get(res["thickness_slice"] + "?axis=q")
+    assert bad.status_code == 400 and "axis" in bad.get_json()["error"]
+    # the OpenAPI document lists the new routes
+    spec = client.get("/api/openapi.json").get_json()
+    assert "post" in spec["paths"]["/api/job/{job_id}/measure"]
+    assert "get" in spec["paths"]["/api/job/{job_id}/measure"]
+    assert "/api/job/{job_id}/segmentation/{seg_id}/thickness/slice" in spec["paths"]

@@ -48,10 +48,10 @@ def start_measure(job_id: str):
     try:
         record = store().request_measure(job_id, segmentation_id=seg,
                                          **{k: body[k] for k in _OPTIONS if k in body})
+    except InvalidTransition as exc:  # (a ValueError too: caught first)
+        abort(409, str(exc))
     except ValueError as exc:
         abort(400, str(exc))
-    except InvalidTransition as exc:
-        abort(409, str(exc))
     status = getattr(record.get("status"), "value", record.get("status"))
     return jsonify(with_state({"status": "success", "job_id": record.get("id"),
                                "job_status": status, "request": record.get("request")}, status))
