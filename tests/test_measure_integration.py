@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +285,46 @@ def test_measure_routes_queue_report_download_and_overlay(app, tmp_path):
     assert "post" in spec["paths"]["/api/job/{job_id}/measure"]
     assert "get" in spec["paths"]["/api/job/{job_id}/measure"]
     assert "/api/job/{job_id}/segmentation/{seg_id}/thickness/slice" in spec["paths"]
+
+
+# ------------------------------------------------------------------ report
+def test_report_has_a_morphometry_section(tmp_path):
+    import re
+
+    from ml4paleo.config import Settings
+    from ml4paleo.jobs import JobStore
+    from ml4paleo.jobs.runner import run_runner
+    from ml4paleo.report import build_report, collect
+    from ml4paleo.report_morphometry import render_histograms, table_cells
+
+    data = tmp_path / "data"
+    store = JobStore(data)
+    job_id, seg_id = _segmented_job(store, _two_class())
+    before = collect(store.job_dir(job_id))
+    assert before.morphometry is None
+    store.request_measure(job_id, max_thickness=8.0)
+    run_runner("measure", Settings(data_dir=data, poll_interval=0.05, workers=1, chunk_size=16),
+               once=True)
+    assert store.get(job_id)["status"] == "measured"
+    report = collect(store.job_dir(job_id))
+    header, rows = table_cells(report.morphometry, report.unit_symbol)
+    assert header[:3] == ["class", "BV/TV", "BS/TV (mm⁻¹)"] and header[3] == "Th mean (mm)"
+    assert [r[0] for r in rows] == ["bone", "grain"]
+    assert rows[0][5] == "3"  # Th max of the 6-voxel (3 mm) plate
+    assert rows[1][-1] == str(len(SPHERES))
+    hist = render_histograms(report.morphometry, "mm", {1: "#ff0000", 2: "#00ff00"})
+    assert hist[:8] == b"\x89PNG\r\n\x1a\n"
+    out = build_report(store.job_dir(job_id), tmp_path / "rep", formats=("html", "pdf"))
+    page = out["html"].read_text()
+    section = page[page.index('<h2 id="morphometry">'):page.index("<h2>Model</h2>")]
+    assert "bone" in section and "grain" in section and "Th max (mm)" in section
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', section)
+    assert images == ["thickness and object size histograms", "thickness-coloured planes"]
+    assert out["pdf"].read_bytes()[:5] == b"%PDF-" and out["pdf"].stat().st_size > 20_000
+    if os.environ.get("ML4PALEO_TEST_ARTIFACTS"):
+        import base64
+
+        folder = Path(os.environ["ML4PALEO_TEST_ARTIFACTS"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, b64 in enumerate(re.findall(r'base64,([A-Za-z0-9+/=]+)"', section)):
+            (folder / f"morphometry-{i}.png").write_bytes(base64.b64decode(b64))
