@@ -22,6 +22,7 @@
       train: models,
       segment: segs.some((s) => s.labels),
       mesh: segs.some((s) => s.meshes.length),
+      measure: segs.some((s) => s.morphometry),
     };
     // a failed segment stage failed in training when no model exists yet
     const failed = st.failed ? (st.step === "segment" && !models ? "train" : st.step) : null;
@@ -81,6 +82,9 @@
     if (annotate && segs.length && !busy) {
       items.push(el("button", { class: "btn", id: "mesh-btn", onclick: () => post("mesh", "Meshing queued.", { formats: ["stl", "glb"] }) }, "Make meshes"));
     }
+    if (segs.length && !busy) {
+      items.push(el("button", { class: "btn", id: "measure-btn", onclick: () => post("measure", "Measuring queued.") }, "Measure"));
+    }
     if (busy) {
       items.push(el("button", { class: "btn", onclick: () => post("cancel", "Cancelled.") }, "Cancel"));
     }
@@ -91,10 +95,43 @@
       results.push(el("div", { class: "result" },
         el("b", {}, `Segmentation ${s.id}`),
         el("div", { class: "muted small" }, [s.labels ? `labels ${fmtBytes(s.labels_bytes)}` : "labels pending",
-          meshSummary(s.meshes), classes].filter(Boolean).join(" · "))));
+          meshSummary(s.meshes), s.morphometry ? "measured" : "", classes].filter(Boolean).join(" · "))));
     }
     if (image) results.unshift(el("div", {}, el("b", {}, "Image"), el("div", { class: "muted small" }, `OME-Zarr, ${fmtBytes(avail.image.bytes)}`)));
     if (results.length) $("results").replaceChildren(...results);
+  }
+
+  // The morphometry table of the newest measured segmentation (GET /api/job/<id>/measure).
+  const COLUMNS = [
+    ["bv_tv", "BV/TV"], ["bs_tv", "BS/TV"], ["thickness_mean", "Th mean"], ["thickness_sd", "Th SD"],
+    ["thickness_max", "Th max"], ["spacing_mean", "Sp mean"], ["connectivity_density", "Conn.D"],
+    ["degree_of_anisotropy", "DA"], ["objects", "objects"],
+  ];
+  let shownMorphometry = null;
+  function num(v) { return v === null || v === undefined ? "–" : typeof v === "number" ? String(+v.toPrecision(4)) : String(v); }
+  async function renderMorphometry(job) {
+    const segs = ((job.available || {}).segmentations || []).filter((s) => s.morphometry);
+    if (!segs.length) { $("morphometry-card").hidden = true; return; }
+    const seg = segs.some((s) => s.id === job.segmentation_id) ? job.segmentation_id : segs[segs.length - 1].id;
+    const stamp = `${seg}/${((job.morphometry || {})[seg] || {}).created_at || ""}`;
+    if (stamp === shownMorphometry) return;
+    let res;
+    try {
+      res = await apiJSON(`${base}/measure?segmentation_id=${encodeURIComponent(seg)}`);
+    } catch (err) { if (err.status !== 404) toast(`Morphometry: ${err.message}`, true); return; }
+    shownMorphometry = stamp;
+    const units = res.column_units || {};
+    const head = el("tr", {}, el("th", {}, "class"), ...COLUMNS.map(([k, name]) =>
+      el("th", {}, units[k] ? `${name} (${units[k]})` : name)));
+    const rows = (res.table || []).map((r) => el("tr", { dataset: { value: r.value } }, el("td", {}, r.name),
+      ...COLUMNS.map(([k]) => el("td", { class: "num" }, num(r[k])))));
+    $("morphometry-table").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+    $("morphometry-note").textContent = `Segmentation ${seg} · measured ${fmtDate(res.created_at)}` +
+      (res.max_thickness ? ` · thickness up to ${num(res.max_thickness)} ${res.unit || "voxel"}${res.clipped ? " (reached by some thickness or spacing: those are under-reported)" : ""}` : "");
+    $("morphometry-files").replaceChildren(
+      ...(res.thickness_map ? [link(`/job/${encodeURIComponent(jobId)}/viewer?seg=${encodeURIComponent(seg)}&thickness=1`, "Thickness map")] : []),
+      ...Object.entries(res.files || {}).map(([name, href]) => link(href, name)));
+    $("morphometry-card").hidden = false;
   }
 
   function dl(rows) {
@@ -127,7 +164,7 @@
     clearTimeout(timer);
     try {
       const job = await apiJSON(base);
-      renderStatus(job); renderPipeline(job); renderActions(job);
+      renderStatus(job); renderPipeline(job); renderActions(job); renderMorphometry(job);
       if (!imageShown && job.available && job.available.image.exists) await renderImage();
       lastState = job.state;
     } catch (err) {
