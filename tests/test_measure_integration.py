@@ -328,3 +328,59 @@ def test_report_has_a_morphometry_section(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         for i, b64 in enumerate(re.findall(r'base64,([A-Za-z0-9+/=]+)"', section)):
             (folder / f"morphometry-{i}.png").write_bytes(base64.b64decode(b64))
+
+
+# ------------------------------------------------------------------ meshes coloured by thickness
+def test_meshes_are_coloured_by_thickness(tmp_path):
+    import struct
+
+    import trimesh
+
+    from ml4paleo.config import Settings
+    from ml4paleo.jobs import JobStore
+    from ml4paleo.jobs.runner import run_runner
+    from ml4paleo.morphometry.colours import colorize
+
+    data = tmp_path / "data"
+    store = JobStore(data)
+    job_id, seg_id = _segmented_job(store, _two_class())
+    settings = Settings(data_dir=data, poll_interval=0.05, workers=1, chunk_size=16)
+    store.request_mesh(job_id, formats=["ply", "stl"])
+    run_runner("mesh", settings, once=True)
+    assert store.get(job_id)["status"] == "meshed", store.get(job_id).get("error")
+    store.request_measure(job_id, max_thickness=8.0)
+    run_runner("measure", settings, once=True)
+    rec = store.get(job_id)
+    assert rec["status"] == "measured", rec.get("error")
+    folder = store.paths(job_id).segmentation_files(seg_id).thickness_meshes
+    assert sorted(p.name for p in folder.iterdir()) == ["1.glb", "1.ply", "2.glb", "2.ply"]
+    assert "meshes" in rec["morphometry"][seg_id]["files"]
+    plate = trimesh.load(folder / "1.ply", process=False)
+    source = trimesh.load(store.paths(job_id).meshes(seg_id) / "1.ply", process=False)
+    np.testing.assert_allclose(plate.vertices.min(axis=0), source.vertices.min(axis=0))
+    colours = np.asarray(plate.visual.vertex_colors)[:, :3]
+    expect = colorize(np.array([3.0]), 8.0)[0, :3]  # the 3 mm plate on the 0..8 mm scale
+    assert np.mean(np.all(colours == expect, axis=1)) > 0.9
+    grains = trimesh.load(folder / "2.ply", process=False)
+    g = np.asarray(grains.visual.vertex_colors)[:, :3]
+    assert np.mean(np.all(g == expect, axis=1)) < 0.1  # the grains are thicker: other colours
+    # GLB: COLOR_0 on the primitive, as many colours as positions
+    raw = (folder / "1.glb").read_bytes()
+    length = struct.unpack("<I", raw[12:16])[0]
+    gltf = json.loads(raw[20:20 + length])
+    prim = gltf["meshes"][0]["primitives"][0]
+    assert gltf["accessors"][prim["attributes"]["COLOR_0"]]["count"] == \
+        gltf["accessors"][prim["attributes"]["POSITION"]]["count"] == len(plate.vertices)
+    glb = trimesh.load(folder / "1.glb", force="mesh", process=False)
+    np.testing.assert_array_equal(np.asarray(glb.visual.vertex_colors)[:, :3], colours)
+    # served to the 3D view
+    from webapp import create_app
+
+    app = create_app(data_dir=data)
+    client = app.test_client()
+    res = client.get(f"/api/job/{job_id}/measure").get_json()
+    assert [m["file"] for m in res["meshes"]] == ["1.glb", "1.ply", "2.glb", "2.ply"]
+    r = client.get(res["meshes"][1]["url"])
+    assert r.status_code == 200 and r.data == (folder / "1.ply").read_bytes()
+    assert client.get(f"/api/job/{job_id}/measure/{seg_id}/meshes/3.ply").status_code == 404
+    assert client.get(f"/api/job/{job_id}/measure/{seg_id}/meshes/..%2F1.ply").status_code == 404

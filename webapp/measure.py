@@ -112,7 +112,27 @@ def measure_results(job_id: str):
     }
     if answer["thickness_map"]:
         answer["thickness_slice"] = f"/api/job/{job_id}/segmentation/{seg}/thickness/slice"
+    answer["meshes"] = [
+        {"file": m.name, "label": m.stem, "format": m.suffix[1:], "url": f"{base}/meshes/{m.name}"}
+        for m in sorted(files.thickness_meshes.glob("*"))
+        if m.is_file() and m.suffix in (".ply", ".glb") and m.stem.isdigit()
+    ] if files.thickness_meshes.is_dir() else []
     return jsonify(answer)
+
+
+@bp.get("/api/job/<job_id>/measure/<seg_id>/meshes/<filename>")
+def measure_mesh(job_id: str, seg_id: str, filename: str):
+    """A mesh coloured by local thickness (``<label>.ply`` or ``<label>.glb``)."""
+    get_job(job_id)
+    segmentation_dir(job_id, seg_id)
+    stem, _, ext = filename.rpartition(".")
+    if not stem.isdigit() or ext not in ("ply", "glb"):
+        abort(404, f"no thickness-coloured mesh {filename!r}")
+    path = job_paths(job_id).segmentation_files(seg_id).thickness_meshes / f"{int(stem)}.{ext}"
+    if not path.is_file():
+        abort(404, f"segmentation {seg_id!r} has no thickness-coloured mesh {filename!r}")
+    mimetype = "model/gltf-binary" if ext == "glb" else "application/octet-stream"
+    return send_file(path, mimetype=mimetype, conditional=True, max_age=60)
 
 
 @bp.get("/api/job/<job_id>/measure/<seg_id>/<filename>")

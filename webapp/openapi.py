@@ -56,6 +56,7 @@ MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "data_api.image_slice": _PNG, "data_api.segmentation_slice": _PNG,
     "data_api.thickness_slice": _PNG,
     "measure.measure_file": ("application/json", "text/csv"),
+    "measure.measure_mesh": ("model/gltf-binary", "application/octet-stream"),
     "annotate.predict_png": _PNG, "annotate.gallery_thumbnail": _PNG,
     "annotate.legacy_next_image": _PNG,
     "annotate.slice_data": ("image/png", "application/octet-stream"),

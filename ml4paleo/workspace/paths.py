@@ -155,6 +155,11 @@ class SegmentationPaths:
         return self.morphometry / "thickness.ome.zarr"
 
     @property
+    def thickness_meshes(self) -> Path:
+        """Folder of the meshes coloured by local thickness (``<label>.ply|glb``)."""
+        return self.morphometry / "meshes"
+
+    @property
     def class_files(self) -> tuple[Path, Path]:
         """A class list (``classes.json``) or model metadata (``meta.json``) copied beside
         the segmentation by older versions."""

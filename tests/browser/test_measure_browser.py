@@ -46,6 +46,12 @@ def _segmented(live_server) -> tuple[str, str]:
 @pytest.mark.timeout(240)
 def test_measure_from_the_job_page_then_the_thickness_overlay(page, live_server):
     job_id, seg_id = _segmented(live_server)
+    # meshes first (the mesh runner), so measuring also colours them by thickness
+    live_server.store.request_mesh(job_id, formats=["ply", "glb"])
+    deadline = time.monotonic() + 120
+    while str(live_server.store.get(job_id)["status"]) != "meshed":
+        assert time.monotonic() < deadline, live_server.log_tail()
+        time.sleep(0.3)
     page.goto(f"/job/{job_id}")
     page.wait_for_selector("#measure-btn")
     assert page.locator("#morphometry-card").is_hidden()
@@ -84,4 +90,28 @@ def test_measure_from_the_job_page_then_the_thickness_overlay(page, live_server)
     centre = page.eval_on_selector(
         z_plane, "(c) => Array.from(c.getContext('2d').getImageData(c.width/2, c.height/2, 1, 1).data)")
     assert centre[2] - centre[0] <= 30, centre  # the class colour again, not the map
+
+    # ---- 3D view: the meshes coloured by local thickness, with the legend
+    page.goto(f"/job/{job_id}/3d")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#mesh-stage').dataset.loaded) > 0", timeout=30_000)
+    page.wait_for_selector("#mesh-thickness:not([hidden])")
+    page.check("#mesh-thickness-show")
+    page.wait_for_function(
+        "() => document.querySelector('#mesh-stage').dataset.coloring === 'thickness'"
+        " && Number(document.querySelector('#mesh-stage').dataset.loaded) === 2", timeout=30_000)
+    page.wait_for_timeout(800)
+    assert page.locator("#mesh-thickness-legend").is_visible()
+    shot(page, "measure-03-3d-thickness")
+    bluish = page.evaluate("""() => {
+        const c = document.querySelector('#mesh-stage canvas');
+        const g = c.getContext('webgl2') || c.getContext('webgl');
+        const w = g.drawingBufferWidth, h = g.drawingBufferHeight;
+        const px = new Uint8Array(4 * w * h);
+        g.readPixels(0, 0, w, h, g.RGBA, g.UNSIGNED_BYTE, px);
+        let n = 0;
+        for (let i = 0; i < px.length; i += 4) if (px[i + 2] > px[i] + 25 && px[i + 2] > 60) n++;
+        return n / (w * h);
+    }""")
+    assert bluish > 0.01, f"thickness colours barely visible: {bluish:.4f}"
     assert not page.js_errors, page.js_errors

@@ -3,8 +3,9 @@
 Writes (names from :class:`~ml4paleo.workspace.paths.SegmentationPaths`) the summary
 JSON (every measure, objects, profiles, histograms), the per-class table CSV, the
 per-object CSV with class names, and the local-thickness map (an OME-Zarr image in the
-labels' world); the folder is swapped in whole, so a failed run leaves the previous one.
-The job record gets the table (``morphometry[seg_id]``) and live progress.
+labels' world) and, when the segmentation has meshes, those meshes again with vertex
+colours by thickness (PLY and GLB); the folder is swapped in whole, so a failed run
+leaves the previous one. The job record gets the table (``morphometry[seg_id]``) and live progress.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def _color_meshes(ctx: JobContext, files: Any, tmp: Any, labels_path: Any, result: Any) -> None:
+    """The segmentation's meshes again, coloured by the new thickness map (PLY + GLB)."""
+    color_meshes = library("ml4paleo.morphometry.mesh_colours", "color_meshes",
+                           "thickness-coloured meshes")
+    ctx.message("colouring the meshes by local thickness")
+    names = {int(c["value"]): c["name"] for c in result.classes}
+    written = color_meshes(files.meshes, tmp / files.thickness_map.name, labels_path,
+                           tmp / files.thickness_meshes.name, class_names=names)
+    log.info("job %s: %d thickness-coloured mesh file(s)", ctx.job_id, len(written))
 
 
 def run(ctx: JobContext) -> dict:
@@ -88,6 +100,8 @@ def run(ctx: JobContext) -> dict:
         atomic_write_json(tmp / files.morphometry_summary.name, summary)
         rows = class_table(summary)
         write_table_csv(rows, tmp / files.morphometry_table.name, unit=result.unit)
+        if result.thickness_map is not None and files.meshes.is_dir():
+            _color_meshes(ctx, files, tmp, labels_path, result)
     written = sorted(p.name for p in files.morphometry.iterdir())
     record_morphometry(ctx.owned_update, seg_id, {
         "created_at": summary["created_at"], "measures": summary["measures"],
