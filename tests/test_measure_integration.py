@@ -43,6 +43,8 @@ def test_ml4paleo_measure_is_a_command_with_a_progress_bar(tmp_path):
     assert plate["bv"] == pytest.approx(THICK * 32 * 32 * 0.125)
     rows = list(csv.DictReader((out / "objects.csv").open()))
     assert len(rows) == 1 and rows[0]["class_name"] == "class 1"
+    table = list(csv.DictReader((out / "morphometry.csv").open()))
+    assert table[0]["name"] == "class 1" and float(table[0]["thickness_max"]) == pytest.approx(3.0)
     assert int(rows[0]["voxel_count"]) == THICK * 32 * 32
     assert "measure" in cli_main.list_commands(None)
 
