@@ -8,7 +8,9 @@ One report per segmentation holds
 - slice montages of the image with the labels overlaid (evenly spaced slices through the
   labelled range, plus the three orthogonal central planes);
 - a 3D snapshot of the meshes (decimated, rendered with matplotlib's mplot3d);
-- the model's metrics and settings (its ``meta.json``).
+- the model's metrics and settings (its ``meta.json``);
+- when the segmentation was measured, a morphometry section (the table, histograms of
+  thickness and object size, a thickness-coloured snapshot: :mod:`ml4paleo.report_morphometry`).
 
 Slices are read one at a time from a pyramid level of at most ~512 pixels, and meshes
 are decimated before rendering, so a report of a 50 GB scan needs little memory.
@@ -40,6 +42,14 @@ import numpy as np
 from ml4paleo._fs import atomic_write
 from ml4paleo.classes import default_color
 from ml4paleo.jobs.store import load_record
+from ml4paleo.report_morphometry import (
+    MorphometrySection,
+    load_section,
+    render_histograms,
+    render_section_html,
+    render_thickness_snapshot,
+    table_cells,
+)
 from ml4paleo.workspace import (
     JobPaths,
     ModelRegistry,
@@ -89,6 +99,7 @@ class ReportData:
     #: what people call the segmentation and the model (``Segmentation 2 · ... · date``)
     segmentation_name: str | None = None
     model_name: str | None = None
+    morphometry: MorphometrySection | None = None
     created_at: str = field(
         default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     )
@@ -231,6 +242,7 @@ def collect(
         mesh_files=mesh_files,
         segmentation_name=seg_name,
         model_name=model_name,
+        morphometry=load_section(seg),
     )
 
 
@@ -640,7 +652,7 @@ def build_report(
     unknown = set(formats) - {"html", "pdf"}
     if unknown or not formats:
         raise ValueError(f"formats must be html and/or pdf, got {formats}")
-    total = 3 + len(formats)
+    total = 4 + len(formats)
     step = 0
 
     def advance() -> None:
@@ -655,6 +667,12 @@ def build_report(
     montage = render_montage(data, slices)
     advance()
     snapshot = render_meshes(data)
+    advance()
+    if data.morphometry is not None:
+        colors = {int(c["value"]): data.class_color(int(c["value"]))
+                  for c in data.morphometry.summary.get("classes") or []}
+        data.morphometry.histograms = render_histograms(data.morphometry, data.unit_symbol, colors)
+        data.morphometry.snapshot = render_thickness_snapshot(data.morphometry, data.unit_symbol)
     advance()
     out = Path(out)
     if out.suffix.lower() in (".html", ".pdf"):
@@ -699,6 +717,11 @@ def render_html(data: ReportData, montage: bytes, snapshot: bytes | None) -> str
         f'<img alt="3D view of the meshes" src="data:image/png;base64,{_b64(snapshot)}">'
         if snapshot else "<p>No meshes yet: run meshing to see the 3D view.</p>"
     )
+    morpho_html = ""
+    if data.morphometry is not None:
+        colors = {int(c["value"]): data.class_color(int(c["value"]))
+                  for c in data.morphometry.summary.get("classes") or []}
+        morpho_html = render_section_html(data.morphometry, data.unit_symbol, colors)
     facts = _facts(data)
     facts_html = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
     return f"""<!doctype html>
@@ -727,6 +750,7 @@ marching-cubes surface; components are face-connected objects.</p>
 <img alt="slice montage" src="data:image/png;base64,{_b64(montage)}">
 <h2>3D view</h2>
 {snapshot_html}
+{morpho_html}
 <h2>Model</h2>
 {model_html}
 </body></html>
@@ -825,6 +849,19 @@ def render_pdf(data: ReportData, montage: bytes, snapshot: bytes | None) -> byte
     story += [table, Spacer(1, 2 * mm), Paragraph(
         "Volume = voxel count × voxel volume; mesh volume and surface from the marching-cubes "
         "surface; components are face-connected objects.", small)]
+    if data.morphometry is not None:
+        m_header, m_rows = table_cells(data.morphometry, data.unit_symbol)
+        m_cells = [[Paragraph(f"<b>{esc(h)}</b>", small) for h in m_header]]
+        m_cells += [[Paragraph(esc(c), small) for c in row] for row in m_rows]
+        m_table = Table(m_cells, repeatRows=1, hAlign="LEFT",
+                        colWidths=[width * 0.12] + [width * 0.88 / (len(m_header) - 1)]
+                        * (len(m_header) - 1))
+        m_table.setStyle(TableStyle([("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                                     ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey)]))
+        story += [PageBreak(), Paragraph("Morphometry", styles["Heading2"]), m_table]
+        for png in (data.morphometry.histograms, data.morphometry.snapshot):
+            if png:
+                story += [Spacer(1, 3 * mm), image(png, (height - 40 * mm) / 2)]
     model = model_rows(data)
     story += [Spacer(1, 5 * mm), Paragraph("Model", styles["Heading2"])]
     story += [kv_table(model)] if model else [

@@ -534,6 +534,22 @@ class WorldTransform:
         kw.update(changes)
         return WorldTransform(tf(self._affine), **kw)
 
+    def cropped(self, start_zyx: Sequence[float]) -> WorldTransform:
+        """The transform of a sub-volume whose voxel ``(0, 0, 0)`` is ``start_zyx`` here.
+
+        Examples
+        --------
+        >>> w = WorldTransform.from_voxel_size((2.0, 1.0, 0.5))
+        >>> [float(v) for v in w.cropped((1, 2, 4)).origin]
+        [2.0, 2.0, 2.0]
+        """
+        start = [float(v) for v in start_zyx]
+        if len(start) != 3:
+            raise ValueError(f"start_zyx needs 3 numbers (z, y, x), got {start}")
+        shift = np.eye(4)
+        shift[:3, 3] = start[::-1]
+        return self._derive(right=shift)
+
     def for_level(self, level: int, downsample: str = "mean") -> WorldTransform:
         """The transform of pyramid level ``level`` (each level halves every axis).
 

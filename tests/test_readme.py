@@ -44,7 +44,7 @@ def test_readme_python_then_cli_examples(tmp_path):
     assert (tmp_path / "meshes" / "1.stl").stat().st_size > 1000
 
     # the CLI example reuses scan.npy / strokes.npy from the Python example; fresh outputs
-    for name in ("scan.ome.zarr", "labels.ome.zarr", "meshes", "model"):
+    for name in ("scan.ome.zarr", "labels.ome.zarr", "meshes", "model", "morphometry"):
         subprocess.run(["rm", "-rf", str(tmp_path / name)], check=True)
     script = "set -euo pipefail\n" + _block("bash")
     cli = subprocess.run(
@@ -58,5 +58,10 @@ def test_readme_python_then_cli_examples(tmp_path):
     truth = np.load(tmp_path / "scan.npy").shape
     assert seg.shape == truth
     assert (tmp_path / "meshes" / "1.glb").exists()
+    import json
+
+    summary = json.loads((tmp_path / "morphometry" / "morphometry.json").read_text())
+    assert summary["unit"] == "micrometer" and summary["classes"]
+    assert summary["classes"][0]["bv_tv"] > 0
     assert (tmp_path / "out" / "labels.nii.gz").exists()
     assert any(p.suffix == ".pdf" for p in (tmp_path / "report").iterdir())

@@ -363,6 +363,49 @@ def segmentation_slice(job_id: str, seg_id: str):
     return _png(np.clip(plane, 0, 255).astype(np.uint8))
 
 
+@bp.get("/api/job/<job_id>/segmentation/<seg_id>/thickness/slice")
+def thickness_slice(job_id: str, seg_id: str):
+    """A plane of a segmentation's local-thickness map as a colour PNG (RGBA).
+
+    Same query as the segmentation slice; colours on the scale of
+    ``GET /api/job/<id>/measure`` (``legend``), transparent outside every class.
+    404 until the segmentation is measured with a thickness map.
+    """
+    from ml4paleo.morphometry.colours import colorize
+
+    segmentation_dir(job_id, seg_id)
+    paths = job_paths(job_id)
+    labels = _image_or_404(paths.labels(seg_id), "the label image")
+    tmap = _image_or_404(paths.segmentation_files(seg_id).thickness_map, "the thickness map")
+    extra = tmap.attrs.get("ml4paleo") or {}
+    vmax = float(extra.get("max_thickness") or 1.0)
+    box = extra.get("box") or [[0, n] for n in labels.shape]
+    axis = _axis()
+    index = int_arg("index", labels.shape[axis] // 2)
+    level = int_arg("level", 0)
+    tile, tile_size = _parse_tile()
+    if [list(b) for b in box] == [[0, n] for n in labels.shape]:
+        plane = _plane_region(tmap, axis, index, level, tile, tile_size)
+    else:  # a map of a box: place its plane in the labels' plane, then cut the tile
+        if not 0 <= level < len(labels.levels) or not 0 <= index < labels.shape[axis]:
+            abort(400, f"level or index outside the label image ({labels.shape})")
+        dims = [d for d in range(3) if d != axis]
+        full = tuple(labels.level(level).shape[d] for d in dims)
+        plane = np.zeros(full, np.float32)
+        start = int(box[axis][0])
+        if start <= index < int(box[axis][1]) and level < len(tmap.levels):
+            part = _plane_region(tmap, axis, index - start, level, None, MAX_TILE * 64)
+            o = [int(box[d][0]) // 2**level for d in dims]
+            h, w = min(part.shape[0], full[0] - o[0]), min(part.shape[1], full[1] - o[1])
+            plane[o[0]:o[0] + h, o[1]:o[1] + w] = part[:h, :w]
+        if tile is not None:
+            ty, tx = tile
+            if ty < 0 or tx < 0 or ty * tile_size >= full[0] or tx * tile_size >= full[1]:
+                abort(400, f"tile {tile} is outside the plane")
+            plane = plane[ty * tile_size:(ty + 1) * tile_size, tx * tile_size:(tx + 1) * tile_size]
+    return _png(colorize(plane, vmax))
+
+
 def _preview(source: Path, cache: Path, what: str):
     from ml4paleo.preview import write_nifti_preview
 

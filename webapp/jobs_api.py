@@ -102,6 +102,7 @@ def public_status(record: dict) -> dict:
         "segmentation_id": record.get("segmentation_id"),
         "segmentations": record.get("segmentations", []),
         "meshes": record.get("meshes", {}),
+        "morphometry": record.get("morphometry", {}),
         "annotations_pending": bool(record.get("annotations_pending")),
         "upload_bytes": record.get("upload_bytes", 0),
         "attempts": lease.get("attempts") or record.get("attempts") or 0,

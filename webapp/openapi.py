@@ -118,6 +118,8 @@ QUERY: dict = {
         *_PLANE, _q("min_size", _int(0, 10**9), "remove islands smaller than this many voxels"),
         _q("fill_holes", {"type": "string", "enum": ["0", "1", "true", "yes"]},
            "1 fills enclosed holes")],
+    "data_api.thickness_slice": _TILE,
+    "measure.measure_results": [_q("segmentation_id", _ARTIFACT_ID, "default: the current one")],
     "results.all_models": [_q("exclude_job", _JOB_ID, "leave this job's models out")],
     "reports.segmentation_report": [_q("download", {"type": "string"},
                                        "1, true or yes: as an attachment")],
@@ -187,6 +189,15 @@ BODIES: dict = {
                      "items": {"type": "string", "enum": ["stl", "obj", "ply", "glb"]}},
          "smooth": {"type": "string", "enum": ["none", "light", "strong"]}}),
         required=False),
+    "measure.start_measure": _json_body(_object(
+        {"segmentation_id": _ARTIFACT_ID,
+         "measures": {"type": "array", "items": {"type": "string"}},
+         "values": {"type": "array", "items": _int(1, 255)},
+         "max_thickness": {"type": "number", "exclusiveMinimum": 0},
+         "roi_box": {"type": "array", "minItems": 3, "maxItems": 3, "items": {
+             "type": "array", "minItems": 2, "maxItems": 2, "items": _int(0)}},
+         "thickness_map": {"type": "boolean"},
+         "profile_axis": {"type": "string", "enum": ["z", "y", "x"]}}), required=False),
     # the raster form; the polygon form (regions_by_slice, ...) is in the description
     "annotate.legacy_submit": _json_body(_object(
         {"image": {"type": "string"}, "mask": {"type": "string"},
@@ -200,14 +211,16 @@ BODIES: dict = {
 #: path parameter -> schema (default: a string); kinds come from the download tables
 PATH_SCHEMAS: dict = {
     "job_id": _JOB_ID, "seg_id": _ARTIFACT_ID, "model_id": _ARTIFACT_ID,
-    "fmt": {"type": "string", "enum": ["html", "pdf"]},
-}
+    "fmt": {"type": "string", "enum": ["html", "pdf"]},}
 
 _PNG = ("image/png",)
 _ZIP = ("application/zip",)
 #: endpoint -> media types of its success answer when it is not JSON (API) / HTML (pages)
 MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "data_api.image_slice": _PNG, "data_api.segmentation_slice": _PNG,
+    "data_api.thickness_slice": _PNG,
+    "measure.measure_file": ("application/json", "text/csv"),
+    "measure.measure_mesh": ("model/gltf-binary", "application/octet-stream"),
     "annotate.predict_png": _PNG, "annotate.gallery_thumbnail": _PNG,
     "annotate.legacy_next_image": _PNG,
     "annotate.slice_data": ("image/png", "application/octet-stream"),

@@ -1,6 +1,6 @@
 """The runner loop: poll the store, claim a job with a lease, run its step, finish it.
 
-One loop serves the three runners (``kind`` = ``"convert"``, ``"segment"``, ``"mesh"``)
+One loop serves the runners (``kind`` = ``"convert"``, ``"segment"``, ``"mesh"``, ``"measure"``)
 and any number of copies of each may run at once:
 
 - **Claim** = compare-and-set under the job's lock: a job in the stage's queued status

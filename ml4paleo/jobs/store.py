@@ -654,6 +654,41 @@ class JobStore:
 
         return self.update(job_id, apply)
 
+    def request_measure(self, job_id: str, *, segmentation_id: str | None = None,
+                        measures: object = None, values: object = None,
+                        max_thickness: object = None, roi_box: object = None,
+                        thickness_map: bool = True, profile_axis: object = "z") -> dict:
+        """Queue morphometry of a segmentation (default: the job's current one).
+
+        Parameters are those of :func:`ml4paleo.morphometry.measure`, checked here
+        (:func:`ml4paleo.morphometry.options.measure_options`) so a bad request is refused before it is queued.
+
+        Raises
+        ------
+        ValueError
+            A bad parameter (the message names the field).
+        InvalidTransition
+            The job cannot be measured now (busy, no such segmentation).
+        """
+        from ml4paleo.morphometry.options import measure_options
+
+        fields = measure_options(measures=measures, values=values, max_thickness=max_thickness,
+                                 roi_box=roi_box, thickness_map=thickness_map,
+                                 profile_axis=profile_axis)
+
+        def apply(record: dict) -> None:
+            reason = check_transition(record, Status.MEASURING_QUEUED, USER)
+            if reason:
+                raise InvalidTransition(reason)
+            seg = segmentation_id or record.get("segmentation_id")
+            if seg not in record.get("segmentations", []):
+                raise InvalidTransition(f"this job has no segmentation {seg!r}")
+            set_status(record, Status.MEASURING_QUEUED, "queued for measuring")
+            record.update(request={"kind": "measure", "segmentation_id": seg, **fields},
+                          progress=0.0, error=None, lease=None)
+
+        return self.update(job_id, apply)
+
     def retry(self, job_id: str) -> dict:
         """Queue a failed stage again (``*_error`` -> its queued status, attempts reset)."""
 

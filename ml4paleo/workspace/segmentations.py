@@ -50,6 +50,7 @@ __all__ = [
     "job_outputs",
     "read_class_list",
     "record_meshes",
+    "record_morphometry",
     "record_segmentation",
 ]
 
@@ -291,7 +292,20 @@ class SegmentationRegistry:
             "meshes": self.mesh_files(seg_id),
             "stats": self.stats_file(seg_id) is not None,
             "classes": self.classes(seg_id),
+            "morphometry": self.paths.segmentation_files(seg_id).morphometry_summary.is_file(),
         }
+
+    def morphometry(self, seg_id: str) -> dict | None:
+        """The segmentation's ``morphometry.json`` (None when it was not measured)."""
+        path = self.paths.segmentation_files(seg_id).morphometry_summary
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s)", path, exc)
+            return None
+        return data if isinstance(data, dict) else None
 
     def list(self) -> list[dict]:
         """:meth:`describe` of every segmentation, oldest first."""
@@ -391,6 +405,13 @@ def record_meshes(update: RecordUpdate, seg_id: str, info: dict) -> dict:
     info = {**info}
     info.setdefault("created_at", now_iso())
     return update(lambda r: r.setdefault("meshes", {}).__setitem__(seg_id, info))
+
+
+def record_morphometry(update: RecordUpdate, seg_id: str, info: dict) -> dict:
+    """Store what measuring wrote for ``seg_id`` (table, unit, files, created_at)."""
+    info = {**info}
+    info.setdefault("created_at", now_iso())
+    return update(lambda r: r.setdefault("morphometry", {}).__setitem__(seg_id, info))
 
 
 def job_outputs(paths: JobPaths | str | os.PathLike) -> dict:

@@ -24,6 +24,7 @@
       train: models,
       segment: segs.some((s) => s.labels),
       mesh: segs.some((s) => s.meshes.length),
+      measure: segs.some((s) => s.morphometry),
     };
     // a failed segment stage failed in training when no model exists yet
     const failed = st.failed ? (st.step === "segment" && !models ? "train" : st.step) : null;
@@ -101,7 +102,7 @@
         el("div", { class: "row spread" }, el("b", { class: "seg-name" }, s.name || `Segmentation ${s.id}`),
           el("button", { class: "btn small", onclick: () => rename("segmentation", s.id, s.name) }, "Rename")),
         el("div", { class: "muted small" }, [s.labels ? `labels ${fmtBytes(s.labels_bytes)}` : "labels pending",
-          meshSummary(s.meshes), classes, cleanup].filter(Boolean).join(" · ")),
+          meshSummary(s.meshes), s.morphometry ? "measured" : "", classes, cleanup].filter(Boolean).join(" · ")),
         s.measurements_outdated ? el("p", { class: "small warn-text" }, "The voxel size changed after these meshes and statistics were made: make meshes again to measure in the new size.") : null,
         s.labels ? el("div", { class: "row wrap small" },
           el("a", { href: `${segBase}/report.pdf`, target: "_blank", class: "report-pdf" }, "Report (PDF)"),
@@ -115,18 +116,49 @@
         results.push(el("div", { class: "result small", dataset: { model: m.id } },
           el("div", { class: "row spread" }, el("span", { class: "model-name" }, m.name),
             el("button", { class: "btn small", onclick: () => rename("model", m.id, m.name) }, "Rename"))));
-      }
-    }
+      }    }
     if (image) results.unshift(el("div", {}, el("b", {}, "Image"), el("div", { class: "muted small" }, `OME-Zarr, ${fmtBytes(avail.image.bytes)}`)));
     if (results.length) $("results").replaceChildren(...results);
+  }
+
+  // The morphometry table of the newest measured segmentation (GET /api/job/<id>/measure).
+  const COLUMNS = [
+    ["bv_tv", "BV/TV"], ["bs_tv", "BS/TV"], ["thickness_mean", "Th mean"], ["thickness_sd", "Th SD"],
+    ["thickness_max", "Th max"], ["spacing_mean", "Sp mean"], ["connectivity_density", "Conn.D"],
+    ["degree_of_anisotropy", "DA"], ["objects", "objects"],
+  ];
+  let shownMorphometry = null;
+  function num(v) { return v === null || v === undefined ? "–" : typeof v === "number" ? String(+v.toPrecision(4)) : String(v); }
+  async function renderMorphometry(job) {
+    const segs = ((job.available || {}).segmentations || []).filter((s) => s.morphometry);
+    if (!segs.length) { $("morphometry-card").hidden = true; return; }
+    const seg = segs.some((s) => s.id === job.segmentation_id) ? job.segmentation_id : segs[segs.length - 1].id;
+    const stamp = `${seg}/${((job.morphometry || {})[seg] || {}).created_at || ""}`;
+    if (stamp === shownMorphometry) return;
+    let res;
+    try {
+      res = await apiJSON(`${base}/measure?segmentation_id=${encodeURIComponent(seg)}`);
+    } catch (err) { if (err.status !== 404) toast(`Morphometry: ${err.message}`, true); return; }
+    shownMorphometry = stamp;
+    const units = res.column_units || {};
+    const head = el("tr", {}, el("th", {}, "class"), ...COLUMNS.map(([k, name]) =>
+      el("th", {}, units[k] ? `${name} (${units[k]})` : name)));
+    const rows = (res.table || []).map((r) => el("tr", { dataset: { value: r.value } }, el("td", {}, r.name),
+      ...COLUMNS.map(([k]) => el("td", { class: "num" }, num(r[k])))));
+    $("morphometry-table").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+    $("morphometry-note").textContent = `Segmentation ${seg} · measured ${fmtDate(res.created_at)}` +
+      (res.max_thickness ? ` · thickness up to ${num(res.max_thickness)} ${res.unit || "voxel"}${res.clipped ? " (reached by some thickness or spacing: those are under-reported)" : ""}` : "");
+    $("morphometry-files").replaceChildren(
+      ...(res.thickness_map ? [link(`/job/${encodeURIComponent(jobId)}/viewer?seg=${encodeURIComponent(seg)}&thickness=1`, "Thickness map")] : []),
+      ...Object.entries(res.files || {}).map(([name, href]) => link(href, name)));
+    $("morphometry-card").hidden = false;
   }
 
   // ---- segment form: model picker (this job's models, other jobs' by job name) + clean-up
   let lastModels = null, pickerFilled = false;
   function cleanupOptions() {
     const minSize = Math.max(0, Math.floor(Number($("seg-min-size").value) || 0));
-    return { min_size: $("seg-cleanup").checked ? minSize : 0, fill_holes: $("seg-fill-holes").checked };
-  }
+    return { min_size: $("seg-cleanup").checked ? minSize : 0, fill_holes: $("seg-fill-holes").checked };  }
 
   async function startSegmentation() {
     try {
@@ -157,6 +189,9 @@
       smooth.value = shown ? shown.value : "light";
       items.push(smooth);
       items.push(el("button", { class: "btn", id: "mesh-btn", onclick: () => post("mesh", "Meshing queued.", { formats: ["stl", "glb"], smooth: smooth.value }) }, "Make meshes"));
+    }
+    if (segs.length && !busy) {
+      items.push(el("button", { class: "btn", id: "measure-btn", onclick: () => post("measure", "Measuring queued.") }, "Measure"));
     }
     if (busy) {
       items.push(el("button", { class: "btn", onclick: () => post("cancel", "Cancelled.") }, "Cancel"));
@@ -232,8 +267,7 @@
       const job = await apiJSON(base);
       lastJob = job;
       renderStatus(job); renderPipeline(job);
-      renderActions(job); renderResults(job);
-      if (!imageShown && job.available && job.available.image.exists) await renderImage();
+      renderActions(job); renderResults(job); renderMorphometry(job);      if (!imageShown && job.available && job.available.image.exists) await renderImage();
       $("voxel-save").disabled = !!(job.state && job.state.busy);
       lastState = job.state;
     } catch (err) {

@@ -18,6 +18,7 @@
   const cursor = [0, 0, 0];
   const win = { lo: 0, hi: 1 };
   let opacity = 0.45;
+  let thickness = null, thicknessOn = false, thicknessOpacity = 0.85; // GET /measure answer
   let classes = [], hidden = new Set(), colorVersion = 0;
   const cache = new Map(); // key -> {bitmap|canvas|null, pending}
   const planes = [];
@@ -242,6 +243,17 @@
         this.drawLayer(g, levels, SL, segUrl, segKey, "labels");
         g.globalAlpha = 1;
       }
+      if (segInfo && thickness && thicknessOn && thicknessOpacity > 0) {
+        // RGBA tiles on the labels' pyramid (transparent outside every class)
+        g.globalAlpha = thicknessOpacity;
+        g.imageSmoothingEnabled = false;
+        const levels = segInfo.levels;
+        const TL = Math.min(this.level(levels), levels.length - 1);
+        const tUrl = (lvl, ty, tx) => `${thickness.thickness_slice}?axis=${AXIS_NAMES[a]}&index=${idx}&level=${lvl}&tile=${ty},${tx}&tile_size=${TILE}`;
+        const tKey = (lvl, ty, tx) => `t/${seg}/${thickness.created_at}/${a}/${idx >> lvl}/${lvl}/${ty},${tx}`;
+        this.drawLayer(g, levels, TL, tUrl, tKey, "image");
+        g.globalAlpha = 1;
+      }
       // crosshair: the other two planes' positions
       g.lineWidth = 1;
       const [rd, cd] = [this.rowDim, this.colDim];
@@ -271,6 +283,7 @@
         ...["z", "y", "x"].flatMap((n, i) => [el("dt", {}, n), el("dd", {}, `slice ${cursor[i] + 1} / ${info.shape[i]} · ${pos[i]}${unit}`)])),
       el("p", { class: "small" }, "Click a plane to move the other two planes there."),
       segInfo ? el("p", { class: "small" }, `Overlay: ${segInfo.name || seg} at ${Math.round(opacity * 100)}% opacity`) : null,
+      thickness && thicknessOn ? el("p", { class: "small" }, `Local thickness of ${segInfo && segInfo.name ? segInfo.name : seg}, 0–${+thickness.legend.max.toPrecision(4)} ${thickness.legend.unit || "voxel"}`) : null,
     ].filter(Boolean));
   }
 
@@ -321,15 +334,32 @@
     }));
   }
 
+  // the thickness map of the selected segmentation, when it was measured with one
+  function renderThickness() {
+    $("thickness-controls").hidden = !thickness;
+    if (!thickness) return;
+    const lg = thickness.legend;
+    $("thickness-bar").style.background = `linear-gradient(to right, ${lg.colors.join(", ")})`;
+    $("thickness-ticks").replaceChildren(...lg.ticks.map((t) => el("span", {}, String(+t.toPrecision(3)))));
+    $("thickness-unit").textContent = `local thickness (${lg.unit || "voxel"})${thickness.clipped ? " · thicker structures shown as the maximum" : ""}; transparent: no class`;
+  }
+
   async function selectSeg(id) {
-    seg = id || null; segInfo = null;
+    seg = id || null; segInfo = null; thickness = null;
     if (seg) {
       try {
         segInfo = await apiJSON(`${base}/segmentation/${encodeURIComponent(seg)}`);
         classes = (segInfo.classes || []).slice();
         if (!segInfo.levels) segInfo = null;
       } catch (err) { toast(err.message, true); }
+      if (segInfo && segInfo.morphometry) {
+        try {
+          const res = await apiJSON(`${base}/measure?segmentation_id=${encodeURIComponent(seg)}`);
+          if (res.thickness_map && res.legend) thickness = res;
+        } catch (err) { if (err.status !== 404) toast(err.message, true); }
+      }
     }
+    renderThickness();
     colorVersion++; renderClasses(); requestDraw();
   }
 
@@ -368,6 +398,10 @@
       $("seg-select").value = segs.some((s) => s.id === wanted) ? wanted : segs[segs.length - 1].id;
       $("seg-select").addEventListener("change", () => selectSeg($("seg-select").value));
       $("seg-opacity").addEventListener("input", () => { opacity = +$("seg-opacity").value / 100; requestDraw(); });
+      thicknessOn = new URLSearchParams(location.search).get("thickness") === "1";
+      $("thickness-show").checked = thicknessOn;
+      $("thickness-show").addEventListener("change", () => { thicknessOn = $("thickness-show").checked; requestDraw(); });
+      $("thickness-opacity").addEventListener("input", () => { thicknessOpacity = +$("thickness-opacity").value / 100; requestDraw(); });
       await selectSeg($("seg-select").value);
     }
   }

@@ -18,7 +18,7 @@ KIND = "mesh"
 log = logging.getLogger(__name__)
 
 
-def _with_world(ctx: JobContext, path, labels):
+def labels_with_world(ctx: JobContext, path, labels):
     """Labels of an older version (no world of their own) get the image's world and classes
     in their metadata first, so their meshes land on the scan too."""
     if ZARR_WORLD_KEY in (labels.attrs.get("ml4paleo") or {}) or not ctx.paths.image.exists():
@@ -53,7 +53,7 @@ def run(ctx: JobContext) -> dict:
     labels_path = ctx.paths.labels(seg_id)
     if not labels_path.exists():
         raise StepError(f"the labels of segmentation {seg_id} are missing")
-    labels = _with_world(ctx, labels_path, open_image(labels_path))
+    labels = labels_with_world(ctx, labels_path, open_image(labels_path))
     formats = tuple(request.get("formats") or ("stl",))
     # the surface asked for (none / light / strong); absent: the meshing default
     smooth = {"smooth": request["smooth"]} if request.get("smooth") else {}
