@@ -25,6 +25,9 @@ Run by hand (not part of the test suite)::
     .venv/bin/python benchmarks/load.py                      # 2 rounds x 2 phases x 15 s
     .venv/bin/python benchmarks/load.py --seconds 30 --think 0   # closed loop, no pauses
     .venv/bin/python benchmarks/load.py --json                # numbers as JSON on stdout
+    # before/after: the server from another source tree (the clients and data stay)
+    git archive main | tar -x -C /tmp/before
+    .venv/bin/python benchmarks/load.py --tree /tmp/before
 """
 
 from __future__ import annotations
@@ -85,14 +88,15 @@ def populate(data_dir: Path, n_jobs: int, n_images: int) -> tuple[list[str], lis
 
 
 # --------------------------------------------------------------------------- server
-def start_server(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
-    """``main.py --no-runners`` on 127.0.0.1 and a free port; (process, base URL)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+def start_server(data_dir: Path, threads: int, tree: Path = ROOT
+                 ) -> tuple[subprocess.Popen, str]:
+    """``main.py --no-runners`` of source tree ``tree`` on 127.0.0.1 and a free port;
+    (process, base URL)."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, str(tree / "main.py"), "--host", "127.0.0.1", "--port", "0",
          "--data", str(data_dir), "--no-runners", "--threads", str(threads)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tree)
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         m = re.search(r"ml4paleo on (http://127\.0\.0\.1:\d+)", line)
@@ -244,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--think", type=float, default=0.1,
                         help="mean pause of a client between requests, s (0: closed loop)")
     parser.add_argument("--threads", type=int, default=8, help="server threads")
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="source tree whose main.py serves (before/after comparisons)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
     if args.seconds * 2 * args.rounds > 1800:
@@ -259,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(ids)} jobs ({len(converted)} converted) made in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
         t0 = time.perf_counter()
-        proc, url = start_server(data, args.threads)
+        proc, url = start_server(data, args.threads, args.tree.resolve())
         port = int(url.rsplit(":", 1)[1])
-        print(f"server {url} up in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, "
+        print(f"server ({args.tree}) {url} up in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
         # warm-up (imports, caches), not counted
         run_phase(port, ids, converted, None, args.clients, 2.0, args.think, 0)
@@ -307,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"args": vars(args), "load_after": load_after, "results": result,
                           "keyed_over_unkeyed": ratio, "goals": goals}, indent=1))
     else:
-        print(f"{args.clients} clients, {args.jobs} jobs, think {args.think} s, "
+        print(f"server {args.tree}: {args.clients} clients, {args.jobs} jobs, think {args.think} s, "
               f"{args.rounds} x {args.seconds:g} s per mode; load average after "
               f"{load_after:.1f} on {os.cpu_count()} CPUs")
         print(f"{'kind':<8}{'mode':<9}{'n':>7}{'req/s':>8}{'p50':>8}{'p95':>8}{'p99':>8}"
