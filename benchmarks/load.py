@@ -18,7 +18,11 @@ then waits ``--think`` seconds. "Keyed" phases add a key (``ml4paleo.keys.add_ke
 send it in ``X-API-Key``; "unkeyed" phases revoke it (the server sees the key file change
 on the next request). Prints p50 / p95 / p99 (ms) and error counts per request kind,
 keyed vs unkeyed, and whether the goals hold (p99 <= 250 ms, keyed p50 and p95 within
-10 % of unkeyed, 0 errors). Nothing leaves the machine; the data folder is removed.
+10 % of unkeyed, 0 errors). On a shared machine the loopback phases see the machine's
+load change from phase to phase, so the key's cost is also measured on its own
+(``--service``): the same requests in this process, alternating one by one between a
+keyed and an unkeyed copy of the data. Nothing leaves the machine; the data folders are
+removed.
 
 Run by hand (not part of the test suite)::
 
@@ -219,6 +223,52 @@ def run_phase(port: int, ids, converted, key: str | None, clients: int, seconds:
     return times, errors
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_times(ids: list[str], converted: list[str], data: Path, n: int) -> dict:
+    """Server-side cost without the network and without the other clients: the same
+    requests through Flask's test client, alternating one by one between a copy of the
+    data folder with a key (sent) and one without, so a change of the machine's load
+    falls on both. Median microseconds per kind and mode."""
+    import statistics
+
+    from ml4paleo import keys
+    from webapp import create_app
+
+    keyed_dir = data.parent / (data.name + "-keyed")
+    shutil.copytree(data, keyed_dir, ignore=shutil.ignore_patterns("keys.*", ".keys.lock"))
+    try:
+        _, key = keys.add_key(keyed_dir, "service")
+        clients = {False: (create_app(data_dir=data).test_client(), {}),
+                   True: (create_app(data_dir=keyed_dir).test_client(), {"X-API-Key": key})}
+        urls = {"status": lambda i: f"/api/job/{ids[i % len(ids)]}/status",
+                "tile": lambda i: f"/api/job/{converted[i % len(converted)]}/slice?axis=z"
+                                  f"&index={i % SHAPE[0]}&tile=0,0&tile_size=128",
+                "list": lambda i: f"/api/jobs?page={1 + i % 20}&per_page=50"}
+        out: dict = {}
+        for kind, url in urls.items():
+            times: dict = {False: [], True: []}
+            for i in range(n + 5):
+                for keyed in ((False, True) if i % 2 else (True, False)):
+                    client, headers = clients[keyed]
+                    t0 = time.perf_counter()
+                    r = client.get(url(i), headers=headers)
+                    if i >= 5:  # the first few warm caches
+                        times[keyed].append((time.perf_counter() - t0) * 1e6)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{url(i)}: {r.status_code}")
+            u, k = statistics.median(times[False]), statistics.median(times[True])
+            out[kind] = {"unkeyed_us": round(u), "keyed_us": round(k),
+                         "keyed_over_unkeyed": round(k / u, 3)}
+        return out
+    finally:
+        shutil.rmtree(keyed_dir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- report
 def _pct(sorted_ms: list[float], q: float) -> float:
     if not sorted_ms:
@@ -248,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--think", type=float, default=0.1,
                         help="mean pause of a client between requests, s (0: closed loop)")
     parser.add_argument("--threads", type=int, default=8, help="server threads")
+    parser.add_argument("--service", type=int, default=300,
+                        help="in-process requests per kind and mode for the service-time "
+                             "comparison (0: skip)")
     parser.add_argument("--tree", type=Path, default=ROOT,
                         help="source tree whose main.py serves (before/after comparisons)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
@@ -273,13 +326,18 @@ def main(argv: list[str] | None = None) -> int:
         run_phase(port, ids, converted, None, args.clients, 2.0, args.think, 0)
         merged = {False: (defaultdict(list), defaultdict(list)),
                   True: (defaultdict(list), defaultdict(list))}
+        cpu = {False: 0.0, True: 0.0}
         for r in range(args.rounds):
-            for keyed in (False, True):
+            # the mode that goes first alternates, so a load trend of the machine
+            # falls on both
+            for keyed in ((False, True) if r % 2 == 0 else (True, False)):
                 key = None
                 if keyed:
                     _, key = keys.add_key(data, "load")
+                c0 = _cpu_seconds(proc.pid)
                 t, e = run_phase(port, ids, converted, key, args.clients, args.seconds,
                                  args.think, 1 + 2 * r + keyed)
+                cpu[keyed] += _cpu_seconds(proc.pid) - c0
                 if keyed:
                     keys.revoke_key(data, "load")
                 for k, v in t.items():
@@ -288,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
                     merged[keyed][1][k].extend(v)
                 print(f"round {r + 1} {'keyed' if keyed else 'unkeyed'}: "
                       f"{sum(map(len, t.values()))} requests, "
-                      f"{sum(map(len, e.values()))} errors", file=sys.stderr)
+                      f"{sum(map(len, e.values()))} errors; server CPU "
+                      f"{(_cpu_seconds(proc.pid) - c0) / args.seconds:.2f} s/s", file=sys.stderr)
         load_after = os.getloadavg()[0]
+        service = service_times(ids, converted, data, args.service) if args.service else {}
     finally:
         if proc is not None:
             proc.terminate()
@@ -301,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
     span = args.seconds * args.rounds
     result = {"unkeyed": summarize(*merged[False], span), "keyed": summarize(*merged[True], span)}
+    server_cpu = {"unkeyed": round(cpu[False] / span, 2), "keyed": round(cpu[True] / span, 2)}
     worst = max(v["p99"] for s in result.values() for k, v in s.items() if v["n"])
     errors = sum(s["all"]["errors"] for s in result.values())
     u, k = result["unkeyed"]["all"], result["keyed"]["all"]
@@ -309,13 +370,20 @@ def main(argv: list[str] | None = None) -> int:
              "keyed within 10 %": ratio["p50"] <= GOAL_KEYED_RATIO
              and ratio["p95"] <= GOAL_KEYED_RATIO,
              "0 errors": errors == 0}
+    if service:
+        goals["keyed within 10 % (service time)"] = all(
+            v["keyed_over_unkeyed"] <= GOAL_KEYED_RATIO for v in service.values())
     if args.json:
-        print(json.dumps({"args": vars(args), "load_after": load_after, "results": result,
+        print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                          "load_after": load_after, "server_cpu_s_per_s": server_cpu,
+                          "service_us": service,
+                          "results": result,
                           "keyed_over_unkeyed": ratio, "goals": goals}, indent=1))
     else:
         print(f"server {args.tree}: {args.clients} clients, {args.jobs} jobs, think {args.think} s, "
               f"{args.rounds} x {args.seconds:g} s per mode; load average after "
-              f"{load_after:.1f} on {os.cpu_count()} CPUs")
+              f"{load_after:.1f} on {os.cpu_count()} CPUs; server CPU s/s unkeyed "
+              f"{server_cpu['unkeyed']}, keyed {server_cpu['keyed']}")
         print(f"{'kind':<8}{'mode':<9}{'n':>7}{'req/s':>8}{'p50':>8}{'p95':>8}{'p99':>8}"
               f"{'errors':>8}")
         for kind in (*KINDS, "all"):
@@ -325,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{v['p99']:>8}{v['errors']:>8}")
         print(f"keyed / unkeyed (all): p50 {ratio['p50']}, p95 {ratio['p95']}, "
               f"p99 {ratio['p99']}")
+        for kind, v in service.items():
+            print(f"service time {kind:<7} (in-process, alternating, median): unkeyed "
+                  f"{v['unkeyed_us']} us, keyed {v['keyed_us']} us, "
+                  f"ratio {v['keyed_over_unkeyed']}")
         print("goals: " + ", ".join(f"{g} {'OK' if ok else 'FAILED'}" for g, ok in goals.items()))
     for mode, flag in (("unkeyed", False), ("keyed", True)):
         for kind, msgs in merged[flag][1].items():
