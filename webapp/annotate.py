@@ -79,9 +79,10 @@ def _annotator(job_id: str, plane: tuple[int, int] | None = None):
     """The job's in-memory annotator, locked for the duration of the block.
 
     :class:`~ml4paleo.annotate.AnnotationConflict` becomes a 409, any other
-    :class:`~ml4paleo.annotate.AnnotationError` a 400. ``plane`` ``(axis, index)``: a
-    plane the image does not have is a resource that does not exist, 404 (as for the
-    image's slices).
+    :class:`~ml4paleo.annotate.AnnotationError` a 400. ``plane`` ``(axis, index)`` (the
+    reading routes): a plane the image does not have is a resource that does not exist,
+    404 (as for the image's slices); a negative index is an invalid request, 400, and so
+    is writing to a plane beyond the image.
     """
     folder = _job_dir(job_id)
     jobs = store()
@@ -93,7 +94,7 @@ def _annotator(job_id: str, plane: tuple[int, int] | None = None):
             abort(409, str(exc))
 
     ann = _pool().get(job_id, build)
-    if plane is not None and not 0 <= plane[1] < ann.shape[plane[0]]:
+    if plane is not None and plane[1] >= ann.shape[plane[0]]:  # (a negative one is a 400)
         abort(404, f"no plane {plane[1]} along this axis: planes are "
                    f"0..{ann.shape[plane[0]] - 1}")
     with ann.lock:
@@ -241,7 +242,7 @@ def submit_labels(job_id: str):
     axis, index = _axis_index(body)
     if "mask" not in body and "labels" not in body:
         abort(400, "mask is required")
-    with _annotator(job_id, plane=(axis, index)) as ann:
+    with _annotator(job_id) as ann:  # a plane beyond the image: an invalid body, 400
         out = ann.submit(axis, index, body.get("mask", body.get("labels")),
                          preview=bool(body.get("preview", True)))
     return jsonify(out)
@@ -253,7 +254,7 @@ def delete_labels(job_id: str):
     """Delete one annotated plane (query or JSON ``axis``, ``index``)."""
     body = request.get_json(silent=True)
     axis, index = _axis_index(body if isinstance(body, dict) and "index" in body else None)
-    with _annotator(job_id, plane=(axis, index)) as ann:
+    with _annotator(job_id) as ann:  # a plane beyond the image: an invalid request, 400
         return jsonify(ann.delete(axis, index))
 
 
