@@ -75,11 +75,14 @@ def _job_dir(job_id: str) -> Path:
 
 
 @contextmanager
-def _annotator(job_id: str):
+def _annotator(job_id: str, plane: tuple[int, int] | None = None):
     """The job's in-memory annotator, locked for the duration of the block.
 
     :class:`~ml4paleo.annotate.AnnotationConflict` becomes a 409, any other
-    :class:`~ml4paleo.annotate.AnnotationError` a 400.
+    :class:`~ml4paleo.annotate.AnnotationError` a 400. ``plane`` ``(axis, index)`` (the
+    reading routes): a plane the image does not have is a resource that does not exist,
+    404 (as for the image's slices); a negative index is an invalid request, 400, and so
+    is writing to a plane beyond the image.
     """
     folder = _job_dir(job_id)
     jobs = store()
@@ -91,6 +94,9 @@ def _annotator(job_id: str):
             abort(409, str(exc))
 
     ann = _pool().get(job_id, build)
+    if plane is not None and plane[1] >= ann.shape[plane[0]]:  # (a negative one is a 400)
+        abort(404, f"no plane {plane[1]} along this axis: planes are "
+                   f"0..{ann.shape[plane[0]] - 1}")
     with ann.lock:
         try:
             yield ann
@@ -223,7 +229,7 @@ def slice_data(job_id: str):
     fmt = request.args.get("format", "png")
     if fmt not in ("png", "raw"):
         abort(400, "format must be png or raw")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         h, w = plane_shape(ann.shape, axis)
         if h * w > MAX_MASK_PIXELS:
             abort(400, f"the {AXIS_NAMES[axis]} plane is {h} x {w}: too large to annotate "
@@ -249,7 +255,7 @@ def slice_data(job_id: str):
 def get_labels(job_id: str):
     """Stored labels of one plane as ``{encoding: "rle", shape, data}`` (0 = unlabelled)."""
     axis, index = _axis_index()
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         labels = ann.read_labels(axis, index)
         if request.args.get("prefetch", "1") != "0":
             ann.prefetch(axis, index)  # features ready before the first strokes arrive
@@ -268,7 +274,7 @@ def submit_labels(job_id: str):
     axis, index = _axis_index(body)
     if "mask" not in body and "labels" not in body:
         abort(400, "mask is required")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id) as ann:  # a plane beyond the image: an invalid body, 400
         out = ann.submit(axis, index, body.get("mask", body.get("labels")),
                          preview=bool(body.get("preview", True)))
     return jsonify(out)
@@ -280,7 +286,7 @@ def delete_labels(job_id: str):
     """Delete one annotated plane (query or JSON ``axis``, ``index``)."""
     body = request.get_json(silent=True)
     axis, index = _axis_index(body if isinstance(body, dict) and "index" in body else None)
-    with _annotator(job_id) as ann:
+    with _annotator(job_id) as ann:  # a plane beyond the image: an invalid request, 400
         return jsonify(ann.delete(axis, index))
 
 
@@ -289,7 +295,7 @@ def predict(job_id: str):
     """Prediction overlay + uncertainty overlay (data URLs) of one plane."""
     axis, index = _axis_index()
     retrain = request.args.get("retrain", "1") not in ("0", "false", "no")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         return jsonify(ann.preview(axis, index, retrain=retrain))
 
 
@@ -299,7 +305,7 @@ def predict_png(job_id: str):
     """The class overlay (or uncertainty overlay) of one plane as an RGBA PNG."""
     axis, index = _axis_index()
     kind = "uncertainty" if request.path.endswith("uncertainty.png") else "classes"
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         overlay = ann.overlay(axis, index, kind)
     if overlay is None:
         abort(409, "no model yet: label at least two classes")
@@ -360,7 +366,7 @@ def gallery_thumbnail(job_id: str):
     # isascii: str.isdigit() accepts digits int() refuses ("²"); len: int() caps at 4300
     if not (size.isascii() and size.isdigit() and len(size) <= 4) or not 16 <= int(size) <= 1024:
         abort(400, "size must be 16..1024")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         thumb = ann.thumbnail(axis, index, int(size))
     return _png_response(thumb)
 

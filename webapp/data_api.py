@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
@@ -38,7 +41,26 @@ bp = Blueprint("data_api", __name__)
 AXES = {"z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
 MAX_TILE = 2048
 _stats_lock = threading.Lock()
-_stats_cache: dict[tuple[str, int], dict] = {}
+_stats_cache: dict[tuple, dict] = {}
+#: group metadata files, the first present names the image's version (attributes of a
+#: v2 group live in .zattrs)
+_GROUP_METADATA = ("zarr.json", ".zattrs", ".zgroup")
+_OPEN_CACHE_SIZE = 64
+_open_lock = threading.Lock()
+_open_cache: dict[str, _OpenImage] = {}
+
+
+@dataclass(frozen=True)
+class _OpenImage:
+    """An opened image and its level arrays, valid while its group metadata is the same."""
+
+    img: Any
+    arrays: tuple
+    version: tuple
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.arrays[0].shape)
 
 def _public_record(record: dict) -> dict:
     rec = dict(record)
@@ -110,13 +132,49 @@ def _image_or_404(path: Path, what: str):
         abort(404, f"{what} cannot be opened: {exc}")
 
 
-def _intensity_stats(img) -> dict:
-    """Min/max and 0.5/99.5 percentiles of full-resolution voxels (sampled; cached)."""
+def _metadata_version(path: Path) -> tuple | None:
+    """(file, inode, mtime, size) of the group metadata of the image at ``path``; None
+    when it is no Zarr group. A rewritten or replaced image has another version."""
+    base = os.fspath(path)
+    for name in _GROUP_METADATA:
+        try:
+            st = os.stat(os.path.join(base, name))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        return name, st.st_ino, st.st_mtime_ns, st.st_size
+    return None
+
+
+def _open_cached(path: Path, what: str) -> _OpenImage:
+    """The image at ``path`` with its level arrays, opened once per metadata version
+    (slice tiles are the most frequent reads: opening the group and its levels costs
+    more than cutting a tile). 404 like :func:`_image_or_404`."""
+    version = _metadata_version(path)
+    if version is None:
+        abort(404, f"{what} does not exist (yet)")
+    key = os.fspath(path)
+    with _open_lock:
+        hit = _open_cache.get(key)
+    if hit is not None and hit.version == version:
+        return hit
+    img = _image_or_404(path, what)
+    opened = _OpenImage(img, tuple(img.level(i) for i in range(len(img.levels))), version)
+    with _open_lock:
+        _open_cache.pop(key, None)
+        while len(_open_cache) >= _OPEN_CACHE_SIZE:
+            _open_cache.pop(next(iter(_open_cache)))
+        _open_cache[key] = opened
+    return opened
+
+
+def _intensity_stats(img, version: tuple | None = None) -> dict:
+    """Min/max and 0.5/99.5 percentiles of full-resolution voxels (sampled; cached per
+    metadata version of the image)."""
     from ml4paleo.preview import intensity_stats
 
-    key_file = img.path / ".zattrs"
-    mtime = key_file.stat().st_mtime_ns if key_file.exists() else 0
-    key = (str(img.path), mtime)
+    if version is None:
+        version = _metadata_version(img.path)
+    key = (str(img.path), version)
     with _stats_lock:
         if key in _stats_cache:
             return _stats_cache[key]
@@ -260,16 +318,16 @@ def segmentation_info(job_id: str, seg_id: str):
     return jsonify(info)
 
 
-def _plane_region(img, axis: int, index: int, level: int, tile: tuple[int, int] | None,
-                  tile_size: int) -> np.ndarray:
+def _plane_region(img: _OpenImage, axis: int, index: int, level: int,
+                  tile: tuple[int, int] | None, tile_size: int) -> np.ndarray:
     """Read one plane (or one tile of it) at pyramid ``level`` without the rest."""
     # a level, plane or tile beyond the image is a resource that does not exist: 404
-    if not 0 <= level < len(img.levels):
-        abort(404, f"no pyramid level {level}: the image has levels 0..{len(img.levels) - 1}")
+    if not 0 <= level < len(img.arrays):
+        abort(404, f"no pyramid level {level}: the image has levels 0..{len(img.arrays) - 1}")
     full = img.shape[axis]
     if not 0 <= index < full:
         abort(404, f"no plane {index} along this axis: planes are 0..{full - 1}")
-    arr = img.level(level)
+    arr = img.arrays[level]
     idx = min(index // (2**level), arr.shape[axis] - 1)
     plane_dims = [d for d in range(3) if d != axis]
     sl: list = [slice(None)] * 3
@@ -322,7 +380,7 @@ def image_slice(job_id: str):
     ``tile`` ``row,col`` and ``tile_size`` to cut one tile of the plane.
     """
     get_job(job_id)
-    img = _image_or_404(image_path(job_id), "the converted image")
+    img = _open_cached(image_path(job_id), "the converted image")
     axis = _axis()
     index = int_arg("index", img.shape[axis] // 2, 0, 2**31 - 1)
     level = int_arg("level", 0, 0, 64)
@@ -336,7 +394,7 @@ def image_slice(job_id: str):
         if not (np.isfinite(lo) and np.isfinite(hi)):
             abort(400, "window must be finite numbers")
     else:
-        stats = _intensity_stats(img)
+        stats = _intensity_stats(img.img, img.version)
         lo, hi = stats["p_low"], stats["p_high"]
     plane = _plane_region(img, axis, index, level, tile, tile_size).astype(np.float32)
     if hi > lo:
@@ -354,7 +412,7 @@ def segmentation_slice(job_id: str, seg_id: str):
     with the per-class colours and opacity the user picks.
     """
     segmentation_dir(job_id, seg_id)
-    img = _image_or_404(job_paths(job_id).labels(seg_id), "the label image")
+    img = _open_cached(job_paths(job_id).labels(seg_id), "the label image")
     axis = _axis()
     index = int_arg("index", img.shape[axis] // 2, 0, 2**31 - 1)
     level = int_arg("level", 0, 0, 64)

@@ -242,6 +242,8 @@ MEDIA_TYPES: dict[str, tuple[str, ...]] = {
 }
 #: endpoints answering 201 Created
 CREATED = {"jobs_api.new_job", "annotate.model_import", "annotate.model_save_preview"}
+#: endpoints that answer a permanent redirect (the original pages' old addresses)
+MOVED = {"annotate.legacy_annotate_page"}
 #: routes that never need an access key (:data:`webapp.auth.OPEN_ENDPOINTS`)
 _OPEN_API = {"/api/openapi.json", "/api/auth"}
 
@@ -310,6 +312,9 @@ def _responses(endpoint: str, method: str, is_api: bool, keyed: bool) -> dict:
     out = {"200": ok}
     if endpoint in CREATED and method == "POST":
         out["201"] = ok
+    if endpoint in MOVED:
+        out["301"] = {"description": "moved: Location names the page's current address",
+                      "headers": {"Location": {"schema": {"type": "string"}}}}
     for code in sorted(set(codes)):
         out[code] = {"description": _ERRORS[code], "content": copy.deepcopy(errors)}
     return out
