@@ -37,6 +37,10 @@ CONTENT_RULES = {
     ("POST", "/api/annotate/{job_id}/data/predict"): "sample_metadata: a cut-out of the volume",
     ("POST", "/api/job/{job_id}/segment"): "train: false needs a model_id",
     ("POST", "/api/job/{job_id}/start"): "train: false needs a model_id",
+    ("POST", "/api/job/{job_id}/measure"): "roi_box ranges non-empty and inside the image, "
+                                           "measures known names, values classes present",
+    ("POST", "/api/job/{job_id}/voxel-size"): "unit: a length unit; sizes finite",
+    ("POST", "/api/probe"): "file: a scan's first bytes with a readable name",
 }
 
 

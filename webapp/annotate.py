@@ -214,7 +214,7 @@ def cleanup_preview(job_id: str):
     if not 0 <= min_size <= 10**9:
         abort(400, "min_size must be between 0 and 1000000000 voxels")
     fill_holes = request.args.get("fill_holes", "0") in ("1", "true", "yes")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         return jsonify(ann.cleanup_preview(axis, index, min_size=min_size,
                                            fill_holes=fill_holes))
 

@@ -120,7 +120,7 @@ QUERY: dict = {
            "1 fills enclosed holes")],
     "data_api.thickness_slice": _TILE,
     "measure.measure_results": [_q("segmentation_id", _ARTIFACT_ID, "default: the current one")],
-    "results.all_models": [_q("exclude_job", _JOB_ID, "leave this job's models out")],
+    "results.all_models": [_q("exclude_job", {"type": "string"}, "leave this job's models out")],
     "reports.segmentation_report": [_q("download", {"type": "string"},
                                        "1, true or yes: as an attachment")],
 }
@@ -189,11 +189,22 @@ BODIES: dict = {
                      "items": {"type": "string", "enum": ["stl", "obj", "ply", "glb"]}},
          "smooth": {"type": "string", "enum": ["none", "light", "strong"]}}),
         required=False),
+    "results.rename_segmentation": _json_body(_object(
+        {"name": {**_NEW_NAME, "nullable": True}}, ("name",))),
+    "results.rename_model": _json_body(_object(
+        {"name": {**_NEW_NAME, "nullable": True}}, ("name",))),
+    "data_api.set_voxel_size": _json_body(_object(
+        {"voxel_size": {"type": "array", "minItems": 3, "maxItems": 3, "items": {
+            "type": "number", "minimum": 0, "exclusiveMinimum": True}},
+         "unit": {"type": "string", "nullable": True}}, ("voxel_size",))),
+    "jobs_api.probe": {"required": True, "content": {"multipart/form-data": {"schema": _object(
+        {"file": {"type": "string", "format": "binary"}, "filename": {"type": "string"}},
+        ("file",))}}},
     "measure.start_measure": _json_body(_object(
         {"segmentation_id": _ARTIFACT_ID,
          "measures": {"type": "array", "items": {"type": "string"}},
          "values": {"type": "array", "items": _int(1, 255)},
-         "max_thickness": {"type": "number", "exclusiveMinimum": 0},
+         "max_thickness": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
          "roi_box": {"type": "array", "minItems": 3, "maxItems": 3, "items": {
              "type": "array", "minItems": 2, "maxItems": 2, "items": _int(0)}},
          "thickness_map": {"type": "boolean"},
