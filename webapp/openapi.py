@@ -46,6 +46,17 @@ QUERY_PARAMETERS: dict[str, list[tuple[str, str, str]]] = {
     ],
 }
 QUERY_PARAMETERS["catalogue.list_jobs_csv"] = QUERY_PARAMETERS["catalogue.list_jobs"][:12]
+QUERY_PARAMETERS["annotate.predict_tile"] = [
+    *_TILE[:3],
+    ("ty", "integer", "tile row of the plane on that level"),
+    ("tx", "integer", "tile column of the plane on that level"),
+    ("kind", "string", "classes (default) or uncertainty"),
+    ("v", "string", "the preview's version (answers for the current one may be cached)"),
+]
+QUERY_PARAMETERS["annotate.slice_data"] = [
+    *_TILE[:3], ("format", "string", "png (default) or raw"),
+    ("wmin", "number", "window low (png)"), ("wmax", "number", "window high (png)"),
+]
 
 _PNG = ("image/png",)
 _ZIP = ("application/zip",)
@@ -53,6 +64,7 @@ _ZIP = ("application/zip",)
 MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "data_api.image_slice": _PNG, "data_api.segmentation_slice": _PNG,
     "annotate.predict_png": _PNG, "annotate.gallery_thumbnail": _PNG,
+    "annotate.predict_tile": _PNG,
     "annotate.legacy_next_image": _PNG,
     "annotate.slice_data": ("image/png", "application/octet-stream"),
     "data_api.image_zarr": ("application/json", "application/octet-stream"),

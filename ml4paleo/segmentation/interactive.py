@@ -277,6 +277,10 @@ class InteractiveSession:
         ValueError
             Without labels of at least two classes.
         """
+        return self._retrain(classes, level)[1]
+
+    def _retrain(self, classes: list[dict] | None, level: int) -> tuple[tuple, Model, int]:
+        """(signature, model, model id) of ``level`` for the current labels."""
         classes = classes if classes is not None else self.store.classes
         if not 0 <= level < self.n_levels:
             raise ValueError(f"level {level} outside 0..{self.n_levels - 1}")
@@ -285,11 +289,11 @@ class InteractiveSession:
             with self._lock:
                 hit = self._models.get(level)
             if hit is not None and hit[0] == sig:
-                return hit[1]
-            model = self._fit(classes, level, sig[0])
+                return hit
+            entry = (sig, self._fit(classes, level, sig[0]), next(self._model_ids))
             with self._lock:
-                self._models[level] = (sig, model, next(self._model_ids))
-        return model
+                self._models[level] = entry
+        return entry
 
     def _fit(self, classes: list[dict], level: int, slices: tuple) -> Model:
         t0 = time.perf_counter()
@@ -344,21 +348,25 @@ class InteractiveSession:
         self.cache.drop_owner(self.owner)
 
     # ---------------------------------------------------------------- prediction
-    def _forest(self, level: int, classes: list[dict] | None) -> tuple[Any, int]:
-        self.retrain(classes, level)
+    def _forest(self, level: int, classes: list[dict] | None, refit: bool = True
+                ) -> tuple[Any, int]:
         with self._lock:
-            _, model, mid = self._models[level]
-        return model.forests[0], mid
+            hit = self._models.get(level)
+        if refit or hit is None:
+            hit = self._retrain(classes, level)
+        return hit[1].forests[0], hit[2]
 
     def tile_prediction(self, axis: int, index: int, level: int, ty: int, tx: int,
-                        classes: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        classes: list[dict] | None = None, *, refit: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """(class index uint8, uncertainty uint8 0..255) of one preview tile (cached per
-        model); retrains ``level``'s forest first when the labels changed.
+        model); retrains ``level``'s forest first when the labels changed (unless
+        ``refit=False`` and the level has a model).
 
         Uncertainty is ``1 - (p1 - p2)`` (the two most likely classes) scaled to 0..255.
         """
         self._check(axis, index, level)
-        forest, mid = self._forest(level, classes)
+        forest, mid = self._forest(level, classes, refit)
         li = self.level_plane(axis, index, level)
         key = (self.owner, "pred", axis, li, level, ty, tx, mid)
 
@@ -378,8 +386,8 @@ class InteractiveSession:
         return self.cache.get_or_compute(key, compute)
 
     def predict_region(self, axis: int, index: int, level: int = 0, rows: slice | None = None,
-                       cols: slice | None = None, classes: list[dict] | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+                       cols: slice | None = None, classes: list[dict] | None = None, *,
+                       refit: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(class index uint8, uncertainty uint8) of a region of a plane on ``level``
         (default the whole plane), assembled from :meth:`tile_prediction`."""
         self._check(axis, index, level)
@@ -390,7 +398,7 @@ class InteractiveSession:
         unc = np.zeros((r1 - r0, c1 - c0), np.uint8)
         for ty, tx in grid.covering(slice(r0, r1), slice(c0, c1)):
             tr, tc = grid.slices(ty, tx)
-            a, u = self.tile_prediction(axis, index, level, ty, tx, classes)
+            a, u = self.tile_prediction(axis, index, level, ty, tx, classes, refit=refit)
             ir = slice(max(tr.start, r0), min(tr.stop, r1))
             ic = slice(max(tc.start, c0), min(tc.stop, c1))
             src = (slice(ir.start - tr.start, ir.stop - tr.start),
