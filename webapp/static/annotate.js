@@ -159,17 +159,17 @@
     const v = S.view;
     // rows are stretched by the voxel aspect so anisotropic scans look right along y / x
     ctx.setTransform(v.scale * dpr, 0, 0, v.scale * S.aspect * dpr, v.tx * dpr, v.ty * dpr);
-    ctx.imageSmoothingEnabled = false;
+    // minified (a large slice seen whole): filter, or the noise aliases into salt and pepper;
+    // magnified: crisp pixels
+    ctx.imageSmoothingEnabled = v.scale * dpr < 1;
+    ctx.imageSmoothingQuality = "high";
     ctx.drawImage(imgCanvas, 0, 0);
+    ctx.imageSmoothingEnabled = false;
     if ($("ann-show-pred").checked && S.predImg) {
-      ctx.globalAlpha = $("ann-pred-op").value / 100;
-      ctx.drawImage(S.predImg, 0, 0, S.w, S.h);
-      drawTiles("classes");
+      drawOverlay(S.predImg, "classes", $("ann-pred-op").value / 100);
     }
     if ($("ann-show-unc").checked && S.uncImg) {
-      ctx.globalAlpha = 0.9;
-      ctx.drawImage(S.uncImg, 0, 0, S.w, S.h);
-      drawTiles("uncertainty");
+      drawOverlay(S.uncImg, "uncertainty", 0.9);
     }
     ctx.globalAlpha = $("ann-lab-op").value / 100;
     ctx.drawImage(labCanvas, 0, 0);
@@ -297,29 +297,46 @@
       if (t.plane === planeKey() && S.pv && t.version === S.pv.version) draw();
     } catch (e) { /* a failed tile leaves the coarse overlay in place */ }
   }
-  function drawTiles(kind) {
-    // current plane and version, finer than the first overlay, coarse to fine
-    if (!S.pv) return;
-    const plane = planeKey(), pv = S.pv;
-    const list = [];
-    for (const t of S.tiles.values()) {
-      if (t.kind === kind && t.plane === plane && t.version === pv.version && t.level < pv.level) list.push(t);
+  const ovCanvas = document.createElement("canvas");
+  function drawOverlay(coarse, kind, alpha) {
+    // the first overlay, then the finer tiles of the current plane and version on top
+    // (coarse to fine), each replacing what is under it, composed off screen at the size
+    // of the view and blended once
+    const o = ovCanvas;
+    if (o.width !== canvas.width || o.height !== canvas.height) { o.width = canvas.width; o.height = canvas.height; }
+    const octx = o.getContext("2d");
+    octx.setTransform(1, 0, 0, 1, 0, 0);
+    octx.clearRect(0, 0, o.width, o.height);
+    octx.setTransform(ctx.getTransform());
+    octx.imageSmoothingEnabled = false;
+    octx.save();
+    octx.beginPath();
+    octx.rect(0, 0, S.w, S.h);
+    octx.clip();
+    octx.drawImage(coarse, 0, 0, S.w, S.h);
+    const pv = S.pv, plane = planeKey(), list = [];
+    if (pv) {
+      for (const t of S.tiles.values()) {
+        if (t.kind === kind && t.plane === plane && t.version === pv.version && t.level < pv.level) list.push(t);
+      }
     }
     if (kind === "classes") {
       viewport.dataset.tiles = String(list.length);
       if (list.length) viewport.dataset.tileLevel = String(Math.min(...list.map((t) => t.level)));
       else delete viewport.dataset.tileLevel;
     }
-    if (!list.length) return;
     list.sort((a, b) => b.level - a.level);
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(0, 0, S.w, S.h);
-    ctx.clip();
     for (const t of list) {
       const f = 2 ** t.level, T = pv.tile * f;
-      ctx.drawImage(t.img, t.tx * T, t.ty * T, t.img.width * f, t.img.height * f);
+      const x = t.tx * T, y = t.ty * T, w = t.img.width * f, h = t.img.height * f;
+      octx.clearRect(x, y, w, h);
+      octx.drawImage(t.img, x, y, w, h);
     }
+    octx.restore();
+    ctx.save();
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.globalAlpha = alpha;
+    ctx.drawImage(o, 0, 0);
     ctx.restore();
   }
   function toImage(ev) {
