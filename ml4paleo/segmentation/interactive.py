@@ -186,8 +186,8 @@ class InteractiveSession:
             key, lambda: self._region_features(axis, li, level, rows, cols))
 
     def _cell_features(self, axis: int, li: int, level: int, cy: int, cx: int) -> np.ndarray:
-        """Features of one training cell: sliced from its cached preview tile, else computed
-        (and cached) alone."""
+        """Features of one training cell: sliced from its preview tile when that is cached,
+        else computed (and not kept: only the labelled pixels' rows are)."""
         per = self.tile // CELL
         ty, tx = cy // per, cx // per
         tile = self.cache.get((self.owner, "tile", axis, li, level, ty, tx))
@@ -195,15 +195,14 @@ class InteractiveSession:
         if tile is not None:
             r0, c0 = ty * self.tile, tx * self.tile
             return tile[:, rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
-        key = (self.owner, "cell", axis, li, level, cy, cx)
-        return self.cache.get_or_compute(
-            key, lambda: self._region_features(axis, li, level, rows, cols))
+        return self._region_features(axis, li, level, rows, cols)
 
     def features_at(self, axis: int, index: int, level: int, rr: np.ndarray, cc: np.ndarray
                     ) -> np.ndarray:
         """Feature rows (N, F) of pixels ``(rr, cc)`` of a plane on ``level``, in that order.
 
-        Computed cell by cell (:data:`CELL` pixels): only the cells holding the pixels.
+        Computed cell by cell (:data:`CELL` pixels): only the cells holding the pixels (from
+        the cached preview tile when there is one); nothing else is kept.
         """
         self._check(axis, index, level)
         li = self.level_plane(axis, index, level)
@@ -239,15 +238,23 @@ class InteractiveSession:
     # ---------------------------------------------------------------- training rows
     def _plane_rows(self, axis: int, index: int, level: int, stamp: Any
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        key = (self.owner, "rows", axis, index, level, stamp)
-        return self.cache.get_or_compute(key, lambda: self._compute_rows(axis, index, level))
+        """(X, y, border) of a plane's labelled pixels on ``level`` (cached per plane; after
+        an edit, pixels labelled before keep their feature rows and only the cells holding
+        new ones are computed)."""
+        key = (self.owner, "rows", axis, int(index), level)
+        with self._level_lock(("rows", axis, int(index), level)):
+            hit = self.cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return hit[3], hit[4], hit[5]
+            entry = (stamp, *self._compute_rows(axis, index, level, hit))
+            self.cache.put(key, entry)
+        return entry[3], entry[4], entry[5]
 
-    def _compute_rows(self, axis: int, index: int, level: int
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(X (N, F), y (N,) class index, border (N,)) of the labelled pixels of a plane on
-        ``level`` (at most :attr:`rows_per_class` per class)."""
-        lab = downsample_labels(self.store.read_slice(axis, index), level,
-                                self.plane_shape(axis, level))
+    def _compute_rows(self, axis: int, index: int, level: int, previous: tuple | None):
+        """(rr, cc, X (N, F), y (N,) class index, border (N,)) of the labelled pixels of a
+        plane on ``level`` (at most :attr:`rows_per_class` per class)."""
+        shape = self.plane_shape(axis, level)
+        lab = downsample_labels(self.store.read_slice(axis, index), level, shape)
         rr, cc = np.nonzero(lab)
         y = lab[rr, cc].astype(np.int64) - 1
         border = label_border(lab, rr, cc)
@@ -255,14 +262,28 @@ class InteractiveSession:
             ts = self.settings
             pick = balanced_sample(y, border, self.rows_per_class, ts.border_weight, ts.seed)
             rr, cc, y, border = rr[pick], cc[pick], y[pick], border[pick]
-        return self.features_at(axis, index, level, rr, cc), y, border
+        rr, cc = rr.astype(np.int32), cc.astype(np.int32)
+        X = np.empty((len(rr), n_features(self.feature_settings)), np.float32)
+        todo = np.ones(len(rr), bool)
+        if previous is not None and len(previous[1]):
+            # features do not depend on labels: reuse the rows of pixels labelled before
+            old = previous[1].astype(np.int64) * shape[1] + previous[2]
+            new = rr.astype(np.int64) * shape[1] + cc
+            order = np.argsort(old)
+            pos = np.clip(np.searchsorted(old, new, sorter=order), 0, len(old) - 1)
+            found = old[order[pos]] == new
+            X[found] = previous[3][order[pos[found]]]
+            todo = ~found
+        if todo.any():
+            X[todo] = self.features_at(axis, index, level, rr[todo], cc[todo])
+        return rr, cc, X, y, border
 
     # ---------------------------------------------------------------- models
     def _signature(self, classes: list[dict]) -> tuple:
         slices = tuple((s["axis"], s["index"], s.get("updated_at")) for s in self.store.annotated_slices())
         return (slices, tuple(c.get("name") for c in classes))
 
-    def _level_lock(self, level: int) -> threading.Lock:
+    def _level_lock(self, level: Any) -> threading.Lock:
         with self._lock:
             return self._level_locks.setdefault(level, threading.Lock())
 
