@@ -1,15 +1,14 @@
-"""Segmentation benchmark: this engine vs an ilastik-style reference vs the original 2D method.
+"""Segmentation benchmark on ml4paleo's own phantom: this engine vs the references.
 
-On one fossil phantom (ml4paleo.phantom) with the same labels for every method:
+The broad suite (six volumes, several generators and a real scan) is
+``benchmarks/segment_suite.py``; this script is the quick single-phantom check plus the
+annotator's interactive latency. With the same labels for every method:
 
 - ``ml4paleo``: two-stage auto-context forest, trained with :func:`ml4paleo.segmentation.train`,
   segmented Zarr -> Zarr with :func:`ml4paleo.segmentation.segment` (local worker processes);
-- ``ilastik-style``: six feature families (Gaussian, LoG, gradient magnitude, DoG, structure
-  tensor and Hessian eigenvalues) at sigma 0.7, 1, 1.6, 3.5, 5, 8 computed with scipy's Gaussian
-  derivative filters, a 100-tree random forest on every labelled voxel, one stage;
-- ``original-2d``: the original ml4paleo method: per-slice 2D features
-  (skimage ``multiscale_basic_features``), a 50-tree forest, every non-background labelled
-  pixel but only 1 in 500 background pixels.
+- ``ilastik-style`` and ``original-2d``: see :mod:`benchmarks.references` (ilastik's six
+  feature families at its default scales, a balanced 100-tree forest, one stage; the
+  original per-slice 2D forest).
 
 Reports Dice per class, train seconds, segment voxels/s (end to end for ml4paleo: Zarr in,
 Zarr out, including the pyramid), peak RSS (this process + workers) and the annotator's
@@ -33,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.references import IlastikStyle, Original2D  # noqa: E402
 from ml4paleo import omezarr  # noqa: E402
-from ml4paleo.features import eigvalsh3  # noqa: E402
 from ml4paleo.phantom import make_phantom, painted_slices, scribble_labels  # noqa: E402
 from ml4paleo.segmentation import (  # noqa: E402
     InteractiveSession,
@@ -46,8 +44,6 @@ from ml4paleo.segmentation import (  # noqa: E402
     segment,
     train,
 )
-
-REF_SIGMAS = (0.7, 1.0, 1.6, 3.5, 5.0, 8.0)
 
 
 class PeakRSS:
@@ -87,99 +83,36 @@ def dice_per_class(truth, pred, n):
     return out
 
 
-# ---------------------------------------------------------------- ilastik-style reference
-def _ref_features_block(data: np.ndarray) -> list[np.ndarray]:
-    v = data.astype(np.float32)
-    out = []
-    for s in REF_SIGMAS:
-        g = ndi.gaussian_filter(v, s)
-        out.append(g)
-        out.append(ndi.gaussian_laplace(v, s))
-        out.append(ndi.gaussian_gradient_magnitude(v, s))
-        out.append(g - ndi.gaussian_filter(v, 0.66 * s))
-        gr = [ndi.gaussian_filter(v, s, order=o) for o in ((1, 0, 0), (0, 1, 0), (0, 0, 1))]
-        st = [ndi.gaussian_filter(gr[i] * gr[j], 0.5 * s)
-              for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))]
-        out += list(eigvalsh3(*st))
-        hs = [ndi.gaussian_filter(v, s, order=o)
-              for o in ((2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1))]
-        out += list(eigvalsh3(*hs))
-    return out
-
-
-def ref_features(image: np.ndarray) -> np.ndarray:
-    """All reference features of the whole volume (F, z, y, x), scipy 'reflect' borders."""
-    chans = _ref_features_block(image)
-    out = np.stack(chans)
-    del chans
-    return out
-
-
+# ---------------------------------------------------------------- references
 _REF_CACHE: dict = {}
 
 
-def run_reference(image, labels, truth, n_classes):
-    from sklearn.ensemble import RandomForestClassifier
-
-    if "F" not in _REF_CACHE:  # same features for every label set
-        t0 = time.perf_counter()
-        _REF_CACHE["F"] = ref_features(image)
-        _REF_CACHE["t"] = time.perf_counter() - t0
-    F, t_feat = _REF_CACHE["F"], _REF_CACHE["t"]
-    m = labels > 0
-    X = F[:, m].T
-    y = labels[m].astype(int) - 1
+def run_reference(image, labels, truth, n_classes, seed=0):
+    """The ilastik-style reference (:class:`benchmarks.references.IlastikStyle`)."""
+    if "ref" not in _REF_CACHE:  # same features for every label set
+        _REF_CACHE["ref"] = IlastikStyle(image)
+    ref = _REF_CACHE["ref"]
     t1 = time.perf_counter()
-    rf = RandomForestClassifier(100, n_jobs=2, random_state=0).fit(X, y)
+    rf = ref.fit(labels, seed=seed)
     t_fit = time.perf_counter() - t1
     t2 = time.perf_counter()
-    pred = np.empty(image.shape, np.uint8)
-    flat = F.reshape(F.shape[0], -1)
-    step = 500_000
-    out = pred.reshape(-1)
-    for i in range(0, flat.shape[1], step):
-        out[i : i + step] = rf.classes_[rf.predict_proba(flat[:, i : i + step].T).argmax(1)]
+    pred = ref.predict(rf)
     t_pred = time.perf_counter() - t2
     return {
         "dice": dice_per_class(truth, pred, n_classes),
-        "train_s": round(t_fit + t_feat * m.any(axis=(1, 2)).mean(), 2),
-        "features_whole_volume_s": round(t_feat, 2),
-        "segment_voxels_per_s": round(image.size / (t_feat + t_pred)),
+        "train_s": round(ref.feature_s + t_fit, 2),
+        "features_whole_volume_s": round(ref.feature_s, 2),
+        "segment_voxels_per_s": round(image.size / (ref.feature_s + t_pred)),
     }
 
 
-# ---------------------------------------------------------------- original 2D method
-def _features_2d(plane):
-    from skimage.feature import multiscale_basic_features
-
-    f = multiscale_basic_features(plane.astype(np.float32), intensity=True, edges=True,
-                                  texture=True, sigma_min=1, sigma_max=16)
-    return f.reshape(-1, f.shape[-1]).astype(np.float32)
-
-
-def run_original_2d(image, labels, truth, n_classes):
-    from sklearn.ensemble import RandomForestClassifier
-
-    rng = np.random.default_rng(0)
+def run_original_2d(image, labels, truth, n_classes, painted):
+    """The original per-slice method (:class:`benchmarks.references.Original2D`)."""
     t0 = time.perf_counter()
-    Xs, ys = [], []
-    for z in np.flatnonzero(labels.any(axis=(1, 2))):
-        lab = labels[z].reshape(-1)
-        X = _features_2d(image[z])
-        pos = np.flatnonzero(lab > 1)
-        neg = np.flatnonzero(lab == 1)
-        neg = neg[rng.random(len(neg)) < 1 / 500]  # the original kept 1 in 500 negatives
-        keep = np.concatenate([pos, neg])
-        Xs.append(X[keep])
-        ys.append(lab[keep] - 1)
-    X, y = np.concatenate(Xs), np.concatenate(ys)
-    rf = RandomForestClassifier(50, n_jobs=2, random_state=0).fit(X, y)
+    m = Original2D().fit(image, labels, painted=painted)
     t_train = time.perf_counter() - t0
     t1 = time.perf_counter()
-    pred = np.empty(image.shape, np.uint8)
-    for z in range(image.shape[0]):
-        p = rf.predict_proba(_features_2d(image[z]))
-        pred[z] = rf.classes_[p.argmax(1)].reshape(image.shape[1:])
+    pred = np.stack([m.predict_slice(image[z]) for z in range(image.shape[0])])
     t_pred = time.perf_counter() - t1
     return {
         "dice": dice_per_class(truth, pred, n_classes),
@@ -289,7 +222,8 @@ def main(argv=None):
                 res = results[name]
                 res["ilastik_style"] = run_reference(image, labels, truth, n_classes)
                 print(name, "ilastik-style", json.dumps(res["ilastik_style"]), flush=True)
-                res["original_2d"] = run_original_2d(image, labels, truth, n_classes)
+                res["original_2d"] = run_original_2d(image, labels, truth, n_classes,
+                                                     painted=name == "painted")
                 print(name, "original-2d", json.dumps(res["original_2d"]), flush=True)
         _REF_CACHE.clear()
         results["load_avg_at_end"] = os.getloadavg()

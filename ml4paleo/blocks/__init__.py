@@ -34,10 +34,6 @@ from .progress import tqdm_progress
 from .run import ProgressCallback, Stage, imap, is_transient, run, run_blocks
 from .shared import Shared
 
-# Transitional alias: segmentation reads ``blocks._pad_reflect`` until it is ported to
-# :func:`pad_reflect`; the lead removes it after merging.
-_pad_reflect = pad_reflect
-
 __all__ = [
     "EXECUTORS",
     "Block",

@@ -1,10 +1,9 @@
 """Whole-volume segmentation, block by block, into an OME-Zarr label image (resumable).
 
-:func:`segment` prepares the output and a work folder, then
-:func:`run_segmentation_blocks` runs the two block stages (predict, then the optional
-clean-up) through :func:`ml4paleo.blocks.run_blocks` (serial, local processes or Dask):
-that function is the only place that schedules blocks and keeps done-markers, so moving
-it onto another block scheduler touches nothing else.
+:func:`segment` prepares the output and a work folder, then runs two block stages
+(predict, then the optional clean-up) through :func:`ml4paleo.blocks.run` (serial, local
+processes or Dask), which owns the done-markers of a resumable run, the retries and the
+chaining: a clean-up block starts once the predicted blocks under its halo are written.
 """
 
 from __future__ import annotations
@@ -14,15 +13,16 @@ import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ml4paleo import _fs, omezarr
-from ml4paleo.blocks import Block, DoneMarkers, block_grid, run_blocks
+from ml4paleo.blocks import Block, Stage, block_grid
+from ml4paleo.blocks import run as run_stages
+from ml4paleo.formats import create_labels, parent_image, register_label, update_extra_attrs
 from ml4paleo.io import ArrayVolume, Volume, open_any
 
 from .memory import release_free_memory
@@ -30,7 +30,7 @@ from .model import META_FILE, Model
 from .postprocess import postprocess_labels
 from .prediction import CASCADE, predict_box
 
-__all__ = ["BlockStage", "POST_HALO", "run_segmentation_blocks", "segment"]
+__all__ = ["POST_HALO", "segment"]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -117,54 +117,6 @@ def clean_block(block: Block, *, raw_path: str, out_path: str, min_size: int,
     out[block.write] = res[block.crop_from_read()]
 
 
-# --------------------------------------------------------------------------- scheduling
-@dataclass(frozen=True)
-class BlockStage:
-    """One pass over a block grid: ``fn(block)`` for each block, remembered in ``markers``."""
-
-    name: str
-    fn: Callable[[Block], None]
-    grid: Sequence[Block]
-    markers: str
-
-
-@dataclass(frozen=True)
-class _OnceEach:
-    """``fn(block)`` unless the block is marked done; marks it after (picklable)."""
-
-    fn: Callable[[Block], None]
-    markers: str
-
-    def __call__(self, block: Block) -> None:
-        markers = DoneMarkers(self.markers)
-        if markers.is_done(block):
-            return
-        self.fn(block)
-        markers.mark(block)
-
-
-def run_segmentation_blocks(stages: Sequence[BlockStage], *, executor: Any = None,
-                            workers: int | None = None,
-                            progress: ProgressCallback | None = None) -> None:
-    """Run block stages in order, skipping blocks marked done by an interrupted run.
-
-    ``progress(done, total)`` counts blocks over all stages.
-    """
-    total = sum(len(s.grid) for s in stages)
-    offset = 0
-    for stage in stages:
-        cb = None
-        if progress is not None:
-            cb = functools.partial(_shifted, progress, offset, total)
-        run_blocks(_OnceEach(stage.fn, stage.markers), stage.grid, executor=executor,
-                   workers=workers, progress=cb)
-        offset += len(stage.grid)
-
-
-def _shifted(progress: ProgressCallback, offset: int, total: int, done: int, _n: int) -> None:
-    progress(offset + done, total)
-
-
 # --------------------------------------------------------------------------- the entry
 def segment(
     image: Any,
@@ -174,7 +126,7 @@ def segment(
     chunk_size: int = 128,
     executor: Any = None,
     workers: int | None = None,
-    probabilities: bool = False,
+    probabilities: bool | str | os.PathLike = False,
     min_size: int = 0,
     fill_holes: bool = False,
     progress: ProgressCallback | None = None,
@@ -189,10 +141,15 @@ def segment(
         its path; an in-memory array is processed in this process.
     model : Model or path of a saved model
     out : path
-        Output OME-Zarr label image (0 = background, k = class k; uint8, uint16 for more
-        than 255 classes), same voxel size as the image. With ``probabilities``, a uint8
-        probabilities image (c, z, y, x; 255 = 1.0) is written next to it as
-        ``<out>_probabilities``.
+        Output NGFF label image (0 = background, k = class k; uint8, uint16 for more than
+        255 classes) on the image's world (its transform, NGFF scale and translation),
+        with the model's class names and colours (:mod:`ml4paleo.formats.labels`).
+        ``<image>/labels/<name>`` makes it a label of that OME-Zarr image, listed there
+        once complete; anywhere else a standalone label image (its ``source`` naming an
+        OME-Zarr image it was made from).
+    probabilities : bool or path
+        Also write a uint8 probabilities image (c, z, y, x; 255 = 1.0): at this path, or
+        with ``True`` next to ``out`` as ``<out>_probabilities``.
     chunk_size : int
         Block and chunk edge (even).
     executor : None, "serial", "processes", Dask Client or scheduler address
@@ -222,7 +179,7 @@ def segment(
     else:
         model_dir = None
     vol = open_any(image)
-    vs, unit = vol.voxel_size, vol.unit
+    vs = vol.voxel_size
     shape = tuple(int(s) for s in vol.shape)
     if isinstance(executor, str | type(None)) and isinstance(vol, ArrayVolume):
         # the data itself would travel to local workers: stay in this process
@@ -245,14 +202,20 @@ def segment(
     dtype = np.uint8 if model.n_classes <= 255 else np.uint16
     post = bool(min_size) or bool(fill_holes)
     extra = {"model_classes": model.classes, "model_created_at": model.meta.get("created_at")}
+    source_image = getattr(vol, "image", None)  # the OME-Zarr image it reads, if any
+    if source_image is not None and getattr(vol, "level", 0):
+        source_image = None  # a pyramid level: not the image's grid
     if resuming:
         img = omezarr.open_image(out, mode="r+")
     else:
-        img = omezarr.create_image(out, shape, dtype, chunks=chunk_size, voxel_size=vs, unit=unit,
-                                   name="labels", label=True, extra_attrs=extra)
+        img = create_labels(out, shape, dtype, classes=model.classes, world=vol.world,
+                            image=source_image, chunks=chunk_size,
+                            extra_attrs=extra, register=False)
     prob_path = None
-    if probabilities:
-        prob_path = out.parent / f"{out.name}_probabilities"
+    if probabilities is not False and probabilities is not None:
+        prob_path = (out.parent / f"{out.name}_probabilities" if probabilities is True
+                     else Path(probabilities))
+        prob_path.parent.mkdir(parents=True, exist_ok=True)
         if not resuming or not prob_path.exists():
             import zarr
 
@@ -273,18 +236,22 @@ def segment(
     predict = functools.partial(predict_block, source=WorkerVolume(vol), model_dir=model_dir,
                                 out_path=str(raw_path if post else out / "0"),
                                 prob_path=str(prob_path / "0") if prob_path else None)
-    stages = [BlockStage("predict", predict, block_grid(shape, chunk_size, 0),
-                         str(work / "done_predict"))]
+    # the scheduler keeps the done-markers (resume), retries transient failures and starts a
+    # clean-up block as soon as the predicted blocks under its halo are written
+    stages = [Stage(predict, block_grid(shape, chunk_size, 0), name="predict",
+                    markers=work / "done_predict", retries=2)]
     if post:
         clean = functools.partial(clean_block, raw_path=str(raw_path), out_path=str(out / "0"),
                                   min_size=int(min_size), fill_holes=bool(fill_holes))
-        stages.append(BlockStage("postprocess", clean, block_grid(shape, chunk_size, POST_HALO),
-                                 str(work / "done_post")))
+        stages.append(Stage(clean, block_grid(shape, chunk_size, POST_HALO), name="postprocess",
+                            markers=work / "done_post", retries=2, depends_on="overlap"))
     model = None  # the workers load their own (cached) copy; this process needs no forest
     release_free_memory()
-    run_segmentation_blocks(stages, executor=executor, workers=workers, progress=progress)
+    run_stages(stages, executor=executor, workers=workers, progress=progress)
     omezarr.build_pyramid(img)
-    img.group.attrs.update({"ml4paleo": {**extra, "min_size": int(min_size),
-                                         "fill_holes": bool(fill_holes)}})
+    update_extra_attrs(img, **extra, min_size=int(min_size), fill_holes=bool(fill_holes))
+    inside = parent_image(out)
+    if inside is not None:
+        register_label(inside, out.name)  # complete: NGFF readers may list it now
     shutil.rmtree(work, ignore_errors=True)
     return omezarr.open_image(out)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml4paleo.blocks import Block, read_with_halo
+from ml4paleo.blocks import pad_reflect
 from ml4paleo.features import FeatureSettings, get_backend, kernel_radius
 
 __all__ = ["ContextSettings", "ContextPlan", "context_features", "context_halo", "context_plan",
@@ -123,21 +123,6 @@ def context_plan(write: tuple[slice, ...], shape: Sequence[int], ctx: ContextSet
     return ContextPlan(tuple(region), tuple(csel), crange, want)
 
 
-def _mirror_pad(arr: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
-    """``arr`` mirror-padded by ``pads`` (before, after) per axis, as blocks pad at the border.
-
-    Expressed as the block whose read region is all of ``arr`` and whose halo reaches
-    ``pads`` beyond it, so the padding rule stays the one of :func:`read_with_halo`.
-    """
-    write, read, halo = [], [], []
-    for (before, after), n in zip(pads, arr.shape, strict=True):
-        h = max(before, after)
-        write.append(slice(h - before, n - h + after))
-        read.append(slice(0, n))
-        halo.append(h)
-    return read_with_halo(arr, Block((0,) * arr.ndim, tuple(write), tuple(read), tuple(halo)))
-
-
 def context_features(p1c: np.ndarray, write: tuple[slice, ...], plan: ContextPlan,
                      ctx: ContextSettings, fs: FeatureSettings) -> np.ndarray:
     """Smooth the coarse stage-1 probabilities and interpolate them onto ``write``.
@@ -148,7 +133,7 @@ def context_features(p1c: np.ndarray, write: tuple[slice, ...], plan: ContextPla
     pads = [(c0 - w0, w1 - c1) for (c0, c1), (w0, w1) in zip(plan.crange, plan.want, strict=True)]
     C = p1c.shape[0]
     if any(p != (0, 0) for p in pads):
-        p1c = _mirror_pad(p1c, [(0, 0)] + pads)
+        p1c = pad_reflect(p1c, [(0, 0)] + pads)
     wshape = tuple(w.stop - w.start for w in write)
     out = np.empty((C * len(ctx.sigmas), int(np.prod(wshape))), np.float32)
     backend = get_backend()
