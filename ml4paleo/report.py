@@ -40,7 +40,13 @@ import numpy as np
 from ml4paleo._fs import atomic_write
 from ml4paleo.classes import default_color
 from ml4paleo.jobs.store import load_record
-from ml4paleo.workspace import JobPaths, SegmentationPaths, SegmentationRegistry, model_meta_file
+from ml4paleo.workspace import (
+    JobPaths,
+    ModelRegistry,
+    SegmentationPaths,
+    SegmentationRegistry,
+    model_meta_file,
+)
 from ml4paleo.workspace.models import read_meta
 from ml4paleo.workspace.segmentations import read_class_list
 
@@ -80,6 +86,9 @@ class ReportData:
     model_id: str | None = None
     model: dict | None = None
     mesh_files: dict[int, Path] = field(default_factory=dict)
+    #: what people call the segmentation and the model (``Segmentation 2 · ... · date``)
+    segmentation_name: str | None = None
+    model_name: str | None = None
     created_at: str = field(
         default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     )
@@ -200,6 +209,12 @@ def collect(
     stats = _stats(seg, labels, progress)
     mesh_files = _mesh_files(seg.meshes) if seg else {}
     title = title or (job or {}).get("name") or (seg.root.name if seg else labels_path.stem)
+    seg_name = model_name = None
+    if job_paths is not None:
+        if seg_id and SegmentationRegistry(job_paths).exists(seg_id):
+            seg_name = SegmentationRegistry(job_paths).name(seg_id)
+        if model_id and ModelRegistry(job_paths).exists(str(model_id)):
+            model_name = ModelRegistry(job_paths).name(str(model_id))
     return ReportData(
         title=str(title),
         labels_path=labels_path,
@@ -214,6 +229,8 @@ def collect(
         model_id=model_id,
         model=model_meta,
         mesh_files=mesh_files,
+        segmentation_name=seg_name,
+        model_name=model_name,
     )
 
 
@@ -517,6 +534,8 @@ def model_rows(data: ReportData) -> list[tuple[str, str]]:
     """(key, value) rows describing the model: metrics first, then settings."""
     meta = data.model or {}
     rows: list[tuple[str, str]] = []
+    if data.model_name:
+        rows.append(("model", data.model_name))
     if data.model_id:
         rows.append(("model id", str(data.model_id)))
     for key in ("created_at", "format", "kind", "voxel_size"):
@@ -719,8 +738,10 @@ def _facts(data: ReportData) -> list[tuple[str, str]]:
     facts = []
     if data.job:
         facts.append(("job", str(data.job.get("id"))))
+    if data.segmentation_name:
+        facts.append(("segmentation", data.segmentation_name))
     if data.segmentation_id:
-        facts.append(("segmentation", str(data.segmentation_id)))
+        facts.append(("segmentation id", str(data.segmentation_id)))
     facts.append(("shape (z, y, x)", " × ".join(str(s) for s in data.shape)))
     facts.append(("voxel size (z, y, x)", " × ".join(_num(v) for v in data.voxel_size) + f" {u}"))
     physical = [s * v for s, v in zip(data.shape, data.voxel_size, strict=True)]

@@ -412,7 +412,8 @@ def test_models_save_choose_download_import(env, phantom):
     # segmenting now uses the chosen model without retraining
     r = c.post(f"/api/job/{jid}/segment", json={})
     assert r.status_code == 200 and r.get_json()["request"] == {
-        "kind": "segment", "train": False, "segment": True, "model_id": mid}
+        "kind": "segment", "train": False, "segment": True, "model_id": mid, "min_size": 0,
+        "fill_holes": False}
     # reuse in another job
     other = _make_job(store, phantom[0], name="second")
     r = c.post(f"/api/job/{other}/models/import", json={"source_job_id": jid, "model_id": mid})

@@ -215,7 +215,9 @@ def test_downloads_stream_and_cache(client, job, store, volume):
     assert f"/api/job/{jid}/segmentation/{seg}/download/zarr" in urls
     assert f"/api/job/{jid}/meshes/{seg}/download" in urls
     assert f"/api/job/{jid}/image/download/tiff" in urls
-    assert all(d["bytes"] > 0 for d in listing)
+    assert all(d["bytes"] > 0 for d in listing if d["size_kind"] != "unknown")
+    assert {d["kind"] for d in listing if d["size_kind"] == "unknown"} == {"report_pdf",
+                                                                        "report_html"}
 
     r = client.get(f"/api/job/{jid}/segmentation/{seg}/download/zarr")
     assert r.status_code == 200 and r.is_streamed

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # blueprint modules, each exposing ``bp``
 _BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "openapi", "annotate",
-               "reports")
+               "reports", "results")
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "KEY_COOKIE", "KEY_HEADER", "MAX_BODY_BYTES",
            "JobIdConverter", "create_app"]

@@ -219,10 +219,42 @@ def models_page(job_id: str):
 # ----------------------------------------------------------------------------- new API
 @bp.get("/api/job/<job_id>/annotate/info")
 def info(job_id: str):
-    """Shape, dtype, voxel size, display window, classes + palette, annotated slices, model."""
+    """Shape, dtype, voxel size (and how well it is known), display window, classes +
+    palette, annotated slices, model, and how to orient each plane (``planes``, as the
+    slice viewer: :func:`ml4paleo.world.plane_orientation`). Slice indices count from 0;
+    the page shows slice numbers from 1."""
+    from ml4paleo.convert import voxel_size_status
+    from ml4paleo.world import plane_orientation
+
     record = get_job(job_id)
     with _annotator(job_id) as ann:
-        return jsonify(ann.info(record))
+        answer = ann.info(record)
+        world = ann.volume.world
+    image = getattr(ann.volume, "image", None)
+    attrs = image.attrs if image is not None else {}
+    answer["voxel_size_status"] = voxel_size_status(attrs)
+    answer["orientation"] = world.orientation
+    answer["planes"] = plane_orientation(world.orientation)
+    return jsonify(answer)
+
+
+@bp.get("/api/job/<job_id>/annotate/cleanup")
+def cleanup_preview(job_id: str):
+    """The prediction of one plane cleaned up as the whole-volume segmentation would be:
+    ``min_size`` (remove islands smaller than this many voxels; on the slice, below the
+    cross-section of a cube that size) and ``fill_holes`` (0/1). Overlay as a data URL and
+    how many pixels the clean-up changes there."""
+    axis, index = _axis_index()
+    try:
+        min_size = int(request.args.get("min_size", "0") or 0)
+    except ValueError:
+        abort(400, "min_size must be a whole number of voxels")
+    if not 0 <= min_size <= 10**9:
+        abort(400, "min_size must be between 0 and 1000000000 voxels")
+    fill_holes = request.args.get("fill_holes", "0") in ("1", "true", "yes")
+    with _annotator(job_id) as ann:
+        return jsonify(ann.cleanup_preview(axis, index, min_size=min_size,
+                                           fill_holes=fill_holes))
 
 
 @bp.get("/api/job/<job_id>/annotate/slice")
@@ -531,8 +563,11 @@ def _queue_segmentation(job_id: str, body: dict) -> dict:
         abort(400, "model_id must be a model id")
     if train is not None and not isinstance(train, bool):
         abort(400, "train must be true or false")
+    min_size = body.get("min_size", 0)
+    fill_holes = body.get("fill_holes", False)
     try:
-        return store().request_segmentation(job_id, model_id=model_id, train=train)
+        return store().request_segmentation(job_id, model_id=model_id, train=train,
+                                            min_size=min_size, fill_holes=fill_holes)
     except InvalidTransition as exc:
         abort(409, str(exc))
     except ValueError as exc:
@@ -549,9 +584,11 @@ def _action_reply(record: dict) -> Response:
 def start_segmentation(job_id: str):
     """Queue training + whole-volume segmentation (409 with the reason when not allowed).
 
-    Body (optional): ``{model_id, train}``; by default the chosen model segments
-    without retraining when one was chosen on the models page, else a new model is
-    trained from the annotations.
+    Body (optional): ``{model_id, train, min_size, fill_holes}``; by default the chosen
+    model segments without retraining when one was chosen on the models page, else a new
+    model is trained from the annotations. Clean-up, applied block by block after the
+    prediction: ``min_size`` removes islands of a class smaller than that many voxels,
+    ``fill_holes`` fills enclosed holes.
     """
     body = request.get_json(silent=True)
     if body is not None and not isinstance(body, dict):

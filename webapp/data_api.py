@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from flask import Blueprint, Response, abort, jsonify, request, send_file
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 
 from ml4paleo.io import is_zarr_store
 from ml4paleo.omezarr import open_image
@@ -24,6 +24,7 @@ from .common import (
     int_arg,
     job_paths,
     job_state,
+    json_body,
     outputs,
     safe_join,
     segmentation_dir,
@@ -43,7 +44,7 @@ def _public_record(record: dict) -> dict:
     rec = dict(record)
     status = rec.get("status")
     rec["status"] = getattr(status, "value", status)
-    return with_state(rec, rec["status"])
+    return with_state(rec, rec["status"], record)
 
 
 @bp.get("/api/job/<job_id>")
@@ -110,21 +111,16 @@ def _image_or_404(path: Path, what: str):
 
 
 def _intensity_stats(img) -> dict:
-    """Min/max and 0.5/99.5 percentiles from the coarsest pyramid level (cached)."""
+    """Min/max and 0.5/99.5 percentiles of full-resolution voxels (sampled; cached)."""
+    from ml4paleo.preview import intensity_stats
+
     key_file = img.path / ".zattrs"
     mtime = key_file.stat().st_mtime_ns if key_file.exists() else 0
     key = (str(img.path), mtime)
     with _stats_lock:
         if key in _stats_cache:
             return _stats_cache[key]
-    arr = np.asarray(img.level(len(img.levels) - 1)[:])
-    lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0, 1)
-    stats = {
-        "min": float(arr.min()) if arr.size else 0.0,
-        "max": float(arr.max()) if arr.size else 1.0,
-        "p_low": float(lo),
-        "p_high": float(hi),
-    }
+    stats = intensity_stats(img)
     with _stats_lock:
         _stats_cache[key] = stats
     return stats
@@ -145,17 +141,66 @@ def _image_info(img) -> dict:
     }
 
 
+def _orientation(path: Path) -> str | None:
+    """Axis codes of the image's world (``"RAS"``, ``"LPS"``, ...), None without a frame."""
+    from ml4paleo.io import InputError, open_any
+
+    try:
+        with open_any(path) as vol:
+            return vol.world.orientation
+    except (InputError, ValueError) as exc:
+        log.info("no orientation for %s: %s", path.name, exc)
+        return None
+
+
 @bp.get("/api/job/<job_id>/image")
 def image_info(job_id: str):
-    """Image metadata: shape, dtype, voxel size, pyramid levels, intensity range, source."""
+    """Image metadata: shape, dtype, voxel size and how well it is known (``voxel_size_status``:
+    known / assumed / unknown), orientation (axis codes of x, y, z when the scan has an
+    anatomical frame) and how to show each plane (``planes``: flips and edge letters, as
+    3D Slicer shows them), pyramid levels, intensity range (full-resolution sample),
+    warnings of the conversion, source. Slice indices in the API count from 0; the pages
+    show slice numbers from 1 (index + 1)."""
+    from ml4paleo.convert import voxel_size_status
+    from ml4paleo.world import plane_orientation
+
     record = get_job(job_id)
     img = _image_or_404(image_path(job_id), "the converted image")
     info = _image_info(img)
     info["intensity"] = _intensity_stats(img)
     extra = img.attrs.get("ml4paleo", {}) if isinstance(img.attrs, dict) else {}
+    info["voxel_size_status"] = voxel_size_status(img.attrs)
+    info["orientation"] = _orientation(img.path)
+    info["planes"] = plane_orientation(info["orientation"])
+    info["warnings"] = record.get("warnings") or []
     info["source_type"] = extra.get("source_type") or record.get("source_type")
     info["source"] = extra.get("source") or (record.get("metadata") or {}).get("source") or {}
     return jsonify(info)
+
+
+@bp.post("/api/job/<job_id>/voxel-size")
+def set_voxel_size(job_id: str):
+    """Set the voxel size: ``{voxel_size: [z, y, x], unit}`` (metadata only, no
+    reconversion). The image and every label image get it; cached exports are dropped;
+    meshes and statistics made before say they need making again. 409 while work runs."""
+    from ml4paleo.jobs import InvalidTransition
+
+    get_job(job_id)
+    body = json_body()
+    try:
+        record = store().set_voxel_size(job_id, body.get("voxel_size"), body.get("unit"))
+    except InvalidTransition as exc:
+        abort(409, str(exc))
+    except ValueError as exc:
+        abort(400, str(exc))
+    with _stats_lock:  # the image's .zattrs changed: its cache key too
+        _stats_cache.clear()
+    annotators = current_app.extensions.get("ml4paleo_annotators")
+    if annotators is not None:  # its volume (and features) carry the old voxel size
+        annotators.drop(job_id)
+    meta = record.get("metadata") or {}
+    return jsonify(job_id=job_id, voxel_size=meta.get("voxel_size"), unit=meta.get("unit"),
+                   warnings=record.get("warnings") or [])
 
 
 def _send_key(base: Path, path: str):

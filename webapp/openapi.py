@@ -21,7 +21,8 @@ import re
 from flask import Blueprint, current_app, jsonify
 
 from ml4paleo.jobs.index import SORTABLE
-from ml4paleo.jobs.store import MAX_NAME_LENGTH, SOURCE_TYPES
+from ml4paleo.jobs.store import SOURCE_TYPES
+from ml4paleo.workspace.names import MAX_NAME_LENGTH
 
 bp = Blueprint("openapi", __name__)
 
@@ -57,7 +58,8 @@ def _q(name: str, schema: dict, about: str, required: bool = False) -> dict:
 
 _TILE = [
     _q("axis", _AXIS, "plane normal: z, y or x (default z)"),
-    _q("index", _INDEX, "plane index in full-resolution voxels (default: the middle)"),
+    _q("index", _INDEX, "plane index in full-resolution voxels, from 0 (the pages number "
+                        "slices from 1: slice = index + 1; default: the middle)"),
     _q("level", _int(0, 64), "pyramid level (0 = full resolution)"),
     _q("tile", {"type": "string", "pattern": "^([0-9]{1,6},[0-9]{1,6})?$"},
        "'row,col' of one tile of the plane (empty: the whole plane)"),
@@ -120,6 +122,11 @@ QUERY: dict = {
     "annotate.gallery_thumbnail": [*_PLANE, _q("size", _int(16, 1024), "edge in pixels")],
     "annotate.legacy_next_image": [_q("seed", {"type": "string"},
                                       "random seed: up to 40 digits (else a random cut-out)")],
+    "annotate.cleanup_preview": [
+        *_PLANE, _q("min_size", _int(0, 10**9), "remove islands smaller than this many voxels"),
+        _q("fill_holes", {"type": "string", "enum": ["0", "1", "true", "yes"]},
+           "1 fills enclosed holes")],
+    "results.all_models": [_q("exclude_job", _JOB_ID, "leave this job's models out")],
     "reports.segmentation_report": [_q("download", {"type": "string"},
                                        "1, true or yes: as an attachment")],
 }
@@ -180,11 +187,13 @@ BODIES: dict = {
         {"source_job_id": _JOB_ID, "model_id": _ARTIFACT_ID}, ("source_job_id", "model_id"))),
     "annotate.start_segmentation": _json_body(_object(
         {"model_id": _JOB_ID, "train": {"type": "boolean"},
-         "use_chosen": {"type": "boolean"}}), required=False),
+         "use_chosen": {"type": "boolean"}, "min_size": _int(0, 10**9),
+         "fill_holes": {"type": "boolean"}}), required=False),
     "annotate.start_meshing": _json_body(_object(
         {"segmentation_id": _ARTIFACT_ID,
          "formats": {"type": "array", "minItems": 1,
-                     "items": {"type": "string", "enum": ["stl", "obj", "ply", "glb"]}}}),
+                     "items": {"type": "string", "enum": ["stl", "obj", "ply", "glb"]}},
+         "smooth": {"type": "string", "enum": ["none", "light", "strong"]}}),
         required=False),
     # the raster form; the polygon form (regions_by_slice, ...) is in the description
     "annotate.legacy_submit": _json_body(_object(

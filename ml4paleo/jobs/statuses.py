@@ -258,6 +258,31 @@ def retry_target(status: Status | str) -> Status | None:
     return None
 
 
+#: ``error_kind`` of a failed job's record: what kind of failure it was
+ERROR_INPUT = "input"  # bad input or request: running it again fails the same way
+ERROR_FAILED = "failed"  # the step crashed or its runner died (attempts used up)
+ERROR_CANCELLED = "cancelled"  # stopped by a user
+ERROR_KINDS = (ERROR_INPUT, ERROR_FAILED, ERROR_CANCELLED)
+
+
+def retry_helps(status: Status | str, error_kind: str | None) -> bool:
+    """True when a Retry can change the outcome: the status can be retried and the error
+    was not bad input (a mixed-size stack fails the same way every time; a crashed
+    runner, a full disk or a cancelled run may succeed).
+
+    Examples
+    --------
+    >>> retry_helps("convert_error", "input"), retry_helps("convert_error", "failed")
+    (False, True)
+    >>> retry_helps("converted", None)
+    False
+    """
+    try:
+        return retry_target(status) is not None and error_kind != ERROR_INPUT
+    except ValueError:
+        return False
+
+
 def cancel_target(status: Status | str) -> Status | None:
     """The error status a queued or running job goes to when cancelled, else None."""
     status = parse_status(status)

@@ -190,6 +190,12 @@ class JobPaths:
     def upload_lock(self) -> Path:
         return self.root / ".upload.lock"
 
+    @property
+    def upload_manifest(self) -> Path:
+        """What the client said it will upload (paths, sizes, modification times), so an
+        upload left unfinished can be listed and resumed from another page."""
+        return self.root / "upload-manifest.json"
+
     def upload_file(self, rel: str) -> Path:
         """Where the uploaded file ``rel`` (a sanitised relative path, ``a/b.tif``) goes."""
         return self.upload.joinpath(*rel.split("/"))

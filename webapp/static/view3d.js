@@ -157,11 +157,16 @@ async function init() {
   let out;
   try { out = await apiJSON(`${base}/outputs`); } catch (err) { toast(err.message, true); return; }
   const withMeshes = out.segmentations.filter((s) => s.meshes.length);
-  $("mesh-seg-select").replaceChildren(...withMeshes.map((s) => el("option", { value: s.id }, s.id)));
+  $("mesh-seg-select").replaceChildren(...withMeshes.map((s) => el("option", { value: s.id }, s.name || s.id)));
   $("mesh-seg-select").addEventListener("change", () => showMeshes(withMeshes.find((s) => s.id === $("mesh-seg-select").value)));
   $("mesh-reset").addEventListener("click", frame);
   const withLabels = out.segmentations.filter((s) => s.labels);
-  $("vol-seg-select").append(...withLabels.map((s) => el("option", { value: s.id }, s.id)));
+  $("vol-seg-select").append(...withLabels.map((s) => el("option", { value: s.id }, s.name || s.id)));
+  try {  // meshes are in the image's physical unit (or voxels when it is unknown)
+    const info = await apiJSON(`${base}/image`);
+    $("unit-info").textContent = `Coordinates in ${window.ml4p.unitLabel(info)}.`;
+    window.ml4p.voxelWarning($("view3d-warning"), info, jobId);
+  } catch (err) { /* not converted yet: the tabs say so */ }
   if (withLabels.length) $("vol-seg-select").value = withLabels[withLabels.length - 1].id;
 
   let volumeStarted = false;

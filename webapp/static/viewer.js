@@ -3,7 +3,7 @@
 // the zoom, so a large slice shows after a few small reads.
 "use strict";
 (function () {
-  const { el, api, apiJSON, toast, classColor } = window.ml4p;
+  const { el, api, apiJSON, toast, classColor, unitLabel } = window.ml4p;
   const jobId = ml4p.jobId;
   const base = `/api/job/${encodeURIComponent(jobId)}`;
   const $ = (id) => document.getElementById(id);
@@ -11,6 +11,8 @@
   const AXIS_NAMES = ["z", "y", "x"];
   const AXIS_COLORS = ["#60a5fa", "#f87171", "#4ade80"];
   const PLANE_TITLES = ["XY plane (z)", "XZ plane (y)", "YZ plane (x)"];
+  const VIEW_NAMES = { axial: "Axial", coronal: "Coronal", sagittal: "Sagittal" };
+  // Slices are numbered from 1 on the pages (the API's index is 0-based: slice = index + 1).
 
   let info = null, seg = null, segInfo = null;
   const cursor = [0, 0, 0];
@@ -73,13 +75,35 @@
     constructor(axis) {
       this.axis = axis;
       [this.rowDim, this.colDim] = dimsOf(axis);
-      this.canvas = el("canvas", { "aria-label": PLANE_TITLES[axis] });
+      // orientation: flips that show the plane as 3D Slicer does (superior / anterior up,
+      // the patient's right on the left) when the scan has an anatomical frame
+      this.orient = (info.planes || {})[AXIS_NAMES[axis]] || null;
+      this.flipRows = !!(this.orient && this.orient.flip_rows);
+      this.flipCols = !!(this.orient && this.orient.flip_cols);
+      const name = this.orient ? `${VIEW_NAMES[this.orient.view]} (${AXIS_NAMES[axis]})` : PLANE_TITLES[axis];
+      this.name = name;
+      this.canvas = el("canvas", { "aria-label": name });
       this.title = el("div", { class: "label" });
+      this.edges = ["top", "bottom", "left", "right"].map((side) => el("span", { class: `edge ${side}`, dataset: { side } }));
+      const flipH = el("button", { class: "btn small flip", title: "Flip left–right", "aria-label": `flip ${name} left-right`, dataset: { flip: "h" } }, "⇋");
+      const flipV = el("button", { class: "btn small flip", title: "Flip up–down", "aria-label": `flip ${name} up-down`, dataset: { flip: "v" } }, "⇵");
+      flipH.addEventListener("click", () => { this.flipCols = !this.flipCols; requestDraw(); });
+      flipV.addEventListener("click", () => { this.flipRows = !this.flipRows; requestDraw(); });
       this.slider = el("input", { type: "range", min: 0, max: info.shape[axis] - 1, value: cursor[axis], "aria-label": `${AXIS_NAMES[axis]} slice` });
-      this.root = el("div", { class: "plane", dataset: { axis: AXIS_NAMES[axis] } }, this.canvas, this.title, el("div", { class: "slider" }, this.slider));
+      this.root = el("div", { class: "plane", dataset: { axis: AXIS_NAMES[axis] } }, this.canvas, this.title,
+        ...this.edges, el("div", { class: "flips" }, flipH, flipV), el("div", { class: "slider" }, this.slider));
       this.zoom = 1; this.cx = 0; this.cy = 0; this.fitted = false;
       this.slider.addEventListener("input", () => { cursor[axis] = +this.slider.value; requestDraw(); });
       this.bind();
+    }
+
+    // the letter at each edge: where increasing rows / columns point, after the flips
+    edgeLetters() {
+      if (!this.orient) return null;
+      const opp = { L: "R", R: "L", A: "P", P: "A", S: "I", I: "S" };
+      const top = this.flipRows ? this.orient.rows : opp[this.orient.rows];
+      const left = this.flipCols ? this.orient.cols : opp[this.orient.cols];
+      return { top, bottom: opp[top], left, right: opp[left] };
     }
 
     vs(dim) { return info.voxel_size[dim]; }
@@ -100,8 +124,23 @@
       this.cx = this.physW() / 2; this.cy = this.physH() / 2; this.fitted = true;
     }
 
-    toScreen(px, py) { return [(px - this.cx) * this.zoom + this.canvas.width / 2, (py - this.cy) * this.zoom + this.canvas.height / 2]; }
-    toPhys(sx, sy) { return [(sx - this.canvas.width / 2) / this.zoom + this.cx, (sy - this.canvas.height / 2) / this.zoom + this.cy]; }
+    // physical plane coordinates (px along the columns, py along the rows) <-> canvas
+    // pixels; a flip mirrors about the plane's centre
+    sx() { return this.flipCols ? -1 : 1; }
+    sy() { return this.flipRows ? -1 : 1; }
+    toScreen(px, py) {
+      return [(px - this.cx) * this.zoom * this.sx() + this.canvas.width / 2,
+        (py - this.cy) * this.zoom * this.sy() + this.canvas.height / 2];
+    }
+    toPhys(sx, sy) {
+      return [(sx - this.canvas.width / 2) / (this.zoom * this.sx()) + this.cx,
+        (sy - this.canvas.height / 2) / (this.zoom * this.sy()) + this.cy];
+    }
+    // canvas transform drawing in physical plane coordinates
+    dataTransform(g) {
+      const a = this.zoom * this.sx(), d = this.zoom * this.sy();
+      g.setTransform(a, 0, 0, d, this.canvas.width / 2 - a * this.cx, this.canvas.height / 2 - d * this.cy);
+    }
 
     bind() {
       const c = this.canvas;
@@ -126,7 +165,7 @@
         const dx = e.offsetX - drag.x, dy = e.offsetY - drag.y;
         if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
         if (drag.moved) {
-          this.cx -= dx * dpr() / this.zoom; this.cy -= dy * dpr() / this.zoom;
+          this.cx -= dx * dpr() / (this.zoom * this.sx()); this.cy -= dy * dpr() / (this.zoom * this.sy());
           drag.x = e.offsetX; drag.y = e.offsetY; requestDraw();
         }
       });
@@ -159,19 +198,21 @@
       const lv = levels[L];
       const rows = lv.shape[this.rowDim], cols = lv.shape[this.colDim];
       const sr = lv.scale[this.rowDim], sc = lv.scale[this.colDim];
-      const [p0x, p0y] = this.toPhys(0, 0), [p1x, p1y] = this.toPhys(this.canvas.width, this.canvas.height);
+      const [ax, ay] = this.toPhys(0, 0), [bx, by] = this.toPhys(this.canvas.width, this.canvas.height);
+      const [p0x, p1x] = [Math.min(ax, bx), Math.max(ax, bx)], [p0y, p1y] = [Math.min(ay, by), Math.max(ay, by)];
       const tx0 = Math.max(0, Math.floor(p0x / sc / TILE)), tx1 = Math.min(Math.ceil(cols / TILE) - 1, Math.floor(p1x / sc / TILE));
       const ty0 = Math.max(0, Math.floor(p0y / sr / TILE)), ty1 = Math.min(Math.ceil(rows / TILE) - 1, Math.floor(p1y / sr / TILE));
       let complete = true;
+      this.dataTransform(g);
       for (let ty = ty0; ty <= ty1; ty++) {
         for (let tx = tx0; tx <= tx1; tx++) {
           const t = fetchTile(urlFor(L, ty, tx), keyFor(L, ty, tx), kind);
           if (!t.img) { complete = complete && t.failed; continue; }
           const img = kind === "labels" ? colorize(t.img) : t.img;
-          const [x, y] = this.toScreen(tx * TILE * sc, ty * TILE * sr);
-          g.drawImage(img, x, y, t.img.width * sc * this.zoom, t.img.height * sr * this.zoom);
+          g.drawImage(img, tx * TILE * sc, ty * TILE * sr, t.img.width * sc, t.img.height * sr);
         }
       }
+      g.setTransform(1, 0, 0, 1, 0, 0);
       return complete;
     }
 
@@ -211,7 +252,10 @@
       g.strokeStyle = AXIS_COLORS[rd]; g.beginPath(); g.moveTo(0, yLine); g.lineTo(W, yLine); g.stroke();
       g.setLineDash([]);
       g.strokeStyle = AXIS_COLORS[a]; g.lineWidth = 3; g.strokeRect(1, 1, W - 2, H - 2);
-      this.title.textContent = `${PLANE_TITLES[a]} · slice ${idx + 1} / ${info.shape[a]} · level ${L} · ${Math.round(this.zoom * info.voxel_size[cd] * 100)}%`;
+      this.title.textContent = `${this.name} · slice ${idx + 1} / ${info.shape[a]} · level ${L} · ${Math.round(this.zoom * info.voxel_size[cd] * 100)}%`;
+      const letters = this.edgeLetters();
+      this.edges.forEach((e) => { e.textContent = letters ? letters[e.dataset.side] : ""; e.hidden = !letters; });
+      this.root.dataset.flipRows = String(this.flipRows); this.root.dataset.flipCols = String(this.flipCols);
     }
   }
 
@@ -219,14 +263,15 @@
   const infoCell = el("div", { class: "plane info-cell" });
   function renderInfo() {
     if (!infoCell.isConnected) return;
-    const unit = info.unit ? ` ${info.unit}` : "";
+    const unit = ` ${unitLabel(info)}`;
     const pos = cursor.map((c, i) => +(c * info.voxel_size[i]).toPrecision(5));
-    infoCell.replaceChildren(
+    infoCell.replaceChildren(...[
       el("h3", {}, "Crosshair"),
       el("dl", { class: "meta" },
-        ...["z", "y", "x"].flatMap((n, i) => [el("dt", {}, n), el("dd", {}, `${cursor[i]} / ${info.shape[i] - 1} · ${pos[i]}${unit}`)])),
+        ...["z", "y", "x"].flatMap((n, i) => [el("dt", {}, n), el("dd", {}, `slice ${cursor[i] + 1} / ${info.shape[i]} · ${pos[i]}${unit}`)])),
       el("p", { class: "small" }, "Click a plane to move the other two planes there."),
-      segInfo ? el("p", { class: "small" }, `Overlay: ${seg} at ${Math.round(opacity * 100)}% opacity`) : null);
+      segInfo ? el("p", { class: "small" }, `Overlay: ${segInfo.name || seg} at ${Math.round(opacity * 100)}% opacity`) : null,
+    ].filter(Boolean));
   }
 
   let drawQueued = false;
@@ -307,7 +352,9 @@
       return;
     }
     info.shape.forEach((s, i) => { cursor[i] = Math.floor(s / 2); });
-    $("viewer-info").textContent = `${info.shape.join(" × ")} voxels · ${info.dtype} · voxel ${info.voxel_size.map((v) => +v.toPrecision(3)).join(" × ")}${info.unit ? " " + info.unit : ""}`;
+    $("viewer-info").textContent = `${info.shape.join(" × ")} voxels · ${info.dtype} · voxel ${info.voxel_size.map((v) => +v.toPrecision(3)).join(" × ")} ${unitLabel(info)}` +
+      (info.orientation ? ` · orientation ${info.orientation}` : "");
+    ml4p.voxelWarning($("viewer-warning"), info, ml4p.jobId);
     setupWindow();
     for (let a = 0; a < 3; a++) planes.push(new Plane(a));
     $("layout").addEventListener("change", layout);
@@ -317,7 +364,7 @@
     if (segs.length) {
       $("overlay-controls").hidden = false;
       const wanted = new URLSearchParams(location.search).get("seg");
-      $("seg-select").replaceChildren(el("option", { value: "" }, "none"), ...segs.map((s) => el("option", { value: s.id }, s.id)));
+      $("seg-select").replaceChildren(el("option", { value: "" }, "none"), ...segs.map((s) => el("option", { value: s.id }, s.name || s.id)));
       $("seg-select").value = segs.some((s) => s.id === wanted) ? wanted : segs[segs.length - 1].id;
       $("seg-select").addEventListener("change", () => selectSeg($("seg-select").value));
       $("seg-opacity").addEventListener("input", () => { opacity = +$("seg-opacity").value / 100; requestDraw(); });
