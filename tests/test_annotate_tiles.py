@@ -305,3 +305,23 @@ def test_one_job_at_work_does_not_hold_up_another(tmp_path, phantom):
     finally:
         release.set()
         t.join()
+
+
+def test_opening_a_plane_loads_the_training_library_once(tmp_path, phantom, monkeypatch):
+    from ml4paleo.jobs import JobStore
+    from ml4paleo.segmentation import interactive
+
+    calls = []
+    real = interactive.fit_stage
+    monkeypatch.setattr(interactive, "_warmed", set())
+    monkeypatch.setattr(interactive, "fit_stage", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    store = JobStore(tmp_path)
+    jid = _job(store, phantom)
+    ann = JobAnnotator(store.job_dir(jid), store=store)
+    session = ann.session
+    session.prefetch(0, Z)
+    session.prefetch(0, Z + 1)
+    assert calls == [8]  # one tiny fit, on the first plane opened only
+    li = session.level_plane(0, Z + 1, 1)  # the plane on the coarse level (z halved too)
+    assert (session.owner, "tile", 0, li, 1, 0, 0) in session.cache  # features too
+    ann.close()

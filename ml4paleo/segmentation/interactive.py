@@ -54,6 +54,22 @@ PREVIEW_CASCADE = (8, 16)
 DEFAULT_CACHE_BYTES = 512 * 1024**2
 
 
+_warm = threading.Lock()
+_warmed: set[str] = set()
+
+
+def warm_up_training(settings: Any) -> None:
+    """Fit one tiny stage of ``settings.classifier`` once per process, so the first real fit
+    does not pay for loading the training library (scikit-learn: 1-3 s); called off the
+    request path, when a plane is opened."""
+    with _warm:
+        if settings.classifier in _warmed:
+            return
+        _warmed.add(settings.classifier)
+    X = np.arange(16, dtype=np.float32).reshape(8, 2)
+    fit_stage(X, np.repeat(np.arange(2), 4), 1, settings, 2, 0)
+
+
 class InteractiveSession:
     """The annotate-retrain-preview loop of the browser, kept in memory.
 
@@ -234,6 +250,8 @@ class InteractiveSession:
         level = self.coarse_level(axis) if level is None else level
         for ty, tx in self.grid(axis, level):
             self.tile_features(axis, index, level, ty, tx)
+        warm_up_training(self.settings)
+
 
     # ---------------------------------------------------------------- training rows
     def _plane_rows(self, axis: int, index: int, level: int, stamp: Any
