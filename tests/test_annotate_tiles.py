@@ -167,6 +167,9 @@ def test_training_rows_hold_only_labelled_pixels(tmp_path, phantom):
     session = ann.session
     model = ann.retrain(level=0)
     assert model is not None and model.meta["level"] == 0
+    # the session counts its forest's arrays (what the pool bounds besides the cache)
+    nodes = sum(len(f.to_arrays("")["left"]) for f in model.forests)
+    assert nodes > 0 and session.nbytes >= nodes * (3 * 4 + 8)  # left/right/feature + threshold
     keys = [k for k in list(session.cache._items) if k[0] == session.owner]
     assert [k[1:] for k in keys] == [("rows", 0, Z, 0)]  # nothing but the rows
     stamp, rr, cc, X, y, border = session.cache.get(keys[0])
@@ -192,7 +195,7 @@ def test_training_rows_hold_only_labelled_pixels(tmp_path, phantom):
     assert stamp2 != stamp and len(rr2) == int((more > 0).sum()) > len(rr)
     np.testing.assert_array_equal(X2, f[:, rr2, cc2].T)
     ann.close()
-    assert session.cache.owner_bytes(session.owner) == 0
+    assert session.cache.owner_bytes(session.owner) == 0 and session.nbytes == 0
 
 
 def test_the_feature_cache_is_bounded_in_bytes_and_evicts(tmp_path, phantom):

@@ -54,6 +54,11 @@ PREVIEW_CASCADE = (8, 16)
 DEFAULT_CACHE_BYTES = 512 * 1024**2
 
 
+def model_nbytes(model: Model) -> int:
+    """Memory a model's classifiers hold, bytes (the arrays their files store)."""
+    return int(sum(a.nbytes for f in model.forests for a in f.to_arrays("").values()))
+
+
 _warm = threading.Lock()
 _warmed: set[str] = set()
 
@@ -122,6 +127,7 @@ class InteractiveSession:
         #: owner of this session's cache entries
         self.owner = f"session-{uuid.uuid4().hex[:12]}"
         self._models: dict[int, tuple[tuple, Model, int]] = {}
+        self._model_bytes: dict[int, int] = {}  # bytes of each level's model (at its fit)
         self._level_locks: dict[int, threading.Lock] = {}
         self._lock = threading.RLock()
         self._model_ids = itertools.count(1)
@@ -330,8 +336,10 @@ class InteractiveSession:
             if hit is not None and hit[0] == sig:
                 return hit
             entry = (sig, self._fit(classes, level, sig[0]), next(self._model_ids))
+            size = model_nbytes(entry[1])
             with self._lock:
                 self._models[level] = entry
+                self._model_bytes[level] = size
         return entry
 
     def _fit(self, classes: list[dict], level: int, slices: tuple) -> Model:
@@ -377,8 +385,7 @@ class InteractiveSession:
     def nbytes(self) -> int:
         """Memory the session holds outside the cache (its forests), bytes."""
         with self._lock:
-            models = [m for _, m, _ in self._models.values()]
-        return sum(int(getattr(f, "nbytes", 0)) for m in models for f in m.forests)
+            return sum(self._model_bytes.get(level, 0) for level in self._models)
 
     def close(self) -> None:
         """Forget the models and drop this session's entries from the cache."""

@@ -81,11 +81,6 @@ class Classifier(abc.ABC):
                     n_classes: int) -> Classifier:
         """Inverse of :meth:`to_arrays`; validates everything (a corrupt file raises ValueError)."""
 
-    @property
-    def nbytes(self) -> int:
-        """Memory the trained classifier holds, bytes (what :meth:`to_arrays` stores)."""
-        return int(sum(a.nbytes for a in self.to_arrays("").values()))
-
     def describe(self) -> dict:
         """What model metadata records of this stage (kind, sizes)."""
         return {"kind": self.kind, "n_features": self.n_features, "n_classes": self.n_classes}

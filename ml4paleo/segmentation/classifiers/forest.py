@@ -262,14 +262,6 @@ class Forest(Classifier):
     def n_trees(self) -> int:
         return len(self._trees)
 
-    @property
-    def nbytes(self) -> int:
-        """Memory of the compiled trees (node records) and their leaf fractions, bytes."""
-        from sklearn.tree._tree import NODE_DTYPE
-
-        nodes = sum(t.node_count for t in self._trees)
-        return int(nodes * (NODE_DTYPE.itemsize + 8) + sum(v.nbytes for v in self._values))
-
     def describe(self) -> dict:
         return {**super().describe(), "n_trees": self.n_trees}
 
