@@ -373,8 +373,13 @@ def test_readme_quick_start_whole_path(page_of, clone, tmp_path):
     pix = np.asarray(Image.open(rendered).convert("L"))
     assert pix.std() > 10 and (pix < 128).mean() > 0.005  # text and figures, not a blank page
     stats_url = page.get_attribute("#downloads-table tr[data-kind=stats] a.btn.primary", "href")
-    stats = list(csv.DictReader(io.StringIO(page.request.get(stats_url).text())))
-    assert stats and all(r["unit"] == "micrometer" for r in stats), stats
+    raw = list(csv.DictReader(io.StringIO(page.request.get(stats_url).text())))
+    from ml4paleo.meshing.stats import csv_header, row_key
+
+    # the headers carry the typed unit (volume_um3, surface_area_um2, ...)
+    assert raw and set(csv_header("micrometer")) <= set(raw[0]), list(raw[0])
+    stats = [{row_key(k): v for k, v in r.items()} for r in raw]
+    assert all(r["unit"] == "micrometer" for r in stats), stats
     voxel = VOXEL[0] * VOXEL[1] * VOXEL[2]
     for r in stats:
         assert float(r["volume"]) == pytest.approx(int(r["voxel_count"]) * voxel, rel=1e-6)
