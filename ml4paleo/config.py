@@ -52,6 +52,21 @@ class Settings:
     workers: int | None = None
     #: block edge for chunked work, voxels
     chunk_size: int = 128
+    #: annotator: bytes of derived data kept for previews (feature tiles, training rows of
+    #: labelled pixels, predicted tiles), one budget shared by every open annotator
+    annotate_cache_bytes: int = 512 * 1024**2
+    #: annotator: bytes the open annotators may hold besides (their preview forests); the
+    #: least recently used annotator is closed beyond it
+    annotate_session_bytes: int = 256 * 1024**2
+    #: annotator: open annotators (one per job) at most
+    annotate_sessions: int = 6
+    #: annotator: preview tile edge, pixels (a multiple of 64)
+    annotate_tile: int = 256
+    #: annotator: the first overlay shows the whole plane on the finest pyramid level at
+    #: most this many pixels on a side (finer tiles then refine what is in view)
+    annotate_coarse_pixels: int = 512
+    #: annotator: feature / prediction computations at once per job; None = CPUs
+    annotate_workers: int | None = None
     #: jobs older than this many days are purged by the runners; None = keep forever
     retention_days: float | None = None
     webhook_url: str | None = None

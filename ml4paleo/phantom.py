@@ -12,6 +12,7 @@ Truth labels: 0 = matrix (everything that is rock, including pores, cracks and g
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -231,3 +232,87 @@ def _slice_indices(n: int, slices) -> list[int]:
     if bad:
         raise ValueError(f"slice indices {bad} outside 0..{n - 1}")
     return out
+
+
+class TiledPhantom:
+    """A phantom of any size: one :func:`make_phantom` tile mirrored across the volume.
+
+    Nothing of the size of the volume is ever held: :meth:`region` builds any box from the
+    tile by index arithmetic (mirror tiling has no seams), :meth:`write_image` writes an
+    OME-Zarr image chunk by chunk and builds its pyramid. For benchmarks and tests of
+    large scans (2048^2, 4096^2 slices).
+
+    Parameters
+    ----------
+    shape : (z, y, x)
+        Size of the volume.
+    tile : int or (z, y, x)
+        Size of the phantom that is mirrored (each at least 16; clipped to ``shape``).
+    seed : int
+    dtype : dtype
+        ``uint16`` (the phantom's own values) or ``uint8`` (scaled to the tile's range).
+
+    Examples
+    --------
+    >>> p = TiledPhantom((8, 300, 200), tile=(16, 64, 64))
+    >>> image, truth = p.region((slice(0, 8), slice(60, 70), slice(0, 200)))
+    >>> image.shape, truth.shape, image.dtype.name
+    ((8, 10, 200), (8, 10, 200), 'uint16')
+    >>> bool((p.region((slice(0, 8), slice(63, 64), slice(0, 64)))[0] ==
+    ...       p.region((slice(0, 8), slice(64, 65), slice(0, 64)))[0]).all())  # mirrored
+    True
+    """
+
+    def __init__(self, shape: Sequence[int], tile: int | Sequence[int] = 128, seed: int = 0,
+                 dtype: str | np.dtype = "uint16") -> None:
+        self.shape = tuple(int(s) for s in shape)
+        tiles = (int(tile),) * 3 if isinstance(tile, int | np.integer) else tuple(int(t) for t in tile)
+        tiles = tuple(max(16, min(t, s)) for t, s in zip(tiles, self.shape, strict=True))
+        image, self.tile_truth = make_phantom(tiles, seed)
+        self.dtype = np.dtype(dtype)
+        if self.dtype == np.uint8:
+            lo, hi = float(image.min()), float(image.max())
+            image = np.rint((image - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
+        elif self.dtype != np.uint16:
+            raise ValueError(f"dtype must be uint8 or uint16, got {self.dtype}")
+        self.tile_image = image
+
+    def _index(self, sl: slice, axis: int) -> np.ndarray:
+        t = self.tile_image.shape[axis]
+        i = np.arange(*sl.indices(self.shape[axis])) % (2 * t)
+        return np.where(i < t, i, 2 * t - 1 - i)
+
+    def region(self, box: Sequence[slice]) -> tuple[np.ndarray, np.ndarray]:
+        """(image, truth) of the box ``(z, y, x)`` slices."""
+        idx = np.ix_(*(self._index(s, a) for a, s in enumerate(box)))
+        return self.tile_image[idx], self.tile_truth[idx]
+
+    def plane_truth(self, axis: int, index: int) -> np.ndarray:
+        """Truth labels of one plane across ``axis``."""
+        box = [slice(None)] * 3
+        box[axis] = slice(int(index), int(index) + 1)
+        return np.take(self.region(tuple(box))[1], 0, axis=axis)
+
+    def write_image(self, path: Any, *, chunks: int | Sequence[int] = 128,
+                    voxel_size: Sequence[float] | None = None, unit: str | None = None,
+                    workers: int = 2, extra_attrs: dict | None = None) -> Any:
+        """Write the phantom as an OME-Zarr image (chunk by chunk) with its 2x pyramid.
+
+        Returns the :class:`~ml4paleo.formats.OmeImage`.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ml4paleo.blocks import block_grid
+        from ml4paleo.formats import ChunkFiles, build_pyramid, create_image
+
+        img = create_image(path, self.shape, self.dtype, chunks=chunks, voxel_size=voxel_size,
+                           unit=unit, extra_attrs=extra_attrs)
+        files = ChunkFiles(img.path / img.levels[0])
+
+        def write(block: Any) -> None:
+            files.write_region(self.region(block.write)[0], [s.start for s in block.write])
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(write, block_grid(self.shape, files.chunks)))
+        build_pyramid(img, workers=max(1, workers))
+        return img

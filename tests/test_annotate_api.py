@@ -446,9 +446,15 @@ def test_opening_a_plane_prefetches_its_features(env):
     assert c.get(f"/api/job/{jid}/annotate/labels?axis=y&index=9").status_code == 200
     ann = env.app.extensions["ml4paleo_annotators"].peek(jid)
     fut = ann._prefetch[(1, 9)]
-    feats = fut.result(timeout=60)
-    assert feats.shape[1:] == (24, 64)
-    assert ann.session.slice_features(1, 9) is feats  # cached: the submit will not recompute
+    fut.result(timeout=60)
+    session = ann.session
+    level = session.coarse_level(1)  # a 24 x 64 plane: full resolution is coarse enough
+    assert level == 0 and session.grid(1, level).shape == (24, 64)
+    key = (session.owner, "tile", 1, 9, level, 0, 0)
+    feats = session.cache.get(key)
+    assert feats is not None and feats.shape[1:] == (24, 64)
+    # cached: the submit will not recompute
+    assert session.tile_features(1, 9, level, 0, 0) is feats
     assert c.get(f"/api/job/{jid}/annotate/labels?axis=y&index=10&prefetch=0").status_code == 200
     assert (1, 10) not in ann._prefetch
 

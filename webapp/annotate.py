@@ -50,23 +50,35 @@ from ml4paleo.annotate import (
     zinfo_header,
 )
 from ml4paleo.meshing.smooth import SMOOTH_LEVELS
+from ml4paleo.segmentation import ByteCache
 from ml4paleo.workspace.paths import JobPaths
 
-from .common import get_job, json_body, store
+from .common import get_job, json_body, settings, store
 
 bp = Blueprint("annotate", __name__)
 
-POOL_SIZE = 3
 # model / segmentation ids (the job store's are URL-safe base64 and may start with "-")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 
 
 # ----------------------------------------------------------------------------- helpers
 def _pool() -> SessionPool:
+    """The open annotators (one per job), bounded in count and bytes by the settings."""
     pool = current_app.extensions.get("ml4paleo_annotators")
     if pool is None:
-        pool = current_app.extensions.setdefault("ml4paleo_annotators", SessionPool(POOL_SIZE))
+        s = settings()
+        pool = current_app.extensions.setdefault(
+            "ml4paleo_annotators", SessionPool(s.annotate_sessions, s.annotate_session_bytes))
     return pool
+
+
+def _cache() -> ByteCache:
+    """The previews' derived data of every open annotator: one budget in bytes."""
+    cache = current_app.extensions.get("ml4paleo_annotate_cache")
+    if cache is None:
+        cache = current_app.extensions.setdefault(
+            "ml4paleo_annotate_cache", ByteCache(settings().annotate_cache_bytes))
+    return cache
 
 
 def _job_dir(job_id: str) -> Path:
@@ -74,9 +86,37 @@ def _job_dir(job_id: str) -> Path:
     return Path(store().job_dir(job_id))
 
 
+def _open_annotator(job_id: str) -> JobAnnotator:
+    folder = _job_dir(job_id)
+    jobs = store()
+    s = settings()
+    cache = _cache()
+
+    def build() -> JobAnnotator:
+        try:
+            return JobAnnotator(folder, store=jobs, cache=cache, tile=s.annotate_tile,
+                                coarse_pixels=s.annotate_coarse_pixels,
+                                workers=s.annotate_workers)
+        except AnnotationConflict as exc:
+            abort(409, str(exc))
+
+    return _pool().get(job_id, build)
+
+
 @contextmanager
-def _annotator(job_id: str, plane: tuple[int, int] | None = None):
-    """The job's in-memory annotator, locked for the duration of the block.
+def _errors():
+    try:
+        yield
+    except AnnotationConflict as exc:
+        abort(409, str(exc))
+    except AnnotationError as exc:
+        abort(400, str(exc))
+
+
+@contextmanager
+def _annotator(job_id: str, plane: tuple[int, int] | None = None, *, locked: bool = True):
+    """The job's in-memory annotator, locked for the duration of the block (``locked=False``
+    for its thread-safe calls: tiles of one job are then computed side by side).
 
     :class:`~ml4paleo.annotate.AnnotationConflict` becomes a 409, any other
     :class:`~ml4paleo.annotate.AnnotationError` a 400. ``plane`` ``(axis, index)`` (the
@@ -84,26 +124,30 @@ def _annotator(job_id: str, plane: tuple[int, int] | None = None):
     404 (as for the image's slices); a negative index is an invalid request, 400, and so
     is writing to a plane beyond the image.
     """
-    folder = _job_dir(job_id)
-    jobs = store()
-
-    def build() -> JobAnnotator:
-        try:
-            return JobAnnotator(folder, store=jobs)
-        except AnnotationConflict as exc:
-            abort(409, str(exc))
-
-    ann = _pool().get(job_id, build)
+    ann = _open_annotator(job_id)
     if plane is not None and plane[1] >= ann.shape[plane[0]]:  # (a negative one is a 400)
         abort(404, f"no plane {plane[1]} along this axis: planes are "
                    f"0..{ann.shape[plane[0]] - 1}")
-    with ann.lock:
-        try:
+    if not locked:
+        with _errors():
             yield ann
-        except AnnotationConflict as exc:
-            abort(409, str(exc))
-        except AnnotationError as exc:
-            abort(400, str(exc))
+        return
+    with ann.lock, _errors():
+        yield ann
+
+
+def _int_arg(name: str, default: int | None = None) -> int:
+    """A non-negative integer query argument (400 when malformed)."""
+    raw = request.args.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        value = parse_index(raw)
+    except AnnotationError:
+        abort(400, f"{name} must be an integer, got {raw!r}")
+    if value < 0:
+        abort(400, f"{name} must be >= 0, got {value}")
+    return value
 
 
 def _axis_index(source: dict | None = None) -> tuple[int, int]:
@@ -223,18 +267,20 @@ def cleanup_preview(job_id: str):
 def slice_data(job_id: str):
     """One plane: ``format=raw`` (little-endian array, headers X-Shape/X-Dtype) or PNG.
 
-    PNG uses the image's display window unless ``wmin``/``wmax`` are given.
+    ``level``: pyramid level (default 0, full resolution). PNG uses the image's display
+    window unless ``wmin``/``wmax`` are given.
     """
     axis, index = _axis_index()
+    level = _int_arg("level", 0)
     fmt = request.args.get("format", "png")
     if fmt not in ("png", "raw"):
         abort(400, "format must be png or raw")
-    with _annotator(job_id, plane=(axis, index)) as ann:
+    with _annotator(job_id, plane=(axis, index), locked=False) as ann:
         h, w = plane_shape(ann.shape, axis)
         if h * w > MAX_MASK_PIXELS:
             abort(400, f"the {AXIS_NAMES[axis]} plane is {h} x {w}: too large to annotate "
                        "at full resolution")
-        plane = ann.read_plane(axis, index)
+        plane = ann.read_plane(axis, index, level)
         window = ann.window()
     if fmt == "raw":
         data, shape, dtype = encode_raw_plane(plane)
@@ -297,6 +343,29 @@ def predict(job_id: str):
     retrain = request.args.get("retrain", "1") not in ("0", "false", "no")
     with _annotator(job_id, plane=(axis, index)) as ann:
         return jsonify(ann.preview(axis, index, retrain=retrain))
+
+
+@bp.get("/api/job/<job_id>/annotate/tile")
+def predict_tile(job_id: str):
+    """One preview tile as an RGBA PNG: ``axis, index, level, ty, tx`` (tile row and column
+    of the plane on that pyramid level, :attr:`tile` pixels each), ``kind=classes`` (default)
+    or ``uncertainty``, ``v`` (the preview's ``version``; with the current one the answer
+    may be cached by the browser).
+
+    The job's tiles are computed side by side (no job lock held); other jobs never wait
+    for them. 409 while fewer than two classes hold labels.
+    """
+    axis, index = _axis_index()
+    level, ty, tx = _int_arg("level"), _int_arg("ty"), _int_arg("tx")
+    kind = request.args.get("kind", "classes")
+    with _annotator(job_id, plane=(axis, index), locked=False) as ann:
+        version = ann.version
+        png = ann.tile_png(axis, index, level, ty, tx, kind)
+    resp = Response(png, mimetype="image/png")
+    current = request.args.get("v") == version
+    resp.headers["Cache-Control"] = "private, max-age=3600" if current else "no-store"
+    resp.headers["X-Version"] = version
+    return resp
 
 
 @bp.get("/api/job/<job_id>/annotate/predict.png")

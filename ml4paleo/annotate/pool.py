@@ -1,4 +1,5 @@
-"""A small thread-safe LRU of expensive per-key objects (the web app's per-job annotators)."""
+"""A small thread-safe LRU of expensive per-key objects (the web app's per-job annotators),
+bounded in count and in bytes."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ class SessionPool:
 
     ``get(key, factory)`` returns the cached object or builds it with ``factory()``
     (outside the pool lock, so one slow build does not block other keys); the least
-    recently used object beyond ``max_size`` is dropped. ``lock(key)`` gives a
-    per-key lock for callers that mutate the object.
+    recently used objects beyond ``max_size``, or beyond ``max_bytes`` in total (an
+    object's ``nbytes`` attribute, when it has one), are dropped (and closed). The most
+    recently used object always stays. ``lock(key)`` gives a per-key lock for callers
+    that mutate the object; no lock of the pool is held while they work.
 
     Examples
     --------
@@ -28,10 +31,11 @@ class SessionPool:
     (1, 1)
     """
 
-    def __init__(self, max_size: int = 3) -> None:
+    def __init__(self, max_size: int = 3, max_bytes: int | None = None) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         self.max_size = max_size
+        self.max_bytes = max_bytes
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
@@ -51,7 +55,13 @@ class SessionPool:
         with self._guard:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key]
+                obj = self._items[key]
+                dropped = self._over_budget()
+            else:
+                obj = None
+        if obj is not None:
+            self._close(dropped)
+            return obj
         with self.lock(key):
             with self._guard:
                 if key in self._items:
@@ -61,12 +71,49 @@ class SessionPool:
             with self._guard:
                 self._items[key] = obj
                 self._items.move_to_end(key)
-                while len(self._items) > self.max_size:
-                    old, old_obj = self._items.popitem(last=False)
-                    log.info("dropped interactive session %s (LRU)", old)
-                    if callable(getattr(old_obj, "close", None)):
-                        old_obj.close()
-            return obj
+                dropped = self._over_budget()
+        self._close(dropped)
+        return obj
+
+    @staticmethod
+    def _size(obj: Any) -> int:
+        try:
+            return int(getattr(obj, "nbytes", 0) or 0)
+        except Exception:  # a size is advisory; a failing property must not break get()
+            return 0
+
+    @property
+    def nbytes(self) -> int:
+        """Total ``nbytes`` of the pooled objects."""
+        with self._guard:
+            items = list(self._items.values())
+        return sum(self._size(o) for o in items)
+
+    def _over_budget(self) -> list[tuple[str, Any]]:
+        """Pop (under the guard) the least recently used objects beyond the budgets."""
+        out = []
+        while len(self._items) > self.max_size:
+            out.append(self._items.popitem(last=False))
+        if self.max_bytes is not None:
+            total = sum(self._size(o) for o in self._items.values())
+            while total > self.max_bytes and len(self._items) > 1:
+                key, obj = self._items.popitem(last=False)
+                total -= self._size(obj)
+                out.append((key, obj))
+        return out
+
+    @staticmethod
+    def _close(dropped: list[tuple[str, Any]]) -> None:
+        for old, old_obj in dropped:
+            log.info("dropped interactive session %s (LRU)", old)
+            if callable(getattr(old_obj, "close", None)):
+                old_obj.close()
+
+    def trim(self) -> None:
+        """Drop the least recently used objects beyond the budgets now (objects grow)."""
+        with self._guard:
+            dropped = self._over_budget()
+        self._close(dropped)
 
     def drop(self, key: str) -> None:
         """Forget ``key``'s object (e.g. after its job was deleted)."""

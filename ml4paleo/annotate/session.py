@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +21,19 @@ from typing import Any
 
 import numpy as np
 
+from ml4paleo.blocks import default_workers
 from ml4paleo.classes import DEFAULT_CLASSES, PALETTE, ClassError, colors_of, validate_classes
 from ml4paleo.io import open_any
 from ml4paleo.jobs import InvalidTransition, annotation_effect, parse_status
 from ml4paleo.omezarr import read_slice
-from ml4paleo.segmentation import InteractiveSession, LabelStore, plane_island_size, preview_plane
+from ml4paleo.segmentation import (
+    ByteCache,
+    InteractiveSession,
+    LabelStore,
+    plane_island_size,
+    preview_plane,
+)
+from ml4paleo.segmentation.interactive import DEFAULT_CACHE_BYTES
 from ml4paleo.workspace.paths import JobPaths
 
 from .codecs import (
@@ -54,10 +63,10 @@ from .overlays import (
     class_overlay,
     data_url,
     display_window,
+    encode_png,
     legacy_prediction_png,
     png_base64,
     thumbnail,
-    uncertainty_from_probabilities,
     uncertainty_overlay,
 )
 from .planes import AXIS_NAMES, parse_axis, plane_shape
@@ -66,17 +75,18 @@ log = logging.getLogger(__name__)
 
 __all__ = ["JobAnnotator"]
 
-#: predictions of this many planes stay cached per annotator
-PREDICTION_CACHE = 16
-
 
 class JobAnnotator:
     """The interactive annotate -> retrain -> preview loop of one job, kept in memory.
 
     Holds the job's opened image, its :class:`~ml4paleo.segmentation.LabelStore`
     (``<job>/annotations``) and one :class:`~ml4paleo.segmentation.InteractiveSession`
-    whose features at labelled voxels stay cached, so a retrain after a few more
-    strokes does not read the volume again. Not thread-safe by itself: callers hold
+    whose feature tiles, training rows (features of labelled pixels only) and predicted
+    tiles stay in a byte-bounded :class:`~ml4paleo.segmentation.cache.ByteCache` (shared
+    by the annotators of a server), so a retrain after a few more strokes does not read
+    the volume again. The first overlay of a plane is the whole plane on its coarse
+    pyramid level (:meth:`preview`); finer tiles of what is in view come from
+    :meth:`tile_png`. Not thread-safe by itself except :meth:`tile_png`: callers hold
     :attr:`lock` (the web app keeps these in a :class:`~ml4paleo.annotate.SessionPool`).
 
     Parameters
@@ -88,6 +98,14 @@ class JobAnnotator:
     store : JobStore, optional
         The job store to record annotations in (after they are written); without one
         nothing is recorded (a notebook).
+    cache : ByteCache, optional
+        Where previews are kept (default: a private 512 MiB one).
+    tile : int
+        Preview tile edge, pixels (a multiple of 64).
+    coarse_pixels : int
+        The first overlay is the whole plane on the finest level at most this large.
+    workers : int, optional
+        Tile computations of this job at once (default: CPUs).
 
     Raises
     ------
@@ -96,7 +114,8 @@ class JobAnnotator:
     """
 
     def __init__(self, job_dir: Any, classes: Sequence[dict] | None = None, *,
-                 store: Any = None) -> None:
+                 store: Any = None, cache: ByteCache | None = None, tile: int = 256,
+                 coarse_pixels: int = 512, workers: int | None = None) -> None:
         self.paths = JobPaths(job_dir)
         self.job_dir = self.paths.root
         self.job_id = self.paths.job_id
@@ -109,20 +128,26 @@ class JobAnnotator:
         self.shape = tuple(int(s) for s in self.volume.shape)
         self.lock = threading.RLock()
         self.labels = self._open_store(classes)
+        #: derived data of the previews (shared between annotators to bound a server's memory)
+        self.cache = cache if cache is not None else ByteCache(DEFAULT_CACHE_BYTES)
+        self.tile = int(tile)
+        self.coarse_pixels = int(coarse_pixels)
         self._session: InteractiveSession | None = None
+        self._session_lock = threading.Lock()
         self.model: Any = None
         self.model_version = 0
         self.revision = 0  # bumps on every label change
+        self.style = 0  # bumps when class colours change (overlays look different)
+        self._token = uuid.uuid4().hex[:8]  # versions of a rebuilt annotator never collide
         self._trained_revision = -1
-        self._predictions: OrderedDict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = (
-            OrderedDict()
-        )
         self._window: dict | None = None
         self._issued: OrderedDict[str, dict] = OrderedDict()  # legacy cut-outs by content hash
         self.last_timing: dict[str, float] = {}
         self._prefetch: dict[tuple[int, int], Any] = {}
         self._prefetch_pool: ThreadPoolExecutor | None = None
         self._prefetch_lock = threading.Lock()
+        #: tile computations of this job at once (the others wait; other jobs do not)
+        self._compute = threading.BoundedSemaphore(max(1, int(workers or default_workers())))
 
     # ---------------------------------------------------------------- labels
     def _open_store(self, classes: Sequence[dict] | None) -> LabelStore:
@@ -157,6 +182,8 @@ class JobAnnotator:
             )
         if len(clean) != len(current):
             self._invalidate_model()
+        elif [c.get("color") for c in clean] != [c.get("color") for c in current]:
+            self.style += 1
         self.labels.set_classes(clean)
         return self.classes
 
@@ -231,9 +258,12 @@ class JobAnnotator:
             for f in self._prefetch.values():
                 f.cancel()
             self._prefetch.clear()
-        self._session = None
+        with self._session_lock:
+            old, self._session = self._session, None
+        if old is not None:
+            old.close()
         self.model = None
-        self._predictions.clear()
+        self.style += 1
 
     def _check_index(self, axis: int, index: int) -> None:
         if axis not in (0, 1, 2):
@@ -320,16 +350,35 @@ class JobAnnotator:
     # ---------------------------------------------------------------- model
     @property
     def session(self) -> InteractiveSession:
-        if self._session is None:
-            self._session = InteractiveSession(self.volume, self.labels)
-        return self._session
+        with self._session_lock:
+            if self._session is None:
+                self._session = InteractiveSession(self.volume, self.labels, cache=self.cache,
+                                                   tile=self.tile,
+                                                   coarse_pixels=self.coarse_pixels)
+            return self._session
+
+    @property
+    def version(self) -> str:
+        """Names what the overlays show now (labels and colours); changes with either."""
+        return f"{self._token}-{self.revision}-{self.style}"
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this annotator holds outside the shared cache (its preview forests), bytes."""
+        session = self._session
+        return session.nbytes if session is not None else 0
+
+    def levels(self, axis: int) -> list[list[int]]:
+        """(rows, columns) of a plane across ``axis`` on every pyramid level."""
+        s = self.session
+        return [list(s.plane_shape(axis, level)) for level in range(s.n_levels)]
 
     def prefetch(self, axis: int, index: int) -> None:
-        """Start computing the features of a plane in the background.
+        """Start computing the features of a plane's first overlay in the background.
 
-        Called when the browser opens a plane: the features are ready by the time the
-        first strokes arrive, so the first retrain + preview does not wait for them.
-        Safe to call without holding :attr:`lock`; at most one plane is computed at once.
+        Called when the browser opens a plane: the coarse level's feature tiles are ready by
+        the time the first strokes arrive. Safe to call without holding :attr:`lock`; at
+        most one plane is computed at once.
         """
         self._check_index(axis, index)
         key = (int(axis), int(index))
@@ -343,7 +392,7 @@ class JobAnnotator:
             if self._prefetch_pool is None:
                 self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="features")
             session = self.session
-            self._prefetch[key] = self._prefetch_pool.submit(session.slice_features, *key)
+            self._prefetch[key] = self._prefetch_pool.submit(session.prefetch, *key)
 
     def _await_prefetch(self, axis: int, index: int) -> None:
         """Wait for a running feature prefetch of this plane instead of computing twice."""
@@ -356,103 +405,120 @@ class JobAnnotator:
                 log.warning("feature prefetch failed: %s", exc)
 
     def close(self) -> None:
-        """Stop the background feature thread (pending prefetches are dropped)."""
+        """Stop the background feature thread and drop this annotator's cached previews."""
         if self._prefetch_pool is not None:
             self._prefetch_pool.shutdown(wait=False, cancel_futures=True)
+        with self._session_lock:
+            old, self._session = self._session, None
+        if old is not None:
+            old.close()
 
     def labelled_classes(self, classes: list[dict] | None = None) -> int:
         return sum(1 for n in self.count_by_class(classes).values() if n)
 
-    def retrain(self, classes: list[dict] | None = None) -> Any:
-        """Retrain the preview model on the current labels (cached features).
+    def retrain(self, classes: list[dict] | None = None, level: int = 0) -> Any:
+        """The preview model of pyramid ``level`` (0 = full resolution, the one saved and used
+        for suggestions) for the current labels, refitted when they changed.
 
         Returns the model, or None when fewer than two classes hold labels.
         """
-        if self._trained_revision == self.revision and self.model is not None:
-            return self.model
         classes = classes if classes is not None else self.classes
         if self.labelled_classes(classes) < 2:
-            self.model = None
+            if level == 0:
+                self.model = None
             self._trained_revision = self.revision
-            self._predictions.clear()
             return None
         with self._prefetch_lock:
             pending = set(self._prefetch)
         for s in self.labels.annotated_slices():
             if (int(s["axis"]), int(s["index"])) in pending:
                 self._await_prefetch(int(s["axis"]), int(s["index"]))
+        revision = self.revision
         t0 = time.perf_counter()
-        self.model = self.session.retrain(classes)
+        model = self.session.retrain(classes, level)
         self.last_timing["retrain_s"] = time.perf_counter() - t0
-        self.model_version += 1
-        self._trained_revision = self.revision
-        self._predictions.clear()
-        return self.model
+        if level == 0:
+            self.model = model
+        if self._trained_revision != revision:
+            self.model_version += 1
+            self._trained_revision = revision
+        return model
 
     @property
     def stale(self) -> bool:
         """True when labels changed since the last retrain."""
         return self._trained_revision != self.revision
 
-    def predict(self, axis: int, index: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(classes2d, probabilities (C, h, w)) of one plane, or None without a model."""
+    def coarse_level(self, axis: int) -> int:
+        """The pyramid level of a plane's first overlay (the whole plane, at most
+        ``coarse_pixels`` on a side)."""
+        return self.session.coarse_level(axis)
+
+    def predict(self, axis: int, index: int, level: int = 0, rows: slice | None = None,
+                cols: slice | None = None, *, refit: bool = True
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(classes2d uint8, uncertainty float32 0..1) of a plane (or a region of it) on
+        pyramid ``level``, or None while fewer than two classes hold labels.
+
+        Assembled from cached preview tiles; ``refit=False`` keeps a level's existing model
+        even when the labels changed since.
+        """
         self._check_index(axis, index)
-        if self.model is None:
+        classes = self.classes
+        if self.labelled_classes(classes) < 2:
             return None
-        key = (axis, int(index))
-        hit = self._predictions.get(key)
-        if hit is not None and hit[0] == self.model_version:
-            self._predictions.move_to_end(key)
-            return hit[1], hit[2]
         self._await_prefetch(axis, index)
         t0 = time.perf_counter()
-        classes2d, probs = self.session.predict_slice(axis, int(index))
+        with self._compute:
+            cls, unc = self.session.predict_region(axis, int(index), level, rows, cols,
+                                                   classes, refit=refit)
         self.last_timing["predict_s"] = time.perf_counter() - t0
-        classes2d = np.asarray(classes2d, dtype=np.uint8)
-        probs = np.asarray(probs, dtype=np.float32)
-        self._predictions[key] = (self.model_version, classes2d, probs)
-        while len(self._predictions) > PREDICTION_CACHE:
-            self._predictions.popitem(last=False)
-        return classes2d, probs
+        return cls, unc.astype(np.float32) / np.float32(255)
 
     def uncertainty(self, axis: int, index: int) -> np.ndarray | None:
-        """Uncertainty 0..1 of one plane (from the cached prediction), or None."""
+        """Uncertainty 0..1 of one plane at full resolution, or None."""
         pred = self.predict(axis, index)
-        if pred is None:
-            return None
-        return uncertainty_from_probabilities(pred[1])
+        return None if pred is None else pred[1]
 
     def preview(self, axis: int, index: int, *, retrain: bool = True,
                 classes: list[dict] | None = None) -> dict:
-        """Retrain (if labels changed) and predict one plane: overlay + uncertainty data URLs.
+        """Retrain (if labels changed) and predict a whole plane on its coarse level: the
+        first overlay (class and uncertainty data URLs); the browser refines what is in view
+        with :meth:`tile_png`.
 
         Returns
         -------
         dict
-            ``{axis, index, model_version, stale, overlay, uncertainty, fractions,
-            mean_uncertainty, timing}``; ``overlay`` is None (with a ``message``) while
-            fewer than two classes hold labels.
+            ``{axis, index, model_version, stale, version, level, levels, tile, overlay,
+            uncertainty, fractions, mean_uncertainty, timing}``; ``overlay`` is None (with a
+            ``message``) while fewer than two classes hold labels. ``level`` is the pyramid
+            level of the overlay, ``levels`` the plane's (rows, columns) on every level,
+            ``version`` the key of this prediction's tiles.
         """
         self._check_index(axis, index)
         classes = classes if classes is not None else self.classes
+        level = self.coarse_level(axis)
         t0 = time.perf_counter()
         if retrain:
-            self.retrain(classes)
+            self.retrain(classes, level)
         t1 = time.perf_counter()
-        pred = self.predict(axis, index)
+        pred = self.predict(axis, index, level, refit=retrain)
         t2 = time.perf_counter()
         out: dict[str, Any] = {
             "axis": AXIS_NAMES[axis],
             "index": int(index),
             "model_version": self.model_version,
             "stale": self.stale,
+            "version": self.version,
+            "level": level,
+            "levels": self.levels(axis),
+            "tile": self.tile,
         }
         if pred is None:
             out.update(overlay=None, uncertainty=None,
                        message="label at least two classes to see a prediction")
         else:
-            classes2d, probs = pred
-            unc = uncertainty_from_probabilities(probs)
+            classes2d, unc = pred
             out.update(
                 overlay=data_url(class_overlay(classes2d, colors_of(classes))),
                 uncertainty=data_url(uncertainty_overlay(unc)),
@@ -463,16 +529,57 @@ class JobAnnotator:
                          "total_s": round(time.perf_counter() - t0, 4)}
         return out
 
-    def overlay(self, axis: int, index: int, kind: str = "classes") -> np.ndarray | None:
-        """RGBA class (or ``kind="uncertainty"``) overlay of one plane after a retrain; None
-        without a model."""
+    def tile_png(self, axis: int, index: int, level: int, ty: int, tx: int,
+                 kind: str = "classes") -> bytes:
+        """PNG (RGBA) of one preview tile: the class overlay, or ``kind="uncertainty"``.
+
+        Thread-safe without :attr:`lock` (tiles of one job are computed at most
+        ``workers`` at once); retrains ``level``'s model first when the labels changed.
+        Cached per model and colours.
+
+        Raises
+        ------
+        AnnotationError
+            For an unknown kind, level or tile.
+        AnnotationConflict
+            While fewer than two classes hold labels.
+        """
         self._check_index(axis, index)
-        self.retrain()
+        if kind not in ("classes", "uncertainty"):
+            raise AnnotationError(f"kind must be classes or uncertainty, got {kind!r}")
+        session = self.session
+        if not 0 <= int(level) < session.n_levels:
+            raise AnnotationError(f"level {level} outside 0..{session.n_levels - 1}")
+        try:
+            session.grid(axis, level).check(ty, tx)
+        except ValueError as exc:
+            raise AnnotationError(str(exc)) from exc
+        classes = self.classes
+        if self.labelled_classes(classes) < 2:
+            raise AnnotationConflict("no model yet: label at least two classes")
+        style = self.style
+        with self._compute:
+            cls, unc = session.tile_prediction(axis, int(index), level, ty, tx, classes)
+        li = session.level_plane(axis, int(index), level)
+        key = (session.owner, "png", kind, axis, li, level, ty, tx, session.model_id(level), style)
+        colors = colors_of(classes)
+
+        def encode() -> bytes:
+            if kind == "uncertainty":
+                return encode_png(uncertainty_overlay(unc.astype(np.float32) / np.float32(255)))
+            return encode_png(class_overlay(cls, colors))
+
+        return self.cache.get_or_compute(key, encode)
+
+    def overlay(self, axis: int, index: int, kind: str = "classes") -> np.ndarray | None:
+        """RGBA class (or ``kind="uncertainty"``) overlay of one plane at full resolution
+        after a retrain; None without a model."""
+        self._check_index(axis, index)
         pred = self.predict(axis, index)
         if pred is None:
             return None
         if kind == "uncertainty":
-            return uncertainty_overlay(uncertainty_from_probabilities(pred[1]))
+            return uncertainty_overlay(pred[1])
         return class_overlay(pred[0], self.colors)
 
     def cleanup_preview(self, axis: int, index: int, *, min_size: int = 0,
@@ -535,10 +642,12 @@ class JobAnnotator:
             self._window = display_window(values)
         return self._window
 
-    def read_plane(self, axis: int, index: int) -> np.ndarray:
-        """One plane of the image at full resolution."""
+    def read_plane(self, axis: int, index: int, level: int = 0) -> np.ndarray:
+        """One plane of the image on pyramid ``level`` (default full resolution)."""
         self._check_index(axis, index)
-        return read_slice(self.image, axis, int(index))
+        if not 0 <= int(level) < len(self.image.levels):
+            raise AnnotationError(f"level {level} outside 0..{len(self.image.levels) - 1}")
+        return read_slice(self.image, axis, int(index), int(level))
 
     def thumbnail(self, axis: int, index: int, size: int = 192) -> np.ndarray:
         """RGB thumbnail of a plane (display window) with its labels blended in."""
@@ -572,6 +681,9 @@ class JobAnnotator:
             "model_version": self.model_version,
             "stale": self.stale,
             "chosen_model": record.get("chosen_model_id"),
+            "levels": [list(a.shape) for a in self.volume.levels],
+            "tile": self.tile,
+            "coarse_pixels": self.coarse_pixels,
         }
 
     def classes_state(self) -> dict:
@@ -609,12 +721,12 @@ class JobAnnotator:
     def cutout_prediction(self, meta: dict) -> np.ndarray | None:
         """Predicted classes of a cut-out's annotated slice, at the requested size."""
         z, vy, vx, my, mx = cutout_region(meta)
-        pred = self.predict(0, z)
+        pred = self.predict(0, z, 0, vy, vx)
         if pred is None:
             return None
         rx, ry, _ = meta["requested_shape_xyz"]
         out = np.zeros((ry, rx), dtype=np.uint8)
-        out[my, mx] = pred[0][vy, vx]
+        out[my, mx] = pred[0]
         return out
 
     def legacy_meta(self, payload: dict, image_gray: np.ndarray | None) -> dict | None:

@@ -14,7 +14,9 @@ random forest, the pickle-free stage file), :mod:`.model` (Model, save/load),
 :mod:`.context` (auto-context), :mod:`.boxes` (features of a box), :mod:`.training`
 (sampling, held-out metrics, train), :mod:`.prediction` (predict_box, predict_slice),
 :mod:`.blockwise` (segment: the whole volume block by block), :mod:`.postprocess`,
-:mod:`.interactive` (InteractiveSession), :mod:`.memory`.
+:mod:`.interactive` (InteractiveSession: the browser's preview, tile by tile and per pyramid
+level), :mod:`.tiles` (tile grids, labels on coarser levels), :mod:`.cache` (ByteCache, the
+byte-bounded LRU the previews share), :mod:`.memory`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 from ml4paleo.classes import ERASE
 
 from .blockwise import segment
+from .cache import ByteCache
 from .classifiers import CLASSIFIERS, Classifier, Forest
 from .context import ContextSettings, context_halo
 from .interactive import InteractiveSession
@@ -38,6 +41,7 @@ __all__ = [
     "ERASE",
     "MODEL_FORMAT",
     "PREVIEW",
+    "ByteCache",
     "Classifier",
     "ContextSettings",
     "Forest",

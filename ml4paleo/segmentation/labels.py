@@ -162,7 +162,55 @@ class LabelStore:
 
     def read_slice(self, axis: int, index: int) -> np.ndarray:
         """Labels of one slice (uint8, 0 = unlabelled, k + 1 = class k)."""
-        return np.asarray(self.labels[self._plane(axis, index)])
+        return self._read(self._plane(axis, index))
+
+    def _read(self, sl: tuple) -> np.ndarray:
+        # straight from the chunk files when their layout allows: a plane of a large label
+        # volume touches thousands of chunks, mostly never written, and zarr's per-chunk
+        # bookkeeping costs ~0.3 ms each (a 4096^2 plane: 1.4 s; this way: a few ms)
+        files = self._chunk_files()
+        if files is None:
+            return np.asarray(self.labels[sl])
+        box = tuple(slice(s, s + 1) if isinstance(s, int) else s for s in sl)
+        out = files.read(box)
+        return out[tuple(0 if isinstance(s, int) else slice(None) for s in sl)]
+
+    def _chunk_files(self) -> Any:
+        if not hasattr(self, "_files"):
+            from ml4paleo.formats import ChunkFiles
+
+            try:
+                self._files = ChunkFiles(self.folder / LABELS_NAME)
+            except (ValueError, OSError, KeyError):
+                self._files = None
+        return self._files
+
+    def _write_changes(self, axis: int, index: int, before: np.ndarray, after: np.ndarray) -> None:
+        """Write the chunks of plane ``index`` where ``after`` differs from ``before``.
+
+        Each run of changed chunks along a chunk row is one zarr write, so a stroke
+        rewrites the few chunks it touches instead of every chunk of the plane.
+        """
+        diff = before != after
+        if not diff.any():
+            return
+        plane_chunks = [c for a, c in enumerate(self.labels.chunks) if a != axis]
+        ch, cw = plane_chunks
+        h, w = diff.shape
+        ny, nx = -(-h // ch), -(-w // cw)
+        pad = np.zeros((ny * ch, nx * cw), bool)
+        pad[:h, :w] = diff
+        changed = pad.reshape(ny, ch, nx, cw).any(axis=(1, 3))
+        for cy in np.flatnonzero(changed.any(axis=1)):
+            row = changed[cy]
+            starts = np.flatnonzero(row & ~np.r_[False, row[:-1]])
+            stops = np.flatnonzero(row & ~np.r_[row[1:], False]) + 1
+            rows = slice(int(cy) * ch, min((int(cy) + 1) * ch, h))
+            for a, b in zip(starts, stops, strict=True):
+                cols = slice(int(a) * cw, min(int(b) * cw, w))
+                sl: list[Any] = [rows, cols]
+                sl.insert(axis, int(index))
+                self.labels[tuple(sl)] = after[rows, cols]
 
     def write_slice(
         self, axis: int, index: int, labels2d: np.ndarray, *, merge: bool = False, source: str = "mask"
@@ -195,12 +243,12 @@ class LabelStore:
             raise ValueError(f"label values must be 0..{n_classes} (or {ERASE} to erase)")
         lab = lab.astype(np.uint8)
         with self._lock:
+            before = self._read(sl)
             if merge:
-                cur = np.asarray(self.labels[sl])
-                cur = np.where(lab == ERASE, 0, np.where(lab > 0, lab, cur)).astype(np.uint8)
+                cur = np.where(lab == ERASE, 0, np.where(lab > 0, lab, before)).astype(np.uint8)
             else:
                 cur = np.where(lab == ERASE, 0, lab).astype(np.uint8)
-            self.labels[sl] = cur
+            self._write_changes(axis, index, before, cur)
             entry = self._index_slice(axis, index, cur)
             self._log({"action": "write_slice", "axis": axis, "index": int(index), "merge": merge,
                        "source": source, "counts": entry["counts"]})

@@ -5,7 +5,8 @@ dir, and headless Chromium pages through Playwright. Every test here is marked
 Fixtures for other browser tests (e.g. the annotation studio):
 
 - ``live_server`` (session): ``.url``, ``.data_dir``, ``.store`` (a JobStore on the
-  same data dir), ``.seed_job(name, image)`` -> job id of a converted job;
+  same data dir), ``.seed_job(name, image)`` -> job id of a converted job,
+  ``.seed_phantom_job(name, shape)`` -> (job id, phantom) of a large one built chunk by chunk;
 - ``browser`` (session): a Playwright Chromium browser;
 - ``page``: a fresh page (1400x900, downloads allowed, ``base_url`` = the server) whose
   ``page.js_errors`` lists uncaught page errors and console errors.
@@ -96,6 +97,23 @@ class LiveServer:
 
         store.update(job_id, converted)
         return job_id
+
+    def seed_phantom_job(self, name: str, shape, dtype: str = "uint8", tile=128,
+                         chunks=128, seed: int = 0):
+        """A converted job holding a large :class:`~ml4paleo.phantom.TiledPhantom` written
+        chunk by chunk (never whole in memory); returns ``(job_id, phantom)``."""
+        from ml4paleo.jobs.steps import image_metadata
+        from ml4paleo.phantom import TiledPhantom
+
+        phantom = TiledPhantom(shape, tile=tile, seed=seed, dtype=dtype)
+        job_id = self.store.create(name, "npy")["id"]
+        dest = self.store.job_dir(job_id) / "image.ome.zarr"
+        phantom.write_image(dest, chunks=chunks, voxel_size=(1.0, 1.0, 1.0), unit="micrometer",
+                            extra_attrs={"source_type": "npy", "source": {}})
+        meta = image_metadata(dest)
+        self.store.update(job_id, lambda r: r.update(status="converted", progress=1.0,
+                                                     metadata=meta, message="seeded by a test"))
+        return job_id, phantom
 
     def log_tail(self, n: int = 60) -> str:
         try:

@@ -75,6 +75,9 @@
     poly: [],            // polygon vertices in image coords
     mouse: null,         // last mouse image coords
     predImg: null, uncImg: null,
+    pv: null,            // the last preview: {version, level (of predImg), levels, tile}
+    tiles: new Map(),    // finer prediction tiles: key -> {img, plane, version, level, ty, tx, kind}
+    tileLog: [],         // tile URLs requested (newest last; inspectable from tests)
     loadToken: 0,
     spaceDown: false,
     flips: [{ rows: false, cols: false }, { rows: false, cols: false }, { rows: false, cols: false }],
@@ -161,16 +164,20 @@
     // orientation / user flips mirror the plane inside its frame (image coordinates stay)
     const f = S.flips[S.axis];
     ctx.transform(f.cols ? -1 : 1, 0, 0, f.rows ? -1 : 1, f.cols ? S.w : 0, f.rows ? S.h : 0);
-    ctx.imageSmoothingEnabled = false;
+    // minified (a large slice seen whole): filter, or the noise aliases into salt and pepper;
+    // magnified: crisp pixels
+    ctx.imageSmoothingEnabled = v.scale * dpr < 1;
+    ctx.imageSmoothingQuality = "high";
     ctx.drawImage(imgCanvas, 0, 0);
-    const pred = $("ann-clean-preview").checked && S.cleanPreview ? S.cleanPreview : S.predImg;
-    if ($("ann-show-pred").checked && pred) {
+    ctx.imageSmoothingEnabled = false;
+    if ($("ann-show-pred").checked && $("ann-clean-preview").checked && S.cleanPreview) {
       ctx.globalAlpha = $("ann-pred-op").value / 100;
-      ctx.drawImage(pred, 0, 0, S.w, S.h);
+      ctx.drawImage(S.cleanPreview, 0, 0, S.w, S.h);
+    } else if ($("ann-show-pred").checked && S.predImg) {
+      drawOverlay(S.predImg, "classes", $("ann-pred-op").value / 100);
     }
     if ($("ann-show-unc").checked && S.uncImg) {
-      ctx.globalAlpha = 0.9;
-      ctx.drawImage(S.uncImg, 0, 0, S.w, S.h);
+      drawOverlay(S.uncImg, "uncertainty", 0.9);
     }
     ctx.globalAlpha = $("ann-lab-op").value / 100;
     ctx.drawImage(labCanvas, 0, 0);
@@ -203,6 +210,7 @@
     const s = Math.min(r.width / S.w, r.height / (S.h * S.aspect));
     S.view = { scale: s, tx: (r.width - S.w * s) / 2, ty: (r.height - S.h * S.aspect * s) / 2 };
     draw();
+    viewChanged();
   }
   function zoomAt(factor, cx, cy) {
     const v = S.view;
@@ -212,6 +220,135 @@
     v.ty = cy - (cy - v.ty) * f;
     v.scale = s;
     draw();
+    viewChanged();
+  }
+
+  // ------------------------------------------------------------------ prediction tiles
+  // The first overlay (S.predImg) is the whole plane on a coarse pyramid level; what is in
+  // view is refined in place by tiles of the level matching the zoom, fetched (at most
+  // TILE_INFLIGHT at once, centre first) and kept in S.tiles (browser memory, LRU) and the
+  // HTTP cache (a tile's URL names the preview version).
+  const TILE_INFLIGHT = 4, TILE_KEEP = 320;
+  let tileQueue = [], tileBusy = 0, tileTimer = 0;
+  const tileKey = (plane, version, level, ty, tx, kind) => `${plane}|${version}|${level}|${ty}|${tx}|${kind}`;
+  function viewLevel() {
+    // screen pixels per full-resolution pixel along the finer of the two plane axes
+    const px = S.view.scale * (window.devicePixelRatio || 1) * Math.max(1, S.aspect);
+    const n = S.pv ? S.pv.levels.length : 1;
+    return Math.max(0, Math.min(n - 1, Math.round(Math.log2(1 / px))));
+  }
+  function visibleRect() {
+    const r = viewport.getBoundingClientRect(), v = S.view;
+    // screen rectangle in (unflipped) view coordinates, then mirrored like toImage
+    let x0 = -v.tx / v.scale, x1 = (r.width - v.tx) / v.scale;
+    let y0 = -v.ty / (v.scale * S.aspect), y1 = (r.height - v.ty) / (v.scale * S.aspect);
+    const f = S.flips[S.axis];
+    if (f.cols) [x0, x1] = [S.w - x1, S.w - x0];
+    if (f.rows) [y0, y1] = [S.h - y1, S.h - y0];
+    return [Math.max(0, x0), Math.max(0, y0), Math.min(S.w, x1), Math.min(S.h, y1)];
+  }
+  function viewChanged() {
+    clearTimeout(tileTimer);
+    tileTimer = setTimeout(requestTiles, 120);
+  }
+  function requestTiles() {
+    const pv = S.pv;
+    if (!pv || !pv.version || !S.predImg || !S.info) return;
+    const level = viewLevel();
+    viewport.dataset.viewLevel = String(level);
+    tileQueue = []; // what was queued for another view is no longer wanted
+    if (level >= pv.level) return;
+    const kinds = [];
+    if ($("ann-show-pred").checked) kinds.push("classes");
+    if ($("ann-show-unc").checked) kinds.push("uncertainty");
+    const f = 2 ** level, T = pv.tile;
+    const [lh, lw] = pv.levels[level];
+    const [x0, y0, x1, y1] = visibleRect();
+    if (x1 <= x0 || y1 <= y0) return;
+    const ty0 = Math.floor(y0 / f / T), ty1 = Math.min(Math.ceil(lh / T), Math.ceil(y1 / f / T));
+    const tx0 = Math.floor(x0 / f / T), tx1 = Math.min(Math.ceil(lw / T), Math.ceil(x1 / f / T));
+    const cy = (y0 + y1) / 2 / f / T, cx = (x0 + x1) / 2 / f / T;
+    const want = [];
+    for (let ty = ty0; ty < ty1; ty++) {
+      for (let tx = tx0; tx < tx1; tx++) {
+        for (const kind of kinds) {
+          const key = tileKey(planeKey(), pv.version, level, ty, tx, kind);
+          if (!S.tiles.has(key)) want.push({ key, level, ty, tx, kind, d: Math.hypot(ty + 0.5 - cy, tx + 0.5 - cx) });
+        }
+      }
+    }
+    want.sort((a, b) => a.d - b.d);
+    const plane = planeKey(), axis = S.axis, index = S.index, version = pv.version;
+    tileQueue = want.map((t) => ({ ...t, plane, axis, index, version }));
+    pumpTiles();
+  }
+  function pumpTiles() {
+    while (tileBusy < TILE_INFLIGHT && tileQueue.length) {
+      const t = tileQueue.shift();
+      if (S.tiles.has(t.key)) continue;
+      tileBusy++;
+      fetchTile(t).finally(() => { tileBusy--; pumpTiles(); });
+    }
+  }
+  async function fetchTile(t) {
+    const url = `${API}/annotate/tile?axis=${AXES[t.axis]}&index=${t.index}&level=${t.level}` +
+      `&ty=${t.ty}&tx=${t.tx}&kind=${t.kind}&v=${encodeURIComponent(t.version)}`;
+    S.tileLog.push(url);
+    if (S.tileLog.length > 500) S.tileLog.splice(0, S.tileLog.length - 500);
+    try {
+      const resp = await fetchRaw(url);
+      if (!resp.ok) return; // 409: no model any more; the next preview asks again
+      const img = await createImageBitmap(await resp.blob());
+      S.tiles.set(t.key, { img, plane: t.plane, version: t.version, level: t.level, ty: t.ty, tx: t.tx, kind: t.kind });
+      while (S.tiles.size > TILE_KEEP) {
+        const [old, v] = S.tiles.entries().next().value;
+        S.tiles.delete(old);
+        if (v.img.close) v.img.close();
+      }
+      if (t.plane === planeKey() && S.pv && t.version === S.pv.version) draw();
+    } catch (e) { /* a failed tile leaves the coarse overlay in place */ }
+  }
+  const ovCanvas = document.createElement("canvas");
+  function drawOverlay(coarse, kind, alpha) {
+    // the first overlay, then the finer tiles of the current plane and version on top
+    // (coarse to fine), each replacing what is under it, composed off screen at the size
+    // of the view and blended once
+    const o = ovCanvas;
+    if (o.width !== canvas.width || o.height !== canvas.height) { o.width = canvas.width; o.height = canvas.height; }
+    const octx = o.getContext("2d");
+    octx.setTransform(1, 0, 0, 1, 0, 0);
+    octx.clearRect(0, 0, o.width, o.height);
+    octx.setTransform(ctx.getTransform());
+    octx.imageSmoothingEnabled = false;
+    octx.save();
+    octx.beginPath();
+    octx.rect(0, 0, S.w, S.h);
+    octx.clip();
+    octx.drawImage(coarse, 0, 0, S.w, S.h);
+    const pv = S.pv, plane = planeKey(), list = [];
+    if (pv) {
+      for (const t of S.tiles.values()) {
+        if (t.kind === kind && t.plane === plane && t.version === pv.version && t.level < pv.level) list.push(t);
+      }
+    }
+    if (kind === "classes") {
+      viewport.dataset.tiles = String(list.length);
+      if (list.length) viewport.dataset.tileLevel = String(Math.min(...list.map((t) => t.level)));
+      else delete viewport.dataset.tileLevel;
+    }
+    list.sort((a, b) => b.level - a.level);
+    for (const t of list) {
+      const f = 2 ** t.level, T = pv.tile * f;
+      const x = t.tx * T, y = t.ty * T, w = t.img.width * f, h = t.img.height * f;
+      octx.clearRect(x, y, w, h);
+      octx.drawImage(t.img, x, y, w, h);
+    }
+    octx.restore();
+    ctx.save();
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.globalAlpha = alpha;
+    ctx.drawImage(o, 0, 0);
+    ctx.restore();
   }
   function toImage(ev) {
     const r = canvas.getBoundingClientRect();
@@ -456,6 +593,7 @@
     const info = $("ann-model-info");
     if (!p.overlay) {
       S.predImg = S.uncImg = null;
+      S.pv = null;
       info.textContent = p.message || "No model yet.";
       delete viewport.dataset.prediction;
       draw();
@@ -463,7 +601,10 @@
     }
     const [a, b] = await Promise.all([loadImg(p.overlay), loadImg(p.uncertainty)]);
     S.predImg = a; S.uncImg = b;
+    S.pv = p.levels ? { version: p.version, level: p.level, levels: p.levels, tile: p.tile } : null;
     viewport.dataset.prediction = String(p.model_version);
+    viewport.dataset.previewLevel = String(p.level || 0);
+    requestTiles();
     if ($("ann-clean-preview").checked) refreshCleanup();
     const parts = Object.entries(p.fractions || {}).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`);
     info.textContent = `Model v${p.model_version}: ${parts.join(", ")}; mean uncertainty ${(p.mean_uncertainty || 0).toFixed(2)}`;
@@ -543,6 +684,8 @@
     renderImage();
     paintAllLabels();
     S.predImg = S.uncImg = S.cleanPreview = null;
+    S.pv = null;
+    tileQueue = [];
     viewport.dataset.loaded = planeKey();
     draw();
     if (S.dirty) submit(); else refreshPreview();
@@ -684,6 +827,7 @@
   });
   function endDrag() {
     if (drag && drag.kind === "paint") endOp(drag.value ? "brush" : "eraser");
+    if (drag && drag.kind === "pan") viewChanged();
     drag = null;
   }
   canvas.addEventListener("pointerup", endDrag);
@@ -869,6 +1013,7 @@
       $(id).addEventListener("input", draw);
       $(id).addEventListener("change", draw);
     }
+    for (const id of ["ann-show-pred", "ann-show-unc"]) $(id).addEventListener("change", requestTiles);
     $("ann-add-class").addEventListener("click", () => {
       const name = $("ann-new-class").value.trim();
       if (!name) return toast("Type a class name first");
@@ -894,8 +1039,8 @@
     $("ann-segment").addEventListener("click", () => queue("segment"));
     for (const id of ["ann-cleanup", "ann-fill-holes", "ann-clean-preview"]) $(id).addEventListener("change", refreshCleanup);
     $("ann-min-size").addEventListener("change", refreshCleanup);
-    $("ann-flip-h").addEventListener("click", () => { S.flips[S.axis].cols = !S.flips[S.axis].cols; renderEdges(); draw(); });
-    $("ann-flip-v").addEventListener("click", () => { S.flips[S.axis].rows = !S.flips[S.axis].rows; renderEdges(); draw(); });
+    $("ann-flip-h").addEventListener("click", () => { S.flips[S.axis].cols = !S.flips[S.axis].cols; renderEdges(); draw(); viewChanged(); });
+    $("ann-flip-v").addEventListener("click", () => { S.flips[S.axis].rows = !S.flips[S.axis].rows; renderEdges(); draw(); viewChanged(); });
     $("ann-mesh").addEventListener("click", () => queue("mesh"));
     window.addEventListener("resize", () => { fitView(); draw(); });
     window.addEventListener("beforeunload", () => { if (S.dirty) saveDraft(); });
