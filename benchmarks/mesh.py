@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/mesh.py --size 256 --chunk-size 128 --workers 1
     # before/after in one run: also mesh with the ml4paleo of another source tree
     .venv/bin/python benchmarks/mesh.py --size 256 --chunk-size 128 --baseline /tmp/before
+    # surfaces: each level on the same volume, one after the other (default: light)
+    .venv/bin/python benchmarks/mesh.py --smooth none,light,strong
 
 The label volume (spheres, tori, a metaball blob, a thin shell and many small grains)
 is written slab by slab to an OME-Zarr label image in a temp folder, then
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -105,8 +108,9 @@ def _run_child(args) -> None:
     from ml4paleo.meshing import mesh
 
     t0 = time.perf_counter()
+    smooth = {"smooth": args.smooth} if args.smooth else {}  # a baseline tree may predate it
     out = mesh(args.labels, args.out, chunk_size=args.chunk_size, formats=args.formats,
-               workers=args.workers, executor="serial" if args.workers == 1 else None)
+               workers=args.workers, executor="serial" if args.workers == 1 else None, **smooth)
     seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "faces": {str(k): v for k, v in out["faces"].items()},
                       "stats": out["stats"], "blocks": out["blocks"]}))
@@ -127,10 +131,8 @@ def _tree_memory(proc) -> tuple[int, int, int]:
     return rss, pss, biggest
 
 
-def _measure(args, labels: Path, out: Path, tree: Path | None) -> dict:
+def _measure(args, labels: Path, out: Path, tree: Path | None, smooth: str | None) -> dict:
     """Mesh ``labels`` in a child process (``tree`` first on its import path); sample memory."""
-    import os
-
     import psutil
     import trimesh
 
@@ -139,7 +141,7 @@ def _measure(args, labels: Path, out: Path, tree: Path | None) -> dict:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, __file__, "--child", "--labels", str(labels), "--out", str(out),
            "--chunk-size", str(args.chunk_size), "--workers", str(args.workers), "--formats",
-           args.formats]
+           args.formats] + (["--smooth", smooth] if smooth else [])
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     proc = psutil.Process(child.pid)
@@ -163,12 +165,14 @@ def _measure(args, labels: Path, out: Path, tree: Path | None) -> dict:
     mb = 1024**2
     return {
         "size": args.size, "chunk_size": args.chunk_size, "workers": args.workers,
-        "blocks": result["blocks"], "mesh_seconds": round(result["seconds"], 1),
+        "smooth": smooth, "blocks": result["blocks"], "mesh_seconds": round(result["seconds"], 1),
         "wall_seconds_with_startup": round(wall, 1),
         "peak_rss_tree_mb": round(peak[0] / mb), "peak_pss_tree_mb": round(peak[1] / mb),
         "peak_rss_largest_process_mb": round(peak[2] / mb),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "faces": result["faces"], "watertight": closed,
         "components": {str(r["label"]): r["components"] for r in result["stats"]},
+        "surface_area": {str(r["label"]): round(r["surface_area"], 4) for r in result["stats"]},
     }
 
 
@@ -178,6 +182,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--formats", default="stl")
+    parser.add_argument("--smooth", default="light",
+                        help="surface levels to run, comma-separated: none, light, strong")
     parser.add_argument("--keep", action="store_true", help="Keep the temp folder.")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="also mesh with the ml4paleo package of this source tree "
@@ -196,20 +202,22 @@ def main() -> None:
         gen_s = generate(labels, args.size)
         print(f"generated {args.size}^3 labels in {gen_s:.1f} s", flush=True)
         reports = {}
-        trees = [("ml4paleo.mesh", None)]
+        levels = [v for v in args.smooth.split(",") if v]
+        runs = [(f"ml4paleo.mesh smooth={v}", None, v) for v in levels]
         if args.baseline is not None:
-            trees.insert(0, ("baseline ml4paleo.mesh", args.baseline))
-        for name, tree in trees:
-            out = tmp / ("meshes" if tree is None else "meshes-baseline")
-            reports[name] = _measure(args, labels, out, tree)
+            runs.insert(0, ("baseline ml4paleo.mesh", args.baseline, None))
+        for name, tree, smooth in runs:
+            out = tmp / ("meshes-baseline" if tree is not None else f"meshes-{smooth}")
+            reports[name] = _measure(args, labels, out, tree, smooth)
             print(json.dumps({name: reports[name]}, indent=2), flush=True)
-        if args.baseline is not None:
+        if args.baseline is not None and "none" in levels:
             same = all((tmp / "meshes-baseline" / p.name).read_bytes() == p.read_bytes()
-                       for p in (tmp / "meshes").iterdir())
-            print(f"baseline and current mesh files byte-identical: {same}")
-            for name, r in reports.items():
-                print(f"{name:24s} {r['mesh_seconds']:7.1f} s  peak RSS (tree) "
-                      f"{r['peak_rss_tree_mb']} MiB  peak PSS {r['peak_pss_tree_mb']} MiB")
+                       for p in (tmp / "meshes-none").iterdir())
+            print(f"baseline and current (smooth=none) mesh files byte-identical: {same}")
+        for name, r in reports.items():
+            print(f"{name:32s} {r['mesh_seconds']:7.1f} s  peak RSS (tree) "
+                  f"{r['peak_rss_tree_mb']} MiB  peak PSS {r['peak_pss_tree_mb']} MiB  "
+                  f"load {r['load_average'][0]}")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "atomic_writer",
+    "create_once",
     "is_temp_name",
     "now_iso",
     "parse_iso",
@@ -206,6 +207,54 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     """Write ``obj`` as JSON to ``path`` atomically (NaN/Infinity refused: strict JSON)."""
     text = json.dumps(obj, indent=indent, allow_nan=False)
     return atomic_write(path, text + "\n", fsync=fsync, permissions=permissions)
+
+
+def create_once(path: str | os.PathLike, data: bytes | str, *,
+                permissions: int | None = None) -> bool:
+    """Create the file ``path`` holding ``data`` unless it exists; never replace it.
+
+    The file is written completely under a temp name (``permissions`` set before it gets
+    its name) and then hard-linked to ``path``, so of several processes creating it at
+    once exactly one wins and nobody ever sees a partial file.
+
+    Returns
+    -------
+    bool
+        True when this call created the file, False when it existed already.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "secret"
+    >>> create_once(p, "a"), create_once(p, "b"), p.read_text()
+    (True, False, 'a')
+    """
+    path = Path(path)
+    if path.exists():
+        return False
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                 0o666 if permissions is None else permissions)
+    try:
+        try:
+            if permissions is not None:
+                os.fchmod(fd, permissions)
+            with os.fdopen(fd, "wb") as fh:
+                fd = -1
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:

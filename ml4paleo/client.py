@@ -40,8 +40,14 @@ log = logging.getLogger(__name__)
 #: default upload chunk, bytes (Dropzone's default is 1 MB; we go bigger over fast links)
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 
-#: tries per upload chunk (lost connections and 5xx answers are retried)
+#: tries per upload chunk (lost connections and 5xx answers are retried, except
+#: :data:`NOT_RETRIED`)
 UPLOAD_ATTEMPTS = 4
+#: server answers that sending again cannot fix: 507 (the data disk is full / the job's
+#: quota is used up: an answer, not a hiccup) and 501 (not implemented)
+NOT_RETRIED = frozenset({501, 507})
+#: seconds a download may wait for its first byte (the server builds an export first)
+DOWNLOAD_BUILD_TIMEOUT = 3600.0
 
 #: the pipeline's statuses in the order a job normally passes them (the status rules'
 #: own order, :data:`ml4paleo.jobs.statuses.PIPELINE_ORDER`)
@@ -331,7 +337,7 @@ class Client:
 
     def _send_chunk(self, job_id: str, form: dict, name: str, data: bytes) -> None:
         """POST one chunk; retried on a lost connection or a 5xx (the server writes each chunk
-        at its byte offset, so sending it again is safe)."""
+        at its byte offset, so sending it again is safe) - never on a full disk (507)."""
         delay = 0.5
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             try:
@@ -340,7 +346,8 @@ class Client:
                            headers={"X-Job-ID": job_id})
                 return
             except ClientError as exc:
-                transient = exc.status_code is None or exc.status_code >= 500
+                transient = exc.status_code is None or (
+                    exc.status_code >= 500 and exc.status_code not in NOT_RETRIED)
                 if not transient or attempt == UPLOAD_ATTEMPTS:
                     raise
                 log.warning("upload chunk %s of %s failed (%s); retrying in %.1f s",
@@ -537,11 +544,17 @@ class Client:
         *,
         segmentation_id: str | None = None,
         formats: Iterable[str] = ("stl",),
+        smooth: str | None = None,
     ) -> dict:
-        """Queue meshing of a segmentation (default: the latest) on the mesh runner."""
+        """Queue meshing of a segmentation (default: the latest) on the mesh runner.
+
+        ``smooth``: ``"none"``, ``"light"`` or ``"strong"`` (default: the server's, light).
+        """
         body: dict[str, Any] = {"formats": list(formats)}
         if segmentation_id is not None:
             body["segmentation_id"] = segmentation_id
+        if smooth is not None:
+            body["smooth"] = smooth
         return self._post(f"/api/job/{_q(job_id)}/mesh", json=body)
 
     def retry(self, job_id: str) -> dict:
@@ -633,8 +646,15 @@ class Client:
         progress: Callable[[int, int], None] | None = None,
         fallback_name: str = "download",
     ) -> Path:
-        """Stream the server path ``path`` (e.g. from :meth:`downloads`) to ``dest``."""
-        response = self.request("GET", path, expect_json=False, stream=True)
+        """Stream the server path ``path`` (e.g. from :meth:`downloads`) to ``dest``.
+
+        The first download of an export waits while the server builds it completely (up to
+        :data:`DOWNLOAD_BUILD_TIMEOUT` seconds), so what arrives is never cut short; a
+        body shorter than its ``Content-Length`` raises :class:`ClientError` and leaves
+        no file.
+        """
+        response = self.request("GET", path, expect_json=False, stream=True,
+                                timeout=(self.timeout, max(self.timeout, DOWNLOAD_BUILD_TIMEOUT)))
         with response:
             dest = Path(dest)
             if dest.is_dir() or str(dest).endswith(("/", os.sep)) or not dest.suffix:
@@ -652,6 +672,11 @@ class Client:
                     done += len(block)
                     if progress:
                         progress(done, total)
+                if total and done != total and "gzip" not in response.headers.get(
+                        "Content-Encoding", ""):
+                    raise ClientError(response.status_code,
+                                      f"download ended after {done} of {total} bytes",
+                                      self.url + path)
         return target
 
 

@@ -55,6 +55,25 @@ class Settings:
     smtp_user: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
+    # -- limits (hardening) ------------------------------------------------------------
+    #: free space (MiB) the data disk must keep: uploads, new jobs and steps are refused
+    #: (507) below it
+    min_free_mb: int = 256
+    #: largest size of one job folder, bytes (upload + outputs); None = no quota
+    max_job_bytes: int | None = None
+    #: largest decoded slice of an uploaded scan, pixels (read from headers before decoding)
+    max_slice_pixels: int = 16384 * 16384
+    #: largest decoded volume of an uploaded scan, voxels
+    max_volume_voxels: int = 1 << 37
+    #: largest decoded / stored size ratio of an uploaded scan (decompression bombs), checked
+    #: once the decoded volume exceeds ``decode_ratio_min_bytes``
+    max_decode_ratio: float = 200.0
+    decode_ratio_min_bytes: int = 256 * 1024**2
+    #: failed access-key attempts a client may make in a row, then per minute
+    auth_failures_burst: int = 20
+    auth_failures_per_minute: float = 30.0
+    #: a job folder without ``job.json`` older than this many seconds is debris (swept)
+    orphan_seconds: float = 3600.0
     extra: dict = field(default_factory=dict)
 
     @property

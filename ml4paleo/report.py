@@ -23,7 +23,6 @@ Examples
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -152,16 +151,18 @@ def collect(
             raise ReportError(f"{source}: the job has no segmentation yet")
         try:
             seg = job_paths.segmentation_files(seg_id)
+            labels_path = job_paths.labels(seg_id)  # a label of the job's image (or older)
         except ValueError as exc:
             raise ReportError(f"{source}: {exc}") from None
-        labels_path = seg.labels
-    elif SegmentationPaths(source).labels.exists():
+    elif SegmentationPaths(source).labels.exists() or _job_segmentation(source):
         seg = SegmentationPaths(source)
         labels_path = seg.labels
         parent = JobPaths(source.parent.parent)
         if parent.segmentations == source.parent:
             job = load_record(parent.root)
             job_paths = parent if job is not None else None
+            if job_paths is not None:  # a label of the job's image (or an older version's)
+                labels_path = job_paths.labels(source.name)
     else:
         labels_path = source
     if not labels_path.exists():
@@ -195,7 +196,7 @@ def collect(
         except ValueError:
             model_meta = None  # a malformed id in an old record names no model
 
-    classes = _classes(model_meta, job_paths, seg_id if seg is not None else None)
+    classes = _classes(model_meta, job_paths, seg_id if seg is not None else None, labels)
     stats = _stats(seg, labels, progress)
     mesh_files = _mesh_files(seg.meshes) if seg else {}
     title = title or (job or {}).get("name") or (seg.root.name if seg else labels_path.stem)
@@ -216,9 +217,29 @@ def collect(
     )
 
 
-def _classes(model: dict | None, job_paths: JobPaths | None, seg_id: str | None) -> list[dict]:
-    """The model's class list, else the segmentation's (its registry's rule), else the
-    annotations'; colours from :mod:`ml4paleo.classes` where none is stored."""
+def _job_segmentation(folder: Path) -> bool:
+    """True when ``folder`` is a segmentation folder of a job whose labels exist."""
+    parent = JobPaths(folder.parent.parent)
+    try:
+        return parent.segmentations == folder.parent and parent.labels(folder.name).exists()
+    except ValueError:
+        return False
+
+
+def _classes(model: dict | None, job_paths: JobPaths | None, seg_id: str | None,
+             labels=None) -> list[dict]:
+    """The label image's classes (its NGFF ``image-label``), else the model's class list,
+    else the segmentation's (its registry's rule), else the annotations'; colours from
+    :mod:`ml4paleo.classes` where none is stored."""
+    if labels is not None:
+        from ml4paleo.formats import label_classes
+
+        try:
+            named = label_classes(labels.attrs)
+        except ValueError:
+            named = None
+        if named:
+            return named
     classes = read_class_list((model or {}).get("classes"))
     if classes or job_paths is None:
         return classes
@@ -240,29 +261,12 @@ def _read_list(path: Path) -> list:
 
 
 def _stats(seg: SegmentationPaths | None, labels, progress) -> list[dict]:
+    from ml4paleo.meshing import label_stats, read_stats_csv
+
     for candidate in ((seg.stats, seg.mesh_stats) if seg else ()):
         if candidate.is_file():
-            with open(candidate, newline="") as fh:
-                return [_typed(row) for row in csv.DictReader(fh)]
-    from ml4paleo.meshing import label_stats
-
+            return read_stats_csv(candidate, typed=True)
     return label_stats(labels, voxel_size=labels.voxel_size, progress=progress)
-
-
-def _typed(row: dict) -> dict:
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if value is None or value == "":
-            out[key] = None
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            out[key] = value
-            continue
-        out[key] = int(number) if number.is_integer() and "." not in value and "e" not in value \
-            else number
-    return out
 
 
 def _mesh_files(folder: Path) -> dict[int, Path]:
@@ -480,8 +484,11 @@ def class_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-class table, formatted for display."""
     u = data.unit_symbol
     total = float(np.prod(data.shape)) * float(np.prod(data.voxel_size))
+    surfaces = sorted({str(r["surface"]) for r in data.stats if r.get("surface")})
+    kind = f", {', '.join(surfaces)}" if surfaces else ""  # which mesh was measured
     header = ["Class", "Label", "Voxels", f"Volume ({u}³)", "% of scan",
-              f"Mesh volume ({u}³)", f"Surface ({u}²)", "Components", f"Extent z×y×x ({u})"]
+              f"Mesh volume ({u}³{kind})", f"Surface ({u}²{kind})", "Components",
+              f"Extent z×y×x ({u})"]
     rows = []
     for r in sorted(data.stats, key=lambda r: int(r.get("label") or 0)):
         label = int(r.get("label") or 0)

@@ -6,8 +6,11 @@ environment variables so each runner process can act differently:
 - ``ML4PALEO_TEST_MODE``: ``count`` (default) writes ``result.txt`` (the numbers
   0..N-1, one per tick, the file is renamed into place when complete) with
   ``ML4PALEO_TEST_TICKS`` progress ticks of ``ML4PALEO_TEST_TICK`` seconds;
-  ``slow_real`` runs the real convert step with a sleep at each progress tick;
-  ``fail`` raises RuntimeError; ``missing`` asks for a library function that does not exist.
+  ``slow_real`` runs the real step (convert, segment, mesh) with a sleep at each progress
+  tick (``ML4PALEO_TEST_TICK`` seconds; for segment only once it segments);
+  ``fail`` raises RuntimeError; ``missing`` asks for a library function that does not exist;
+  ``helper`` starts a ``sleep`` process that does not die with its parent (its pid goes to
+  ``ML4PALEO_TEST_HELPER_PID``), then counts like ``count``.
 - ``ML4PALEO_TEST_LOG``: a file to which ``start``/``end`` lines are appended
   (``<event> <job_id> <pid> <monotonic time>``).
 """
@@ -50,18 +53,26 @@ def counting_step(ctx) -> dict:
     return {"result_pid": os.getpid()}
 
 
-def slow_real_convert(ctx) -> dict:
-    _log("start", ctx.job_id)
-    real = ctx.progress
+def _slowed(step):
+    def run(ctx) -> dict:
+        _log("start", ctx.job_id)
+        real = ctx.progress
 
-    def slow_progress(done, total):
-        real(done, total)
-        time.sleep(_tick())
+        def slow_progress(done, total, *args, **kwargs):
+            real(done, total, *args, **kwargs)
+            if ctx.record.get("status") != "training":
+                _log("tick", ctx.job_id)
+                time.sleep(_tick())
 
-    ctx.progress = slow_progress
-    out = steps.convert_step(ctx)
-    _log("end", ctx.job_id)
-    return out
+        ctx.progress = slow_progress
+        out = step(ctx)
+        _log("end", ctx.job_id)
+        return out
+
+    return run
+
+
+slow_real_convert = _slowed(steps.convert_step)
 
 
 def failing_step(ctx) -> dict:
@@ -74,7 +85,16 @@ def missing_step(ctx) -> dict:
     return {}
 
 
-_MODES = {"count": counting_step, "slow_real": slow_real_convert, "fail": failing_step,
+def helper_step(ctx) -> dict:
+    import subprocess
+
+    helper = subprocess.Popen(["sleep", "300"])
+    with open(os.environ["ML4PALEO_TEST_HELPER_PID"], "w") as fh:
+        fh.write(str(helper.pid))
+    return counting_step(ctx)
+
+
+_MODES = {"count": counting_step, "helper": helper_step, "slow_real": slow_real_convert, "fail": failing_step,
           "missing": missing_step}
 
 
@@ -82,4 +102,11 @@ def _dispatch(ctx) -> dict:
     return _MODES[os.environ.get("ML4PALEO_TEST_MODE", "count")](ctx)
 
 
-STEPS = {"convert": _dispatch}
+def _real_or_slowed(step):
+    slowed = _slowed(step)
+    return lambda ctx: (slowed if os.environ.get("ML4PALEO_TEST_MODE") == "slow_real"
+                        else step)(ctx)
+
+
+STEPS = {"convert": _dispatch, "segment": _real_or_slowed(steps.segment_step),
+         "mesh": _real_or_slowed(steps.mesh_step)}

@@ -381,6 +381,8 @@ def test_job_actions_follow_the_status_rules(env):
     r = c.post(f"/api/job/{jid}/start")
     assert r.status_code == 409 and "busy" in r.get_json()["error"]
     assert c.post(f"/api/job/{jid}/mesh", json={"formats": ["exe"]}).status_code == 400
+    r = c.post(f"/api/job/{jid}/mesh", json={"smooth": "wobbly"})
+    assert r.status_code == 400 and "smooth must be one of none, light, strong" in r.get_json()["error"]
     assert c.post("/api/job/nope/start").status_code == 404
 
 

@@ -125,9 +125,13 @@ def _write_block(out_dir, block):
 def _smooth_block(in_dir, shape, block):
     """Stage 2: read the block with a halo from stage 1's files and sum it."""
     full = np.zeros(shape)
-    for name in os.listdir(in_dir):
-        b = next(x for x in block_grid(shape, 4) if x.name == name[:-4])
-        full[b.write] = np.load(os.path.join(in_dir, name))
+    for b in block_grid(shape, 4):
+        overlaps = all(w.start < r.stop and r.start < w.stop for w, r in zip(b.write, block.read))
+        path = os.path.join(in_dir, f"{b.name}.npy")
+        # only the blocks it reads: others may still be mid-write (their stage-1 files are
+        # not atomic); a missing or partial dependency makes the sum wrong and the test fail
+        if overlaps and os.path.exists(path):
+            full[b.write] = np.load(path)
     return float(full[block.read].sum())
 
 

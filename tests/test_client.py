@@ -219,7 +219,7 @@ def test_full_pipeline(server, phantom, tmp_path):
     client.segment(job, train=True)
     final = client.wait_for(job, "segmented", timeout=90, poll=0.3)
     assert final["status"] == "segmented", _server_log(server)
-    client.mesh(job, formats=["stl", "obj"])
+    client.mesh(job, formats=["stl", "obj"], smooth="strong")
     final = client.wait_for(job, "meshed", timeout=90, poll=0.3)
     assert final["status"] == "meshed"
 
@@ -236,6 +236,7 @@ def test_full_pipeline(server, phantom, tmp_path):
     stats = client.download(job, "stats", out / "stats.csv")
     rows = list(csv.DictReader(io.StringIO(stats.read_text())))
     assert {int(r["label"]) for r in rows} >= {1, 2}
+    assert {r["surface"] for r in rows} == {"smooth-strong"}  # the choice reached the runner
     # downloads are the user's files: their umask, not a temp file's 0600
     umask = os.umask(0)
     os.umask(umask)

@@ -351,10 +351,13 @@ def test_omezarr_without_our_world_uses_ngff_scale_and_translation(tmp_path):
 
     img = omezarr.create_image(tmp_path / "n.ome.zarr", (8, 8, 8), np.uint8, chunks=8,
                                voxel_size=(3.0, 2.0, 1.0), unit="micrometer", pyramid=False)
+    # as another writer leaves it: NGFF transformations only, no ml4paleo world
     ms = dict(img.attrs)["multiscales"]
-    ms[0]["datasets"][0]["coordinateTransformations"].append(
-        {"type": "translation", "translation": [30.0, 20.0, 10.0]})
+    ms[0]["datasets"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [3.0, 2.0, 1.0]},
+        {"type": "translation", "translation": [30.0, 20.0, 10.0]}]
     img.group.attrs["multiscales"] = ms
+    del img.group.attrs["ml4paleo"]
     with open_any(tmp_path / "n.ome.zarr") as v:
         assert v.world.source == "ngff" and v.world.unit == "micrometer"
         assert v.world.origin == (10.0, 20.0, 30.0) and v.voxel_size == (3.0, 2.0, 1.0)

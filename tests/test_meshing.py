@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from skimage.measure import marching_cubes
 
 from ml4paleo.formats import create_image
 from ml4paleo.meshing import MESH_FORMATS, STATS_COLUMNS, label_stats, mesh
+from ml4paleo.meshing.stats import csv_header, row_key
 
 VOXEL = (1.5, 0.5, 1.0)  # z, y, x: anisotropic on purpose
 
@@ -69,7 +71,7 @@ def test_shapes_are_closed_with_right_topology_volume_and_bounds(tmp_path, shape
     mask = shape_fn()
     vol = mask.astype(np.uint8) * 3
     out = mesh(vol, tmp_path, chunk_size=8, formats=("ply", "stl"), voxel_size=VOXEL,
-               executor="serial")
+               executor="serial", smooth="none")
     assert [p.name for p in out["files"][3]] == ["3.ply", "3.stl"]
     m = _load(tmp_path / "3.ply")
     assert m.is_watertight and m.is_winding_consistent
@@ -114,9 +116,9 @@ def _blobs(shape=(23, 29, 31), seed=3):
 def test_blockwise_equals_whole_volume(tmp_path, chunk):
     labels = _blobs()
     whole = mesh(labels, tmp_path / "whole", chunk_size=1000, formats="ply", voxel_size=VOXEL,
-                 executor="serial")
+                 executor="serial", smooth="none")
     parts = mesh(labels, tmp_path / "parts", chunk_size=chunk, formats="ply", voxel_size=VOXEL,
-                 executor="serial")
+                 executor="serial", smooth="none")
     assert whole["blocks"] == 1 and parts["blocks"] > 20
     assert sorted(parts["files"]) == [1, 2, 7]
     for value in (1, 2, 7):
@@ -149,7 +151,7 @@ def test_multiple_labels_objects_and_cavities(tmp_path):
     vol[6:10, 18:21, 6:10] = 0  # cavity: one object, two surfaces
     vol[20, 3, 25] = 300  # a single voxel
     vol[21, 4, 25] = 0
-    out = mesh(vol, tmp_path, chunk_size=7, formats="stl,obj", executor="serial")
+    out = mesh(vol, tmp_path, chunk_size=7, formats="stl,obj", executor="serial", smooth="none")
     rows = {r["label"]: r for r in out["stats"]}
     assert sorted(rows) == [1, 2, 300]
     assert (rows[1]["components"], rows[1]["mesh_bodies"]) == (2, 2)
@@ -192,6 +194,8 @@ def test_formats_load_back_with_trimesh(tmp_path):
     ref = _load(tmp_path / "1.ply")
     for fmt in MESH_FORMATS:
         m = trimesh.load(tmp_path / f"1.{fmt}", force="mesh")
+        if fmt == "glb":  # the mesh node itself, without the y-up root node's rotation
+            m = next(iter(trimesh.load(tmp_path / "1.glb").geometry.values()))
         assert len(m.faces) == faces, fmt
         assert m.is_watertight, fmt
         assert m.volume == pytest.approx(ref.volume, rel=1e-5), fmt
@@ -246,12 +250,14 @@ def test_ome_zarr_input_with_local_processes(tmp_path):
                executor="processes", workers=2)
     assert out["unit"] == "micrometer" and out["voxel_size"] == (2.0, 1.0, 0.5)
     ref = mesh(labels, tmp_path / "r", chunk_size=100, formats="ply", voxel_size=(2.0, 1.0, 0.5),
-               executor="serial")
+               unit="micrometer", executor="serial")
     for value in ref["files"]:
         assert (tmp_path / "m" / f"{value}.ply").read_bytes() == (
             tmp_path / "r" / f"{value}.ply").read_bytes()
     csv_text = (tmp_path / "m" / "stats.csv").read_text().splitlines()
-    assert csv_text[0].split(",") == list(STATS_COLUMNS)
+    assert csv_text[0].split(",") == csv_header("micrometer")
+    assert [row_key(h) for h in csv_header("micrometer")] == list(STATS_COLUMNS)
+    assert "volume_um3" in csv_text[0] and "surface_area_um2" in csv_text[0]
     assert len(csv_text) == 1 + len(ref["files"]) and ",micrometer," in csv_text[1]
     # nothing of the work folder left behind
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
@@ -291,16 +297,37 @@ BEFORE = {
 }
 
 
+def _without_headers(path) -> bytes:
+    """A mesh file as ml4paleo wrote it before headers described the coordinates."""
+    data = path.read_bytes()
+    if path.suffix == ".stl":  # the 80-byte header was all zeros
+        return b"\0" * 80 + data[80:]
+    if path.suffix == ".ply":
+        return re.sub(rb"comment ml4paleo[^\n]*\n", b"", data, count=1)
+    if path.suffix == ".obj":
+        return re.sub(rb"\A(# (ml4paleo|coordinates)[^\n]*\n)+", b"", data)
+    return data
+
+
 def test_meshes_are_byte_identical_to_those_made_before(tmp_path):
+    """Geometry did not change: in voxel space (and the world of a bare array, which is the
+    same), STL facets, PLY and OBJ bodies equal what was written before the headers that
+    describe the coordinates (GLB is ml4paleo's own writer now; the CSV has new columns)."""
     import hashlib
 
     labels = _blobs()
     for name, kw in [("plain", {"chunk_size": 7}), ("simpl", {"chunk_size": 9, "simplify": 0.5})]:
-        mesh(labels, tmp_path / name, formats=MESH_FORMATS, voxel_size=VOXEL, unit="micrometer",
-             executor="serial", **kw)
-    got = {f"{d.name}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
-           for d in sorted(tmp_path.iterdir()) for p in sorted(d.iterdir())}
-    assert got == BEFORE
+        for space in ("voxel", "world"):
+            mesh(labels, tmp_path / space / name, formats=("stl", "ply", "obj"),
+                 voxel_size=VOXEL, unit="micrometer", executor="serial", space=space,
+                 smooth="none", **kw)
+    for space in ("voxel", "world"):
+        got = {f"{d.name}/{p.name}": hashlib.sha256(_without_headers(p)).hexdigest()
+               for d in sorted((tmp_path / space).iterdir()) for p in sorted(d.iterdir())
+               if p.suffix != ".csv"}
+        assert got == {k: v for k, v in BEFORE.items() if k.endswith((".stl", ".ply", ".obj"))}
+    head = (tmp_path / "world" / "plain" / "1.stl").read_bytes()[:80].rstrip(b"\0").decode()
+    assert head == "ml4paleo label=1 space=world unit=micrometer"
 
 
 @pytest.mark.slow
@@ -327,10 +354,11 @@ def test_label_stats_values_in_physical_units():
     vol = np.zeros((6, 7, 8), np.int32)
     vol[1:4, 2:4, 3:7] = 5
     rows = label_stats(vol, voxel_size=(2.0, 3.0, 0.5), unit="mm", chunk_size=4,
-                       executor="serial")
+                       executor="serial", smooth="none")
     assert len(rows) == 1
     r = rows[0]
-    assert (r["label"], r["voxel_count"], r["components"], r["unit"]) == (5, 24, 1, "mm")
+    assert (r["label"], r["voxel_count"], r["components"], r["unit"]) == (5, 24, 1,
+                                                                           "millimeter")
     assert r["volume"] == pytest.approx(24 * 3.0)
     assert (r["min_x_vox"], r["min_y_vox"], r["min_z_vox"]) == (3, 2, 1)
     assert (r["max_x_vox"], r["max_y_vox"], r["max_z_vox"]) == (6, 3, 3)

@@ -91,6 +91,7 @@ def test_class_table_values(job):
     data = collect(job["dir"])
     header, rows = class_table(data)
     assert header[3] == "Volume (mm³)"
+    assert header[6] == "Surface (mm², smooth-light)"  # which surface was measured
     assert [r[0] for r in rows] == ["bone", "tooth"]
     tooth = int((job["truth"] == 2).sum())
     assert rows[1][2] == f"{tooth:,}".replace(",", " ")

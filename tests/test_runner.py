@@ -336,10 +336,20 @@ def test_real_pipeline_steps_segment_and_mesh(data):
     assert rec["segmentations"] == [seg_id] and rec["annotations_pending"] is False
     from ml4paleo.omezarr import open_image
 
-    out = np.asarray(open_image(store.job_dir(job_id) / "segmentations" / seg_id
-                                / "labels.ome.zarr").array[:])
+    paths = store.paths(job_id)
+    # the segmentation is an NGFF label of the job's image, named and coloured
+    assert paths.labels(seg_id) == paths.image / "labels" / seg_id
+    from ml4paleo.formats import label_classes, label_names
+
+    assert label_names(paths.image) == [seg_id]
+    out_image = open_image(paths.labels(seg_id))
+    assert [c["name"] for c in label_classes(out_image)] == ["background", "bone"]
+    assert out_image.attrs["image-label"]["source"] == {"image": "../../"}
+    assert out_image.world == open_image(paths.image).world
+    out = np.asarray(out_image.array[:])
     assert (out == truth).mean() > 0.95
-    store.request_mesh(job_id, formats=["stl"])
+    store.request_mesh(job_id, formats=["stl"], smooth="strong")
+    assert store.get(job_id)["request"]["smooth"] == "strong"
     run_runner("mesh", settings, once=True)
     rec = store.get(job_id)
     assert rec["status"] == Status.MESHED.value, rec.get("error")
@@ -348,10 +358,10 @@ def test_real_pipeline_steps_segment_and_mesh(data):
     assert "1.stl" in rec["meshes"][seg_id]["files"]
     stats = (seg_dir / "stats.csv").read_text().splitlines()
     assert len(stats) >= 2
+    assert stats[0].endswith(",surface") and stats[1].endswith(",smooth-strong")
     # what the runners wrote went through the workspace registries
     from ml4paleo.workspace import ModelRegistry, SegmentationRegistry
 
-    paths = store.paths(job_id)
     model_meta = ModelRegistry(paths).meta(rec["model_id"])
     assert model_meta["source"] == {"kind": "train"} and model_meta["created_at"].endswith("Z")
     seg_meta = SegmentationRegistry(paths).meta(seg_id)

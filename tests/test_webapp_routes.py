@@ -186,8 +186,8 @@ def test_slice_tiles_match_the_volume(client, job, volume):
 
 
 @pytest.mark.parametrize("query", [
-    "axis=w", "axis=z&index=-1", "axis=z&index=40", "axis=z&index=abc", "level=9",
-    "window=1", "window=a,b", "window=nan,inf", "tile=1", "tile=99,0", "tile_size=5",
+    "axis=w", "axis=z&index=-1", "axis=z&index=abc", "index=", "level=-1",
+    "window=1", "window=a,b", "window=nan,inf", "tile=1", "tile_size=5",
     "tile_size=999999",
 ])
 def test_slice_bad_parameters_are_400(client, job, query):
@@ -196,6 +196,15 @@ def test_slice_bad_parameters_are_400(client, job, query):
     if "window" not in query:
         r = client.get(f"/api/job/{jid}/segmentation/{seg}/slice?{query}")
         assert r.status_code == 400, query
+
+
+@pytest.mark.parametrize("query", ["axis=z&index=40", "level=9", "tile=99,0"])
+def test_slices_beyond_the_image_are_404(client, job, query):
+    """A plane, level or tile the image does not have is a resource that does not exist."""
+    jid, seg = job
+    for url in (f"/api/job/{jid}/slice?{query}", f"/api/job/{jid}/segmentation/{seg}/slice?{query}"):
+        r = client.get(url)
+        assert r.status_code == 404 and r.is_json and "no " in r.get_json()["error"], url
 
 
 # ------------------------------------------------------------------ downloads
@@ -337,9 +346,15 @@ def test_home_status_filter_comes_from_the_status_rules(client):
 
 # ------------------------------------------------------------------ catalogue
 def test_catalogue_filters_sort_page_csv(client, store, job):
+    from ml4paleo.workspace.segmentations import dir_size
+
     jid, _ = job
     ids = [store.create(f"scan {i}", "image_stack")["id"] for i in range(5)]
     store.set_fields(ids[0], name="=HYPERLINK(\"x\")")
+    # a job folder's size is what its runner measured after its last step
+    size = dir_size(store.job_dir(jid))
+    store.set_fields(jid, disk_bytes=size)
+    store.set_fields(ids[1], upload_bytes=1234)
     data = client.get("/api/jobs?per_page=2&page=2&sort=name").get_json()
     assert data["total"] == 6 and data["pages"] == 3 and len(data["jobs"]) == 2
     names = [j["name"] for j in client.get("/api/jobs?sort=name&per_page=100").get_json()["jobs"]]
@@ -354,7 +369,11 @@ def test_catalogue_filters_sort_page_csv(client, store, job):
     assert client.get("/api/jobs?status=uploading").get_json()["total"] == 5
     assert client.get("/api/jobs?q=scan 3").get_json()["total"] == 1
     row = client.get("/api/jobs?name=skull").get_json()["jobs"][0]
-    assert row["bytes"] > 10000 and row["modality"] == "CT" and row["shape"] == [40, 80, 100]
+    assert row["bytes"] == size > 10000 and row["modality"] == "CT"
+    assert row["shape"] == [40, 80, 100]
+    assert client.get("/api/jobs?q=scan 1").get_json()["jobs"][0]["bytes"] == 1234
+    by_size = client.get("/api/jobs?sort=-bytes&per_page=2").get_json()["jobs"]
+    assert [r["id"] for r in by_size] == [jid, ids[1]]
     for bad in ("sort=secret", "page=0", "per_page=100000", "voxel_size_min=abc"):
         assert client.get(f"/api/jobs?{bad}").status_code == 400, bad
     # malformed filters are refused even when another filter leaves no job to test them on

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -25,17 +31,25 @@ def client(app):
     return app.test_client()
 
 
-def test_key_library_stores_only_salted_hashes(tmp_path):
+def test_key_library_stores_only_keyed_digests(tmp_path):
     info, secret = keys.add_key(tmp_path, "alice")
     info2, secret2 = keys.add_key(tmp_path, "bob")
     text = (tmp_path / "keys.json").read_text()
     assert secret not in text and secret2 not in text
     stored = json.loads(text)["keys"]
-    assert stored[0]["salt"] != stored[1]["salt"] and len(stored[0]["hash"]) == 64
+    assert [k["scheme"] for k in stored] == ["hmac-sha256"] * 2
+    assert len(stored[0]["digest"]) == 64 and stored[0]["digest"] != stored[1]["digest"]
+    # the digest is HMAC-SHA-256 of the key under the server secret (0600, made once)
+    secret_file = tmp_path / "keys.secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    server = secret_file.read_text().strip().encode()
+    assert stored[0]["digest"] == hmac.new(server, secret.encode(), hashlib.sha256).hexdigest()
+    assert (tmp_path / "keys.json").stat().st_mode & 0o077 == 0
     assert keys.verify_key(tmp_path, secret)["name"] == "alice"
     assert keys.verify_key(tmp_path, secret2)["name"] == "bob"
     assert keys.verify_key(tmp_path, secret[:-1] + "x") is None
     assert keys.verify_key(tmp_path, "") is None and keys.verify_key(tmp_path, None) is None
+    assert keys.verify_key(tmp_path, "x" * 201) is None
     with pytest.raises(ValueError, match="already exists"):
         keys.add_key(tmp_path, "alice")
     with pytest.raises(ValueError, match="key name"):
@@ -43,6 +57,77 @@ def test_key_library_stores_only_salted_hashes(tmp_path):
     assert [k["name"] for k in keys.list_keys(tmp_path)] == ["alice", "bob"]
     assert keys.revoke_key(tmp_path, "alice") and not keys.revoke_key(tmp_path, "alice")
     assert keys.verify_key(tmp_path, secret) is None
+    assert secret_file.read_text().strip().encode() == server  # never replaced
+
+
+def test_server_secret_is_created_once_by_racing_processes(tmp_path):
+    """Eight processes adding keys at once all end up with the same server secret and all
+    eight keys, so every key verifies afterwards (a replaced secret would void the others'
+    keys; an unlocked read-modify-write of keys.json would lose some)."""
+    code = ("import sys; from ml4paleo import keys; "
+            "print(keys.add_key(sys.argv[1], sys.argv[2])[1])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), f"k{i}"],
+                              stdout=subprocess.PIPE, text=True) for i in range(8)]
+    made = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    # the key file's read-modify-write holds a file lock: no add is lost
+    assert {k["name"] for k in keys.list_keys(tmp_path)} == {f"k{i}" for i in range(8)}
+    for i, secret in enumerate(made):
+        assert keys.verify_key(tmp_path, secret)["name"] == f"k{i}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".keys.secret")]
+
+
+def test_legacy_pbkdf2_keys_are_migrated_on_first_use(tmp_path):
+    """A key file of the previous version (salted PBKDF2) keeps working: the first use is
+    checked with PBKDF2 once and the record rewritten as an HMAC digest, after which a
+    check costs microseconds (measured against the PBKDF2 check)."""
+    secret = "m4p_" + "A" * 43
+    salt = bytes(range(16))
+    legacy = {"name": "old", "prefix": secret[:8], "salt": salt.hex(),
+              "hash": hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, 100_000).hex(),
+              "created_at": "2026-01-01T00:00:00.000000Z"}
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [legacy]}))
+    assert keys.verify_key(tmp_path, secret[:8] + "B" * 43) is None  # wrong key, same prefix
+    t0 = time.perf_counter()
+    assert keys.verify_key(tmp_path, secret)["name"] == "old"
+    slow = time.perf_counter() - t0
+    stored = json.loads((tmp_path / "keys.json").read_text())["keys"][0]
+    assert stored["scheme"] == "hmac-sha256" and "salt" not in stored and "hash" not in stored
+    assert stored["created_at"] == legacy["created_at"] and stored["prefix"] == secret[:8]
+    t0 = time.perf_counter()
+    for _ in range(100):
+        assert keys.verify_key(tmp_path, secret)["name"] == "old"
+    fast = (time.perf_counter() - t0) / 100
+    assert fast < slow / 20, (fast, slow)
+    assert fast < 0.002, fast  # microseconds; 2 ms is a bound a loaded machine keeps
+    assert keys.verify_key(tmp_path, secret[:8] + "B" * 43) is None
+
+
+def test_failed_key_attempts_are_rate_limited_per_client(tmp_path):
+    app = create_app(data_dir=tmp_path / "data", auth_failures_burst=3,
+                     auth_failures_per_minute=60)
+    _, secret = keys.add_key(tmp_path / "data", "lab")
+    client = app.test_client()
+    bad = {"X-API-Key": "m4p_wrong"}
+    codes = [client.get("/api/jobs", headers=bad).status_code for _ in range(3)]
+    assert codes == [401, 401, 401]
+    r = client.get("/api/jobs", headers=bad)
+    assert r.status_code == 429 and r.is_json and "too many" in r.get_json()["error"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 2
+    # the budget is spent: even a good key is not checked for this client until it refills
+    assert client.get("/api/jobs", headers={"X-API-Key": secret}).status_code == 429
+    r = client.post("/api/auth", json={"key": "m4p_wrong"})
+    assert r.status_code == 429 and "Retry-After" in r.headers
+    # another client address is not affected; requests without a key spend nothing
+    other = {"REMOTE_ADDR": "10.1.2.3"}
+    assert client.get("/api/jobs", headers={"X-API-Key": secret},
+                      environ_base=other).status_code == 200
+    for _ in range(10):
+        assert client.get("/api/jobs", environ_base=other).status_code == 401
+    assert client.get("/api/jobs", headers={"X-API-Key": secret},
+                      environ_base=other).status_code == 200
+    time.sleep(1.1)  # one token a second
+    assert client.get("/api/jobs", headers={"X-API-Key": secret}).status_code == 200
 
 
 def test_keys_cli(tmp_path):
@@ -169,3 +254,68 @@ def test_non_ascii_csrf_and_key_headers_are_403_401(app, client):
     assert r.status_code == 401 and r.is_json
     client.set_cookie("ml4paleo_key", "\u00e9")
     assert client.get("/api/jobs").status_code == 401
+
+
+def _url_for_rule(rule, job_id: str) -> str:
+    """A URL of ``rule`` with ``job_id`` for <job_id> and plausible values elsewhere."""
+    values = {}
+    for name in rule.arguments:
+        conv = rule._converters[name]  # noqa: SLF001 - the converter tells int from path
+        values[name] = (job_id if name == "job_id" else
+                        1 if type(conv).__name__ == "IntegerConverter" else
+                        "labels.zarr/0.0.0" if type(conv).__name__ == "PathConverter" else
+                        "html" if name == "fmt" else "zarr" if name == "kind" else "x1")
+    return rule.build(values, append_unknown=False)[1]
+
+
+def test_every_route_but_the_open_list_refuses_without_a_key(app, client):
+    """One rule for every route (found by walking the app's url_map, so a new route cannot
+    be forgotten): once keys exist, each one except the explicit open list answers 401
+    without a key - job pages with a shell that asks for the key and shows nothing of the
+    job, every data route (inside /api or not) with JSON - and no route holding
+    <job_id> is open."""
+    from webapp.auth import OPEN_ENDPOINTS, PAGE_ENDPOINTS
+
+    data_dir = app.config["ML4PALEO_SETTINGS"].data_dir
+    job_id = client.post("/api/job/new", json={"name": "Secret Ammonite"}).get_json()["job_id"]
+    ann = data_dir / "jobs" / job_id / "annotations"
+    (ann / "labels.zarr").mkdir(parents=True)
+    (ann / "labels.zarr" / "0.0.0").write_bytes(b"label chunk bytes")
+    (ann / "log.jsonl").write_text('{"stroke": 1}\n')
+    _, secret = keys.add_key(data_dir, "lab")
+    rules = [r for r in app.url_map.iter_rules()]
+    assert len(rules) > 60
+    endpoints = {r.endpoint for r in rules}
+    assert OPEN_ENDPOINTS <= endpoints and PAGE_ENDPOINTS <= endpoints
+    checked = 0
+    for rule in rules:
+        if "job_id" in rule.arguments:
+            assert rule.endpoint not in OPEN_ENDPOINTS, rule.rule
+        url = _url_for_rule(rule, job_id)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            r = client.open(url, method=method)
+            checked += 1
+            if rule.endpoint in OPEN_ENDPOINTS:
+                assert r.status_code != 401, (method, url)
+                continue
+            assert r.status_code == 401, (method, url, r.status_code)
+            assert b"Ammonite" not in r.data and b"label chunk" not in r.data, url
+            if rule.endpoint in PAGE_ENDPOINTS:
+                assert r.mimetype == "text/html" and b'data-locked="true"' in r.data, url
+            else:
+                assert r.is_json and "access key" in r.get_json()["error"], (method, url)
+    assert checked > 70
+    # the hostile run's finding: annotation chunks and the stroke log, pages with the name
+    assert client.get(f"/job/{job_id}/annotations/labels.zarr/0.0.0").status_code == 401
+    assert client.get(f"/job/{job_id}/annotations/log.jsonl").status_code == 401
+    with_key = {"X-API-Key": secret}
+    r = client.get(f"/job/{job_id}/annotations/labels.zarr/0.0.0", headers=with_key)
+    assert r.status_code == 200 and r.data == b"label chunk bytes"
+    for page in ("", "/viewer", "/3d", "/download"):
+        r = client.get(f"/job/{job_id}{page}", headers=with_key)
+        assert r.status_code == 200 and b"Secret Ammonite" in r.data, page
+    # the browser's way: the key cookie from POST /api/auth opens the pages too
+    assert client.post("/api/auth", json={"key": secret}).status_code == 200
+    assert b"Secret Ammonite" in client.get(f"/job/{job_id}").data
+    # unknown routes stay plain 404s (nothing of a job is answered)
+    assert client.get("/job-nope").status_code == 404

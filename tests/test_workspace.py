@@ -233,6 +233,9 @@ def test_paths_name_exports_and_refuse_escapes(tmp_path):
         "segmentation-s1-zarr.zarr.zip"
     assert paths.report("s1", "pdf").name == "report-s1.pdf"
     assert paths.image_preview.parent == paths.exports
+    # a segmentation is a label of the job's image; an older version's stays readable where it is
+    assert paths.labels("s1") == paths.image / "labels" / "s1" == paths.image_labels("s1")
+    paths.segmentation_files("s1").labels.mkdir(parents=True)
     assert paths.labels("s1") == paths.segmentation_files("s1").labels
     for bad in ("../x", "a/b", ".hidden"):
         with pytest.raises(ValueError):

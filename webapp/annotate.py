@@ -49,6 +49,7 @@ from ml4paleo.annotate import (
     plane_shape,
     zinfo_header,
 )
+from ml4paleo.meshing.smooth import SMOOTH_LEVELS
 from ml4paleo.workspace.paths import JobPaths
 
 from .common import get_job, json_body, store
@@ -505,8 +506,12 @@ def start_meshing(job_id: str):
         f in ("stl", "obj", "ply", "glb") for f in formats
     ):
         abort(400, "formats must be a list of stl, obj, ply, glb")
+    smooth = body.get("smooth")
+    if smooth is not None and smooth not in SMOOTH_LEVELS:
+        abort(400, f"smooth must be one of {', '.join(SMOOTH_LEVELS)}")
     try:
-        record = store().request_mesh(job_id, segmentation_id=seg, formats=formats)
+        record = store().request_mesh(job_id, segmentation_id=seg, formats=formats,
+                                      smooth=smooth)
     except InvalidTransition as exc:
         abort(409, str(exc))
     return _action_reply(record)

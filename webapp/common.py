@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from flask import abort, current_app, request
@@ -101,7 +102,7 @@ def json_body() -> dict:
 def int_arg(name: str, default: int | None = None, lo: int | None = None, hi: int | None = None):
     """Integer query argument with bounds, 400 when malformed or out of range."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         if default is None:
             abort(400, f"query parameter {name!r} is required")
         return default
@@ -139,8 +140,14 @@ def outputs(job_id: str) -> dict:
 
 def job_state(status: object) -> dict | None:
     """The UI description of a status (:func:`ml4paleo.jobs.describe`); None when unknown."""
+    described = _described(str(getattr(status, "value", status)))
+    return dict(described) if described is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _described(status: str) -> dict | None:
     try:
-        return describe(str(getattr(status, "value", status)))
+        return describe(status)
     except ValueError:
         return None
 

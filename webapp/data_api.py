@@ -197,9 +197,11 @@ def segmentation_mesh(job_id: str, seg_id: str, path: str):
         abort(404, f"no mesh {path!r}")
     mimetypes = {".glb": "model/gltf-binary", ".stl": "model/stl", ".obj": "model/obj",
                  ".ply": "application/octet-stream", ".csv": "text/csv"}
+    # re-meshing replaces these files in place (same names, often the same size):
+    # revalidate every time (ETag / 304) so the 3D view never shows a stale surface
     return send_file(target, mimetype=mimetypes.get(target.suffix.lower(),
                                                     "application/octet-stream"),
-                     conditional=True, max_age=60)
+                     conditional=True, max_age=0)
 
 
 @bp.get("/api/job/<job_id>/segmentation/<seg_id>")
@@ -216,11 +218,12 @@ def segmentation_info(job_id: str, seg_id: str):
 def _plane_region(img, axis: int, index: int, level: int, tile: tuple[int, int] | None,
                   tile_size: int) -> np.ndarray:
     """Read one plane (or one tile of it) at pyramid ``level`` without the rest."""
+    # a level, plane or tile beyond the image is a resource that does not exist: 404
     if not 0 <= level < len(img.levels):
-        abort(400, f"level must be in 0..{len(img.levels) - 1}, got {level}")
+        abort(404, f"no pyramid level {level}: the image has levels 0..{len(img.levels) - 1}")
     full = img.shape[axis]
     if not 0 <= index < full:
-        abort(400, f"index must be in 0..{full - 1} along this axis, got {index}")
+        abort(404, f"no plane {index} along this axis: planes are 0..{full - 1}")
     arr = img.level(level)
     idx = min(index // (2**level), arr.shape[axis] - 1)
     plane_dims = [d for d in range(3) if d != axis]
@@ -231,7 +234,7 @@ def _plane_region(img, axis: int, index: int, level: int, tile: tuple[int, int] 
         for d, t in zip(plane_dims, (ty, tx), strict=True):
             start = t * tile_size
             if start >= arr.shape[d] or t < 0:
-                abort(400, f"tile {tile} is outside the plane")
+                abort(404, f"no tile {tile}: it is outside the plane")
             sl[d] = slice(start, min(start + tile_size, arr.shape[d]))
     return np.asarray(arr[tuple(sl)])
 
@@ -276,8 +279,8 @@ def image_slice(job_id: str):
     get_job(job_id)
     img = _image_or_404(image_path(job_id), "the converted image")
     axis = _axis()
-    index = int_arg("index", img.shape[axis] // 2)
-    level = int_arg("level", 0)
+    index = int_arg("index", img.shape[axis] // 2, 0, 2**31 - 1)
+    level = int_arg("level", 0, 0, 64)
     tile, tile_size = _parse_tile()
     raw = request.args.get("window")
     if raw:
@@ -308,8 +311,8 @@ def segmentation_slice(job_id: str, seg_id: str):
     segmentation_dir(job_id, seg_id)
     img = _image_or_404(job_paths(job_id).labels(seg_id), "the label image")
     axis = _axis()
-    index = int_arg("index", img.shape[axis] // 2)
-    level = int_arg("level", 0)
+    index = int_arg("index", img.shape[axis] // 2, 0, 2**31 - 1)
+    level = int_arg("level", 0, 0, 64)
     tile, tile_size = _parse_tile()
     plane = _plane_region(img, axis, index, level, tile, tile_size)
     return _png(np.clip(plane, 0, 255).astype(np.uint8))

@@ -1,22 +1,27 @@
-"""Downloads: every export of :mod:`ml4paleo.export`, streamed and cached in ``exports/``.
+"""Downloads: every export of :mod:`ml4paleo.export`, built once and cached in ``exports/``.
 
-A download is never built in memory: :func:`ml4paleo.export.stream_export` yields the
-zip while writing it to a temp file that is renamed into ``jobs/<id>/exports/`` only
-when complete; the next request streams the cached file.
+A download is built completely before its first byte is sent
+(:func:`ml4paleo.export.cached_export`: temp file, renamed into ``jobs/<id>/exports/``
+when complete) and then sent as a file with its length (ranges and conditional requests
+work). So a 200 never ends early: a build that fails (a full disk, a corrupt chunk)
+answers an error instead - 507 when the disk cannot hold it, checked against the export's
+estimated size before building. The next request sends the cached file.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, jsonify, stream_with_context
+from flask import Blueprint, abort, jsonify, send_file
 
 from ml4paleo.io import is_zarr_store
 from ml4paleo.workspace import JobPaths, SegmentationRegistry
+from ml4paleo.workspace.space import check_free
 
-from .common import dir_size, get_job, job_paths, outputs, segmentation_dir
+from .common import dir_size, get_job, job_paths, outputs, segmentation_dir, settings
 
 log = logging.getLogger(__name__)
 bp = Blueprint("downloads", __name__)
@@ -30,13 +35,15 @@ SEGMENTATION_KINDS = {
     "stats": ("csv", "text/csv", "per-label volume, surface area and components (CSV)"),
 }
 IMAGE_KINDS = {
-    "zarr": ("zarr.zip", "application/zip", "converted image as an OME-Zarr folder (zip)"),
+    "zarr": ("zarr.zip", "application/zip", "converted image and its segmentations as an OME-Zarr store (zip)"),
     "png": ("png.zip", "application/zip", "converted image as a stack of PNG slices (zip)"),
     "tiff": ("tiff.zip", "application/zip", "converted image as a stack of TIFF slices (zip)"),
     "nifti": ("nii.gz", "application/gzip", "converted image as one NIfTI file"),
 }
 MESH_KIND = ("zip", "application/zip", "meshes of every label (STL/OBJ/PLY/GLB) + stats (zip)")
 _FILENAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+_build_locks: dict[str, threading.Lock] = {}
+_build_guard = threading.Lock()
 
 
 def _filename(record: dict, *parts: str) -> str:
@@ -44,28 +51,32 @@ def _filename(record: dict, *parts: str) -> str:
     return "-".join([base[:60] or "job", *parts])
 
 
+def _build_lock(cache: Path) -> threading.Lock:
+    """One build at a time per export (a second request waits and sends the result)."""
+    with _build_guard:
+        return _build_locks.setdefault(str(cache), threading.Lock())
+
+
 def _stream(kind: str, source: Path, cache: Path, filename: str, mimetype: str, **options):
-    """Response streaming ``kind`` of ``source`` through the export cache."""
+    """Send ``kind`` of ``source`` from the export cache, building it first if needed."""
     try:
-        from ml4paleo.export import stream_export
+        from ml4paleo.export import cached_export, estimate_bytes, is_cached
     except ImportError:
         abort(503, "exports are not available in this installation")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        chunks = stream_export(kind, source, cache, **options)
-        first = next(chunks, b"")
-    except (ValueError, FileNotFoundError) as exc:
-        abort(404, f"cannot export {kind}: {exc}")
-
-    def generate():
-        yield first
-        yield from chunks
-
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"',
-               "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-    if cache.is_file():
-        headers["Content-Length"] = str(cache.stat().st_size)
-    return Response(stream_with_context(generate()), mimetype=mimetype, headers=headers)
+    with _build_lock(cache):
+        try:
+            if not is_cached(cache, source):
+                # the whole file must fit, with the free space the settings keep
+                check_free(cache.parent, settings().min_free_mb, estimate_bytes(kind, source))
+            path = cached_export(kind, source, cache, **options)
+        except (ValueError, FileNotFoundError) as exc:
+            abort(404, f"cannot export {kind}: {exc}")
+    resp = send_file(path, mimetype=mimetype, as_attachment=True, download_name=filename,
+                     conditional=True, max_age=0)
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
 
 
 def _kind_or_404(kinds: dict, kind: str):

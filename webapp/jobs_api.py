@@ -26,6 +26,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from ml4paleo.jobs import InvalidTransition, JobNotFound, JobStore, Status, status_table
 from ml4paleo.jobs.store import clean_name, normalize_source_type
 from ml4paleo.workspace import JobPaths
+from ml4paleo.workspace.space import check_free, check_quota
 from ml4paleo.workspace.uploads import (
     UploadError,
     all_states,
@@ -118,11 +119,15 @@ def statuses():
 def new_job():
     """Create a job: ``{name?, source_type?}`` -> 201 ``{job_id, ...}``."""
     data = _body()
+    raw_type = data.get("source_type")
+    if raw_type is not None and not isinstance(raw_type, str):
+        abort(400, "source_type must be a string")
     try:
         name = clean_name(data.get("name"), default="Untitled job")
-        source_type = normalize_source_type(data.get("source_type") or "auto")
+        source_type = normalize_source_type(raw_type or "auto")
     except (TypeError, ValueError, AttributeError) as exc:
         abort(400, str(exc))
+    check_free(_settings().data_dir, _settings().min_free_mb)
     record = _store().create(name, source_type)
     return jsonify(with_state({"job_id": record["id"], "name": record["name"],
                                "status": record["status"],
@@ -255,6 +260,10 @@ def upload_chunk():
         if record["status"] != Status.UPLOADING.value:
             abort(409, f"uploads are only accepted while the job is uploading (it is "
                        f"{record['status']})")
+        # 507 before a byte is written: the chunk must fit with the free space kept, and
+        # within the job's quota
+        check_free(paths.root, _settings().min_free_mb, need=length)
+        check_quota(int(record.get("upload_bytes") or 0), length, _settings().max_job_bytes)
         try:
             state, added = write_chunk(paths, rel, stream, length, offset, total)
         except UploadError as exc:

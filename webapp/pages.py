@@ -12,7 +12,7 @@ from flask import Blueprint, abort, g, jsonify, make_response, render_template, 
 
 from ml4paleo import keys as keylib
 
-from . import KEY_COOKIE
+from .auth import KEY_COOKIE, KEY_HEADER, TooManyAttempts, check_key
 from .common import get_job, json_body, settings
 
 bp = Blueprint("pages", __name__)
@@ -79,11 +79,19 @@ def downloads_page(job_id: str):
 @bp.get("/api/auth")
 def auth_status():
     """Whether an access key is required and whether this request carries a valid one."""
-    data_dir = settings().data_dir
-    required = keylib.has_keys(data_dir)
-    key = request.headers.get("X-API-Key") or request.cookies.get(KEY_COOKIE)
+    required = keylib.has_keys(settings().data_dir)
+    key = request.headers.get(KEY_HEADER) or request.cookies.get(KEY_COOKIE)
     return jsonify(auth_required=required,
-                   authenticated=(not required) or keylib.verify_key(data_dir, key) is not None)
+                   authenticated=(not required) or _checked(key) is not None)
+
+
+def _checked(key: str | None) -> dict | None:
+    """:func:`webapp.auth.check_key`, a used-up budget answered 429 (with Retry-After)."""
+    try:
+        return check_key(key)
+    except TooManyAttempts as exc:
+        abort(make_response(jsonify(error=str(exc)), 429,
+                            {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}))
 
 
 @bp.post("/api/auth")
@@ -92,7 +100,7 @@ def auth_login():
     key = json_body().get("key")
     if not isinstance(key, str) or not key:
         abort(400, "field 'key' is required")
-    info = keylib.verify_key(settings().data_dir, key)
+    info = _checked(key)
     if info is None:
         abort(401, "unknown access key")
     resp = make_response(jsonify(authenticated=True, name=info["name"]))

@@ -39,12 +39,13 @@ from ml4paleo.formats import (
     pyramid_stages,
 )
 from ml4paleo.io import InputError, Volume, open_any
+from ml4paleo.world import WorldTransform, normalize_unit
 
 from .slabs import BufferPool, SlabJob, write_slabs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONVERT_CLEVEL", "DEFAULT_MEMORY_LIMIT", "InputError", "convert"]
+__all__ = ["CONVERT_CLEVEL", "DEFAULT_MEMORY_LIMIT", "InputError", "convert", "source_world"]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -108,7 +109,11 @@ def convert(
     -------
     OmeImage
         The finished image (opened read-only) at ``dest``. Its ``ml4paleo`` attribute
-        holds ``{"source_type", "source": {...source metadata}, ...}``.
+        holds ``{"source_type", "source": {...source metadata}, "world": {...}, ...}``:
+        the source's world transform (:func:`source_world`), whose NGFF scale and
+        translation every level carries (for a rotated or flipped source, the
+        axis-aligned approximation: NGFF 0.4 holds no rotation; the full affine is in
+        ``world``).
 
     Raises
     ------
@@ -160,6 +165,22 @@ def convert(
     return result
 
 
+def source_world(volume: Volume, voxel_size: Sequence[float] | None = None,
+                unit: str | None = None) -> WorldTransform:
+    """The world transform a conversion of ``volume`` writes.
+
+    The source's (:attr:`ml4paleo.io.Volume.world`: affine, frame, origin, unit), with
+    ``voxel_size`` and ``unit`` overriding its voxel size and unit while its direction
+    and origin are kept.
+    """
+    world = volume.world
+    length_unit = normalize_unit(unit) if unit is not None else None
+    if voxel_size is not None or length_unit is not None:
+        world = world.with_voxel_size(voxel_size or world.voxel_size,
+                                      unit=length_unit or world.unit)
+    return world
+
+
 def _attrs_and_size(volume: Volume, voxel_size, unit) -> tuple[dict, tuple, str | None]:
     if voxel_size is not None:
         size, size_from = voxel_size, "user"
@@ -186,6 +207,7 @@ def _convert_into(volume, tmp, dest, voxel_size, unit, chunk, progress, workers,
         tmp, volume.shape, volume.dtype, chunks=chunk, voxel_size=size, unit=unit,
         name=volume.path.name, extra_attrs=attrs,
         compressor=default_compressor(clevel=CONVERT_CLEVEL),
+        world=source_world(volume, voxel_size, unit),
     )
     local = executor in (None, "threads", "serial")
     threads = int(workers or volume.workers) if local else int(workers or 1)

@@ -10,16 +10,20 @@ a file that is later served as complete. Slab work (PNG, TIFF, NIfTI) runs throu
 Kinds
 -----
 ``zarr``
-    Zip of the OME-Zarr folder (chunks stored as they are: already compressed).
+    Zip of the OME-Zarr folder, the store at the zip's root (a Zarr ``ZipStore`` as it is;
+    an image's ``labels/`` come along), chunks stored as they are (already compressed).
 ``png``
     Zip of one PNG per z slice: 8-bit, windowed to the 1-99.5 percentiles of a sample
-    for images; label values (8-bit, or 16-bit when the dtype needs it) for label images.
+    for images; label values (8-bit, or 16-bit when the dtype needs it) for label images;
+    the pixel size in each file's ``pHYs`` chunk.
 ``tiff``
-    Zip of one 16-bit TIFF per z slice (ImageJ metadata with the voxel size).
+    Zip of one TIFF per z slice (ImageJ metadata with the voxel size): 8-bit for 8-bit
+    sources, else 16-bit.
 ``meshes``
     Zip of a meshes folder (``<label>.stl|obj|ply|glb``) and its ``stats.csv``.
 ``nifti``
-    One ``.nii.gz`` with the voxel size in the header, written slab by slab.
+    One ``.nii.gz`` on the source's world (sform/qform and their codes; labels with
+    intent ``NIFTI_INTENT_LABEL``), written slab by slab.
 ``stats``
     The per-label statistics CSV (copied, or computed from a label image).
 
@@ -30,7 +34,7 @@ Modules: :mod:`~ml4paleo.export.sinks`, :mod:`~ml4paleo.export.volumes`,
 
 from __future__ import annotations
 
-import csv
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +43,7 @@ from typing import Any
 from ml4paleo._fs import atomic_writer
 from ml4paleo._verbs import make_module_callable
 from ml4paleo.meshing import STATS_CSV
+from ml4paleo.meshing import read_stats_csv as meshing_read_stats_csv
 
 from .folders import write_meshes, write_stats, write_zarr
 from .nifti import nifti_header, write_nifti
@@ -49,8 +54,11 @@ from .volumes import stem, to_uint8
 __all__ = [
     "EXPORT_KINDS",
     "WRITERS",
+    "cached_export",
     "default_filename",
+    "estimate_bytes",
     "export",
+    "is_cached",
     "nifti_header",
     "read_stats_csv",
     "stream_export",
@@ -59,11 +67,11 @@ __all__ = [
 
 #: kind -> (file suffix, mimetype, description)
 EXPORT_KINDS: dict[str, tuple[str, str, str]] = {
-    "zarr": ("zarr.zip", "application/zip", "OME-Zarr folder (zip)"),
+    "zarr": ("zarr.zip", "application/zip", "OME-Zarr store (zip, the store at its root)"),
     "png": ("png.zip", "application/zip", "stack of PNG slices (zip)"),
-    "tiff": ("tiff.zip", "application/zip", "stack of 16-bit TIFF slices (zip)"),
+    "tiff": ("tiff.zip", "application/zip", "stack of 8/16-bit TIFF slices (zip)"),
     "meshes": ("meshes.zip", "application/zip", "meshes of every label and stats.csv (zip)"),
-    "nifti": ("nii.gz", "application/gzip", "NIfTI-1 volume with the voxel size"),
+    "nifti": ("nii.gz", "application/gzip", "NIfTI-1 volume on the scan's affine"),
     "stats": ("csv", "text/csv", "per-label statistics (CSV)"),
 }
 
@@ -156,12 +164,29 @@ def export(kind: str, source: Any, dest: str | os.PathLike, **options: Any) -> P
     return dest
 
 
+def is_cached(cache: str | os.PathLike, source: Any) -> bool:
+    """True when the export file ``cache`` exists and is not older than ``source``."""
+    return _is_fresh(Path(cache), source)
+
+
+def _changed_at(path: Path) -> float:
+    """When ``path`` last changed, as far as an export of it can tell: the folder, its
+    metadata and its NGFF ``labels`` (a segmentation added to an image changes its zip)."""
+    times = [path.stat().st_mtime]
+    for part in (".zattrs", "labels", "labels/.zattrs"):
+        try:
+            times.append((path / part).stat().st_mtime)
+        except OSError:
+            pass
+    return max(times)
+
+
 def _is_fresh(cache: Path, source: Any) -> bool:
     if not cache.is_file():
         return False
     path = getattr(source, "path", source)
     if isinstance(path, str | os.PathLike) and Path(path).exists():
-        return cache.stat().st_mtime >= Path(path).stat().st_mtime
+        return cache.stat().st_mtime >= _changed_at(Path(path))
     return True
 
 
@@ -215,10 +240,64 @@ def stream_export(kind: str, source: Any, cache_path: str | os.PathLike,
         yield data
 
 
+def estimate_bytes(kind: str, source: Any) -> int:
+    """An upper estimate of the size of the ``kind`` export of ``source``, from its files
+    and header (nothing is decoded): what a caller checks free disk space against before
+    building it.
+
+    ``zarr`` and ``meshes`` zips store their files as they are; ``tiff`` is 16-bit and
+    uncompressed; ``png`` and ``nifti`` compress, so the uncompressed size bounds them.
+    """
+    _writer(kind)
+    path = Path(getattr(source, "path", source)) if isinstance(
+        source, str | os.PathLike) or hasattr(source, "path") else None
+    if kind in ("zarr", "meshes") and path is not None:
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        total = sum(p.stat().st_size for p in files if p.exists())
+        return total + 200 * len(files) + 1024  # zip headers and directory
+    if kind == "stats":
+        return path.stat().st_size if path is not None and path.is_file() else 1 << 20
+    from ml4paleo.io import open_any
+
+    vol = open_any(source)
+    try:
+        itemsize = vol.dtype.itemsize
+        per_voxel = {"tiff": 2, "png": min(itemsize, 2), "nifti": itemsize}[kind]
+        return math.prod(vol.shape) * per_voxel + vol.shape[0] * 1024 + 4096
+    finally:
+        if vol is not source:
+            vol.close()
+
+
+def cached_export(kind: str, source: Any, cache_path: str | os.PathLike,
+                  **options: Any) -> Path:
+    """The complete ``kind`` export of ``source`` at ``cache_path``: the cached file when
+    it is not older than ``source``, else built now (atomically: temp file, then rename).
+
+    For servers: the file is complete before its first byte is sent, so a download is
+    never cut short by a failure half-way (a full disk, a corrupt chunk); serve it with
+    its length.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        Unknown kind, missing or unsuitable source.
+    OSError
+        ``ENOSPC`` when the disk fills while building (nothing is left behind).
+    """
+    cache = Path(cache_path)
+    if _is_fresh(cache, source):
+        return cache
+    return export(kind, source, cache, **options)
+
+
 def read_stats_csv(path: str | os.PathLike) -> list[dict]:
-    """Read a statistics CSV written by :func:`ml4paleo.meshing.write_stats_csv`."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Read a statistics CSV written by :func:`ml4paleo.meshing.write_stats_csv`.
+
+    Rows keyed like :data:`ml4paleo.meshing.STATS_COLUMNS` (``volume``, not
+    ``volume_mm3``), values as the CSV's strings; any version's headers.
+    """
+    return meshing_read_stats_csv(path)
 
 
 make_module_callable(__name__, export)

@@ -15,7 +15,7 @@ from ml4paleo._fs import is_temp_name
 from ml4paleo.formats import OmeImage
 from ml4paleo.io import is_zarr_store
 from ml4paleo.meshing import MESH_FORMATS, STATS_CSV, label_stats, stats_csv_text
-from ml4paleo.workspace import JobPaths
+from ml4paleo.workspace import JobPaths, SegmentationPaths
 
 from .sinks import COPY_PIECE, Sink, add_file, open_zip
 
@@ -29,30 +29,51 @@ _ZARR_META = {".zarray", ".zattrs", ".zgroup", "zarr.json", ".zmetadata"}
 def segmentation_layout() -> dict[str, str]:
     """Names inside a segmentation folder: ``labels``, ``meshes`` and ``stats``.
 
-    Read from :class:`~ml4paleo.workspace.JobPaths` (the one place job files are named).
+    Read from :class:`~ml4paleo.workspace.SegmentationPaths` (the one place job files
+    are named). ``labels`` is where a folder copied elsewhere (or a job of an older
+    version) keeps its label image; a job's segmentations are labels of its image
+    (:meth:`~ml4paleo.workspace.JobPaths.labels`), found by :func:`_labels_of`.
     """
-    paths = JobPaths("job")
-    seg = paths.segmentation("s")
-    return {"labels": paths.labels("s").relative_to(seg).as_posix(),
-            "meshes": paths.meshes("s").relative_to(seg).as_posix(),
-            "stats": paths.stats("s").relative_to(seg).as_posix()}
+    seg = SegmentationPaths("s")
+    return {"labels": seg.labels.relative_to(seg.root).as_posix(),
+            "meshes": seg.meshes.relative_to(seg.root).as_posix(),
+            "stats": seg.stats.relative_to(seg.root).as_posix()}
+
+
+def _labels_of(folder: Path) -> Path:
+    """The label image of a segmentation folder: inside it, or its job's image's label."""
+    inside = folder / segmentation_layout()["labels"]
+    if is_zarr_store(inside):
+        return inside
+    job = JobPaths(folder.parent.parent)
+    try:
+        if job.segmentations == folder.parent:
+            return job.labels(folder.name)
+    except ValueError:
+        pass
+    return inside
 
 
 def write_zarr(source: Any, sink: Sink, progress: ProgressCallback | None = None,
                **_: Any) -> Iterator[None]:
-    """A zip of the OME-Zarr folder (chunks stored as they are: already compressed)."""
+    """A zip of the OME-Zarr folder, the store at the zip's root.
+
+    So the zip is a Zarr store as it is (``zarr.storage.ZipStore(path, mode="r")``,
+    ome-zarr-py, fsspec ``zip::``); an image's ``labels/`` (its segmentations) come
+    along. Chunks are stored as they are (already compressed); hidden work folders and
+    temp files of writers are left out.
+    """
     path = Path(source.path if isinstance(source, OmeImage) else source)
     if not is_zarr_store(path):
         raise ValueError(f"{path}: not a Zarr folder")
     files = []
     for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not is_temp_name(d))
+        dirs[:] = sorted(d for d in dirs if not is_temp_name(d) and not d.startswith("."))
         files.extend(Path(root) / n for n in sorted(names) if not is_temp_name(n))
-    top = path.name
     with open_zip(sink) as zf:
         yield
         for i, f in enumerate(files, start=1):
-            arcname = f"{top}/{f.relative_to(path).as_posix()}"
+            arcname = f.relative_to(path).as_posix()
             yield from add_file(zf, f, arcname, compress=f.name in _ZARR_META)
             if progress is not None:
                 progress(i, len(files))
@@ -104,8 +125,8 @@ def write_stats(source: Any, sink: Sink, *, voxel_size: Any = None,
                 path = candidate
                 break
         else:
-            if is_zarr_store(path / layout["labels"]):
-                path = path / layout["labels"]
+            if is_zarr_store(_labels_of(path)):
+                path = _labels_of(path)
             else:
                 raise ValueError(f"{path}: no {layout['stats']} and no {layout['labels']} to "
                                  "compute it from")

@@ -1,4 +1,10 @@
-"""One ``.nii.gz`` with the voxel size in its header, written slab by slab."""
+"""One ``.nii.gz`` on the source's world (sform/qform and codes), written slab by slab.
+
+The header carries the image's world transform exactly (:meth:`ml4paleo.world.
+WorldTransform.to_nifti`: RAS, millimetres), so an exported segmentation overlays its
+scan in NIfTI / ITK viewers; label images are written with intent ``NIFTI_INTENT_LABEL``
+and an integer voxel type.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ml4paleo.blocks import Block, Shared, imap
+from ml4paleo.world import WorldTransform, normalize_unit
 
 from .sinks import Sink
 from .volumes import open_export_volume, slab_blocks
@@ -33,29 +40,57 @@ NIFTI_UNITS = {
     "nanometer": ("micron", 1e-3),
     "nm": ("micron", 1e-3),
 }
+_NIFTI_UNIT_NGFF = {"meter": "meter", "mm": "millimeter", "micron": "micrometer"}
 _HEADER_BYTES = 352
 
 
-def nifti_header(shape_zyx, dtype, voxel_size_zyx, unit: str | None):
+def nifti_header(shape_zyx, dtype, voxel_size_zyx=None, unit: str | None = None, *,
+                 world: WorldTransform | None = None, label: bool = False):
     """A NIfTI-1 header for a ``(z, y, x)`` volume stored as ``(x, y, z)``.
 
-    Voxel ``(i, j, k)`` = ``(x, y, z)`` has its centre at ``(x * sx, y * sy, z * sz)``,
-    the same convention as the OME-Zarr scale and the meshes.
+    Parameters
+    ----------
+    shape_zyx, dtype
+        Of the volume.
+    voxel_size_zyx, unit
+        Used only without ``world``: an axis-aligned grid at the origin.
+    world : WorldTransform, optional
+        Where the voxels are: its RAS affine in millimetres becomes the sform and the
+        qform (:meth:`~ml4paleo.world.WorldTransform.to_nifti`: the source's codes, its own
+        qform when it had one), so the export lands exactly on the source in NIfTI
+        readers (nibabel, ITK / SimpleITK, 3D Slicer, ITK-SNAP). A world without a frame
+        (slice stacks) is written as RAS; one in voxel units with units ``unknown``.
+        Metre, millimetre and micrometre are written as they are (ITK converts micron
+        and metre to millimetres on reading, nibabel does not), other units in mm.
+    label : bool
+        A label image: intent ``NIFTI_INTENT_LABEL``.
     """
     import nibabel as nib
 
     z, y, x = (int(s) for s in shape_zyx)
-    sz, sy, sx = (float(v) for v in voxel_size_zyx)
-    nifti_unit, factor = NIFTI_UNITS.get((unit or "").lower(), ("unknown", 1.0))
-    zooms = (sx * factor, sy * factor, sz * factor)
+    if world is None:
+        sz, sy, sx = (float(v) for v in voxel_size_zyx)
+        name = NIFTI_UNITS.get((unit or "").lower())
+        if name is None:
+            world = WorldTransform.from_voxel_size((sz, sy, sx), unit=normalize_unit(unit))
+        else:  # a known unit, written as NIfTI holds it (nm as micron, cm as mm)
+            f = name[1]
+            world = WorldTransform.from_voxel_size((sz * f, sy * f, sx * f),
+                                                   unit=_NIFTI_UNIT_NGFF[name[0]])
+    # the world's unit when NIfTI holds it (metre, millimetre, micrometre), else millimetre
+    nifti_unit = world.unit if world.unit in _NIFTI_UNIT_NGFF.values() else "millimeter"
+    geometry = world.to_nifti(unit=nifti_unit)
     hdr = nib.Nifti1Header()
     hdr.set_data_shape((x, y, z))
     hdr.set_data_dtype(np.dtype(dtype).newbyteorder("<"))
-    hdr.set_zooms(zooms)
-    hdr.set_xyzt_units(xyz=nifti_unit)
-    affine = np.diag([*zooms, 1.0])
-    hdr.set_qform(affine, code=1)
-    hdr.set_sform(affine, code=1)
+    hdr.set_xyzt_units(xyz=geometry["xyzt_units"])
+    hdr.set_qform(geometry["qform"], code=int(geometry["qform_code"]))
+    hdr.set_sform(geometry["sform"], code=int(geometry["sform_code"]))
+    # pixdim = the voxel sizes (what set_qform derived, kept for readers that use only them)
+    vs = world.voxel_size if world.unit is None else world.in_unit(nifti_unit).voxel_size
+    hdr.set_zooms((vs[2], vs[1], vs[0]))
+    if label:
+        hdr.set_intent("label")
     hdr["vox_offset"] = _HEADER_BYTES
     return hdr
 
@@ -69,13 +104,16 @@ def read_nifti_slab(block: Block, *, source: Shared, dtype: str) -> np.ndarray:
 def write_nifti(source: Any, sink: Sink, *, label: bool | None = None, level: int = 0,
                 progress: ProgressCallback | None = None, executor: Any = None,
                 workers: int | None = None, **_: Any) -> Iterator[None]:
-    """A gzipped NIfTI-1 of the volume (booleans as uint8)."""
+    """A gzipped NIfTI-1 of the volume on its world (booleans as uint8; labels with
+    intent ``NIFTI_INTENT_LABEL``)."""
     vol = open_export_volume(source, label, level)
     dtype = vol.dtype
     if dtype.kind == "b":
         dtype = np.dtype(np.uint8)
+    if vol.label and dtype.kind == "f":
+        raise ValueError(f"{vol.name}: a label image must hold integers, got {dtype}")
     dtype = dtype.newbyteorder("<")
-    hdr = nifti_header(vol.shape, dtype, vol.voxel_size, vol.unit)
+    hdr = nifti_header(vol.shape, dtype, world=vol.world, label=vol.label)
     n = vol.shape[0]
     blocks = slab_blocks(vol)
     read = functools.partial(read_nifti_slab, source=Shared(vol.volume), dtype=dtype.str)

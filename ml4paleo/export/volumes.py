@@ -17,6 +17,7 @@ import numpy as np
 from ml4paleo.blocks import Block, block_grid
 from ml4paleo.formats import OmeImage
 from ml4paleo.io import Volume, open_any, voxel_size_or_default
+from ml4paleo.world import WorldTransform
 
 __all__ = [
     "SAMPLE_VOXELS",
@@ -64,6 +65,11 @@ class ExportVolume:
     label: bool
     levels: list[Any]
     chunk_z: int = 8
+
+    @property
+    def world(self) -> WorldTransform:
+        """Voxel index -> world transform of the level exported."""
+        return self.volume.world
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -183,7 +189,7 @@ class SliceMapping:
                                  f"written as {out_dtype} slices")
             return data.astype(out_dtype)
         if self.kind == "cast":
-            return data.astype(np.uint16)
+            return data.astype(np.dtype(self.out_dtype))
         if self.kind == "offset":
             return (data.astype(np.int32) + self.offset).astype(np.uint16)
         if self.kind == "rescale":
@@ -193,11 +199,19 @@ class SliceMapping:
 
 
 def uint16_mapping(vol: ExportVolume) -> tuple[SliceMapping, dict]:
-    """How source values become uint16, and the inverse written to metadata.json."""
+    """How source values become TIFF values, and the inverse written to metadata.json.
+
+    8-bit sources (images, labels, booleans) stay 8-bit; everything else becomes uint16
+    (signed 16-bit offset, wider or float types rescaled from the sampled range).
+    """
     dt = vol.dtype
     if vol.label:
-        return SliceMapping("labels", "uint16", name=vol.name), {"mapping": "label values"}
-    if dt.kind == "b" or (dt.kind == "u" and dt.itemsize <= 2):
+        out = "uint8" if dt.itemsize == 1 else "uint16"
+        return SliceMapping("labels", out, name=vol.name), {"mapping": "label values",
+                                                            "tiff_dtype": out}
+    if dt.kind == "b" or (dt.kind == "u" and dt.itemsize == 1):
+        return SliceMapping("cast", "uint8"), {"mapping": "value = tiff", "tiff_dtype": "uint8"}
+    if dt.kind == "u" and dt.itemsize == 2:
         return SliceMapping("cast", "uint16"), {"mapping": "value = tiff"}
     if dt.kind == "i" and dt.itemsize <= 2:
         offset = 2 ** (8 * dt.itemsize - 1)

@@ -24,7 +24,10 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ml4paleo.world import WorldTransform
 
 __all__ = [
     "AXES",
@@ -169,9 +172,30 @@ class Multiscale:
     metadata: dict | None = field(default=None, compare=False)
 
     @classmethod
-    def pyramid(cls, levels: int, voxel_size: Sequence[float], unit: str | None = None,
-                name: str = "image", downscale: str = "mean") -> Multiscale:
+    def pyramid(cls, levels: int, voxel_size: Sequence[float] | None = None,
+                unit: str | None = None, name: str = "image", downscale: str = "mean",
+                *, world: WorldTransform | None = None) -> Multiscale:
         """A validated 2x-per-level (z, y, x) pyramid with paths ``"0"``, ``"1"``, ...
+
+        Parameters
+        ----------
+        levels : int
+        voxel_size : 3 floats (z, y, x), optional
+            Full-resolution voxel size, when no ``world`` is given (scale only, no
+            translation: the grid at the origin without level offsets).
+        unit : str, optional
+            Axis unit; default the world's.
+        name : str
+        downscale : str
+            How levels were made: ``"mean"`` (2x2x2 averages) or ``"nearest"`` (every
+            second voxel, label images); it fixes each level's translation.
+        world : WorldTransform, optional
+            Where the voxels are: every level gets the world's scale and translation
+            (:meth:`~ml4paleo.world.WorldTransform.ngff_scale_translation`; mean levels
+            sit half a coarser voxel in, nearest levels on the voxel they copy). NGFF 0.4
+            holds no rotation or flip: a world that is not axis-aligned with positive
+            steps is written as its index-aligned approximation (the full affine goes in
+            the ``ml4paleo`` ``world`` attribute).
 
         Raises
         ------
@@ -180,9 +204,16 @@ class Multiscale:
         """
         if int(levels) < 1:
             raise NGFFError(f"multiscales[0]: a pyramid needs at least one level, got {levels}")
+        if world is not None:
+            rule = "nearest" if downscale == "nearest" else "mean"
+            unit = unit or world.unit
+            datasets = tuple(Dataset(str(i), *(tuple(v) for v in world.ngff_scale_translation(
+                i, rule))) for i in range(int(levels)))
+        else:
+            vs = tuple(voxel_size) if voxel_size is not None else (1.0, 1.0, 1.0)
+            datasets = tuple(Dataset(str(i), tuple(float(v) * 2**i for v in vs))
+                             for i in range(int(levels)))
         axes = tuple(Axis(a, "space", unit or None) for a in AXES)
-        datasets = tuple(Dataset(str(i), tuple(float(v) * 2**i for v in voxel_size))
-                         for i in range(int(levels)))
         return cls(axes, datasets, name, downscale).validate()
 
     def validate(self, where: str = "multiscales[0]") -> Multiscale:

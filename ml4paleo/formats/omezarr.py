@@ -20,6 +20,8 @@ import numcodecs
 import numpy as np
 import zarr
 
+from ml4paleo.world import ZARR_WORLD_KEY, WorldTransform, normalize_unit
+
 from .ngff import ImageLabel, Multiscale, validate_attrs
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,12 @@ __all__ = [
     "chunk_shape",
     "create_image",
     "default_compressor",
+    "downsample_rule",
+    "image_world",
     "open_image",
     "pyramid_shapes",
     "read_slice",
+    "update_extra_attrs",
 ]
 
 
@@ -103,6 +108,79 @@ class OmeImage:
                 return tuple(float(v) for v in t["scale"][-3:])
         return self.voxel_size
 
+    @property
+    def world(self) -> WorldTransform:
+        """Voxel index -> world transform of the full-resolution level (see :func:`image_world`)."""
+        return image_world(self.attrs, 0)
+
+    def level_world(self, i: int) -> WorldTransform:
+        """The world transform of pyramid level ``i``."""
+        return image_world(self.attrs, i)
+
+
+def downsample_rule(attrs: dict) -> str:
+    """``"nearest"`` for label images and nearest-downsampled pyramids, else ``"mean"``."""
+    ms = (attrs.get("multiscales") or [{}])[0]
+    return "nearest" if ("image-label" in attrs or ms.get("type") == "nearest") else "mean"
+
+
+def image_world(attrs: dict, level: int = 0) -> WorldTransform:
+    """The world transform of pyramid ``level`` of an image with these attributes.
+
+    Ours (``attrs["ml4paleo"]["world"]``, the full affine) when stored, derived for the
+    level by its downsampling rule; else the NGFF scale and translation of the level
+    (and the multiscale's own transformations); voxel units when there is no
+    ``multiscales``.
+
+    Raises
+    ------
+    ValueError
+        When the stored transform or the NGFF transformations are unusable.
+    """
+    ms = attrs.get("multiscales")
+    extra = attrs.get("ml4paleo")
+    stored = extra.get(ZARR_WORLD_KEY) if isinstance(extra, dict) else None
+    rule = downsample_rule(attrs)
+    if stored is not None:
+        try:
+            return WorldTransform.from_json(stored).for_level(level, rule)
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"unreadable ml4paleo world transform ({exc})") from exc
+    if not ms:
+        return WorldTransform.from_voxel_size(None).for_level(level, rule)
+    try:
+        entry = ms[0]
+        transforms = list(entry["datasets"][level].get("coordinateTransformations", []))
+        outer = list(entry.get("coordinateTransformations", []))  # applied after the dataset's
+        scale = np.ones(3)
+        translation = np.zeros(3)
+        for t in transforms + outer:
+            if t.get("type") == "scale":
+                s = np.asarray(t["scale"], float)[-3:]
+                scale, translation = scale * s, translation * s
+            elif t.get("type") == "translation":
+                translation = translation + np.asarray(t["translation"], float)[-3:]
+        unit = next((a.get("unit") for a in entry.get("axes", [])
+                     if isinstance(a, dict) and a.get("unit")), None)
+        return WorldTransform.from_ngff(scale, translation, unit=normalize_unit(unit))
+    except (TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"unusable NGFF coordinateTransformations ({exc})") from exc
+
+
+def update_extra_attrs(image: OmeImage, **values: Any) -> dict:
+    """Merge ``values`` into the image's ``ml4paleo`` attribute (the stored world is kept).
+
+    Returns
+    -------
+    dict
+        The new ``ml4paleo`` attribute.
+    """
+    extra = dict(image.group.attrs.get("ml4paleo") or {})
+    extra.update(values)
+    image.group.attrs["ml4paleo"] = extra
+    image.attrs["ml4paleo"] = extra
+    return extra
+
 
 def pyramid_shapes(shape: Sequence[int], min_size: int = 64, max_levels: int = 8) -> list[tuple[int, ...]]:
     """Shapes of a 2x pyramid: halve every axis until the largest is below ``min_size``.
@@ -150,6 +228,7 @@ def create_image(
     overwrite: bool = True,
     compressor: numcodecs.abc.Codec | None = None,
     label_metadata: ImageLabel | None = None,
+    world: WorldTransform | None = None,
 ) -> OmeImage:
     """Create an empty OME-Zarr image (all pyramid levels allocated, zero filled).
 
@@ -164,9 +243,10 @@ def create_image(
     chunks : int or sequence of int
         Chunk edge(s).
     voxel_size : sequence of float, optional
-        Physical voxel size (z, y, x); 1.0 each when None.
+        Physical voxel size (z, y, x); 1.0 each when None. Ignored when ``world`` is given.
     unit : str, optional
-        Unit of ``voxel_size`` (NGFF unit name such as ``"micrometer"``).
+        Unit of ``voxel_size`` (NGFF unit name such as ``"micrometer"``); default the
+        world's.
     name : str
         Image name stored in the metadata.
     pyramid : bool
@@ -180,6 +260,13 @@ def create_image(
     label_metadata : ImageLabel, optional
         ``image-label`` contents (colours, properties) of a label image; default just the
         version.
+    world : WorldTransform, optional
+        Where the voxels are (default: ``voxel_size`` at origin 0). Every level gets its
+        NGFF ``scale`` and ``translation`` from it (mean levels offset by half a coarser
+        voxel, label levels by their nearest rule; the axis-aligned approximation when
+        the world is rotated or flipped, which NGFF 0.4 cannot hold) and the whole
+        transform is stored as ``attrs["ml4paleo"]["world"]`` (read back by
+        :attr:`OmeImage.world` and :func:`ml4paleo.io.open_any`).
 
     Returns
     -------
@@ -203,18 +290,25 @@ def create_image(
         raise ValueError(f"shape must be (z, y, x), got {tuple(shape)}")
     if any(int(s) <= 0 for s in shape):
         raise ValueError(f"shape must be positive, got {tuple(shape)}")
-    voxel_size = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
-    if len(voxel_size) != 3 or any(not v > 0 for v in voxel_size):
-        raise ValueError(f"voxel_size must be three positive numbers, got {voxel_size}")
+    if world is None and extra_attrs and extra_attrs.get(ZARR_WORLD_KEY) is not None:
+        world = WorldTransform.from_json(extra_attrs[ZARR_WORLD_KEY])
+    if world is None:
+        voxel_size = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
+        if len(voxel_size) != 3 or any(not v > 0 for v in voxel_size):
+            raise ValueError(f"voxel_size must be three positive numbers, got {voxel_size}")
+        world = WorldTransform.from_voxel_size(voxel_size, unit=normalize_unit(unit))
+    elif not isinstance(world, WorldTransform):
+        raise TypeError(f"world must be a WorldTransform, got {type(world).__name__}")
     chunk = chunk_shape(chunks)
     shapes = pyramid_shapes(shape) if pyramid else [tuple(int(s) for s in shape)]
+    is_label = label or label_metadata is not None
     # every piece of metadata is built and checked before the first file is written
     attrs: dict[str, Any] = {"multiscales": [Multiscale.pyramid(
-        len(shapes), voxel_size, unit, name, "nearest" if label else "mean").to_dict()]}
-    if label or label_metadata is not None:
+        len(shapes), unit=world.unit or unit, name=name,
+        downscale="nearest" if is_label else "mean", world=world).to_dict()]}
+    if is_label:
         attrs["image-label"] = (label_metadata or ImageLabel()).validate().to_dict()
-    if extra_attrs:
-        attrs["ml4paleo"] = extra_attrs
+    attrs["ml4paleo"] = {**(extra_attrs or {}), ZARR_WORLD_KEY: world.to_json()}
     validate_attrs(attrs)
     if path.exists():
         if not overwrite:

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 from ._any import ArrayVolume, VolumeLike, is_zarr_store, open_any, voxel_size_or_default
 from ._base import SOURCE_TYPES, InputError, Volume, natural_key, to_gray
+from ._limits import DecodeLimits, check_decode_limits
 from ._open import detect_source_type, open_volume
 
 __all__ = [
     "SOURCE_TYPES",
     "ArrayVolume",
+    "DecodeLimits",
     "InputError",
     "Volume",
     "VolumeLike",
+    "check_decode_limits",
     "detect_source_type",
     "is_zarr_store",
     "natural_key",

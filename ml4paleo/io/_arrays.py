@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ml4paleo.world import ZARR_WORLD_KEY, WorldTransform, normalize_unit
+from ml4paleo.world import WorldTransform
 
 from ._base import InputError, Volume, log
 
@@ -117,6 +117,10 @@ class NiftiVolume(Volume):
             data = np.rint(data)
         return np.ascontiguousarray(data, dtype=self.dtype)
 
+    def stored_bytes(self) -> int | None:
+        """Bytes of the (possibly gzipped) NIfTI file."""
+        return int(self.path.stat().st_size)
+
     def close(self) -> None:
         super().close()
         fileobj = getattr(self._proxy, "_opener", None)
@@ -170,6 +174,10 @@ class NpyVolume(Volume):
             got += n
         data = np.frombuffer(buf, self._raw).reshape((z1 - z0,) + self.shape[1:])
         return np.ascontiguousarray(data[:, rows, cols], dtype=self.dtype)
+
+    def stored_bytes(self) -> int | None:
+        """Bytes of the ``.npy`` file."""
+        return int(self.path.stat().st_size)
 
     def close(self) -> None:
         super().close()
@@ -260,27 +268,9 @@ class ZarrVolume(Volume):
 
 def _zarr_world(path: Path, image: Any, level: int) -> WorldTransform | None:
     """The world transform of pyramid ``level``: ours when stored, else NGFF's scale+translation."""
-    ms = image.attrs["multiscales"][0]
-    downsample = "nearest" if ("image-label" in image.attrs or ms.get("type") == "nearest") else "mean"
-    extra = image.attrs.get("ml4paleo")
-    stored = extra.get(ZARR_WORLD_KEY) if isinstance(extra, dict) else None
-    if stored is not None:
-        try:
-            return WorldTransform.from_json(stored).for_level(level, downsample)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise InputError(f"{path}: unreadable ml4paleo world transform ({_short(exc)})") from exc
+    from ml4paleo.formats import image_world
+
     try:
-        datasets = ms["datasets"]
-        transforms = list(datasets[level].get("coordinateTransformations", []))
-        outer = list(ms.get("coordinateTransformations", []))  # applied after the dataset's
-        scale = np.ones(3)
-        translation = np.zeros(3)
-        for t in transforms + outer:
-            if t.get("type") == "scale":
-                s = np.asarray(t["scale"], float)[-3:]
-                scale, translation = scale * s, translation * s
-            elif t.get("type") == "translation":
-                translation = translation + np.asarray(t["translation"], float)[-3:]
-        return WorldTransform.from_ngff(scale, translation, unit=normalize_unit(image.unit))
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise InputError(f"{path}: unusable NGFF coordinateTransformations ({_short(exc)})") from exc
+        return image_world(image.attrs, level)
+    except ValueError as exc:
+        raise InputError(f"{path}: {_short(exc)}") from exc

@@ -144,6 +144,9 @@ class Volume(abc.ABC):
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) != 3 or any(s <= 0 for s in self.shape):
+            raise InputError(f"{self.path}: invalid volume dimensions {self.shape} "
+                             "(every size must be positive)")
         self.dtype = np.dtype(dtype).newbyteorder("=")  # native byte order: what zarr writes
         self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
         self.unit = unit
@@ -210,11 +213,28 @@ class Volume(abc.ABC):
             raise ValueError(f"out must be a C-contiguous {shape} {self.dtype} array")
         if z1 <= z0:
             return np.empty(shape, self.dtype) if out is None else out
-        data = self._read_slab(z0, z1, slice(0, self.shape[1]), slice(0, self.shape[2]), out)
+        data = self._decoded(z0, z1, slice(0, self.shape[1]), slice(0, self.shape[2]), out)
         if out is not None and data is not out:
             out[...] = data
             return out
         return data
+
+    def _decoded(self, z0: int, z1: int, rows: slice, cols: slice, out=None) -> np.ndarray:
+        """:meth:`_read_slab`, with any failure of a reader's decoder reported as the
+        :class:`InputError` it is (I/O errors and memory stay what they are: they may pass)."""
+        try:
+            return self._read_slab(z0, z1, rows, cols, out)
+        except (InputError, OSError, MemoryError):
+            raise
+        except Exception as exc:
+            raise InputError(f"{self.path}: cannot decode slices {z0}..{z1 - 1} "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+    def stored_bytes(self) -> int | None:
+        """Bytes of the files the volume is decoded from (None when unknown or when, as for
+        Zarr stores, absent chunks are legitimately empty); used to refuse decompression
+        bombs (:func:`check_decode_limits`)."""
+        return None
 
     @abc.abstractmethod
     def _read_slab(
@@ -256,7 +276,7 @@ class Volume(abc.ABC):
             if z1 <= z0 or window[0].stop <= window[0].start or window[1].stop <= window[1].start:
                 shape = (max(0, z1 - z0), window[0].stop - window[0].start, window[1].stop - window[1].start)
                 return np.empty(shape, self.dtype)
-            return self._read_slab(z0, z1, window[0], window[1])
+            return self._decoded(z0, z1, window[0], window[1])
 
         if isinstance(kz, int | np.integer):
             z = _normalize_index(kz, nz, 0)

@@ -228,6 +228,7 @@ class DicomVolume(Volume):
                 "rows": key[1], "columns": key[2],
             })
         first = headers[series_names[0]]
+        self._stored = sum(int(source.size(n)) for n in series_names)
         if others:
             log.warning(
                 "%s: %d DICOM series found; using the largest (%s, %d slices)",
@@ -409,6 +410,10 @@ class DicomVolume(Volume):
 
         self._map(work, range(z0, z1))
         return out
+
+    def stored_bytes(self) -> int | None:
+        """Bytes of the DICOM files of the series read."""
+        return self._stored
 
     def close(self) -> None:
         super().close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -99,10 +100,26 @@ def detect_source_type(path: str | os.PathLike) -> str:
     InputError
         When ``path`` does not exist or holds nothing ml4paleo can read.
     """
-    kind, _, files = _plan(Path(path))
+    kind, _, files = _as_input_error(Path(path), _plan, Path(path))
     if files is not None:
         files.close()
     return kind
+
+
+def _as_input_error(path: Path, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with any failure of a reader reported as the
+    :class:`InputError` it is: a header a library cannot parse, a negative size, an
+    unreadable file. Memory errors and a full disk stay what they are."""
+    try:
+        return fn(*args, **kwargs)
+    except (InputError, MemoryError):
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable scan ({type(exc).__name__}: {exc})") from exc
 
 
 def open_volume(source: str | os.PathLike, *, workers: int | None = None) -> Volume:
@@ -127,9 +144,10 @@ def open_volume(source: str | os.PathLike, *, workers: int | None = None) -> Vol
         A one-line message naming the file and the problem (missing, empty folder, not an
         image, size mismatch, unsafe zip, no DICOM pixel data, ...).
     """
-    kind, opener, files = _plan(Path(source))
+    path = Path(source)
+    kind, opener, files = _as_input_error(path, _plan, path)
     try:
-        volume = opener(workers=workers)
+        volume = _as_input_error(path, opener, workers=workers)
     except BaseException:
         if files is not None:
             files.close()

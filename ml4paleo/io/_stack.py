@@ -182,6 +182,10 @@ class ImageStackVolume(Volume):
                          unit=unit, metadata=meta, world=_stack_world(voxel_size, unit, assumed),
                          **kw)
 
+    def stored_bytes(self) -> int | None:
+        """Bytes of the slice files (inside a zip: their sizes as stored in it)."""
+        return sum(int(self.source.size(n)) for n in self.names)
+
     def _cheap_to_probe(self, name: str) -> bool:
         if isinstance(self.source, DirSource):
             return True
@@ -450,6 +454,10 @@ class TiffVolume(Volume):
         if self._samples > 1:
             data = np.stack([to_gray(p)[0] for p in data])
         return np.ascontiguousarray(data[:, rows, cols], dtype=self.dtype)
+
+    def stored_bytes(self) -> int | None:
+        """Bytes of the TIFF file."""
+        return int(self.source.size(self.name))
 
     def _close_files(self) -> None:
         tif = getattr(self, "_tif", None)

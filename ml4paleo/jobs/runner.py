@@ -12,8 +12,12 @@ and any number of copies of each may run at once:
   :class:`~ml4paleo.jobs.store.LeaseLost` at its next write and drops the job.
 - **Failures**: an attempt that raises is released back to the queue with a short
   backoff; after ``settings.max_attempts`` attempts (a crashed runner counts too) the
-  job goes to the stage's ``*_error`` status with the reason. Bad input and missing
-  library functions fail at once (retrying cannot help).
+  job goes to the stage's ``*_error`` status with the reason. Bad input
+  (:class:`ml4paleo.io.InputError`), missing library functions and a full data disk fail
+  at once (retrying cannot help); reasons name files relative to the job folder.
+- **Space**: a step starts only while the data disk keeps ``settings.min_free_mb`` free
+  and the job is within ``settings.max_job_bytes``; a finished step records the job
+  folder's size (``disk_bytes``).
 - **Shutdown**: SIGTERM / SIGINT finish at the next progress tick, hand the job back to
   the queue (the attempt is not counted) and exit.
 - **Retention**: when ``settings.retention_days`` is set, old jobs are purged at start
@@ -47,6 +51,9 @@ from ml4paleo.jobs.store import (
     set_status,
     utcnow,
 )
+from ml4paleo.workspace.paths import without_server_paths
+from ml4paleo.workspace.segmentations import dir_size
+from ml4paleo.workspace.space import DiskFull, check_free, check_quota, disk_full, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +181,34 @@ def _notify(settings: Settings, record: dict) -> None:
         log.exception("notification for job %s failed", record.get("id"))
 
 
-def _is_permanent(exc: BaseException) -> bool:
-    if isinstance(exc, StepError):
-        return True
-    # ml4paleo.io.InputError: bad input stays bad; matched by name so io stays optional
+def _is_input_error(exc: BaseException) -> bool:
+    # ml4paleo.io.InputError and its kin: matched by name so io stays optional
     return any(cls.__name__ == "InputError" for cls in type(exc).__mro__)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, StepError) or "InputError" in type(exc).__name__ \
-        else f"{type(exc).__name__}: {text}"
+def _is_permanent(exc: BaseException) -> bool:
+    """Failures retrying cannot fix: fail the job at once with the reason. Bad input stays
+    bad; a full disk stays full until someone frees space (then the user retries)."""
+    return isinstance(exc, StepError) or _is_input_error(exc) or is_disk_full(exc)
+
+
+def _one_line(exc: BaseException, data_dir) -> str:
+    """The reason shown to users: one line, paths relative to the job folder."""
+    if is_disk_full(exc):
+        text = str(exc) if isinstance(exc, DiskFull) else str(disk_full(data_dir))
+    else:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if not (isinstance(exc, StepError) or _is_input_error(exc)):
+            text = f"{type(exc).__name__}: {text}"
+    return without_server_paths(text, data_dir)
+
+
+def _check_space(ctx: JobContext) -> None:
+    """Before a step: the data disk keeps ``min_free_mb`` free and the job is within its
+    quota (:class:`~ml4paleo.workspace.space.DiskFull` otherwise)."""
+    check_free(ctx.settings.data_dir, ctx.settings.min_free_mb)
+    if ctx.settings.max_job_bytes is not None:
+        check_quota(dir_size(ctx.job_dir), 0, ctx.settings.max_job_bytes)
 
 
 def process_job(store: JobStore, record: dict, stage: Stage, owner: str, settings: Settings,
@@ -198,6 +222,7 @@ def process_job(store: JobStore, record: dict, stage: Stage, owner: str, setting
     attempts = int(record["lease"]["attempts"])
     log.info("job %s: %s attempt %d started", ctx.job_id, stage.kind, attempts)
     try:
+        _check_space(ctx)
         result = dict(step(ctx) or {})
         if ctx.lost.is_set():
             raise LeaseLost(f"job {ctx.job_id}: lease lost while the step ran")
@@ -214,6 +239,10 @@ def process_job(store: JobStore, record: dict, stage: Stage, owner: str, setting
 
     status = parse_status(result.pop("status", stage.done[0]))
     message = result.pop("message", f"{stage.kind} finished")
+    try:
+        result.setdefault("disk_bytes", dir_size(ctx.job_dir))  # for the catalogue
+    except OSError:
+        pass
 
     def finish(rec: dict) -> None:
         set_status(rec, status, message)
@@ -244,7 +273,7 @@ def _hand_back(ctx: JobContext, attempts: int) -> dict | None:
 
 
 def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
-    reason = _one_line(exc)
+    reason = _one_line(exc, ctx.settings.data_dir)
     permanent = _is_permanent(exc)
     if permanent:
         log.error("job %s: %s failed: %s", ctx.job_id, ctx.stage.kind, reason)
@@ -325,10 +354,21 @@ class Runner:
             log.exception("retention purge failed")
             return []
 
+    def _stage_statuses(self) -> list[str]:
+        return [self.stage.queued.value, *(s.value for s in self.stage.running)]
+
     def candidates(self) -> list[dict]:
-        """Claimable jobs of this stage, oldest update first (lockless read)."""
+        """Claimable jobs of this stage, oldest update first (lockless read). The job index
+        names the jobs in this stage's statuses; only their records are read."""
         now = utcnow()
-        jobs = [r for r in self.store.list() if claimable(r, self.stage, now)]
+        jobs = []
+        for row in self.store.index.with_status(self._stage_statuses()):
+            try:
+                record = self.store.get(row["id"])
+            except (JobNotFound, OSError, ValueError):
+                continue
+            if claimable(record, self.stage, now):
+                jobs.append(record)
         jobs.sort(key=lambda r: r.get("updated_at") or "")
         return jobs
 
@@ -336,10 +376,9 @@ class Runner:
         """Seconds until a queued job in back-off becomes claimable (None: none waiting)."""
         now = utcnow()
         waits = []
-        for r in self.store.list():
-            lease = r.get("lease") or {}
-            if r.get("status") == self.stage.queued.value and lease.get("expires_at"):
-                waits.append((parse_time(lease["expires_at"]) - now).total_seconds())
+        for row in self.store.index.with_status([self.stage.queued.value]):
+            if row["lease_expires"]:
+                waits.append((parse_time(row["lease_expires"]) - now).total_seconds())
         return max(0.0, min(waits)) if waits else None
 
     def run_once(self) -> bool:

@@ -1,7 +1,11 @@
 """A server plus the three runners in one process tree: :func:`serve_with_runners`.
 
 The runners are child processes (``python -m ml4paleo.jobs KIND``), restarted when they
-crash and stopped with the server. The web app itself lives in ``webapp`` (its ``serve``
+crash and stopped with the server. Nothing a runner started outlives it: each runner
+leads its own process group (its block workers, multiprocessing's resource tracker and
+any other helper join it), and when a runner exits - stopped, crashed or killed - what is
+left of its group is killed before a new runner starts. A runner gets SIGTERM when the
+server dies (``PR_SET_PDEATHSIG``), and its own workers die with it the same way. The web app itself lives in ``webapp`` (its ``serve``
 command, used by ``python main.py`` and ``ml4paleo serve``, hands its server to
 :func:`serve_with_runners`), so this package never imports Flask.
 """
@@ -9,6 +13,7 @@ command, used by ``python main.py`` and ``ml4paleo serve``, hands its server to
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -60,9 +65,35 @@ class RunnerProcesses:
         self._watch: threading.Thread | None = None
 
     def _spawn(self, kind: str) -> subprocess.Popen:
-        proc = subprocess.Popen(runner_command(kind, self.settings), preexec_fn=_die_with_parent)
+        # its own process group (pgid = pid): whatever it starts can be killed with it
+        proc = subprocess.Popen(runner_command(kind, self.settings), preexec_fn=_die_with_parent,
+                                process_group=0)
         log.info("started %s runner (pid %d)", kind, proc.pid)
         return proc
+
+    @staticmethod
+    def _exited(proc: subprocess.Popen) -> bool:
+        """True when the runner has exited. It is left unreaped (a zombie) until
+        :meth:`_reap`, so its pid - its process group's id - cannot be reused meanwhile."""
+        if proc.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return proc.poll() is not None
+        return info is not None
+
+    @staticmethod
+    def _reap(proc: subprocess.Popen) -> None:
+        """Kill what is left of an exited runner's process group (workers and helpers that
+        outlived it), then reap the runner."""
+        if proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+                log.warning("killed processes left behind by runner pid %d", proc.pid)
+            except (ProcessLookupError, PermissionError):
+                pass  # nothing left
+        proc.wait()
 
     def start(self) -> None:
         for kind in self.kinds:
@@ -74,31 +105,33 @@ class RunnerProcesses:
         restarts: dict[str, list[float]] = {k: [] for k in self.kinds}
         while not self._stop.wait(1.0):
             for kind, proc in list(self.procs.items()):
-                if proc.poll() is None or self._stop.is_set():
+                if self._stop.is_set() or not self._exited(proc):
                     continue
+                self._reap(proc)  # at once, even when it is not restarted yet
                 recent = [t for t in restarts[kind] if time.monotonic() - t < 60]
                 if len(recent) >= 5:
-                    continue  # crashing in a loop: leave it down, the log says why
+                    continue  # crashing in a loop: leave it down a while, the log says why
                 log.warning("%s runner exited with %s; restarting", kind, proc.returncode)
                 restarts[kind] = [*recent, time.monotonic()]
                 self.procs[kind] = self._spawn(kind)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM every runner, wait for them, SIGKILL what is left."""
+        """SIGTERM every runner, wait for them, SIGKILL what is left (each runner's whole
+        process group)."""
         self._stop.set()
         if self._watch is not None:
             self._watch.join()
         for proc in self.procs.values():
-            if proc.poll() is None:
+            if not self._exited(proc):
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for kind, proc in self.procs.items():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            while not self._exited(proc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self._exited(proc):
                 log.warning("%s runner did not stop in time; killing it", kind)
                 proc.kill()
-                proc.wait()
+            self._reap(proc)
         log.info("runners stopped")
 
 

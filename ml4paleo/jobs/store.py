@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ml4paleo._fs import atomic_write, parse_iso
+from ml4paleo._fs import atomic_write, is_temp_name, parse_iso, sweep_temps
 from ml4paleo.config import Settings
+from ml4paleo.jobs.index import JobIndex
 from ml4paleo.jobs.statuses import (
     BUSY,
     USER,
@@ -45,8 +46,10 @@ log = logging.getLogger(__name__)
 _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 MAX_NAME_LENGTH = 200
+_SPACES_RE = re.compile(r"[ \t\n\r]+")
 MAX_HISTORY = 500
-#: a job folder without job.json older than this is debris of a deleted job
+#: a job folder without job.json older than this is debris (default of
+#: ``Settings.orphan_seconds``)
 ORPHAN_SECONDS = 3600.0
 
 #: accepted ``source_type`` values and aliases -> canonical source type
@@ -110,7 +113,8 @@ def normalize_source_type(value: str | None) -> str:
 
 
 def clean_name(value: object, default: str | None = None) -> str:
-    """Validate a job name: text, 1..200 characters after trimming, no control characters.
+    """Validate a job name: text of at most 200 characters (1 or more after trimming;
+    whitespace runs become one space), no other control characters.
 
     Raises
     ------
@@ -121,7 +125,9 @@ def clean_name(value: object, default: str | None = None) -> str:
         return default
     if not isinstance(value, str):
         raise ValueError("name must be a string")
-    name = " ".join(value.split())  # collapses newlines / tabs too
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"name is {len(value)} characters long; at most {MAX_NAME_LENGTH} allowed")
+    name = _SPACES_RE.sub(" ", value).strip(" ")  # runs of spaces, tabs, newlines: one space
     if not name:
         if default is not None:
             return default
@@ -194,6 +200,8 @@ class JobStore:
         self.jobs_dir = self.data_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._jobs_root = self.jobs_dir.resolve()
+        #: summaries of every job for listing and polling (:mod:`ml4paleo.jobs.index`)
+        self.index = JobIndex(self.jobs_dir, self._record_ids, self._read_or_none)
         self.sweep()
 
     # ---------------------------------------------------------------- ids, paths
@@ -220,6 +228,25 @@ class JobStore:
     def paths(self, job_id: str) -> JobPaths:
         """The :class:`~ml4paleo.workspace.JobPaths` of job ``job_id`` (id checked)."""
         return JobPaths(self.job_dir(job_id))
+
+    def _record_ids(self) -> list[str]:
+        """Ids of the job folders that hold a record."""
+        out = []
+        with os.scandir(self.jobs_dir) as it:
+            for entry in it:
+                if self.is_valid_id(entry.name) and os.path.isfile(
+                        os.path.join(entry.path, JobPaths(entry.path).record.name)):
+                    out.append(entry.name)
+        return out
+
+    def _read_or_none(self, job_id: str) -> dict | None:
+        try:
+            return self.get(job_id)
+        except JobNotFound:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("skipping unreadable job record of %s: %s", job_id, exc)
+            return None
 
     def record_path(self, job_id: str) -> Path:
         return self.paths(job_id).record
@@ -274,34 +301,48 @@ class JobStore:
         atomic_write(path, json.dumps(record, indent=1, sort_keys=False), fsync=True)
 
     def sweep(self) -> int:
-        """Remove stray temp files (left by a killed writer), half-deleted jobs and
-        record-less job folders older than an hour.
+        """Remove what killed writers left: temp files and folders of every kind (record,
+        image and staging, upload state, exports, models, meshes, annotations; see
+        :meth:`JobPaths.temp_homes`) whose writing process is gone, half-deleted jobs, and
+        job folders without a record older than ``settings.orphan_seconds``.
 
-        A job's temp files are removed only while holding its lock, so a writer that is
-        alive right now is never disturbed. Returns the number of paths removed.
+        Record temps are removed only while holding the job's lock, other temps only when
+        the process named in them is dead (or, made on another host, older than a day), so
+        a writer that is alive right now is never disturbed. Returns the number of paths
+        removed.
         """
-        removed = 0
-        for entry in list(self.jobs_dir.iterdir()):
+        removed = sweep_temps(self.data_dir) + sweep_temps(self.jobs_dir)
+        with os.scandir(self.jobs_dir) as it:
+            entries = list(it)
+        for entry in entries:
             if entry.name.startswith(_TRASH_PREFIX):
-                shutil.rmtree(entry, ignore_errors=True)
+                shutil.rmtree(entry.path, ignore_errors=True)
                 removed += 1
                 continue
-            if not entry.is_dir() or not self.is_valid_id(entry.name):
+            if not self.is_valid_id(entry.name) or not entry.is_dir(follow_symlinks=False):
                 continue
-            paths = JobPaths(entry)
-            if not paths.record.exists():
+            paths = JobPaths(entry.path)
+            try:
+                names = os.listdir(entry.path)
+            except OSError:
+                continue
+            if paths.record.name not in names:
                 # a folder re-created by a step still writing into a job deleted under it
                 try:
-                    orphan = time.time() - entry.stat().st_mtime > ORPHAN_SECONDS
+                    orphan = time.time() - entry.stat().st_mtime > float(
+                        self.settings.orphan_seconds)
                 except FileNotFoundError:
                     continue
                 if orphan:
-                    shutil.rmtree(entry, ignore_errors=True)
+                    shutil.rmtree(entry.path, ignore_errors=True)
                     removed += 1
                 continue
+            for home in paths.temp_homes(names)[1:]:
+                removed += sweep_temps(home)
+            if any(is_temp_name(n) for n in names):
+                removed += sweep_temps(entry.path)
             prefix = _record_temp_prefix(paths)
-            temps = list(entry.glob(prefix + "*"))
-            if not temps:
+            if not any(n.startswith(prefix) for n in os.listdir(entry.path)):
                 continue
             try:
                 fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -312,9 +353,10 @@ class JobStore:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # someone is writing right now; their temp file is not stray
-                for tmp in entry.glob(prefix + "*"):
-                    tmp.unlink(missing_ok=True)
-                    removed += 1
+                for name in os.listdir(entry.path):
+                    if name.startswith(prefix):
+                        Path(entry.path, name).unlink(missing_ok=True)
+                        removed += 1
             finally:
                 os.close(fd)
         if removed:
@@ -361,8 +403,14 @@ class JobStore:
         record.update(fields)
         paths = self.paths(job_id)
         paths.root.mkdir(parents=True)
-        paths.upload.mkdir()
-        self._write(paths.record, record)
+        try:
+            paths.upload.mkdir()
+            self._write(paths.record, record)
+        except BaseException:
+            # e.g. a full disk: no folder without a record is left behind
+            shutil.rmtree(paths.root, ignore_errors=True)
+            raise
+        self.index.put(record, created=True)
         log.info("created job %s (%s, %s)", job_id, name, source)
         return record
 
@@ -380,8 +428,20 @@ class JobStore:
         except (FileNotFoundError, NotADirectoryError):
             raise JobNotFound(f"no job {job_id!r}") from None
 
+    def query(self, **filters) -> tuple[list[dict], int]:
+        """Catalogue rows of the jobs matching ``filters``, sorted and paged, from the index
+        (see :meth:`ml4paleo.jobs.index.JobIndex.query`): costs the same at 10,000 jobs as
+        at 10."""
+        return self.index.query(**filters)
+
+    def rebuild_index(self) -> int:
+        """Rebuild the job index from the records (after editing records by hand)."""
+        self.index.mark_stale()
+        return self.index.rebuild()
+
     def list(self) -> list[dict]:
-        """All readable job records, newest first."""
+        """All readable job records, newest first (reads every record; use :meth:`query`
+        to list many jobs)."""
         records = []
         for entry in self.jobs_dir.iterdir():
             if not self.is_valid_id(entry.name):
@@ -418,6 +478,7 @@ class JobStore:
             if len(record.get("history", [])) > MAX_HISTORY:
                 record["history"] = record["history"][-MAX_HISTORY:]
             self._write(path, record)
+            self.index.put(record)  # under the same lock: rows follow records in order
             return record
 
     def set_fields(self, job_id: str, **fields) -> dict:
@@ -578,14 +639,18 @@ class JobStore:
                        "queued for training" if train else "queued for segmentation")
             record.update(request={"kind": "segment", "train": train, "segment": bool(segment),
                                    "model_id": model_id},
-                          progress=0.0, error=None, lease=None, pending_segmentation_id=None)
+                          progress=0.0, error=None, lease=None, pending_segmentation_id=None,
+                          pending_model_id=None)
 
         return self.update(job_id, apply)
 
     def request_mesh(self, job_id: str, *, segmentation_id: str | None = None,
                      formats: tuple[str, ...] | list[str] = ("stl",),
-                     simplify: float | None = None) -> dict:
-        """Queue meshing of a segmentation (default: the job's current one)."""
+                     simplify: float | None = None, smooth: str | None = None) -> dict:
+        """Queue meshing of a segmentation (default: the job's current one).
+
+        ``smooth`` is ``"none"``, ``"light"`` or ``"strong"`` (None: the meshing default).
+        """
 
         def apply(record: dict) -> None:
             reason = check_transition(record, Status.MESHING_QUEUED, USER)
@@ -596,7 +661,8 @@ class JobStore:
                 raise InvalidTransition(f"this job has no segmentation {seg!r}")
             set_status(record, Status.MESHING_QUEUED, "queued for meshing")
             record.update(request={"kind": "mesh", "segmentation_id": seg,
-                                   "formats": list(formats), "simplify": simplify},
+                                   "formats": list(formats), "simplify": simplify,
+                                   "smooth": smooth},
                           progress=0.0, error=None, lease=None)
 
         return self.update(job_id, apply)
@@ -644,6 +710,7 @@ class JobStore:
         with self.lock(job_id) as folder:
             trash = self.jobs_dir / f"{_TRASH_PREFIX}{job_id}-{secrets.token_hex(4)}"
             os.rename(folder, trash)
+            self.index.remove(job_id)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("deleted job %s", job_id)
 

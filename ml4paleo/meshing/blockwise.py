@@ -7,6 +7,10 @@ axis also owns the padding cell), and reads a one-voxel halo on its upper side s
 cells are complete. Every cell is therefore triangulated exactly once, by exactly one
 block, with the same corner values as in a whole-volume run.
 
+With smoothing (:mod:`~ml4paleo.meshing.smooth`) a block reads the smoothing support as
+halo on every side, smooths the local mesh and keeps the triangles of the cells it owns,
+with their smoothed positions (bit-identical wherever a vertex is computed).
+
 Blocks stream their triangles to ``.npz`` parts in a work folder (welded per label by
 :mod:`~ml4paleo.meshing.weld`) and return per-label measures; the component ids on the
 six faces of each block let :mod:`~ml4paleo.meshing.stats` join objects across blocks.
@@ -27,6 +31,8 @@ from scipy import ndimage
 from ml4paleo.blocks import Block, ProgressCallback, Shared, Stage, block_grid, run
 from ml4paleo.formats import OmeImage
 from ml4paleo.io import Volume, open_any, voxel_size_or_default
+
+from .smooth import Smoothing, Surface, block_window, window_surfaces
 
 __all__ = ["LabelVolume", "PassResult", "mesh_block", "open_labels", "run_pass", "selection_of"]
 
@@ -169,11 +175,17 @@ def mesh_block(
     work_dir: str,
     write_parts: bool,
     voxel_size: tuple[float, float, float],
+    smooth: Smoothing | None = None,
+    shared: bool = False,
 ) -> dict:
     """Triangulate the cells one block owns, for every label, and measure its voxels.
 
     Writes ``parts/<label>/<block>.npz`` (when ``write_parts``) and
     ``faces/<block>.npz`` (component ids on the six block faces) under ``work_dir``.
+    With ``smooth`` the block reads :attr:`Smoothing.halo` more cells on every side and
+    its parts also hold the smoothed positions (``p``; see
+    :func:`ml4paleo.meshing.smooth.window_surfaces`); ``shared`` smooths all labels as one
+    graph (identical positions on shared interfaces).
 
     Returns
     -------
@@ -184,13 +196,17 @@ def mesh_block(
     from skimage.measure import marching_cubes
 
     volume = source.get()
-    # cells with lower corner in [start, stop) need the points [start, stop + 1)
-    read = tuple(slice(w.start, min(w.stop + 1, s)) for w, s in zip(block.write, shape, strict=True))
+    # cells with lower corner in [start, stop) need the points [start, stop + 1); the
+    # smoothing needs its support around them
+    read, pad, start, owned_cells = block_window(block.write, shape, smooth.halo if smooth else 0)
     data = np.asarray(volume[read])
     if data.dtype == bool:
         data = data.view(np.uint8)
+    window = np.pad(data, pad) if any(p != (0, 0) for p in pad) else data
+    first = owned_cells[0] - start  # the owned cells' points, padding included
+    ext = window[tuple(slice(int(a), int(w.stop + 1 - b))
+                       for a, w, b in zip(first, block.write, start, strict=True))]
     pad = [(int(w.start == 0), int(w.stop == s)) for w, s in zip(block.write, shape, strict=True)]
-    ext = np.pad(data, pad) if any(p != (0, 0) for p in pad) else data
     origin = np.array([w.start - p[0] for w, p in zip(block.write, pad, strict=True)], np.int64)
     own = tuple(
         slice(p[0], p[0] + w.stop - w.start) for w, p in zip(block.write, pad, strict=True)
@@ -230,29 +246,71 @@ def mesh_block(
                     _fill_planes(comps, box, owned_shape, planes_lo, planes_hi)
                     comp_values.append(np.full(n, value, dtype=ext.dtype))
                     n_comps += n
-            ebox = ext_boxes[ident - 1]
-            crop_sl = tuple(
-                slice(max(s.start - 1, 0), min(s.stop + 1, size))
-                for s, size in zip(ebox, ext.shape, strict=True)
-            )
-            crop = compact[crop_sl] == ident
-            if not crop.all():
-                verts, faces, _, _ = marching_cubes(crop, 0.5, method="lorensen")
-                corner = origin + np.array([s.start for s in crop_sl], np.int64)
-                v2 = np.rint(verts * 2.0).astype(np.int64) + 2 * corner
-                faces = faces.astype(np.int64)
-                area, volume_ = _triangle_measures(v2, faces, vs)
-                stats["area"], stats["volume"], stats["faces"] = area, volume_, len(faces)
-                if write_parts and len(faces):
-                    folder = Path(work_dir) / "parts" / str(value)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    np.savez(folder / f"{block.name}.npz", v=v2.astype(np.int32),
-                             f=faces.astype(np.int32))
+            if smooth is None:
+                _mesh_label(stats, compact, ext_boxes[ident - 1], ident, value, origin, vs,
+                            Path(work_dir) / "parts" if write_parts else None, block.name,
+                            marching_cubes)
             per_label[int(value)] = stats
+    if smooth is not None:
+        _mesh_window(per_label, window, start, owned_cells, vals, shape=shape,
+                     voxel_size=voxel_size, smooth=smooth, shared=shared,
+                     parts=Path(work_dir) / "parts" if write_parts else None, name=block.name)
     if n_comps:
         _save_planes(Path(work_dir) / "faces" / f"{block.name}.npz", planes_lo, planes_hi,
                      np.concatenate(comp_values))
     return {"index": block.index, "name": block.name, "n_comps": n_comps, "labels": per_label}
+
+
+def _mesh_label(stats, compact, ebox, ident, value, origin, vs, parts: Path | None, name: str,
+                marching_cubes) -> None:
+    """Marching cubes of one label in the owned cells (no smoothing): exact integer parts."""
+    crop_sl = tuple(
+        slice(max(s.start - 1, 0), min(s.stop + 1, size))
+        for s, size in zip(ebox, compact.shape, strict=True)
+    )
+    crop = compact[crop_sl] == ident
+    if crop.all():
+        return
+    verts, faces, _, _ = marching_cubes(crop, 0.5, method="lorensen")
+    corner = origin + np.array([s.start for s in crop_sl], np.int64)
+    v2 = np.rint(verts * 2.0).astype(np.int64) + 2 * corner
+    faces = faces.astype(np.int64)
+    area, volume = _triangle_measures(v2, faces, vs)
+    stats["area"], stats["volume"], stats["faces"] = area, volume, len(faces)
+    if parts is not None and len(faces):
+        folder = parts / str(value)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"{name}.npz", v=v2.astype(np.int32), f=faces.astype(np.int32))
+
+
+def _mesh_window(per_label, window, start, owned_cells, vals, *, shape, voxel_size, smooth,
+                 shared, parts: Path | None, name: str) -> None:
+    """Smoothed surfaces of the owned cells, measured and (optionally) written as parts."""
+    keep = [int(v) for v in vals]
+    # shared: every label in the window shapes the interfaces (not only the selected ones)
+    present = [int(v) for v in _present_values(window)] if shared else keep
+    if not keep:
+        return
+    found = window_surfaces(window, start, owned_cells, present, shape=shape,
+                            voxel_size=voxel_size, smooth=smooth, shared=shared, keep=keep)
+    for value, surf in found.items():
+        stats = per_label[value]
+        stats["area"], stats["volume"] = _surface_measures(surf)
+        stats["faces"] = len(surf.faces)
+        if parts is not None:
+            folder = parts / str(value)
+            folder.mkdir(parents=True, exist_ok=True)
+            np.savez(folder / f"{name}.npz", v=surf.v2.astype(np.int32), p=surf.points,
+                     f=surf.faces.astype(np.int32))
+
+
+def _surface_measures(surf: Surface) -> tuple[float, float]:
+    """Area and signed volume of a block's smoothed triangles (additive over blocks)."""
+    p = surf.points[:, ::-1]
+    a, b, c = p[surf.faces[:, 0]], p[surf.faces[:, 1]], p[surf.faces[:, 2]]
+    area = 0.5 * float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
+    volume = float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum()) / 6.0
+    return area, volume
 
 
 def _save_planes(path: Path, planes_lo, planes_hi, values) -> None:
@@ -303,6 +361,8 @@ def run_pass(
     executor: Any,
     workers: int | None,
     progress: ProgressCallback | None,
+    smooth: Smoothing | None = None,
+    shared: bool = False,
 ) -> PassResult:
     """Run :func:`mesh_block` on every block of the volume through :func:`ml4paleo.blocks.run`.
 
@@ -324,6 +384,8 @@ def run_pass(
         work_dir=str(work_dir),
         write_parts=write_parts,
         voxel_size=vol.voxel_size,
+        smooth=smooth,
+        shared=shared,
     )
     stage = Stage(fn, blocks, name="mesh", retries=RETRIES)
     results = run([stage], executor=executor, workers=workers, progress=progress)[0]

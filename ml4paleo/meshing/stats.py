@@ -1,5 +1,11 @@
 """Per-label statistics in physical units, merged from the blocks, and their CSV.
 
+Rows are measured on the voxel grid and then placed in the output space
+(:func:`place_rows`, :mod:`~ml4paleo.meshing.space`: the scan's world by default) with the
+class names the label image holds. The CSV's headers carry the unit (``volume_mm3``,
+``surface_area_mm2``, ``min_x_mm``; ``vox`` in voxel units); :func:`read_stats_csv` reads
+any version's back into the row keys.
+
 Voxel counts, bounding boxes, surface areas and enclosed volumes add up over blocks;
 objects (face-connected components) are joined across block faces from the component
 ids each block saved on its six faces.
@@ -10,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -24,21 +31,30 @@ from ml4paleo._fs import atomic_write
 from ml4paleo.blocks import ProgressCallback
 
 from .blockwise import LabelVolume, PassResult, open_labels, run_pass, selection_of
+from .smooth import DEFAULT_SMOOTH, Smoothing, smoothing_params, surface_name
+from .space import MeshSpace, mesh_space, unit_suffix, world_of
 
 __all__ = [
     "STATS_COLUMNS",
     "STATS_CSV",
     "count_components",
+    "csv_header",
     "label_stats",
     "merge_stats",
+    "place_rows",
     "public_row",
+    "read_stats_csv",
+    "row_key",
     "stats_csv_text",
+    "volume_classes",
     "write_stats_csv",
 ]
 
-#: columns of the statistics CSV, in order
+#: keys of a statistics row, in the CSV's order (the CSV's headers of lengths, areas and
+#: volumes carry their unit: :func:`csv_header`)
 STATS_COLUMNS = (
     "label",
+    "class",
     "voxel_count",
     "volume",
     "mesh_volume",
@@ -46,6 +62,8 @@ STATS_COLUMNS = (
     "components",
     "mesh_bodies",
     "unit",
+    "space",
+    "frame",
     "min_x_vox",
     "min_y_vox",
     "min_z_vox",
@@ -58,6 +76,7 @@ STATS_COLUMNS = (
     "max_x",
     "max_y",
     "max_z",
+    "surface",
 )
 
 #: name of the statistics CSV :func:`ml4paleo.meshing.mesh` writes beside the meshes
@@ -109,9 +128,13 @@ def count_components(passed: PassResult, work_dir: Path) -> dict[int, int]:
     return {int(v): int(n) for v, n in zip(labels, counts, strict=True)}
 
 
-def merge_stats(results: list[dict], components: dict[int, int], vol: LabelVolume
-                ) -> dict[int, dict]:
-    """Rows (:data:`STATS_COLUMNS` and ``_faces``) per label from the blocks' measures."""
+def merge_stats(results: list[dict], components: dict[int, int], vol: LabelVolume,
+                surface: str = "marching-cubes") -> dict[int, dict]:
+    """Rows (:data:`STATS_COLUMNS` and ``_faces``) per label from the blocks' measures.
+
+    ``surface`` names the surface the areas and mesh volumes were measured on
+    (:func:`ml4paleo.meshing.smooth.surface_name`).
+    """
     vs = np.asarray(vol.voxel_size)
     merged: dict[int, dict] = {}
     for r in results:
@@ -156,14 +179,101 @@ def merge_stats(results: list[dict], components: dict[int, int], vol: LabelVolum
             "max_x": float(hi_p[2]),
             "max_y": float(hi_p[1]),
             "max_z": float(hi_p[0]),
+            "surface": surface,
             "_faces": m["faces"],
         }
     return rows
 
 
+def place_rows(rows: dict[int, dict], space: MeshSpace,
+               classes: Sequence[dict] | None = None) -> dict[int, dict]:
+    """Rows of :func:`merge_stats` (grid coordinates) in ``space``, with class names.
+
+    The bounding box (voxel centres) becomes the box of its corners in the output space,
+    voxel volumes scale with the transform (only a sheared grid changes them), and each
+    row gains ``class`` (None when the label image names no classes), ``space`` and
+    ``frame``; ``unit`` is the space's (empty in voxel units).
+    """
+    for value, row in rows.items():
+        lo = (row["min_z_vox"], row["min_y_vox"], row["min_x_vox"])
+        hi = (row["max_z_vox"], row["max_y_vox"], row["max_x_vox"])
+        box_lo, box_hi = space.box(lo, hi)
+        for i, axis in enumerate("xyz"):
+            row[f"min_{axis}"] = float(box_lo[i])
+            row[f"max_{axis}"] = float(box_hi[i])
+        row["volume"] = float(row["volume"]) * space.volume_factor
+        name = None
+        if classes is not None and 0 <= int(value) < len(classes):
+            name = classes[int(value)].get("name")
+        row["class"] = name
+        row["unit"] = space.unit or ""
+        row["space"] = space.space
+        row["frame"] = space.frame or ""
+    return rows
+
+
 def public_row(row: dict) -> dict:
-    """A row with exactly the :data:`STATS_COLUMNS` keys."""
-    return {k: row[k] for k in STATS_COLUMNS}
+    """A row with exactly the :data:`STATS_COLUMNS` keys (missing ones None)."""
+    return {k: row.get(k) for k in STATS_COLUMNS}
+
+
+def csv_header(unit: str | None) -> list[str]:
+    """The CSV's column names: :data:`STATS_COLUMNS` with units on lengths, areas, volumes.
+
+    Examples
+    --------
+    >>> [h for h in csv_header("millimeter") if h.startswith(("volume", "surface", "min_x"))]
+    ['volume_mm3', 'surface_area_mm2', 'min_x_vox', 'min_x_mm']
+    """
+    u = unit_suffix(unit or None)
+    return [_UNIT_COLUMNS.get(k, "{k}").format(k=k, u=u) for k in STATS_COLUMNS]
+
+
+_UNIT_COLUMNS = {"volume": "volume_{u}3", "mesh_volume": "mesh_volume_{u}3",
+                 "surface_area": "surface_area_{u}2",
+                 **{f"{m}_{a}": f"{m}_{a}_{{u}}" for m in ("min", "max") for a in "xyz"}}
+_UNIT_COLUMN_RE = re.compile(r"^(volume|mesh_volume|surface_area)_[A-Za-z]+[23]$"
+                             r"|^((?:min|max)_[xyz])_(?!vox$)[A-Za-z]+$")
+
+
+def row_key(header: str) -> str:
+    """The row key of a CSV column name (``volume_mm3`` -> ``volume``; others unchanged)."""
+    m = _UNIT_COLUMN_RE.match(header)
+    if not m:
+        return header
+    return m.group(1) or m.group(2)
+
+
+def read_stats_csv(path: str | os.PathLike, typed: bool = False) -> list[dict]:
+    """Rows of a statistics CSV keyed like :data:`STATS_COLUMNS` (any version's headers).
+
+    Parameters
+    ----------
+    typed : bool
+        Numbers as int / float and empty cells as None (default: the CSV's strings).
+    """
+    with open(path, newline="") as fh:
+        rows = [{row_key(k): v for k, v in r.items()} for r in csv.DictReader(fh)]
+    return [_typed(r) for r in rows] if typed else rows
+
+
+def _typed(row: dict) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if value is None or value == "":
+            out[key] = None
+            continue
+        if key in ("class", "unit", "space", "frame"):
+            out[key] = value
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            out[key] = value
+            continue
+        out[key] = int(number) if number.is_integer() and "." not in value and "e" not in value \
+            else number
+    return out
 
 
 def label_stats(
@@ -176,6 +286,10 @@ def label_stats(
     executor: Any = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    space: str = "world",
+    classes: Sequence[dict] | None = None,
+    smooth: str | Smoothing | None = DEFAULT_SMOOTH,
+    shared_boundaries: bool = False,
 ) -> list[dict]:
     """Per-label statistics of a label volume, computed block by block.
 
@@ -196,16 +310,30 @@ def label_stats(
         See :func:`ml4paleo.blocks.run`.
     progress : callable, optional
         ``progress(done, total)`` over blocks.
+    space : {"world", "voxel"}
+        Coordinates of the bounding box (see :mod:`ml4paleo.meshing.space`): the scan's
+        world (default) or the voxel grid scaled by the voxel size.
+    classes : list of dict, optional
+        Class names by label value (default: those the label image holds).
+    smooth : {"none", "light", "strong"}, optional
+        Which surface ``surface_area`` and ``mesh_volume`` measure: the marching-cubes
+        surface (``"none"``) or the smoothed one :func:`ml4paleo.meshing.mesh` writes
+        (default ``"light"``; see :mod:`ml4paleo.meshing.smooth`).
+    shared_boundaries : bool
+        Measure the surfaces smoothed with shared interfaces (as ``mesh(...,
+        shared_boundaries=True)``).
 
     Returns
     -------
     list of dict
-        One row per label, keys :data:`STATS_COLUMNS`: ``voxel_count``; ``volume``
-        (voxel count x voxel volume) and ``mesh_volume`` (enclosed by the marching-cubes
-        surface) in unit³; ``surface_area`` in unit²; ``components`` (face-connected
-        objects); ``mesh_bodies`` (None here, filled by :func:`ml4paleo.meshing.mesh`);
-        the bounding box of the voxels, inclusive, in voxel indices (``*_vox``) and at
-        voxel centres in physical units.
+        One row per label, keys :data:`STATS_COLUMNS`: ``class`` (its name, or None);
+        ``voxel_count``; ``volume`` (voxel count x voxel volume) and ``mesh_volume``
+        (enclosed by the surface) in unit³; ``surface_area`` in unit²; ``components``
+        (face-connected objects); ``mesh_bodies`` (None here, filled by
+        :func:`ml4paleo.meshing.mesh`); ``unit``, ``space``, ``frame``; the bounding box
+        of the voxels, inclusive, in voxel indices (``*_vox``) and of the voxel centres
+        in ``space``; ``surface``: the surface measured (``"marching-cubes"``,
+        ``"smooth-light"``, ``"smooth-strong"``).
 
     Examples
     --------
@@ -216,32 +344,56 @@ def label_stats(
     >>> row["label"], row["voxel_count"], row["volume"], row["components"]
     (2, 18, 36.0, 1)
     """
+    params = smoothing_params(smooth)
     vol = open_labels(labels, voxel_size, unit)
+    where = mesh_space(world_of(vol.volume, vol.voxel_size, vol.unit), space)
     selection = selection_of(labels_to_mesh)
     work_dir = Path(tempfile.mkdtemp(prefix="ml4paleo-mesh-"))
     try:
         passed = run_pass(vol, work_dir, chunk_size=chunk_size, selection=selection,
                           write_parts=False, executor=executor, workers=workers,
-                          progress=progress)
-        rows = merge_stats(passed.results, count_components(passed, work_dir), vol)
+                          progress=progress, smooth=params, shared=shared_boundaries)
+        rows = merge_stats(passed.results, count_components(passed, work_dir), vol,
+                           surface_name(params))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    rows = place_rows(rows, where, classes if classes is not None else volume_classes(vol))
     return [public_row(r) for r in rows.values()]
 
 
-def stats_csv_text(rows: Sequence[dict]) -> str:
-    """Label statistics (:data:`STATS_COLUMNS`) as CSV text."""
+def volume_classes(vol: LabelVolume) -> list[dict] | None:
+    """The class names of a label volume opened from a label image (None otherwise)."""
+    from ml4paleo.formats import label_classes
+
+    image = getattr(vol.volume, "image", None)
+    if image is None:
+        return None
+    try:
+        return label_classes(image.attrs)
+    except ValueError:
+        return None
+
+
+def stats_csv_text(rows: Sequence[dict], unit: str | None = None) -> str:
+    """Label statistics (:data:`STATS_COLUMNS`) as CSV text, headers with units.
+
+    ``unit``: of the lengths (default: the rows'; voxel units when empty).
+    """
+    if unit is None:
+        unit = next((r.get("unit") for r in rows if r.get("unit")), None)
+    header = csv_header(unit)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=STATS_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
     for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in STATS_COLUMNS})
+        writer.writerow([_csv_value(row.get(k)) for k in STATS_COLUMNS])
     return buf.getvalue()
 
 
-def write_stats_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+def write_stats_csv(rows: Sequence[dict], path: str | os.PathLike,
+                    unit: str | None = None) -> Path:
     """Write label statistics (:data:`STATS_COLUMNS`) to a CSV file atomically."""
-    return atomic_write(path, stats_csv_text(rows))
+    return atomic_write(path, stats_csv_text(rows, unit))
 
 
 def _csv_value(value: Any) -> Any:

@@ -2,7 +2,9 @@
 
 On a binary mask at level 0.5 every marching-cubes vertex is the midpoint of a voxel
 edge, so its doubled coordinates are integers: parts made by different blocks share
-vertices exactly, and welding by integer keys gives the whole-volume mesh.
+vertices exactly, and welding by integer keys gives the whole-volume mesh.  Smoothed
+parts also carry float positions; blocks compute them bit-identically, which the weld
+checks.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from scipy.sparse import csgraph
 __all__ = ["body_count", "canonical_faces", "to_physical", "weld"]
 
 
-def weld(files: Sequence[Path], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Join block parts (``.npz`` with ``v``, ``f``) into one mesh: shared vertices merged.
+def weld(
+    files: Sequence[Path], shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Join block parts (``.npz`` with ``v``, ``f``, maybe ``p``) into one mesh.
 
     Parameters
     ----------
@@ -33,11 +37,22 @@ def weld(files: Sequence[Path], shape: Sequence[int]) -> tuple[np.ndarray, np.nd
         Doubled (z, y, x) integer vertex coordinates sorted by position, and faces in a
         canonical order (:func:`canonical_faces`), so the result does not depend on the
         block size.
+    points : ndarray or None
+        The smoothed ``(z, y, x)`` positions of ``vertices`` when the parts hold them
+        (``p``, from :mod:`ml4paleo.meshing.smooth`), else None.
+
+    Raises
+    ------
+    RuntimeError
+        When two blocks computed different smoothed positions for one vertex: the halo
+        did not cover the smoothing support and a seam would open.
     """
-    verts, faces, offset = [], [], 0
+    verts, points, faces, offset = [], [], [], 0
     for f in files:
         with np.load(f) as part:
             v, fc = part["v"], part["f"].astype(np.int64)
+            if "p" in part:
+                points.append(part["p"])
         verts.append(v)
         faces.append(fc + offset)
         offset += len(v)
@@ -50,9 +65,21 @@ def weld(files: Sequence[Path], shape: Sequence[int]) -> tuple[np.ndarray, np.nd
     del k
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     del keys
+    inverse = inverse.reshape(-1)
     vertices = v_all[first]
-    f_all = inverse.reshape(-1)[f_all]
-    return vertices, canonical_faces(f_all)
+    smoothed = None
+    if points:
+        p_all = np.concatenate(points)
+        del points
+        smoothed = p_all[first]
+        step = 1 << 20  # compare a piece at a time: no second copy of every position
+        for i in range(0, len(p_all), step):
+            if not np.array_equal(smoothed[inverse[i : i + step]], p_all[i : i + step]):
+                raise RuntimeError("blocks disagree on smoothed vertex positions: the "
+                                   "smoothing halo does not cover its support (a seam)")
+        del p_all
+    f_all = inverse[f_all]
+    return vertices, canonical_faces(f_all), smoothed
 
 
 def canonical_faces(faces: np.ndarray) -> np.ndarray:

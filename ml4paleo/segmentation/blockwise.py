@@ -22,6 +22,7 @@ import numpy as np
 from ml4paleo import _fs, omezarr
 from ml4paleo.blocks import Block, Stage, block_grid
 from ml4paleo.blocks import run as run_stages
+from ml4paleo.formats import create_labels, parent_image, register_label, update_extra_attrs
 from ml4paleo.io import ArrayVolume, Volume, open_any
 
 from .memory import release_free_memory
@@ -125,7 +126,7 @@ def segment(
     chunk_size: int = 128,
     executor: Any = None,
     workers: int | None = None,
-    probabilities: bool = False,
+    probabilities: bool | str | os.PathLike = False,
     min_size: int = 0,
     fill_holes: bool = False,
     progress: ProgressCallback | None = None,
@@ -140,10 +141,15 @@ def segment(
         its path; an in-memory array is processed in this process.
     model : Model or path of a saved model
     out : path
-        Output OME-Zarr label image (0 = background, k = class k; uint8, uint16 for more
-        than 255 classes), same voxel size as the image. With ``probabilities``, a uint8
-        probabilities image (c, z, y, x; 255 = 1.0) is written next to it as
-        ``<out>_probabilities``.
+        Output NGFF label image (0 = background, k = class k; uint8, uint16 for more than
+        255 classes) on the image's world (its transform, NGFF scale and translation),
+        with the model's class names and colours (:mod:`ml4paleo.formats.labels`).
+        ``<image>/labels/<name>`` makes it a label of that OME-Zarr image, listed there
+        once complete; anywhere else a standalone label image (its ``source`` naming an
+        OME-Zarr image it was made from).
+    probabilities : bool or path
+        Also write a uint8 probabilities image (c, z, y, x; 255 = 1.0): at this path, or
+        with ``True`` next to ``out`` as ``<out>_probabilities``.
     chunk_size : int
         Block and chunk edge (even).
     executor : None, "serial", "processes", Dask Client or scheduler address
@@ -173,7 +179,7 @@ def segment(
     else:
         model_dir = None
     vol = open_any(image)
-    vs, unit = vol.voxel_size, vol.unit
+    vs = vol.voxel_size
     shape = tuple(int(s) for s in vol.shape)
     if isinstance(executor, str | type(None)) and isinstance(vol, ArrayVolume):
         # the data itself would travel to local workers: stay in this process
@@ -196,14 +202,20 @@ def segment(
     dtype = np.uint8 if model.n_classes <= 255 else np.uint16
     post = bool(min_size) or bool(fill_holes)
     extra = {"model_classes": model.classes, "model_created_at": model.meta.get("created_at")}
+    source_image = getattr(vol, "image", None)  # the OME-Zarr image it reads, if any
+    if source_image is not None and getattr(vol, "level", 0):
+        source_image = None  # a pyramid level: not the image's grid
     if resuming:
         img = omezarr.open_image(out, mode="r+")
     else:
-        img = omezarr.create_image(out, shape, dtype, chunks=chunk_size, voxel_size=vs, unit=unit,
-                                   name="labels", label=True, extra_attrs=extra)
+        img = create_labels(out, shape, dtype, classes=model.classes, world=vol.world,
+                            image=source_image, chunks=chunk_size,
+                            extra_attrs=extra, register=False)
     prob_path = None
-    if probabilities:
-        prob_path = out.parent / f"{out.name}_probabilities"
+    if probabilities is not False and probabilities is not None:
+        prob_path = (out.parent / f"{out.name}_probabilities" if probabilities is True
+                     else Path(probabilities))
+        prob_path.parent.mkdir(parents=True, exist_ok=True)
         if not resuming or not prob_path.exists():
             import zarr
 
@@ -237,7 +249,9 @@ def segment(
     release_free_memory()
     run_stages(stages, executor=executor, workers=workers, progress=progress)
     omezarr.build_pyramid(img)
-    img.group.attrs.update({"ml4paleo": {**extra, "min_size": int(min_size),
-                                         "fill_holes": bool(fill_holes)}})
+    update_extra_attrs(img, **extra, min_size=int(min_size), fill_holes=bool(fill_holes))
+    inside = parent_image(out)
+    if inside is not None:
+        register_label(inside, out.name)  # complete: NGFF readers may list it now
     shutil.rmtree(work, ignore_errors=True)
     return omezarr.open_image(out)

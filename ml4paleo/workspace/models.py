@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from ml4paleo._fs import atomic_write, now_iso, replace_dir, temp_path
 from ml4paleo.workspace.ids import new_id
-from ml4paleo.workspace.paths import ID_RE, JobPaths, model_meta_file
+from ml4paleo.workspace.paths import ID_RE, JobPaths, check_id, model_meta_file
 
 __all__ = [
     "ModelNotFound",
@@ -138,15 +138,20 @@ class ModelRegistry:
                     zf.write(f, f"{model_id}/{f.relative_to(folder).as_posix()}")
 
     # -- writing --------------------------------------------------------------------------
-    def add(self, fill: Callable[[Path], object], *, source: dict | None = None) -> str:
+    def add(self, fill: Callable[[Path], object], *, source: dict | None = None,
+            model_id: str | None = None) -> str:
         """Create a new model version with ``fill(folder)`` and return its id.
 
         ``fill`` writes the model into a fresh temp folder (which it may create); the
         folder is renamed to ``models/<new id>`` only when ``fill`` returned and the
         ``meta.json`` (with ``source`` and ``created_at``) is written. On an exception
         nothing is left behind.
+
+        ``model_id`` names the version instead of a new id; a version of that id is
+        replaced (a retried training attempt writes the version its job reserved, so the
+        job gets one version whatever the attempts).
         """
-        model_id = new_id()
+        model_id = new_id() if model_id is None else check_id(model_id, "model id")
         dest = self.paths.model(model_id)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(dest)
@@ -168,9 +173,10 @@ class ModelRegistry:
                  (source or {}).get("kind", "model"))
         return model_id
 
-    def save(self, model: Any, *, source: dict | None = None) -> str:
-        """Save a trained model (anything with ``save(folder)``) as a new version."""
-        return self.add(model.save, source=source)
+    def save(self, model: Any, *, source: dict | None = None, model_id: str | None = None) -> str:
+        """Save a trained model (anything with ``save(folder)``) as a new version (or as
+        version ``model_id``, replacing it: see :meth:`add`)."""
+        return self.add(model.save, source=source, model_id=model_id)
 
     def import_from(self, other: ModelRegistry, model_id: str, *,
                     load: Callable[[Path], Any]) -> str:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ARTIFACT_NAME_RE", "ID_RE", "JobPaths", "SegmentationPaths", "check_id",
-           "check_name", "label_store_classes_file", "model_meta_file"]
+           "check_name", "label_store_classes_file", "model_meta_file", "without_server_paths"]
+
+#: The NGFF group of an image holding its label images (``ml4paleo.formats.LABELS_GROUP``)
+IMAGE_LABELS_GROUP = "labels"
 
 #: Names of models, segmentations and export files: letters, digits, ``_ . -``, not
 #: starting with a dot or dash, at most 128 characters (so never ``..`` or a path).
@@ -101,7 +105,9 @@ class SegmentationPaths:
 
     @property
     def labels(self) -> Path:
-        """The OME-Zarr label image."""
+        """The OME-Zarr label image of a segmentation folder copied elsewhere, or of a job of
+        an older version (a job's segmentations are labels of its image now:
+        :meth:`JobPaths.labels`)."""
         return self.root / "labels.ome.zarr"
 
     @property
@@ -146,7 +152,7 @@ class JobPaths:
     >>> p.image.name
     'image.ome.zarr'
     >>> p.labels("s1").relative_to(p.root).as_posix()
-    'segmentations/s1/labels.ome.zarr'
+    'image.ome.zarr/labels/s1'
     """
 
     root: Path
@@ -240,8 +246,20 @@ class JobPaths:
         return self.segmentation_files(seg_id).meta
 
     def labels(self, seg_id: str) -> Path:
-        """The segmentation's OME-Zarr label image."""
-        return self.segmentation_files(seg_id).labels
+        """The segmentation's OME-Zarr label image: an NGFF label of the job's image.
+
+        ``image.ome.zarr/labels/<seg_id>`` (listed in ``image.ome.zarr/labels/.zattrs``, so
+        NGFF readers open the scan with its segmentations); a segmentation made by an
+        older version, ``segmentations/<seg_id>/labels.ome.zarr``, is found where it is.
+        """
+        legacy = self.segmentation_files(seg_id).labels
+        if legacy.exists():
+            return legacy
+        return self.image_labels(seg_id)
+
+    def image_labels(self, seg_id: str) -> Path:
+        """Where a segmentation's label image goes inside the job's image (NGFF ``labels/``)."""
+        return self.image / IMAGE_LABELS_GROUP / check_id(seg_id, "segmentation id")
 
     def probabilities(self, seg_id: str) -> Path:
         """Class probabilities (c, z, y, x; uint8) written beside the labels, when asked."""
@@ -263,6 +281,37 @@ class JobPaths:
         """A class list or model metadata copied beside a segmentation by older versions;
         read as fallbacks for its class names."""
         return self.segmentation_files(seg_id).class_files
+
+    # -- temp files -----------------------------------------------------------------------
+    def temp_homes(self, names: Iterable[str] | None = None) -> list[Path]:
+        """Every folder where a writer of this job puts temp files beside what it writes
+        (record, image, staging; upload state; exports; models; each segmentation, the
+        image's labels group and the annotations) that exists: what a sweep after a crash looks through (not
+        recursively: big stores are never walked).
+
+        ``names``: the job folder's listing when the caller has it (saves a listing).
+        """
+        try:
+            listed = set(os.listdir(self.root)) if names is None else set(names)
+        except OSError:
+            return []
+        homes = [self.root]
+        for folder in (self.upload_state, self.exports, self.models, self.segmentations,
+                       self.annotations, self.image):
+            if folder.name in listed:
+                homes.append(folder)
+        if self.image.name in listed and (self.image / IMAGE_LABELS_GROUP).is_dir():
+            homes.append(self.image / IMAGE_LABELS_GROUP)  # the segmentations' listing
+        for parent in (self.segmentations, self.annotations):
+            if parent.name not in listed:
+                continue
+            try:
+                with os.scandir(parent) as it:
+                    homes += [Path(e.path) for e in it
+                              if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+        return homes
 
     # -- exports --------------------------------------------------------------------------
     @property
@@ -297,3 +346,32 @@ class JobPaths:
     def report(self, seg_id: str, fmt: str) -> Path:
         """Cached quantification report (``html`` / ``pdf``) of a segmentation."""
         return self.export(f"report-{check_id(seg_id, 'segmentation id')}.{fmt}")
+
+
+def without_server_paths(text: str, data_dir: str | os.PathLike) -> str:
+    """``text`` with the data folder's absolute paths made relative: a path inside a job
+    folder becomes relative to the job (``upload/scan.zip``), any other path under the
+    data folder relative to it, so messages shown to users name no server folders.
+
+    Examples
+    --------
+    >>> without_server_paths("/srv/d/jobs/AbCdEfGhIjKlMnOpQrStUv/upload/a.png: bad", "/srv/d")
+    'upload/a.png: bad'
+    >>> without_server_paths("cannot read /srv/d/jobs/AbCdEfGhIjKlMnOpQrStUv", "/srv/d")
+    'cannot read the job folder'
+    """
+    text = str(text)
+    roots = {str(Path(data_dir))}
+    try:
+        roots.add(str(Path(data_dir).resolve()))
+    except OSError:
+        pass
+    for root in sorted(roots, key=len, reverse=True):
+        if not root or root == "/":
+            continue
+        base = re.escape(root.rstrip("/"))
+        text = re.sub(base + r"/jobs/[A-Za-z0-9_-]+/", "", text)
+        text = re.sub(base + r"/jobs/[A-Za-z0-9_-]+\b", "the job folder", text)
+        text = re.sub(base + r"/", "", text)
+        text = re.sub(base + r"\b", "the data folder", text)
+    return text

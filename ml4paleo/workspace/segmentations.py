@@ -243,11 +243,21 @@ class SegmentationRegistry:
         return sorted(p.name for p in dest.iterdir() if p.is_file())
 
     def write_stats(self, seg_id: str, rows: list[dict]) -> Path:
-        """Write per-label statistics rows as the segmentation's ``stats.csv``."""
+        """Write per-label statistics rows as the segmentation's ``stats.csv``.
+
+        Rows of :func:`ml4paleo.meshing.label_stats` are written as meshing writes them
+        (headers with units, class names); other rows with their own keys.
+        """
+        from ml4paleo.meshing.stats import STATS_COLUMNS, stats_csv_text
+
+        dest = self.paths.stats(seg_id)
+        if rows and all(set(STATS_COLUMNS) <= set(r) for r in rows):
+            with atomic_writer(dest, "w") as fh:
+                fh.write(stats_csv_text(rows))
+            return dest
         keys: list[str] = []
         for row in rows:
             keys += [k for k in row if k not in keys]
-        dest = self.paths.stats(seg_id)
         with atomic_writer(dest, "w") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()

@@ -747,7 +747,9 @@
   async function queue(kind) {
     if (S.dirty) await submit({ preview: false });
     try {
-      await api("POST", `${API}/${kind === "mesh" ? "mesh" : "segment"}`, {});
+      const smooth = $("ann-mesh-smooth");
+      const body = kind === "mesh" && smooth ? { smooth: smooth.value } : {};
+      await api("POST", `${API}/${kind === "mesh" ? "mesh" : "segment"}`, body);
       toast(kind === "mesh" ? "Meshing queued." : "Segmentation queued.");
       watch(kind);
     } catch (err) {

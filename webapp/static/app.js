@@ -149,6 +149,23 @@
     return /^#[0-9a-fA-F]{6}$/.test(c || "") ? c : PALETTE[label % PALETTE.length];
   }
 
+  // A job page opened without a key is a locked shell (no job data): sign in with the
+  // key this browser remembers, else ask for it; then load the page for real.
+  async function unlock() {
+    const stored = localStorage.getItem(KEY_STORE);
+    if (stored) {
+      const r = await fetch("/api/auth", {
+        method: "POST", body: JSON.stringify({ key: stored }),
+        headers: headers({ "Content-Type": "application/json" }), credentials: "same-origin",
+      });
+      if (r.ok) { location.reload(); return; }
+      if (r.status !== 429) localStorage.removeItem(KEY_STORE);
+    }
+    await askKey();
+    location.reload();
+  }
+  if (document.body.dataset.locked === "true") unlock();
+
   window.ml4p = { api, apiJSON, el, fmtBytes, fmtDate, statusClass, statuses, toast, progressBar,
     cookie, headers, askKey, classColor, PALETTE, jobId: document.body.dataset.jobId || null };
 })();

@@ -79,7 +79,14 @@
       items.push(el("button", { class: "btn", id: "segment-btn", onclick: () => post("start", "Segmentation queued.") }, "Segment whole volume"));
     }
     if (annotate && segs.length && !busy) {
-      items.push(el("button", { class: "btn", id: "mesh-btn", onclick: () => post("mesh", "Meshing queued.", { formats: ["stl", "glb"] }) }, "Make meshes"));
+      const shown = document.getElementById("mesh-smooth");  // keep the choice across re-renders
+      const smooth = el("select", { id: "mesh-smooth", title: "Surface of the meshes" },
+        el("option", { value: "light" }, "smooth surface"),
+        el("option", { value: "strong" }, "smoother surface"),
+        el("option", { value: "none" }, "voxel steps"));
+      smooth.value = shown ? shown.value : "light";
+      items.push(smooth);
+      items.push(el("button", { class: "btn", id: "mesh-btn", onclick: () => post("mesh", "Meshing queued.", { formats: ["stl", "glb"], smooth: smooth.value }) }, "Make meshes"));
     }
     if (busy) {
       items.push(el("button", { class: "btn", onclick: () => post("cancel", "Cancelled.") }, "Cancel"));

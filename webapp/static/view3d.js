@@ -58,7 +58,17 @@ function loadMesh(url, format) {
     if (format === "stl") new STLLoader().load(url, (g) => done(new THREE.Mesh(g)), undefined, reject);
     else if (format === "ply") new PLYLoader().load(url, (g) => { g.computeVertexNormals(); done(new THREE.Mesh(g)); }, undefined, reject);
     else if (format === "obj") new OBJLoader().load(url, done, undefined, reject);
-    else new GLTFLoader().load(url, (gltf) => done(gltf.scene), undefined, reject);
+    else new GLTFLoader().load(url, (gltf) => {
+      // an ml4paleo GLB holds metres under a y-up root node (glTF's rules); shown here in
+      // the scan's own unit and z-up frame, like the STL/PLY/OBJ of the same segmentation
+      const root = gltf.scene.children[0];
+      const meta = root && root.userData ? root.userData.ml4paleo : null;
+      if (meta) {
+        root.quaternion.identity();
+        root.scale.setScalar(meta.scale_to_source_unit || 1);
+      }
+      done(gltf.scene);
+    }, undefined, reject);
   });
 }
 

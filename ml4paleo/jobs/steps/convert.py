@@ -1,4 +1,8 @@
-"""The convert step: ``upload/`` -> the job's OME-Zarr image, and the image's metadata."""
+"""The convert step: ``upload/`` -> the job's OME-Zarr image, and the image's metadata.
+
+The upload is opened from its headers and checked against the decoded-size limits of the
+settings (:func:`ml4paleo.io.check_decode_limits`) before a pixel is decoded.
+"""
 
 from __future__ import annotations
 
@@ -32,12 +36,22 @@ def run(ctx: JobContext) -> dict:
     convert = library("ml4paleo.convert", "convert", "conversion")
     upload = ctx.paths.upload
     if not upload.is_dir() or not any(p.is_file() for p in upload.rglob("*")):
-        raise StepError(f"{upload}: no uploaded files to convert")
+        raise StepError("upload: no uploaded files to convert")
     dest = ctx.paths.image
-    ctx.message("converting the upload to OME-Zarr")
-    # written under a temp name and renamed when complete, replacing an earlier attempt's
-    convert(upload, dest, chunks=ctx.settings.chunk_size, progress=ctx.progress,
-            workers=ctx.settings.workers, overwrite=True)
+    from ml4paleo.io import DecodeLimits, check_decode_limits, open_any
+
+    # headers only: a scan too large (or a decompression bomb) is refused before decoding
+    volume = open_any(upload)
+    try:
+        check_decode_limits(volume, DecodeLimits.from_settings(ctx.settings))
+        if ctx.settings.workers:
+            volume.workers = int(ctx.settings.workers)
+        ctx.message("converting the upload to OME-Zarr")
+        # written under a temp name and renamed when complete, replacing an earlier attempt's
+        convert(volume, dest, chunks=ctx.settings.chunk_size, progress=ctx.progress,
+                workers=ctx.settings.workers, overwrite=True)
+    finally:
+        volume.close()
     metadata = image_metadata(dest)
     fields: dict = {"metadata": metadata,
                     "message": f"converted: {' x '.join(map(str, metadata['shape']))} "

@@ -3,14 +3,31 @@ write its statistics."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
+from ml4paleo.formats import attach_labels
 from ml4paleo.jobs.context import JobContext, StepError
 from ml4paleo.jobs.statuses import Status
 from ml4paleo.jobs.steps.common import executor, jsonable, library
 from ml4paleo.workspace.segmentations import SegmentationRegistry, record_meshes
+from ml4paleo.world import ZARR_WORLD_KEY
 
 KIND = "mesh"
+
+log = logging.getLogger(__name__)
+
+
+def _with_world(ctx: JobContext, path, labels):
+    """Labels of an older version (no world of their own) get the image's world and classes
+    in their metadata first, so their meshes land on the scan too."""
+    if ZARR_WORLD_KEY in (labels.attrs.get("ml4paleo") or {}) or not ctx.paths.image.exists():
+        return labels
+    try:
+        return attach_labels(path, image=ctx.paths.image, register=False)
+    except ValueError as exc:
+        log.warning("%s: kept as it is (%s)", path, exc)
+        return labels
 
 
 def run(ctx: JobContext) -> dict:
@@ -24,20 +41,23 @@ def run(ctx: JobContext) -> dict:
         raise StepError(f"job {ctx.job_id} has no segmentation {seg_id!r} to mesh")
     labels_path = ctx.paths.labels(seg_id)
     if not labels_path.exists():
-        raise StepError(f"{labels_path}: the segmentation's labels are missing")
-    labels = open_image(labels_path)
+        raise StepError(f"segmentation {seg_id}: its labels are missing")
+    labels = _with_world(ctx, labels_path, open_image(labels_path))
     formats = tuple(request.get("formats") or ("stl",))
+    # the surface asked for (none / light / strong); absent: the meshing default
+    smooth = {"smooth": request["smooth"]} if request.get("smooth") else {}
     segs = SegmentationRegistry(ctx.paths)
     workdir = segs.mesh_workdir(seg_id)
     ctx.message(f"meshing segmentation {seg_id}")
     try:
         summary = mesh(labels, workdir, chunk_size=ctx.settings.chunk_size, formats=formats,
                        simplify=request.get("simplify"), executor=executor(ctx.settings),
-                       workers=ctx.settings.workers, progress=ctx.progress)
+                       workers=ctx.settings.workers, progress=ctx.progress, **smooth)
         ctx.check()
         if not segs.has_stats(workdir):
             label_stats = library("ml4paleo.meshing", "label_stats", "label statistics")
-            segs.write_stats(seg_id, label_stats(labels, voxel_size=labels.voxel_size))
+            segs.write_stats(seg_id, label_stats(labels, voxel_size=labels.voxel_size,
+                                                 **smooth))
         files = segs.install_meshes(seg_id, workdir)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
