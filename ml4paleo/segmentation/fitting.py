@@ -70,7 +70,8 @@ class TrainSettings:
     select_per_class : int
         Rows per class (a class-balanced subset of the sample) the cross-validation fits.
     prune : bool
-        Importance pruning (with ``select``): drop the channels whose importance is below
+        Drop the channels no split of the trained model uses (exact: the predictions do
+        not change) and, with ``select``, importance pruning: drop the channels whose importance is below
         ``prune_fraction`` of the mean, keep the pruned set when its cross-validated score
         is within ``prune_tolerance`` of the full one; the model then computes only the
         kept channels.

@@ -289,4 +289,5 @@ def train(
     model_ctx = ContextSettings(tuple(ts.context_sigmas)) if cand.two_stage else None
     del data, coords, vals, border
     release_free_memory()
-    return Model(stages, fs, model_ctx, cls_list, vs, meta)
+    model = Model(stages, fs, model_ctx, cls_list, vs, meta)
+    return model.without_unused_channels() if ts.prune and not preview else model
