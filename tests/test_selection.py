@@ -166,3 +166,41 @@ def test_structure_candidate_channels_contain_the_default_ones():
     b = features_for_box(scan, box, STRUCTURE.with_channels(feature_names(FeatureSettings())), None)[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
     assert halo_for(STRUCTURE.with_channels(feature_names(FeatureSettings()))) == halo_for(FeatureSettings())
+
+
+def test_cli_train_selects_by_default_and_no_select_turns_it_off(tmp_path, texture):
+    from click.testing import CliRunner
+
+    from ml4paleo.cli import main
+
+    scan, _, labels = texture
+    np.save(tmp_path / "scan.npy", scan)
+    np.save(tmp_path / "labels.npy", labels)
+    args = ["train", str(tmp_path / "scan.npy"), str(tmp_path / "labels.npy"), "--trees", "8",
+            "--quiet"]
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "auto")])
+    assert res.exit_code == 0, res.output
+    assert "chosen: structure" in res.output
+    auto = Model.load(tmp_path / "auto")
+    assert auto.meta["selection"]["chosen"].startswith("structure")
+    res = CliRunner().invoke(main, [*args, "--no-select", "-o", str(tmp_path / "fixed")])
+    assert res.exit_code == 0, res.output
+    fixed = Model.load(tmp_path / "fixed")
+    assert "selection" not in fixed.meta and fixed.feature_settings == FeatureSettings()
+    assert fixed.context is not None
+
+
+def test_model_listing_shows_the_choice(tmp_path, texture):
+    from ml4paleo.workspace import ModelRegistry
+
+    scan, _, labels = texture
+    reg = ModelRegistry(tmp_path / "job")
+    model = train(scan, labels, settings=TrainSettings(**{**FAST, "two_stage": False}))
+    mid = reg.save(model, source={"kind": "train"})
+    plain = reg.save(train(scan, labels, settings=TrainSettings(**FAST).fixed()))
+    entry = {e["id"]: e for e in reg.list()}
+    sel = entry[mid]["selection"]
+    assert sel["chosen"] == model.meta["selection"]["chosen"]
+    assert [c["score"] for c in sel["candidates"]] == [c["score"] for c in
+                                                         model.meta["selection"]["candidates"]]
+    assert entry[plain]["selection"] is None
