@@ -1,11 +1,8 @@
-"""Features of a plane / tile (normal first) against the 3-D whole-volume features; the
-byte-bounded cache; tiles and labels carried down the pyramid."""
+"""Features of a plane / tile (normal first) against the 3-D whole-volume features."""
 
 from __future__ import annotations
 
 import re
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,8 +17,6 @@ from ml4paleo.features import (
     plane_box,
     plane_features,
 )
-from ml4paleo.segmentation.cache import ByteCache
-from ml4paleo.segmentation.tiles import TileGrid, compute_range, downsample_labels
 
 SETTINGS = [
     (FeatureSettings(), None),
@@ -114,69 +109,3 @@ def test_plane_axes_put_the_normal_first_and_boxes_check_their_input():
             plane_box((4, 5, 6), *bad)
     with pytest.raises(ValueError, match="empty"):
         plane_box((4, 5, 6), 0, 1, slice(3, 3))
-
-
-# ----------------------------------------------------------------------------- tiles, labels
-def test_tile_grid_and_compute_range():
-    g = TileGrid((600, 300), 256)
-    assert list(g) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
-    assert g.covering(slice(250, 260), slice(0, 10)) == [(0, 0), (1, 0)]
-    with pytest.raises(ValueError):
-        g.slices(3, 0)
-    assert compute_range(512, 600, 600) == (512, 600)
-    assert compute_range(596, 600, 600) == (584, 600)
-
-
-def test_downsampled_labels_take_the_most_frequent_label():
-    lab = np.zeros((8, 8), np.uint8)
-    lab[0:4, 0:4] = 1
-    lab[0:2, 0:4] = 2
-    lab[0, 0] = 3
-    lab[7, 7] = 3
-    assert downsample_labels(lab, 2, (2, 2)).tolist() == [[1, 0], [0, 3]]  # 8 ones, 7 twos
-    assert downsample_labels(lab, 1, (4, 4))[0, 0] == 2  # a 3 and three 2s
-    assert downsample_labels(lab, 1, (4, 4))[1, 1] == 1
-    assert downsample_labels(lab, 3, (1, 1)).tolist() == [[1]]  # 8 ones, 7 twos, 2 threes
-    assert np.array_equal(downsample_labels(lab, 0, (8, 8)), lab)
-
-
-# ----------------------------------------------------------------------------- the cache
-def test_byte_cache_evicts_the_least_recently_used_by_bytes():
-    c = ByteCache(max_bytes=10_000)
-    for k in range(4):
-        c.put(("a", k), np.zeros(3000, np.uint8))
-    assert ("a", 0) not in c and all(("a", k) in c for k in (1, 2, 3))
-    assert c.nbytes == 9000
-    c.get(("a", 1))  # now the most recent: ("a", 2) goes next
-    c.put(("b", 0), np.zeros(2500, np.uint8))
-    assert ("a", 2) not in c and ("a", 1) in c and c.nbytes <= 10_000
-    c.put(("b", 1), np.zeros(20_000, np.uint8))  # larger than the budget: not kept
-    assert ("b", 1) not in c and c.nbytes <= 10_000
-    assert c.owner_bytes("a") == 6000 and c.drop_owner("a") == 2 and c.nbytes == 2500
-    assert c.stats()["evictions"] == 2
-
-
-def test_byte_cache_computes_a_missing_value_once_across_threads():
-    c = ByteCache(max_bytes=1 << 20)
-    calls = []
-
-    def slow():
-        calls.append(1)
-        time.sleep(0.2)
-        return np.ones(10)
-
-    out = []
-    threads = [threading.Thread(target=lambda: out.append(c.get_or_compute(("k",), slow)))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(calls) == 1 and len(out) == 4 and all(o is out[0] for o in out)
-
-    def boom():
-        raise RuntimeError("no")
-
-    with pytest.raises(RuntimeError):
-        c.get_or_compute(("e",), boom)
-    assert c.get_or_compute(("e",), lambda: 5) == 5  # a failure is not cached
