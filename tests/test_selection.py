@@ -204,3 +204,46 @@ def test_model_listing_shows_the_choice(tmp_path, texture):
     assert [c["score"] for c in sel["candidates"]] == [c["score"] for c in
                                                          model.meta["selection"]["candidates"]]
     assert entry[plain]["selection"] is None
+
+
+def test_one_stage_training_computes_labelled_planes_tile_by_tile():
+    import tracemalloc
+
+    from ml4paleo.io import open_any
+    from ml4paleo.segmentation.training import gather, labelled_voxels
+
+    scan, truth = make_phantom((24, 192, 192), seed=6)
+    labels = painted_slices(truth, 2)
+    arr = open_any(scan)
+    coords, vals, _ = labelled_voxels(labels)
+    y = (vals - 1).astype(np.int64)
+    fs = FeatureSettings()
+    tracemalloc.start()
+    tiled = gather(arr, coords, y, fs, None, 3, plane_tile=48)
+    kept, peak = tracemalloc.get_traced_memory()
+    transient_tiled = peak - kept  # what the features took beyond the rows kept
+    tracemalloc.stop()
+    # the same rows from the 3-D features of each whole plane box
+    tracemalloc.start()
+    ref = np.empty_like(tiled.X)
+    for z in np.unique(coords[:, 0]):
+        rows = np.flatnonzero(coords[:, 0] == z)
+        box = (slice(int(z), int(z) + 1), slice(0, 192), slice(0, 192))
+        Xb = features_for_box(arr, box, fs, None)[0]
+        ref[rows] = Xb[:, coords[rows, 1] * 192 + coords[rows, 2]].T
+        del Xb
+    kept, peak = tracemalloc.get_traced_memory()
+    transient_whole = peak - kept
+    tracemalloc.stop()
+    scale = np.abs(ref).max(axis=0)
+    assert np.all(np.abs(tiled.X - ref) <= 5e-4 * scale + 1e-3)
+    assert transient_tiled < 0.5 * transient_whole  # bounded by a tile, not by the plane
+
+
+def test_large_slices_train_one_stage_within_the_memory_cap(texture):
+    scan, _, labels = texture
+    model = train(scan, labels, settings=TrainSettings(**{**FAST, "context_max_bytes": 1.0}))
+    assert model.context is None and len(model.forests) == 1
+    why = model.meta["train_settings"]["one_stage_because"]
+    assert why["context_bytes"] > 1.0
+    assert all(not c["two_stage"] for c in model.meta["selection"]["candidates"])

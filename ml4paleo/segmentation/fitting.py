@@ -77,6 +77,14 @@ class TrainSettings:
         kept channels.
     prune_fraction : float
     prune_tolerance : float
+    context_max_bytes : float
+        The second stage's training context needs the features of a slab around every
+        annotated box (:func:`~ml4paleo.segmentation.context.context_plan`); when that
+        would take more memory than this (large slices), only one-stage configurations are
+        trained, and the labelled planes' features are computed plane by plane, tile by
+        tile (training out of core: memory bounded by the tile, not the slice).
+    plane_tile : int
+        In-plane tile edge (pixels) of the plane-by-plane features of a one-stage training.
     """
 
     n_trees: tuple[int, int] = (64, 64)
@@ -99,6 +107,8 @@ class TrainSettings:
     prune: bool = True
     prune_fraction: float = 0.25
     prune_tolerance: float = 0.005
+    context_max_bytes: float = 1.0e9
+    plane_tile: int = 512
 
     def fixed(self) -> TrainSettings:
         """These settings without the per-dataset choice (train exactly what is given)."""

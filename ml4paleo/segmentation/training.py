@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 
 from ml4paleo import _fs
 from ml4paleo.classes import MAX_CLASSES, class_list
-from ml4paleo.features import FeatureSettings, feature_names
+from ml4paleo.features import FeatureSettings, feature_names, plane_features
 from ml4paleo.io import open_any
 
 from .boxes import features_for_box
@@ -133,11 +133,47 @@ def held_out_metrics(X, y, groups, ts: TrainSettings, classes):
     return metrics, fitted, fold
 
 
+def context_bytes(box: tuple[slice, ...], shape: Sequence[int], ctx: ContextSettings,
+                  fs: FeatureSettings) -> float:
+    """Rough peak memory (bytes) of gathering the context features of one annotated box:
+    the filter bank over the box's context region (a few float32 copies of the slab) plus
+    the features at its coarse-grid voxels."""
+    region = context_plan(box, shape, ctx, fs).region
+    voxels = float(np.prod([r.stop - r.start for r in region]))
+    return voxels * 4 * (6 + len(feature_names(fs)) / 8)
+
+
+def _labelled_rows_by_plane(arr: Any, box: tuple[slice, ...], local: np.ndarray,
+                            fs: FeatureSettings, tile: int) -> np.ndarray:
+    """Features (N, F) at the voxels ``local`` (box coordinates) of a one-plane box,
+    computed tile by tile in the plane (filtered along the normal first), so memory is
+    bounded by one tile whatever the plane's size; only the labelled rows are kept."""
+    axis = next(a for a in range(3) if box[a].stop - box[a].start == 1)
+    ia, ib = (a for a in range(3) if a != axis)
+    r = local[:, ia] + box[ia].start
+    c = local[:, ib] + box[ib].start
+    out = np.empty((len(local), len(feature_names(fs))), np.float32)
+    key = (r // tile) * (int(arr.shape[ib]) // tile + 1) + c // tile
+    for k in np.unique(key):
+        sel = np.flatnonzero(key == k)
+        r0, r1 = int(r[sel].min()), int(r[sel].max()) + 1
+        c0, c1 = int(c[sel].min()), int(c[sel].max()) + 1
+        f = plane_features(arr, axis, box[axis].start, slice(r0, r1), slice(c0, c1), fs,
+                           arr.voxel_size)
+        out[sel] = f[:, r[sel] - r0, c[sel] - c0].T
+    return out
+
+
 def gather(arr: Any, coords: np.ndarray, y: np.ndarray, fs: FeatureSettings,
            ctx: ContextSettings | None, n_classes: int,
-           progress: ProgressCallback | None = None, extra_steps: int = 0) -> TrainingData:
+           progress: ProgressCallback | None = None, extra_steps: int = 0,
+           plane_tile: int = 512) -> TrainingData:
     """Features ``fs`` of the voxels ``coords`` (N, 3) of ``arr`` (classes ``y``), box by
-    annotated box, with the coarse-grid features the context of each box needs (``ctx``)."""
+    annotated box, with the coarse-grid features the context of each box needs (``ctx``).
+
+    Without context, a box one plane thick is computed plane-wise, tile by tile
+    (``plane_tile`` pixels; values equal the 3-D features to float32 rounding).
+    """
     vs = arr.voxel_size
     boxes = _group_boxes(coords, arr.shape)
     names = feature_names(fs)
@@ -148,6 +184,11 @@ def gather(arr: Any, coords: np.ndarray, y: np.ndarray, fs: FeatureSettings,
         groups[members] = i
         local = coords[members] - np.array([b.start for b in box])
         flat = np.ravel_multi_index(local.T, tuple(b.stop - b.start for b in box))
+        if ctx is None and min(b.stop - b.start for b in box) == 1:
+            X[members] = _labelled_rows_by_plane(arr, box, local, fs, plane_tile)
+            if progress is not None:
+                progress(i + 1, len(boxes) + extra_steps)
+            continue
         if ctx is None:
             Xb, _ = features_for_box(arr, box, fs, vs)
         else:
@@ -238,9 +279,18 @@ def train(
     else:
         cands = [Candidate("given", feature_settings or FeatureSettings(), ts.two_stage)]
     gather_fs = union_settings(cands)
-    any_two = any(c.two_stage for c in cands)
-    ctx = ContextSettings(tuple(ts.context_sigmas)) if any_two else None
-    data = gather(arr, coords, y, gather_fs, ctx, n_classes, progress, extra_steps=1)
+    ctx = ContextSettings(tuple(ts.context_sigmas)) if any(c.two_stage for c in cands) else None
+    too_big = None
+    if ctx is not None:
+        need = max(context_bytes(box, arr.shape, ctx, gather_fs)
+                   for box, _ in _group_boxes(coords, arr.shape))
+        if need > ts.context_max_bytes:  # large slices: one stage, trained out of core
+            too_big = {"context_bytes": round(need), "context_max_bytes": ts.context_max_bytes}
+            cands = [c for c in cands if not c.two_stage] or \
+                [Candidate(c.name.replace("two stages", "one stage"), c.features, False) for c in cands]
+            gather_fs, ctx = union_settings(cands), None
+    data = gather(arr, coords, y, gather_fs, ctx, n_classes, progress, extra_steps=1,
+                  plane_tile=ts.plane_tile)
     t_feat = time.perf_counter() - t0
     selection = None
     fold_stages = fold = None
@@ -281,6 +331,9 @@ def train(
         "feature_settings": fs.to_dict(),
         "voxel_size": list(vs) if vs else None,
     }
+    if too_big is not None:
+        meta["train_settings"]["one_stage_because"] = {
+            **too_big, "reason": "the second stage's context would not fit the memory cap"}
     if selection is not None:
         meta["selection"] = selection.report
         meta["seconds"]["selection"] = selection.report["seconds"]
