@@ -247,3 +247,11 @@ def test_large_slices_train_one_stage_within_the_memory_cap(texture):
     why = model.meta["train_settings"]["one_stage_because"]
     assert why["context_bytes"] > 1.0
     assert all(not c["two_stage"] for c in model.meta["selection"]["candidates"])
+
+
+def test_the_default_stays_unless_beaten_by_the_margin(texture):
+    scan, _, labels = texture
+    model = train(scan, labels, settings=TrainSettings(**{**FAST, "select_margin": 1.0}))
+    sel = model.meta["selection"]
+    assert sel["chosen"] == "default, two stages" and sel["margin"] == 1.0
+    assert max(c["score"] for c in sel["candidates"]) > sel["candidates"][0]["score"]

@@ -4,7 +4,8 @@ Defaults tuned on one phantom are what fails on a new scan, so :func:`choose` sc
 candidate configurations (:func:`candidates`: the default features; the default plus
 structure-tensor eigenvalues; each with one or two stages) by cross-validation grouped by
 annotated plane (2 folds: the planes of one fold are never seen by the model that predicts
-them), within a time budget, and picks the one with the best mean held-out Dice. Then, by
+them), within a time budget, and picks the one with the best mean held-out Dice (the default
+unless another beats it by a margin: the folds are few). Then, by
 *importance pruning*, the channels the winner hardly uses are dropped when the pruned set
 scores as well: the model computes only the kept channels (:attr:`FeatureSettings.channels`).
 
@@ -177,7 +178,8 @@ def _entry(c: Candidate, n: int, r: dict | None) -> dict:
 def choose(data: TrainingData, cands: Sequence[Candidate], ts: TrainSettings,
            classes: Sequence[dict]) -> Selection:
     """Score ``cands`` on ``data`` within ``ts.select_budget`` seconds, pick the best mean
-    held-out Dice (the earlier candidate on a tie), then prune by importance (``ts.prune``).
+    held-out Dice (the first candidate unless another beats it by more than
+    ``ts.select_margin``; the earlier on a tie), then prune by importance (``ts.prune``).
 
     ``data`` must hold every candidate's channels (gathered with :func:`union_settings`)
     and context when a candidate has two stages.
@@ -204,7 +206,10 @@ def choose(data: TrainingData, cands: Sequence[Candidate], ts: TrainSettings,
         log.info("candidate %s: held-out mean Dice %.4f (%.1f s)", c.name, r["score"], r["seconds"])
         entries.append(_entry(c, len(cols), r))
         results.append((r["score"], -i, i, cols, r))
-    _, _, best, cols, r = max(results, key=lambda t: (t[0], t[1]))
+    # the default (first) stays unless another beats it by more than the margin
+    bar = results[0][0] + ts.select_margin
+    better = [t for t in results[1:] if t[0] > bar] or results[:1]
+    _, _, best, cols, r = max(better, key=lambda t: (t[0], t[1]))
     win = cands[best]
     channels = [data.names[j] for j in cols]
     pruning = None
@@ -230,6 +235,7 @@ def choose(data: TrainingData, cands: Sequence[Candidate], ts: TrainSettings,
     metrics = {"method": method, "accuracy": r["accuracy"], "dice": r["dice"],
                "n_voxels": r["n_voxels"], "score": r["score"]}
     report = {"method": method, "score": "mean held-out Dice over classes",
+              "margin": ts.select_margin,
               "candidates": entries, "chosen": win.name, "pruning": pruning,
               "budget_s": ts.select_budget, "seconds": round(time.perf_counter() - t0, 2)}
     return Selection(win, channels, bool(pruning and pruning.get("kept") == "pruned"), metrics, report)
