@@ -112,7 +112,7 @@ class TrainSettings:
     prune: bool = True
     prune_fraction: float = 0.25
     prune_tolerance: float = 0.005
-    context_max_bytes: float = 1.0e9
+    context_max_bytes: float = 1.5e9
     plane_tile: int = 512
 
     def fixed(self) -> TrainSettings:

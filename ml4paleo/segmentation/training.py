@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 
 from ml4paleo import _fs
 from ml4paleo.classes import MAX_CLASSES, class_list
-from ml4paleo.features import FeatureSettings, feature_names, plane_features
+from ml4paleo.features import FeatureSettings, feature_names, halo_for, plane_features
 from ml4paleo.io import open_any
 
 from .boxes import features_for_box
@@ -136,11 +136,13 @@ def held_out_metrics(X, y, groups, ts: TrainSettings, classes):
 def context_bytes(box: tuple[slice, ...], shape: Sequence[int], ctx: ContextSettings,
                   fs: FeatureSettings) -> float:
     """Rough peak memory (bytes) of gathering the context features of one annotated box:
-    the filter bank over the box's context region (a few float32 copies of the slab) plus
-    the features at its coarse-grid voxels."""
+    the filter bank over the box's context region read with the feature halo (a few
+    float32 copies of that slab) plus the features at its coarse-grid voxels."""
     region = context_plan(box, shape, ctx, fs).region
+    halo = halo_for(fs, None)
+    read = float(np.prod([r.stop - r.start + 2 * h for r, h in zip(region, halo, strict=True)]))
     voxels = float(np.prod([r.stop - r.start for r in region]))
-    return voxels * 4 * (6 + len(feature_names(fs)) / 8)
+    return 4 * (6 * read + voxels * len(feature_names(fs)) / 8)
 
 
 def _labelled_rows_by_plane(arr: Any, box: tuple[slice, ...], local: np.ndarray,
