@@ -8,7 +8,8 @@ The verbs a notebook needs are importable from here; each lives in its own modul
 Packages: :mod:`ml4paleo.io` (readers, ``open_any``), :mod:`ml4paleo.formats` (OME-Zarr,
 NGFF metadata, pyramid), :mod:`ml4paleo.blocks` (block grid and scheduler: threads, local
 processes or Dask), :mod:`ml4paleo.convert`, :mod:`ml4paleo.features`,
-:mod:`ml4paleo.segmentation`, :mod:`ml4paleo.meshing`, :mod:`ml4paleo.export`,
+:mod:`ml4paleo.segmentation`, :mod:`ml4paleo.meshing`, :mod:`ml4paleo.morphometry`,
+:mod:`ml4paleo.export`,
 :mod:`ml4paleo.workspace`, :mod:`ml4paleo.jobs`.
 """
 
@@ -26,6 +27,7 @@ _VERBS = {
     "segment": ("ml4paleo.segmentation", "segment"),
     "predict_slice": ("ml4paleo.segmentation", "predict_slice"),
     "mesh": ("ml4paleo.meshing", "mesh"),
+    "measure": ("ml4paleo.morphometry", "measure"),
     "export": ("ml4paleo.export", "export"),
     "Settings": ("ml4paleo.config", "Settings"),
     "Client": ("ml4paleo.client", "Client"),

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_writer",
     "create_once",
     "is_temp_name",
+    "iso_of_timestamp",
     "now_iso",
     "parse_iso",
     "pid_alive",
@@ -43,6 +44,7 @@ __all__ = [
 #: The kinds of temp sibling ml4paleo makes (``tmp`` files/folders being written,
 #: ``old`` copies being replaced, ``staging`` areas of a conversion).
 TEMP_KINDS = ("tmp", "old", "staging")
+_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def now_iso() -> str:
@@ -53,7 +55,18 @@ def now_iso() -> str:
     >>> now_iso()[-1]
     'Z'
     """
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime(_ISO_FORMAT)
+
+
+def iso_of_timestamp(timestamp: float) -> str:
+    """A POSIX timestamp (e.g. a file's ``st_mtime``) in the :func:`now_iso` format.
+
+    Examples
+    --------
+    >>> iso_of_timestamp(0)
+    '1970-01-01T00:00:00.000000Z'
+    """
+    return datetime.fromtimestamp(timestamp, UTC).strftime(_ISO_FORMAT)
 
 
 def parse_iso(text: str) -> datetime:

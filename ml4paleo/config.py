@@ -21,11 +21,18 @@ class Settings:
     (``data_dir`` also as ``ML4PALEO_DATA``, ``dask_scheduler`` as
     ``ML4PALEO_DASK_SCHEDULER``) and overridden by keyword arguments (CLI options).
 
+    ``data_dir`` is made absolute once, here, against the working directory the settings
+    were read in (``~`` expanded): everything that gets the settings (the web app's
+    ``send_file``, the runner child processes, the job store) sees the same absolute
+    folder, whatever its own working directory is.
+
     Examples
     --------
     >>> s = Settings.from_env(data_dir="/tmp/ml4paleo-doc")
     >>> s.jobs_dir.name
     'jobs'
+    >>> Settings.from_env({}, data_dir="data").data_dir.is_absolute()
+    True
     """
 
     data_dir: Path = Path("./data")
@@ -76,6 +83,9 @@ class Settings:
     orphan_seconds: float = 3600.0
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", absolute_path(self.data_dir))
+
     @property
     def jobs_dir(self) -> Path:
         """Folder holding one sub-folder per job."""
@@ -98,16 +108,24 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"])
         return cls(**values)
 
     def with_overrides(self, **overrides) -> Settings:
         """Return a copy with the non-None ``overrides`` applied."""
         clean = {k: v for k, v in overrides.items() if v is not None}
-        if "data_dir" in clean:
-            clean["data_dir"] = Path(clean["data_dir"])
         return replace(self, **clean)
+
+
+def absolute_path(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory (symlinks
+    are kept, so the folder keeps the name the user gave it).
+
+    Examples
+    --------
+    >>> absolute_path("/srv/./scans/../data").as_posix()
+    '/srv/data'
+    """
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def _convert(name: str, type_name: str, raw: str):

@@ -55,6 +55,7 @@ __all__ = [
     "has_keys",
     "keys_path",
     "list_keys",
+    "load_keys",
     "revoke_key",
     "secret_path",
     "verify_key",
@@ -86,10 +87,10 @@ def secret_path(data_dir: str | os.PathLike) -> Path:
 
 def _server_secret(data_dir, create: bool) -> bytes | None:
     """The data folder's server secret; made (atomically, 0600) when ``create``."""
-    path = secret_path(data_dir)
-    cached = _secrets.get(str(path))
-    if cached is not None:
+    cached = _secrets.get(os.fspath(data_dir))
+    if cached is not None:  # no path built, no system call: this runs on every request
         return cached
+    path = secret_path(data_dir)
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
         create_once(path, secrets.token_hex(32) + "\n", permissions=0o600)
@@ -101,7 +102,7 @@ def _server_secret(data_dir, create: bool) -> bytes | None:
         raise ValueError(f"{SECRET_FILE}: the server secret is damaged; restore it or "
                          "delete it and the keys and make new keys")
     value = text.encode()
-    _secrets[str(path)] = value
+    _secrets[os.fspath(data_dir)] = value
     return value
 
 
@@ -120,20 +121,22 @@ def _locked(data_dir):
 
 
 def _load(data_dir) -> list[dict]:
-    path = keys_path(data_dir)
+    # one stat per call and no pathlib on the cached path: this runs on every request
+    name = os.path.join(os.fspath(data_dir), KEYS_FILE)
     try:
-        st = path.stat()
+        st = os.stat(name)
     except FileNotFoundError:
         return []
-    cached = _cache.get(str(path))
+    cached = _cache.get(name)
     if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
         return cached[2]
+    path = Path(name)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{KEYS_FILE}: unreadable key file ({exc})") from exc
     keys = data.get("keys", []) if isinstance(data, dict) else []
-    _cache[str(path)] = (st.st_mtime_ns, st.st_size, keys)
+    _cache[name] = (st.st_mtime_ns, st.st_size, keys)
     return keys
 
 
@@ -155,6 +158,16 @@ def _legacy_hash(key: str, salt: bytes) -> str:
 def has_keys(data_dir: str | os.PathLike) -> bool:
     """True when at least one key exists (the API then requires one)."""
     return bool(_load(data_dir))
+
+
+def load_keys(data_dir: str | os.PathLike) -> list[dict]:
+    """The stored key records as they are now (read-only; empty when there are none).
+
+    One ``stat`` of the key file (parsed again only when it changed). A request that
+    asks :func:`has_keys`-like questions and then checks a key passes this list to
+    :func:`verify_key` so the file is looked at once.
+    """
+    return _load(data_dir)
 
 
 def add_key(data_dir: str | os.PathLike, name: str) -> tuple[dict, str]:
@@ -224,15 +237,18 @@ def _migrate(data_dir, name: str, digest: str) -> None:
         _save(data_dir, keys)
 
 
-def verify_key(data_dir: str | os.PathLike, secret: str | None) -> dict | None:
+def verify_key(data_dir: str | os.PathLike, secret: str | None, *,
+               keys: list[dict] | None = None) -> dict | None:
     """Return the matching key's public info, or None when ``secret`` matches no key.
 
     One HMAC and a constant-time comparison with every stored digest; a legacy record
     whose prefix the key shares is checked with its salted hash once and migrated.
+    ``keys``: the records from :func:`load_keys` of this request (default: read now).
     """
     if not secret or not isinstance(secret, str) or len(secret) > MAX_KEY_LENGTH:
         return None
-    keys = _load(data_dir)
+    if keys is None:
+        keys = _load(data_dir)
     if not keys:
         return None
     legacy = [k for k in keys if "digest" not in k]

@@ -8,7 +8,9 @@ One report per segmentation holds
 - slice montages of the image with the labels overlaid (evenly spaced slices through the
   labelled range, plus the three orthogonal central planes);
 - a 3D snapshot of the meshes (decimated, rendered with matplotlib's mplot3d);
-- the model's metrics and settings (its ``meta.json``).
+- the model's metrics and settings (its ``meta.json``);
+- when the segmentation was measured, a morphometry section (the table, histograms of
+  thickness and object size, a thickness-coloured snapshot: :mod:`ml4paleo.report_morphometry`).
 
 Slices are read one at a time from a pyramid level of at most ~512 pixels, and meshes
 are decimated before rendering, so a report of a 50 GB scan needs little memory.
@@ -40,7 +42,21 @@ import numpy as np
 from ml4paleo._fs import atomic_write
 from ml4paleo.classes import default_color
 from ml4paleo.jobs.store import load_record
-from ml4paleo.workspace import JobPaths, SegmentationPaths, SegmentationRegistry, model_meta_file
+from ml4paleo.report_morphometry import (
+    MorphometrySection,
+    load_section,
+    render_histograms,
+    render_section_html,
+    render_thickness_snapshot,
+    table_cells,
+)
+from ml4paleo.workspace import (
+    JobPaths,
+    ModelRegistry,
+    SegmentationPaths,
+    SegmentationRegistry,
+    model_meta_file,
+)
 from ml4paleo.workspace.models import read_meta
 from ml4paleo.workspace.segmentations import read_class_list
 
@@ -80,6 +96,10 @@ class ReportData:
     model_id: str | None = None
     model: dict | None = None
     mesh_files: dict[int, Path] = field(default_factory=dict)
+    #: what people call the segmentation and the model (``Segmentation 2 · ... · date``)
+    segmentation_name: str | None = None
+    model_name: str | None = None
+    morphometry: MorphometrySection | None = None
     created_at: str = field(
         default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     )
@@ -200,6 +220,12 @@ def collect(
     stats = _stats(seg, labels, progress)
     mesh_files = _mesh_files(seg.meshes) if seg else {}
     title = title or (job or {}).get("name") or (seg.root.name if seg else labels_path.stem)
+    seg_name = model_name = None
+    if job_paths is not None:
+        if seg_id and SegmentationRegistry(job_paths).exists(seg_id):
+            seg_name = SegmentationRegistry(job_paths).name(seg_id)
+        if model_id and ModelRegistry(job_paths).exists(str(model_id)):
+            model_name = ModelRegistry(job_paths).name(str(model_id))
     return ReportData(
         title=str(title),
         labels_path=labels_path,
@@ -214,6 +240,9 @@ def collect(
         model_id=model_id,
         model=model_meta,
         mesh_files=mesh_files,
+        segmentation_name=seg_name,
+        model_name=model_name,
+        morphometry=load_section(seg),
     )
 
 
@@ -517,6 +546,8 @@ def model_rows(data: ReportData) -> list[tuple[str, str]]:
     """(key, value) rows describing the model: metrics first, then settings."""
     meta = data.model or {}
     rows: list[tuple[str, str]] = []
+    if data.model_name:
+        rows.append(("model", data.model_name))
     if data.model_id:
         rows.append(("model id", str(data.model_id)))
     for key in ("created_at", "format", "kind", "voxel_size"):
@@ -621,7 +652,7 @@ def build_report(
     unknown = set(formats) - {"html", "pdf"}
     if unknown or not formats:
         raise ValueError(f"formats must be html and/or pdf, got {formats}")
-    total = 3 + len(formats)
+    total = 4 + len(formats)
     step = 0
 
     def advance() -> None:
@@ -636,6 +667,12 @@ def build_report(
     montage = render_montage(data, slices)
     advance()
     snapshot = render_meshes(data)
+    advance()
+    if data.morphometry is not None:
+        colors = {int(c["value"]): data.class_color(int(c["value"]))
+                  for c in data.morphometry.summary.get("classes") or []}
+        data.morphometry.histograms = render_histograms(data.morphometry, data.unit_symbol, colors)
+        data.morphometry.snapshot = render_thickness_snapshot(data.morphometry, data.unit_symbol)
     advance()
     out = Path(out)
     if out.suffix.lower() in (".html", ".pdf"):
@@ -680,6 +717,11 @@ def render_html(data: ReportData, montage: bytes, snapshot: bytes | None) -> str
         f'<img alt="3D view of the meshes" src="data:image/png;base64,{_b64(snapshot)}">'
         if snapshot else "<p>No meshes yet: run meshing to see the 3D view.</p>"
     )
+    morpho_html = ""
+    if data.morphometry is not None:
+        colors = {int(c["value"]): data.class_color(int(c["value"]))
+                  for c in data.morphometry.summary.get("classes") or []}
+        morpho_html = render_section_html(data.morphometry, data.unit_symbol, colors)
     facts = _facts(data)
     facts_html = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
     return f"""<!doctype html>
@@ -708,6 +750,7 @@ marching-cubes surface; components are face-connected objects.</p>
 <img alt="slice montage" src="data:image/png;base64,{_b64(montage)}">
 <h2>3D view</h2>
 {snapshot_html}
+{morpho_html}
 <h2>Model</h2>
 {model_html}
 </body></html>
@@ -719,8 +762,10 @@ def _facts(data: ReportData) -> list[tuple[str, str]]:
     facts = []
     if data.job:
         facts.append(("job", str(data.job.get("id"))))
+    if data.segmentation_name:
+        facts.append(("segmentation", data.segmentation_name))
     if data.segmentation_id:
-        facts.append(("segmentation", str(data.segmentation_id)))
+        facts.append(("segmentation id", str(data.segmentation_id)))
     facts.append(("shape (z, y, x)", " × ".join(str(s) for s in data.shape)))
     facts.append(("voxel size (z, y, x)", " × ".join(_num(v) for v in data.voxel_size) + f" {u}"))
     physical = [s * v for s, v in zip(data.shape, data.voxel_size, strict=True)]
@@ -804,6 +849,19 @@ def render_pdf(data: ReportData, montage: bytes, snapshot: bytes | None) -> byte
     story += [table, Spacer(1, 2 * mm), Paragraph(
         "Volume = voxel count × voxel volume; mesh volume and surface from the marching-cubes "
         "surface; components are face-connected objects.", small)]
+    if data.morphometry is not None:
+        m_header, m_rows = table_cells(data.morphometry, data.unit_symbol)
+        m_cells = [[Paragraph(f"<b>{esc(h)}</b>", small) for h in m_header]]
+        m_cells += [[Paragraph(esc(c), small) for c in row] for row in m_rows]
+        m_table = Table(m_cells, repeatRows=1, hAlign="LEFT",
+                        colWidths=[width * 0.12] + [width * 0.88 / (len(m_header) - 1)]
+                        * (len(m_header) - 1))
+        m_table.setStyle(TableStyle([("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                                     ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey)]))
+        story += [PageBreak(), Paragraph("Morphometry", styles["Heading2"]), m_table]
+        for png in (data.morphometry.histograms, data.morphometry.snapshot):
+            if png:
+                story += [Spacer(1, 3 * mm), image(png, (height - 40 * mm) / 2)]
     model = model_rows(data)
     story += [Spacer(1, 5 * mm), Paragraph("Model", styles["Heading2"])]
     story += [kv_table(model)] if model else [

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FRAMES", "LENGTH_UNITS", "ZARR_WORLD_KEY", "WorldTransform", "normalize_unit",
-           "unit_factor"]
+           "plane_orientation", "unit_factor"]
 
 FRAMES = ("RAS", "LPS")
 #: Key of the full-resolution transform (:meth:`WorldTransform.to_json`) inside the
@@ -534,6 +534,22 @@ class WorldTransform:
         kw.update(changes)
         return WorldTransform(tf(self._affine), **kw)
 
+    def cropped(self, start_zyx: Sequence[float]) -> WorldTransform:
+        """The transform of a sub-volume whose voxel ``(0, 0, 0)`` is ``start_zyx`` here.
+
+        Examples
+        --------
+        >>> w = WorldTransform.from_voxel_size((2.0, 1.0, 0.5))
+        >>> [float(v) for v in w.cropped((1, 2, 4)).origin]
+        [2.0, 2.0, 2.0]
+        """
+        start = [float(v) for v in start_zyx]
+        if len(start) != 3:
+            raise ValueError(f"start_zyx needs 3 numbers (z, y, x), got {start}")
+        shift = np.eye(4)
+        shift[:3, 3] = start[::-1]
+        return self._derive(right=shift)
+
     def for_level(self, level: int, downsample: str = "mean") -> WorldTransform:
         """The transform of pyramid level ``level`` (each level halves every axis).
 
@@ -747,3 +763,64 @@ def _level_factor(level: int, downsample: str) -> tuple[float, float]:
 
 def _rebuild(data: dict) -> WorldTransform:
     return WorldTransform.from_json(data)
+
+
+#: anatomical letter -> its opposite
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+#: anatomical axis of a letter
+_ANAT_AXIS = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
+#: view named by the anatomical axis of the plane's normal -> (screen up, screen right),
+#: as 3D Slicer shows them (radiological: the patient's right on the screen's left)
+_VIEWS = {"SI": ("axial", "A", "L"), "AP": ("coronal", "S", "L"), "LR": ("sagittal", "S", "P")}
+
+
+def plane_orientation(orientation: str | None) -> dict[str, dict] | None:
+    """How to show the three planes of an image with axis codes ``orientation`` (e.g.
+    ``"RAS"``: where index x, y, z point) so they look as 3D Slicer shows them: axial with
+    anterior up, coronal and sagittal with superior up, the patient's right on the left.
+
+    A plane of normal ``z`` has rows along ``y`` and columns along ``x`` (for ``y``: rows
+    ``z``, columns ``x``; for ``x``: rows ``z``, columns ``y``), drawn with row 0 at the
+    top and column 0 on the left unless flipped.
+
+    Parameters
+    ----------
+    orientation : str or None
+        :attr:`WorldTransform.orientation`; None (no anatomical frame) gives None.
+
+    Returns
+    -------
+    dict or None
+        Per plane (``"z"``, ``"y"``, ``"x"``): ``view`` (``"axial"``, ``"coronal"``,
+        ``"sagittal"``), ``rows`` / ``cols`` (where increasing row / column index points),
+        ``flip_rows`` / ``flip_cols`` (flip them for the standard view), ``transpose``
+        (the standard view has the columns vertical: an oblique storage order), and the
+        letters at the ``top``, ``bottom``, ``left`` and ``right`` edges once flipped
+        (rows stay vertical).
+
+    Examples
+    --------
+    >>> p = plane_orientation("RAS")
+    >>> p["y"]["view"], p["y"]["flip_rows"], p["y"]["flip_cols"], p["y"]["top"], p["y"]["left"]
+    ('coronal', True, True, 'S', 'R')
+    >>> plane_orientation(None) is None
+    True
+    """
+    if not orientation or len(orientation) != 3 or any(c not in _OPPOSITE for c in orientation):
+        return None
+    code = {0: orientation[2], 1: orientation[1], 2: orientation[0]}  # array dim -> letter
+    out = {}
+    for axis, name in ((0, "z"), (1, "y"), (2, "x")):
+        r, c = (d for d in range(3) if d != axis)
+        view, up, right = _VIEWS[_ANAT_AXIS[code[axis]]]
+        rows, cols = code[r], code[c]
+        transpose = _ANAT_AXIS[rows] != _ANAT_AXIS[up]
+        # increasing rows go down the screen: flip when they point up; columns go right
+        flip_rows = rows == up if not transpose else False
+        flip_cols = cols != right if not transpose else False
+        top = rows if flip_rows else _OPPOSITE[rows]
+        left = cols if flip_cols else _OPPOSITE[cols]
+        out[name] = {"view": view, "rows": rows, "cols": cols, "flip_rows": flip_rows,
+                     "flip_cols": flip_cols, "transpose": transpose, "top": top,
+                     "bottom": _OPPOSITE[top], "left": left, "right": _OPPOSITE[left]}
+    return out

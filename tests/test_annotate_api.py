@@ -115,11 +115,15 @@ def test_info_and_slices(env):
     assert r.mimetype == "image/png"
     np.testing.assert_array_equal(_png(base64.b64encode(r.data).decode()),
                                   apply_window(env.image[:, :, 7], 1000, 3000))
-    for q in ("axis=w&index=1", "axis=z&index=-1", "axis=z&index=24", "axis=z&index=abc",
+    for q in ("axis=w&index=1", "axis=z&index=-1", "axis=z&index=abc",
               "axis=z", "axis=z&index=1&format=gif", "axis=z&index=1&wmin=a"):
         r = c.get(f"/api/job/{jid}/annotate/slice?{q}")
         assert r.status_code == 400, q
         assert "error" in r.get_json()
+    # a plane the image does not have does not exist (as for the image's slices)
+    for route in ("slice", "labels", "predict", "predict.png", "thumbnail"):
+        r = c.get(f"/api/job/{jid}/annotate/{route}?axis=z&index=24")
+        assert r.status_code == 404 and "planes are 0..23" in r.get_json()["error"], route
     assert c.get("/api/job/nope/annotate/info").status_code == 404
 
 
@@ -412,7 +416,8 @@ def test_models_save_choose_download_import(env, phantom):
     # segmenting now uses the chosen model without retraining
     r = c.post(f"/api/job/{jid}/segment", json={})
     assert r.status_code == 200 and r.get_json()["request"] == {
-        "kind": "segment", "train": False, "segment": True, "model_id": mid}
+        "kind": "segment", "train": False, "segment": True, "model_id": mid, "min_size": 0,
+        "fill_holes": False}
     # reuse in another job
     other = _make_job(store, phantom[0], name="second")
     r = c.post(f"/api/job/{other}/models/import", json={"source_job_id": jid, "model_id": mid})

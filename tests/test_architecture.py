@@ -57,7 +57,8 @@ JOB_FILE_NAMES = ("image.ome.zarr", "labels.ome.zarr", "job.json", "meta.json",
 STATUS_NAMES = frozenset({
     "uploading", "uploaded", "converting", "converted", "convert_error", "annotated",
     "training_queued", "training", "trained", "segmenting", "segmented", "segment_error",
-    "meshing_queued", "meshing", "meshed", "mesh_error",
+    "meshing_queued", "meshing", "meshed", "mesh_error", "measuring_queued", "measuring",
+    "measured", "measure_error",
 })
 STATUS_HOME = "ml4paleo/jobs/statuses.py"
 FS_HOME = "ml4paleo/_fs.py"

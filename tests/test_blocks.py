@@ -126,7 +126,7 @@ def _smooth_block(in_dir, shape, block):
     """Stage 2: read the block with a halo from stage 1's files and sum it."""
     full = np.zeros(shape)
     for b in block_grid(shape, 4):
-        overlaps = all(w.start < r.stop and r.start < w.stop for w, r in zip(b.write, block.read))
+        overlaps = all(w.start < r.stop and r.start < w.stop for w, r in zip(b.write, block.read, strict=True))
         path = os.path.join(in_dir, f"{b.name}.npy")
         # only the blocks it reads: others may still be mid-write (their stage-1 files are
         # not atomic); a missing or partial dependency makes the sum wrong and the test fail
@@ -336,3 +336,57 @@ def test_worker_processes_die_when_their_parent_is_killed(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+UNGUARDED_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from ml4paleo.blocks import Stage, block_grid, run
+
+    # top level, no __main__ guard: runs once, in this process only
+    with open(Path(sys.argv[1]) / "ran", "a") as fh:
+        fh.write("x")
+    results = run([Stage(np.size, block_grid((8, 8, 8), (2, 8, 8)), name="size")],
+                  executor="processes", workers=2)
+    print("blocks:", len(results[0]) if isinstance(results, list) else results)
+""")
+
+GUARDED_SCRIPT = textwrap.dedent("""
+    import sys
+
+    from ml4paleo.blocks import Stage, block_grid, run
+
+
+    def depth(block):  # defined in the script: the workers need the script
+        return block.write[0].stop - block.write[0].start
+
+
+    if __name__ == "__main__":
+        out = run([Stage(depth, block_grid((8, 8, 8), (2, 8, 8)), name="depth")],
+                  executor="processes", workers=2)
+        print("ok", out)
+""")
+
+
+def test_worker_processes_do_not_rerun_an_unguarded_script(tmp_path):
+    """The README's example saved as a file has no ``__main__`` guard: the workers start
+    without running it again (they would call ml4paleo again and break the pool)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ran").read_text() == "x"  # once: not in the two workers
+    assert "BrokenProcessPool" not in r.stderr
+
+
+def test_a_block_function_of_the_script_still_reaches_the_workers(tmp_path):
+    script = tmp_path / "guarded.py"
+    script.write_text(GUARDED_SCRIPT)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("ok")

@@ -277,8 +277,8 @@ def test_main_py_serves_runs_runners_and_ctrl_c_stops_all(tmp_path):
         drain.start()
         children = psutil.Process(proc.pid).children()
         cmdlines = sorted(" ".join(c.cmdline()[2:4]) for c in children)
-        assert cmdlines == ["ml4paleo.jobs convert", "ml4paleo.jobs mesh",
-                            "ml4paleo.jobs segment"]
+        assert cmdlines == ["ml4paleo.jobs convert", "ml4paleo.jobs measure",
+                            "ml4paleo.jobs mesh", "ml4paleo.jobs segment"]
         job_id = requests.post(f"{url}/api/job/new", json={"name": "m"}).json()["job_id"]
         requests.post(f"{url}/api/upload", data={"job_id": job_id},
                       files={"file": ("a.npy", b"\x93NUMPY-ish")})

@@ -137,7 +137,8 @@ def test_full_flow_and_annotation_keeps_queued_work(store):
     assert rec["status"] == "annotated" and rec["annotations_pending"]
     rec = store.request_segmentation(job_id)
     assert rec["status"] == "training_queued"
-    assert rec["request"] == {"kind": "segment", "train": True, "segment": True, "model_id": None}
+    assert rec["request"] == {"kind": "segment", "train": True, "segment": True, "model_id": None,
+                              "min_size": 0, "fill_holes": False}
     # annotation while queued / segmenting: status and request kept, only the flag changes
     rec = store.record_annotation(job_id)
     assert rec["status"] == "training_queued" and rec["request"]["train"]

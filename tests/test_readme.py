@@ -23,19 +23,28 @@ def _block(kind: str) -> str:
 
 @pytest.mark.slow
 def test_readme_python_then_cli_examples(tmp_path):
+    """The Python example saved as ``example.py`` and run as ``python example.py``: a plain
+    script without an ``if __name__ == "__main__":`` guard, whose segmentation and meshing
+    start worker processes (they must not run the script again)."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONWARNINGS"] = "ignore"
+    env.pop("ML4PALEO_WORKERS", None)  # the default: local worker processes
+    script = _block("python")
+    assert "__main__" not in script
+    (tmp_path / "example.py").write_text(script)
     py = subprocess.run(
-        [sys.executable, "-c", _block("python")], cwd=tmp_path, env=env,
+        [sys.executable, "example.py"], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=300,
     )
     assert py.returncode == 0, py.stderr[-3000:]
     assert "held-out metrics" in py.stdout
+    assert py.stdout.count("held-out metrics") == 1  # the workers did not run it again
+    assert "BrokenProcessPool" not in py.stderr
     assert (tmp_path / "meshes" / "1.stl").stat().st_size > 1000
 
     # the CLI example reuses scan.npy / strokes.npy from the Python example; fresh outputs
-    for name in ("scan.ome.zarr", "labels.ome.zarr", "meshes", "model"):
+    for name in ("scan.ome.zarr", "labels.ome.zarr", "meshes", "model", "morphometry"):
         subprocess.run(["rm", "-rf", str(tmp_path / name)], check=True)
     script = "set -euo pipefail\n" + _block("bash")
     cli = subprocess.run(
@@ -49,5 +58,10 @@ def test_readme_python_then_cli_examples(tmp_path):
     truth = np.load(tmp_path / "scan.npy").shape
     assert seg.shape == truth
     assert (tmp_path / "meshes" / "1.glb").exists()
+    import json
+
+    summary = json.loads((tmp_path / "morphometry" / "morphometry.json").read_text())
+    assert summary["unit"] == "micrometer" and summary["classes"]
+    assert summary["classes"][0]["bv_tv"] > 0
     assert (tmp_path / "out" / "labels.nii.gz").exists()
     assert any(p.suffix == ".pdf" for p in (tmp_path / "report").iterdir())

@@ -185,6 +185,24 @@ def test_slice_tiles_match_the_volume(client, job, volume):
     assert set(np.unique(lab)) == {0, 1, 2}
 
 
+def test_slices_follow_a_replaced_image(client, job, store):
+    """Slices reuse the opened image only while its metadata is the same: a re-converted
+    image (other shape, other values) answers at once, and so does a deleted one."""
+    import shutil
+
+    jid, _ = job
+    path = store.job_dir(jid) / "image.ome.zarr"
+    assert client.get(f"/api/job/{jid}/slice?axis=z&index=45").status_code == 404
+    assert _png(client.get(f"/api/job/{jid}/slice?axis=z&index=12")).shape == (80, 100)
+    shutil.rmtree(path)
+    assert client.get(f"/api/job/{jid}/slice?axis=z&index=12").status_code == 404
+    _make_image(path, np.full((50, 30, 20), 700, np.uint16))
+    plane = _png(client.get(f"/api/job/{jid}/slice?axis=z&index=45&window=0,1000"))
+    assert plane.shape == (30, 20) and np.all(plane == 178)  # 700 * 255 / 1000
+    info = client.get(f"/api/job/{jid}/image").get_json()
+    assert info["shape"] == [50, 30, 20] and info["intensity"]["max"] == 700.0
+
+
 @pytest.mark.parametrize("query", [
     "axis=w", "axis=z&index=-1", "axis=z&index=abc", "index=", "level=-1",
     "window=1", "window=a,b", "window=nan,inf", "tile=1", "tile_size=5",
@@ -215,7 +233,9 @@ def test_downloads_stream_and_cache(client, job, store, volume):
     assert f"/api/job/{jid}/segmentation/{seg}/download/zarr" in urls
     assert f"/api/job/{jid}/meshes/{seg}/download" in urls
     assert f"/api/job/{jid}/image/download/tiff" in urls
-    assert all(d["bytes"] > 0 for d in listing)
+    assert all(d["bytes"] > 0 for d in listing if d["size_kind"] != "unknown")
+    assert {d["kind"] for d in listing if d["size_kind"] == "unknown"} == {"report_pdf",
+                                                                        "report_html"}
 
     r = client.get(f"/api/job/{jid}/segmentation/{seg}/download/zarr")
     assert r.status_code == 200 and r.is_streamed

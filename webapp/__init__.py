@@ -32,11 +32,10 @@ log = logging.getLogger(__name__)
 
 # blueprint modules, each exposing ``bp``
 _BLUEPRINTS = ("jobs_api", "pages", "data_api", "downloads", "catalogue", "openapi", "annotate",
-               "reports")
+               "reports", "results", "measure")
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "KEY_COOKIE", "KEY_HEADER", "MAX_BODY_BYTES",
            "JobIdConverter", "create_app"]
-
 #: routes whose body is a file (up to ``Settings.max_upload_bytes``, spooled to disk)
 _UPLOAD_ROUTES = {"/api/upload"}
 MAX_BODY_BYTES = 128 * 1024**2

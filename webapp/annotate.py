@@ -75,11 +75,14 @@ def _job_dir(job_id: str) -> Path:
 
 
 @contextmanager
-def _annotator(job_id: str):
+def _annotator(job_id: str, plane: tuple[int, int] | None = None):
     """The job's in-memory annotator, locked for the duration of the block.
 
     :class:`~ml4paleo.annotate.AnnotationConflict` becomes a 409, any other
-    :class:`~ml4paleo.annotate.AnnotationError` a 400.
+    :class:`~ml4paleo.annotate.AnnotationError` a 400. ``plane`` ``(axis, index)`` (the
+    reading routes): a plane the image does not have is a resource that does not exist,
+    404 (as for the image's slices); a negative index is an invalid request, 400, and so
+    is writing to a plane beyond the image.
     """
     folder = _job_dir(job_id)
     jobs = store()
@@ -91,6 +94,9 @@ def _annotator(job_id: str):
             abort(409, str(exc))
 
     ann = _pool().get(job_id, build)
+    if plane is not None and plane[1] >= ann.shape[plane[0]]:  # (a negative one is a 400)
+        abort(404, f"no plane {plane[1]} along this axis: planes are "
+                   f"0..{ann.shape[plane[0]] - 1}")
     with ann.lock:
         try:
             yield ann
@@ -175,10 +181,42 @@ def models_page(job_id: str):
 # ----------------------------------------------------------------------------- new API
 @bp.get("/api/job/<job_id>/annotate/info")
 def info(job_id: str):
-    """Shape, dtype, voxel size, display window, classes + palette, annotated slices, model."""
+    """Shape, dtype, voxel size (and how well it is known), display window, classes +
+    palette, annotated slices, model, and how to orient each plane (``planes``, as the
+    slice viewer: :func:`ml4paleo.world.plane_orientation`). Slice indices count from 0;
+    the page shows slice numbers from 1."""
+    from ml4paleo.convert import voxel_size_status
+    from ml4paleo.world import plane_orientation
+
     record = get_job(job_id)
     with _annotator(job_id) as ann:
-        return jsonify(ann.info(record))
+        answer = ann.info(record)
+        world = ann.volume.world
+    image = getattr(ann.volume, "image", None)
+    attrs = image.attrs if image is not None else {}
+    answer["voxel_size_status"] = voxel_size_status(attrs)
+    answer["orientation"] = world.orientation
+    answer["planes"] = plane_orientation(world.orientation)
+    return jsonify(answer)
+
+
+@bp.get("/api/job/<job_id>/annotate/cleanup")
+def cleanup_preview(job_id: str):
+    """The prediction of one plane cleaned up as the whole-volume segmentation would be:
+    ``min_size`` (remove islands smaller than this many voxels; on the slice, below the
+    cross-section of a cube that size) and ``fill_holes`` (0/1). Overlay as a data URL and
+    how many pixels the clean-up changes there."""
+    axis, index = _axis_index()
+    try:
+        min_size = int(request.args.get("min_size", "0") or 0)
+    except ValueError:
+        abort(400, "min_size must be a whole number of voxels")
+    if not 0 <= min_size <= 10**9:
+        abort(400, "min_size must be between 0 and 1000000000 voxels")
+    fill_holes = request.args.get("fill_holes", "0") in ("1", "true", "yes")
+    with _annotator(job_id) as ann:
+        return jsonify(ann.cleanup_preview(axis, index, min_size=min_size,
+                                           fill_holes=fill_holes))
 
 
 @bp.get("/api/job/<job_id>/annotate/slice")
@@ -191,7 +229,7 @@ def slice_data(job_id: str):
     fmt = request.args.get("format", "png")
     if fmt not in ("png", "raw"):
         abort(400, "format must be png or raw")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         h, w = plane_shape(ann.shape, axis)
         if h * w > MAX_MASK_PIXELS:
             abort(400, f"the {AXIS_NAMES[axis]} plane is {h} x {w}: too large to annotate "
@@ -217,7 +255,7 @@ def slice_data(job_id: str):
 def get_labels(job_id: str):
     """Stored labels of one plane as ``{encoding: "rle", shape, data}`` (0 = unlabelled)."""
     axis, index = _axis_index()
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         labels = ann.read_labels(axis, index)
         if request.args.get("prefetch", "1") != "0":
             ann.prefetch(axis, index)  # features ready before the first strokes arrive
@@ -236,7 +274,7 @@ def submit_labels(job_id: str):
     axis, index = _axis_index(body)
     if "mask" not in body and "labels" not in body:
         abort(400, "mask is required")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id) as ann:  # a plane beyond the image: an invalid body, 400
         out = ann.submit(axis, index, body.get("mask", body.get("labels")),
                          preview=bool(body.get("preview", True)))
     return jsonify(out)
@@ -248,7 +286,7 @@ def delete_labels(job_id: str):
     """Delete one annotated plane (query or JSON ``axis``, ``index``)."""
     body = request.get_json(silent=True)
     axis, index = _axis_index(body if isinstance(body, dict) and "index" in body else None)
-    with _annotator(job_id) as ann:
+    with _annotator(job_id) as ann:  # a plane beyond the image: an invalid request, 400
         return jsonify(ann.delete(axis, index))
 
 
@@ -257,7 +295,7 @@ def predict(job_id: str):
     """Prediction overlay + uncertainty overlay (data URLs) of one plane."""
     axis, index = _axis_index()
     retrain = request.args.get("retrain", "1") not in ("0", "false", "no")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         return jsonify(ann.preview(axis, index, retrain=retrain))
 
 
@@ -267,7 +305,7 @@ def predict_png(job_id: str):
     """The class overlay (or uncertainty overlay) of one plane as an RGBA PNG."""
     axis, index = _axis_index()
     kind = "uncertainty" if request.path.endswith("uncertainty.png") else "classes"
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         overlay = ann.overlay(axis, index, kind)
     if overlay is None:
         abort(409, "no model yet: label at least two classes")
@@ -328,7 +366,7 @@ def gallery_thumbnail(job_id: str):
     # isascii: str.isdigit() accepts digits int() refuses ("²"); len: int() caps at 4300
     if not (size.isascii() and size.isdigit() and len(size) <= 4) or not 16 <= int(size) <= 1024:
         abort(400, "size must be 16..1024")
-    with _annotator(job_id) as ann:
+    with _annotator(job_id, plane=(axis, index)) as ann:
         thumb = ann.thumbnail(axis, index, int(size))
     return _png_response(thumb)
 
@@ -462,8 +500,11 @@ def _queue_segmentation(job_id: str, body: dict) -> dict:
         abort(400, "model_id must be a model id")
     if train is not None and not isinstance(train, bool):
         abort(400, "train must be true or false")
+    min_size = body.get("min_size", 0)
+    fill_holes = body.get("fill_holes", False)
     try:
-        return store().request_segmentation(job_id, model_id=model_id, train=train)
+        return store().request_segmentation(job_id, model_id=model_id, train=train,
+                                            min_size=min_size, fill_holes=fill_holes)
     except InvalidTransition as exc:
         abort(409, str(exc))
     except ValueError as exc:
@@ -480,9 +521,11 @@ def _action_reply(record: dict) -> Response:
 def start_segmentation(job_id: str):
     """Queue training + whole-volume segmentation (409 with the reason when not allowed).
 
-    Body (optional): ``{model_id, train}``; by default the chosen model segments
-    without retraining when one was chosen on the models page, else a new model is
-    trained from the annotations.
+    Body (optional): ``{model_id, train, min_size, fill_holes}``; by default the chosen
+    model segments without retraining when one was chosen on the models page, else a new
+    model is trained from the annotations. Clean-up, applied block by block after the
+    prediction: ``min_size`` removes islands of a class smaller than that many voxels,
+    ``fill_holes`` fills enclosed holes.
     """
     body = request.get_json(silent=True)
     if body is not None and not isinstance(body, dict):

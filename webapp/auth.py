@@ -88,8 +88,10 @@ def _client() -> str:
     return request.remote_addr or "unknown"
 
 
-def check_key(key: str | None) -> dict | None:
+def check_key(key: str | None, keys: list[dict] | None = None) -> dict | None:
     """Verify ``key`` for this request's client: the key's public info or None.
+
+    ``keys``: the key records this request already read (:func:`ml4paleo.keys.load_keys`).
 
     Raises
     ------
@@ -102,7 +104,7 @@ def check_key(key: str | None) -> dict | None:
     wait = lim.blocked(_client())
     if wait:
         raise TooManyAttempts(wait)
-    info = keylib.verify_key(_settings().data_dir, key)
+    info = keylib.verify_key(_settings().data_dir, key, keys=keys)
     if info is None:
         lim.failed(_client())
     return info
@@ -149,7 +151,8 @@ def check_access() -> Response | None:
     g.csrf_token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
     if request.url_rule is None:
         return None  # no route (404 / 405): nothing of a job is answered
-    keys_exist = keylib.has_keys(settings.data_dir)
+    stored = keylib.load_keys(settings.data_dir)  # the key file is looked at once
+    keys_exist = bool(stored)
     header_key = request.headers.get(KEY_HEADER)
     cookie_key = request.cookies.get(KEY_COOKIE)
     by_header = False
@@ -158,9 +161,9 @@ def check_access() -> Response | None:
             # a header key on an open route is checked only to spare it the CSRF rule
             if header_key and (needs_key(request.endpoint)
                                or request.method in _UNSAFE_METHODS) \
-                    and check_key(header_key) is not None:
+                    and check_key(header_key, stored) is not None:
                 by_header = True
-            elif needs_key(request.endpoint) and check_key(cookie_key) is None:
+            elif needs_key(request.endpoint) and check_key(cookie_key, stored) is None:
                 if request.endpoint in PAGE_ENDPOINTS:
                     return _locked_page()
                 return _deny(401, "an access key is required (header X-API-Key)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import abort, current_app, request
 
 from ml4paleo.config import Settings
-from ml4paleo.jobs.statuses import describe
+from ml4paleo.jobs.statuses import describe, retry_helps
 from ml4paleo.workspace import (
     ARTIFACT_NAME_RE,
     JobPaths,
@@ -152,7 +152,13 @@ def _described(status: str) -> dict | None:
         return None
 
 
-def with_state(answer: dict, status: object) -> dict:
-    """``answer`` with ``state``: what every job JSON of the API carries about its status."""
+def with_state(answer: dict, status: object, record: dict | None = None) -> dict:
+    """``answer`` with ``state``: what every job JSON of the API carries about its status;
+    with the ``record``, also ``error_kind`` and ``retry_helps`` (whether a Retry can change
+    the outcome: :func:`ml4paleo.jobs.statuses.retry_helps`)."""
     answer["state"] = job_state(status)
+    if record is not None:
+        kind = record.get("error_kind")
+        answer["error_kind"] = kind
+        answer["retry_helps"] = retry_helps(str(getattr(status, "value", status)), kind)
     return answer

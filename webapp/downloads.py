@@ -21,7 +21,7 @@ from ml4paleo.io import is_zarr_store
 from ml4paleo.workspace import JobPaths, SegmentationRegistry
 from ml4paleo.workspace.space import check_free
 
-from .common import dir_size, get_job, job_paths, outputs, segmentation_dir, settings
+from .common import get_job, job_paths, outputs, segmentation_dir, settings
 
 log = logging.getLogger(__name__)
 bp = Blueprint("downloads", __name__)
@@ -41,6 +41,11 @@ IMAGE_KINDS = {
     "nifti": ("nii.gz", "application/gzip", "converted image as one NIfTI file"),
 }
 MESH_KIND = ("zip", "application/zip", "meshes of every label (STL/OBJ/PLY/GLB) + stats (zip)")
+#: report format -> what it holds (built on first request, see :mod:`webapp.reports`)
+REPORT_KINDS = {
+    "pdf": "quantification report: volumes, surfaces, montages (PDF)",
+    "html": "quantification report: volumes, surfaces, montages (web page)",
+}
 _FILENAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 _build_locks: dict[str, threading.Lock] = {}
 _build_guard = threading.Lock()
@@ -134,44 +139,71 @@ def image_download(job_id: str, kind: str):
     return _stream(kind, source, cache, _filename(record, f"image.{ext}"), mimetype)
 
 
+def _size(kind: str, cached: Path, source: Path | None, label: bool | None = None
+          ) -> tuple[int | None, str]:
+    """(bytes, how well known) of a download: exact once cached, else an estimate."""
+    from ml4paleo.export import estimate_size
+
+    if cached.is_file():
+        return cached.stat().st_size, "exact"
+    if source is None:
+        return None, "unknown"
+    try:
+        return estimate_size(kind, source, label=label)
+    except (FileNotFoundError, ValueError) as exc:
+        log.info("no size estimate for %s of %s: %s", kind, source.name, exc)
+        return None, "unknown"
+
+
 def download_list(job_id: str) -> list[dict]:
-    """Every download that exists for a job, with its URL and (cached or source) size."""
+    """Every download that exists for a job, with its URL and size: ``bytes`` and
+    ``size_kind`` (``exact`` once cached, ``about`` / ``at_most`` estimates before, or
+    ``unknown`` for a report not built yet), grouped by the image and each segmentation
+    (``group`` is its human name)."""
     paths = job_paths(job_id)
     segs = SegmentationRegistry(paths)
     out = outputs(job_id)
     items: list[dict] = []
 
-    def add(group: str, kind: str, url: str, cached: Path, source: Path, about: str):
+    def add(group: str, kind: str, url: str, cached: Path, source: Path | None, about: str,
+            *, size_as: str | None = None, label: bool | None = None, **extra):
+        size, how = _size(size_as or kind, cached, source, label)
         items.append({
             "group": group, "kind": kind, "url": url, "description": about,
-            "cached": cached.is_file(),
-            "bytes": cached.stat().st_size if cached.is_file() else dir_size(source),
-            "size_is_estimate": not cached.is_file(),
+            "cached": cached.is_file(), "bytes": size, "size_kind": how,
+            "size_is_estimate": how != "exact", **extra,
         })
 
     if out["image"]["exists"]:
         for kind, (ext, _, about) in IMAGE_KINDS.items():
             add("image", kind, f"/api/job/{job_id}/image/download/{kind}",
-                paths.image_export(kind, ext), paths.image, about)
+                paths.image_export(kind, ext), paths.image, about, label=False)
+    names = segs.names()
     for seg in out["segmentations"]:
         sid = seg["id"]
+        group = names.get(sid, f"segmentation {sid}")
+        base = f"/api/job/{job_id}/segmentation/{sid}"
         if seg["labels"]:
             for kind, (ext, _, about) in SEGMENTATION_KINDS.items():
                 if kind == "stats":
                     continue
-                add(f"segmentation {sid}", kind,
-                    f"/api/job/{job_id}/segmentation/{sid}/download/{kind}",
-                    paths.segmentation_export(sid, kind, ext), paths.labels(sid), about)
+                add(group, kind, f"{base}/download/{kind}",
+                    paths.segmentation_export(sid, kind, ext), paths.labels(sid), about,
+                    label=True, segmentation_id=sid)
         if seg["labels"] or seg["stats"]:
             stats_src = segs.stats_file(sid) or paths.labels(sid)
             ext = SEGMENTATION_KINDS["stats"][0]
-            add(f"segmentation {sid}", "stats",
-                f"/api/job/{job_id}/segmentation/{sid}/download/stats",
+            add(group, "stats", f"{base}/download/stats",
                 paths.segmentation_export(sid, "stats", ext), stats_src,
-                SEGMENTATION_KINDS["stats"][2])
+                SEGMENTATION_KINDS["stats"][2], segmentation_id=sid)
         if seg["meshes"]:
-            add(f"segmentation {sid}", "meshes", f"/api/job/{job_id}/meshes/{sid}/download",
-                paths.meshes_export(sid), paths.meshes(sid), MESH_KIND[2])
+            add(group, "meshes", f"/api/job/{job_id}/meshes/{sid}/download",
+                paths.meshes_export(sid), paths.meshes(sid), MESH_KIND[2], segmentation_id=sid)
+        if seg["labels"]:
+            for fmt, about in REPORT_KINDS.items():
+                add(group, f"report_{fmt}", f"{base}/report.{fmt}?download=1",
+                    paths.report(sid, fmt), None, about, segmentation_id=sid,
+                    view_url=f"{base}/report.{fmt}")
     return items
 
 

@@ -30,18 +30,23 @@ from ml4paleo.workspace.space import check_free, check_quota
 from ml4paleo.workspace.uploads import (
     UploadError,
     all_states,
+    check_manifest,
     contiguous,
     file_state,
     incomplete_files,
     sanitize_upload_path,
     upload_lock,
+    upload_progress,
     write_chunk,
+    write_manifest,
 )
 
 from .common import with_state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs_api", __name__)
+#: most bytes of a file ``POST /api/probe`` reads
+PROBE_BYTES = 16 * 1024**2
 
 __all__ = ["bp", "public_status", "sanitize_upload_path"]
 
@@ -97,13 +102,16 @@ def public_status(record: dict) -> dict:
         "segmentation_id": record.get("segmentation_id"),
         "segmentations": record.get("segmentations", []),
         "meshes": record.get("meshes", {}),
+        "morphometry": record.get("morphometry", {}),
         "annotations_pending": bool(record.get("annotations_pending")),
         "upload_bytes": record.get("upload_bytes", 0),
         "attempts": lease.get("attempts") or record.get("attempts") or 0,
         "last_error": record.get("last_error"),
         "history": record.get("history", []),
+        "warnings": record.get("warnings") or [],
+        "convert_options": record.get("convert_options"),
     }
-    return with_state(out, out["status"])
+    return with_state(out, out["status"], record)
 
 
 @bp.get("/api/statuses")
@@ -115,9 +123,32 @@ def statuses():
 
 
 # --------------------------------------------------------------------------- jobs
+def _convert_options(data: dict) -> dict | None:
+    """``voxel_size`` + ``unit`` of a new job's body (both or neither), checked."""
+    from ml4paleo.convert import parse_voxel_size
+
+    raw_size, raw_unit = data.get("voxel_size"), data.get("unit")
+    if raw_size in (None, "", []) and raw_unit in (None, ""):
+        return None
+    if raw_size in (None, "", []) or raw_unit in (None, ""):
+        abort(400, "give both voxel_size (z, y, x) and unit, or neither")
+    if isinstance(raw_size, str):  # a form field: "20, 10, 10" or "20 10 10"
+        raw_size = [v for v in raw_size.replace(",", " ").split() if v]
+    try:
+        size, unit = parse_voxel_size(raw_size, raw_unit)
+    except ValueError as exc:
+        abort(400, str(exc))
+    return {"voxel_size": list(size), "unit": unit}
+
+
 @bp.post("/api/job/new")
 def new_job():
-    """Create a job: ``{name?, source_type?}`` -> 201 ``{job_id, ...}``."""
+    """Create a job: ``{name?, source_type?, voxel_size?, unit?, files?}`` -> 201.
+
+    ``voxel_size`` ((z, y, x), with its ``unit``) replaces what the files say when they
+    are converted. ``files`` (``[{path, size, last_modified}]``) lists what the upload
+    will send, so an upload left unfinished (tab closed) can be shown and resumed.
+    """
     data = _body()
     raw_type = data.get("source_type")
     if raw_type is not None and not isinstance(raw_type, str):
@@ -127,11 +158,52 @@ def new_job():
         source_type = normalize_source_type(raw_type or "auto")
     except (TypeError, ValueError, AttributeError) as exc:
         abort(400, str(exc))
+    options = _convert_options(data)
+    manifest = None
+    if data.get("files") is not None:
+        try:
+            manifest = check_manifest(data["files"])
+        except ValueError as exc:
+            abort(400, str(exc))
+    extra = {"convert_options": options} if options else {}
+    if manifest is not None:
+        extra["upload_total"] = sum(f["size"] for f in manifest)
     check_free(_settings().data_dir, _settings().min_free_mb)
-    record = _store().create(name, source_type)
+    record = _store().create(name, source_type, **extra)
+    if manifest is not None:
+        write_manifest(_paths(record["id"]), manifest)
     return jsonify(with_state({"job_id": record["id"], "name": record["name"],
                                "status": record["status"],
-                               "source_type": record["source_type"]}, record["status"])), 201
+                               "source_type": record["source_type"],
+                               "convert_options": options}, record["status"])), 201
+
+
+@bp.post("/api/probe")
+def probe():
+    """What the first file of an upload says about the voxel size: a multipart ``file``
+    (the file, or its first megabytes: at most 16 MB) -> ``{voxel_size, unit, assumed,
+    source_type, readable}``, so the upload form can be filled in before the upload."""
+    import tempfile
+    from pathlib import Path
+
+    from ml4paleo.io import probe_voxel_size
+
+    upload = request.files.get("file")
+    if upload is None:
+        abort(400, "multipart field 'file' is required")
+    raw_name = request.form.get("filename") or upload.filename
+    try:
+        name = sanitize_upload_path(raw_name).rsplit("/", 1)[-1]
+    except ValueError as exc:
+        abort(400, str(exc))
+    data = upload.stream.read(PROBE_BYTES + 1)
+    if len(data) > PROBE_BYTES:
+        abort(413, f"send at most the first {PROBE_BYTES} bytes of the file")
+    with tempfile.TemporaryDirectory(prefix="ml4paleo-probe-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        answer = probe_voxel_size(path)
+    return jsonify(filename=name, **answer)
 
 
 @bp.get("/api/job/<job_id>/status")
@@ -174,6 +246,10 @@ def upload_complete():
     with _upload_lock(paths, job_id):
         for name, got, total in incomplete_files(paths):
             abort(400, f"file {name!r} is incomplete: {got} of {total} bytes received")
+        missing = [f["path"] for f in upload_progress(paths)["files"] if not f["complete"]]
+        if missing:
+            abort(400, f"{len(missing)} announced file(s) not uploaded yet, e.g. "
+                       f"{missing[0]!r}")
         try:
             record = store.mark_uploaded(job_id)
         except InvalidTransition as exc:
@@ -269,14 +345,39 @@ def upload_chunk():
         except UploadError as exc:
             abort(400, str(exc))
     if added:
+        def count(r: dict) -> None:
+            r["upload_bytes"] = max(0, int(r.get("upload_bytes") or 0) + added)
+            total_all = r.get("upload_total")
+            if total_all:  # what the upload list and the job table show
+                r["progress"] = round(min(1.0, r["upload_bytes"] / total_all), 4)
+
         try:
-            store.update(job_id, lambda r: r.__setitem__(
-                "upload_bytes", max(0, int(r.get("upload_bytes") or 0) + added)))
+            store.update(job_id, count)
         except JobNotFound:
             abort(404, f"no job {job_id!r}")
     got = contiguous(state)
     return jsonify(job_id=job_id, filename=rel, received_bytes=got, total_bytes=total,
                    complete=got >= total, chunk_index=index)
+
+
+@bp.get("/api/uploads")
+def unfinished_uploads():
+    """Uploads not finished yet (jobs still uploading), newest first, each with its files
+    and bytes received, so a page can offer to resume them (choose the same files again:
+    the bytes already on the server are kept) or to cancel them (delete the job)."""
+    out = []
+    for record in _store().list():
+        if not isinstance(record, dict) or record.get("status") != Status.UPLOADING.value:
+            continue
+        progress = upload_progress(_paths(record["id"]))
+        out.append(with_state({
+            "job_id": record["id"], "name": record.get("name"),
+            "created_at": record.get("created_at"), "updated_at": record.get("updated_at"),
+            "status": record["status"], "source_type": record.get("source_type"),
+            "convert_options": record.get("convert_options"), **progress,
+        }, record["status"]))
+    out.sort(key=lambda u: str(u.get("created_at") or ""), reverse=True)
+    return jsonify(uploads=out)
 
 
 @bp.get("/api/upload/status")

@@ -21,7 +21,8 @@ import re
 from flask import Blueprint, current_app, jsonify
 
 from ml4paleo.jobs.index import SORTABLE
-from ml4paleo.jobs.store import MAX_NAME_LENGTH, SOURCE_TYPES
+from ml4paleo.jobs.store import SOURCE_TYPES
+from ml4paleo.workspace.names import MAX_NAME_LENGTH
 
 bp = Blueprint("openapi", __name__)
 
@@ -57,7 +58,8 @@ def _q(name: str, schema: dict, about: str, required: bool = False) -> dict:
 
 _TILE = [
     _q("axis", _AXIS, "plane normal: z, y or x (default z)"),
-    _q("index", _INDEX, "plane index in full-resolution voxels (default: the middle)"),
+    _q("index", _INDEX, "plane index in full-resolution voxels, from 0 (the pages number "
+                        "slices from 1: slice = index + 1; default: the middle)"),
     _q("level", _int(0, 64), "pyramid level (0 = full resolution)"),
     _q("tile", {"type": "string", "pattern": "^([0-9]{1,6},[0-9]{1,6})?$"},
        "'row,col' of one tile of the plane (empty: the whole plane)"),
@@ -112,6 +114,13 @@ QUERY: dict = {
     "annotate.gallery_thumbnail": [*_PLANE, _q("size", _int(16, 1024), "edge in pixels")],
     "annotate.legacy_next_image": [_q("seed", {"type": "string"},
                                       "random seed: up to 40 digits (else a random cut-out)")],
+    "annotate.cleanup_preview": [
+        *_PLANE, _q("min_size", _int(0, 10**9), "remove islands smaller than this many voxels"),
+        _q("fill_holes", {"type": "string", "enum": ["0", "1", "true", "yes"]},
+           "1 fills enclosed holes")],
+    "data_api.thickness_slice": _TILE,
+    "measure.measure_results": [_q("segmentation_id", _ARTIFACT_ID, "default: the current one")],
+    "results.all_models": [_q("exclude_job", _JOB_ID, "leave this job's models out")],
     "reports.segmentation_report": [_q("download", {"type": "string"},
                                        "1, true or yes: as an attachment")],
 }
@@ -172,12 +181,23 @@ BODIES: dict = {
         {"source_job_id": _JOB_ID, "model_id": _ARTIFACT_ID}, ("source_job_id", "model_id"))),
     "annotate.start_segmentation": _json_body(_object(
         {"model_id": _JOB_ID, "train": {"type": "boolean"},
-         "use_chosen": {"type": "boolean"}}), required=False),
+         "use_chosen": {"type": "boolean"}, "min_size": _int(0, 10**9),
+         "fill_holes": {"type": "boolean"}}), required=False),
     "annotate.start_meshing": _json_body(_object(
         {"segmentation_id": _ARTIFACT_ID,
          "formats": {"type": "array", "minItems": 1,
-                     "items": {"type": "string", "enum": ["stl", "obj", "ply", "glb"]}}}),
+                     "items": {"type": "string", "enum": ["stl", "obj", "ply", "glb"]}},
+         "smooth": {"type": "string", "enum": ["none", "light", "strong"]}}),
         required=False),
+    "measure.start_measure": _json_body(_object(
+        {"segmentation_id": _ARTIFACT_ID,
+         "measures": {"type": "array", "items": {"type": "string"}},
+         "values": {"type": "array", "items": _int(1, 255)},
+         "max_thickness": {"type": "number", "exclusiveMinimum": 0},
+         "roi_box": {"type": "array", "minItems": 3, "maxItems": 3, "items": {
+             "type": "array", "minItems": 2, "maxItems": 2, "items": _int(0)}},
+         "thickness_map": {"type": "boolean"},
+         "profile_axis": {"type": "string", "enum": ["z", "y", "x"]}}), required=False),
     # the raster form; the polygon form (regions_by_slice, ...) is in the description
     "annotate.legacy_submit": _json_body(_object(
         {"image": {"type": "string"}, "mask": {"type": "string"},
@@ -191,14 +211,16 @@ BODIES: dict = {
 #: path parameter -> schema (default: a string); kinds come from the download tables
 PATH_SCHEMAS: dict = {
     "job_id": _JOB_ID, "seg_id": _ARTIFACT_ID, "model_id": _ARTIFACT_ID,
-    "fmt": {"type": "string", "enum": ["html", "pdf"]},
-}
+    "fmt": {"type": "string", "enum": ["html", "pdf"]},}
 
 _PNG = ("image/png",)
 _ZIP = ("application/zip",)
 #: endpoint -> media types of its success answer when it is not JSON (API) / HTML (pages)
 MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "data_api.image_slice": _PNG, "data_api.segmentation_slice": _PNG,
+    "data_api.thickness_slice": _PNG,
+    "measure.measure_file": ("application/json", "text/csv"),
+    "measure.measure_mesh": ("model/gltf-binary", "application/octet-stream"),
     "annotate.predict_png": _PNG, "annotate.gallery_thumbnail": _PNG,
     "annotate.legacy_next_image": _PNG,
     "annotate.slice_data": ("image/png", "application/octet-stream"),
@@ -220,6 +242,8 @@ MEDIA_TYPES: dict[str, tuple[str, ...]] = {
 }
 #: endpoints answering 201 Created
 CREATED = {"jobs_api.new_job", "annotate.model_import", "annotate.model_save_preview"}
+#: endpoints that answer a permanent redirect (the original pages' old addresses)
+MOVED = {"annotate.legacy_annotate_page"}
 #: routes that never need an access key (:data:`webapp.auth.OPEN_ENDPOINTS`)
 _OPEN_API = {"/api/openapi.json", "/api/auth"}
 
@@ -288,6 +312,9 @@ def _responses(endpoint: str, method: str, is_api: bool, keyed: bool) -> dict:
     out = {"200": ok}
     if endpoint in CREATED and method == "POST":
         out["201"] = ok
+    if endpoint in MOVED:
+        out["301"] = {"description": "moved: Location names the page's current address",
+                      "headers": {"Location": {"schema": {"type": "string"}}}}
     for code in sorted(set(codes)):
         out[code] = {"description": _ERRORS[code], "content": copy.deepcopy(errors)}
     return out

@@ -35,7 +35,8 @@ def _inputs_mtime(paths: JobPaths, seg_id: str, record: dict) -> float:
     """Newest modification time of what the report shows."""
     meshes = paths.meshes(seg_id)
     candidates = [paths.stats(seg_id), paths.segmentation_meta(seg_id), meshes,
-                  paths.labels(seg_id), paths.classes]
+                  paths.labels(seg_id), paths.classes,
+                  paths.segmentation_files(seg_id).morphometry_summary]
     if meshes.is_dir():
         candidates += list(meshes.iterdir())
     model_id = record.get("model_id")

@@ -1,4 +1,4 @@
-"""``ml4paleo serve`` / ``python main.py``: the web app on waitress plus the three runners.
+"""``ml4paleo serve`` / ``python main.py``: the web app on waitress plus the runners.
 
 The command joins the ``ml4paleo`` CLI through the ``ml4paleo.commands`` entry point
 group (see ``pyproject.toml``), so the library never imports the web app; the runner
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings, *, runners: bool = True, threads: int = 8,
           on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the web app on waitress (and the three runners as child processes) until
+    """Run the web app on waitress (and the runners as child processes) until
     SIGTERM / Ctrl-C; then stop everything.
 
     Parameters
@@ -30,7 +30,7 @@ def serve(settings: Settings, *, runners: bool = True, threads: int = 8,
     settings : Settings
         ``host``, ``port`` (0 = any free port) and ``data_dir`` are used.
     runners : bool
-        Start the convert, segment and mesh runners as child processes.
+        Start the convert, segment, mesh and measure runners as child processes.
     threads : int
         Waitress worker threads.
     on_ready : callable, optional
@@ -56,7 +56,7 @@ def serve(settings: Settings, *, runners: bool = True, threads: int = 8,
 @click.option("--threads", type=int, default=8, show_default=True, help="Web server threads.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def serve_command(host, port, data_dir, no_runners, threads, verbose) -> None:
-    """Web app (waitress) + convert, segment and mesh runners; Ctrl-C stops all."""
+    """Web app (waitress) + convert, segment, mesh and measure runners; Ctrl-C stops all."""
     # standalone (main.py) this logs at INFO; under ``ml4paleo`` the group set it already
     logging.basicConfig(level=logging.INFO - 10 * min(verbose, 1),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

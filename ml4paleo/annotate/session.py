@@ -24,7 +24,7 @@ from ml4paleo.classes import DEFAULT_CLASSES, PALETTE, ClassError, colors_of, va
 from ml4paleo.io import open_any
 from ml4paleo.jobs import InvalidTransition, annotation_effect, parse_status
 from ml4paleo.omezarr import read_slice
-from ml4paleo.segmentation import InteractiveSession, LabelStore
+from ml4paleo.segmentation import InteractiveSession, LabelStore, plane_island_size, preview_plane
 from ml4paleo.workspace.paths import JobPaths
 
 from .codecs import (
@@ -474,6 +474,33 @@ class JobAnnotator:
         if kind == "uncertainty":
             return uncertainty_overlay(uncertainty_from_probabilities(pred[1]))
         return class_overlay(pred[0], self.colors)
+
+    def cleanup_preview(self, axis: int, index: int, *, min_size: int = 0,
+                        fill_holes: bool = False) -> dict:
+        """The prediction of one plane with the whole-volume clean-up's options applied on
+        that plane (:func:`ml4paleo.segmentation.preview_plane`): what "remove islands
+        below ``min_size`` voxels" and "fill holes" would change here.
+
+        Returns
+        -------
+        dict
+            ``{axis, index, model_version, overlay, changed_pixels, island_pixels}``;
+            ``overlay`` is None (with a ``message``) without a model.
+        """
+        self._check_index(axis, index)
+        self.retrain()
+        pred = self.predict(axis, index)
+        out: dict[str, Any] = {"axis": AXIS_NAMES[axis], "index": int(index),
+                               "model_version": self.model_version,
+                               "island_pixels": plane_island_size(int(min_size))}
+        if pred is None:
+            out.update(overlay=None, changed_pixels=0,
+                       message="label at least two classes to see a prediction")
+            return out
+        cleaned, changed = preview_plane(pred[0], min_size=int(min_size),
+                                         fill_holes=bool(fill_holes))
+        out.update(overlay=data_url(class_overlay(cleaned, self.colors)), changed_pixels=changed)
+        return out
 
     def suggest(self, axis: int) -> dict:
         """The plane along ``axis`` to annotate next.

@@ -8,9 +8,15 @@ rules (done-markers, retries, chaining) are written once, whatever runs the bloc
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import multiprocessing
+import multiprocessing.context
+import multiprocessing.popen_spawn_posix
+import multiprocessing.spawn
 import os
+import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -20,7 +26,8 @@ from .worker import init_worker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXECUTORS", "Backend", "default_workers", "is_dask", "open_backend"]
+__all__ = ["EXECUTORS", "Backend", "default_workers", "is_dask", "main_free_context",
+           "open_backend"]
 
 #: Executor names :func:`open_backend` knows (besides a Dask ``Client`` or address).
 EXECUTORS = ("serial", "threads", "processes")
@@ -131,31 +138,124 @@ class ThreadBackend(_FuturesBackend):
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="ml4paleo-block")
 
 
+# -- spawning workers without re-running the user's script ---------------------------------
+# ``spawn`` starts a fresh interpreter and, to find functions defined in the parent's
+# ``__main__``, first runs the parent's script again (as ``__mp_main__``). A script
+# without an ``if __name__ == "__main__":`` guard (the README's example saved as a file)
+# then calls ml4paleo again inside every worker, which refuses to start processes while
+# bootstrapping: the pool breaks. Our block functions live in ml4paleo's modules, so the
+# workers need nothing from ``__main__``: like joblib's loky workers, ours are started
+# without it (the preparation data sent to the child loses ``init_main_from_*``).
+_without_main = threading.local()
+_patch_lock = threading.Lock()
+_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+
+
+def _install_preparation_filter() -> None:
+    """Wrap :func:`multiprocessing.spawn.get_preparation_data` once: on the thread that
+    starts one of our main-free workers (and only there) the main-module keys are left out."""
+    with _patch_lock:
+        current = multiprocessing.spawn.get_preparation_data
+        if getattr(current, "_ml4paleo_filter", False):
+            return
+
+        @functools.wraps(current)
+        def get_preparation_data(name):
+            data = current(name)
+            if getattr(_without_main, "on", False):
+                for key in _MAIN_KEYS:
+                    data.pop(key, None)
+            return data
+
+        get_preparation_data._ml4paleo_filter = True  # type: ignore[attr-defined]
+        multiprocessing.spawn.get_preparation_data = get_preparation_data
+
+
+class _MainFreePopen(multiprocessing.popen_spawn_posix.Popen):
+    """``spawn`` that does not run the parent's ``__main__`` in the child."""
+
+    def _launch(self, process_obj):
+        _without_main.on = True
+        try:
+            super()._launch(process_obj)
+        finally:
+            _without_main.on = False
+
+
+class _MainFreeProcess(multiprocessing.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):  # noqa: N802 - multiprocessing's name
+        return _MainFreePopen(process_obj)
+
+
+class _MainFreeContext(multiprocessing.context.SpawnContext):
+    """The spawn context, with workers that start without the parent's ``__main__``."""
+
+    Process = _MainFreeProcess
+
+
+def _from_main(obj: Any) -> bool:
+    """True when ``obj`` (a function, a partial of one, or one of the partial's arguments)
+    is defined in ``__main__``: a worker then needs the parent's script."""
+    if isinstance(obj, functools.partial):
+        return any(_from_main(o) for o in (obj.func, *obj.args, *obj.keywords.values()))
+    module = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
+    return module in ("__main__", "__mp_main__")
+
+
+def main_free_context() -> multiprocessing.context.BaseContext:
+    """A ``spawn`` context whose workers do not re-run the parent's script (on POSIX;
+    elsewhere the plain ``spawn`` context)."""
+    if sys.platform == "win32":  # pragma: no cover - spawn's Windows Popen differs
+        return multiprocessing.get_context("spawn")
+    _install_preparation_filter()
+    return _MainFreeContext()
+
+
 class ProcessBackend(_FuturesBackend):
     """Spawned local worker processes that die with this process.
 
     ``spawn``, not ``fork``: forking a process that runs zarr's event-loop thread can
-    deadlock. A pool broken by a dying worker (e.g. killed for memory) is replaced on
-    the next submit, so the scheduler can retry the blocks it lost.
+    deadlock. Workers start without re-running the caller's script
+    (:func:`main_free_context`), so a script that calls ml4paleo at its top level works
+    without a ``__main__`` guard; only a block function defined in the script itself
+    needs the script, and gets workers that import it (that script needs the guard). A
+    pool broken by a dying worker (e.g. killed for memory) is replaced on the next
+    submit, so the scheduler can retry the blocks it lost.
     """
 
     def __init__(self, workers: int) -> None:
         self.slots = workers
-        self._ctx = multiprocessing.get_context("spawn")
-        self.pool = self._new_pool()
+        self._contexts = {False: main_free_context(), True: multiprocessing.get_context("spawn")}
+        self._pools: dict[bool, cf.ProcessPoolExecutor] = {}
 
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(max_workers=self.slots, mp_context=self._ctx,
-                                      initializer=init_worker, initargs=(os.getpid(),))
+    @property
+    def pool(self) -> cf.ProcessPoolExecutor:
+        """The main-free pool (made on first use)."""
+        return self._pool_for(False)
+
+    def _pool_for(self, needs_main: bool) -> cf.ProcessPoolExecutor:
+        if needs_main not in self._pools:
+            self._pools[needs_main] = cf.ProcessPoolExecutor(
+                max_workers=self.slots, mp_context=self._contexts[needs_main],
+                initializer=init_worker, initargs=(os.getpid(),))
+        return self._pools[needs_main]
 
     def submit(self, fn, block, key):
+        needs_main = _from_main(fn)
         try:
-            return self.pool.submit(fn, block)
+            return self._pool_for(needs_main).submit(fn, block)
         except BrokenProcessPool:
-            log.warning("a worker process died; starting new workers")
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new_pool()
-            return self.pool.submit(fn, block)
+            log.warning("a worker process died; starting new workers%s",
+                        " (a block function defined in the script needs an "
+                        "'if __name__ == \"__main__\":' guard there)" if needs_main else "")
+            self._pools.pop(needs_main).shutdown(wait=False, cancel_futures=True)
+            return self._pool_for(needs_main).submit(fn, block)
+
+    def close(self):
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._pools.clear()
 
 
 class DaskBackend(Backend):

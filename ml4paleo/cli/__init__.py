@@ -26,6 +26,7 @@ _AREAS = (
     "convert_commands",
     "segment_commands",
     "mesh_commands",
+    "measure_commands",
     "jobs_commands",
     "web_commands",
     "extra_commands",

@@ -1,4 +1,5 @@
-"""``ml4paleo convert`` and ``ml4paleo info``: thin wrappers over ml4paleo.convert / ml4paleo.io."""
+"""``ml4paleo convert``, ``ml4paleo info`` and ``ml4paleo set-voxel-size``: thin wrappers over
+ml4paleo.convert / ml4paleo.io."""
 
 from __future__ import annotations
 
@@ -75,4 +76,24 @@ def info_command(source):
     click.echo(json.dumps(info, indent=2, default=str))
 
 
-commands: list = [convert_command, info_command]
+@click.command("set-voxel-size")
+@click.argument("image", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--voxel-size", nargs=3, type=float, metavar="Z Y X", required=True,
+              help="Physical voxel size (z, y, x).")
+@click.option("--unit", required=True, metavar="UNIT",
+              help="Its unit, e.g. micrometer, um, millimeter, mm.")
+def set_voxel_size_command(image, voxel_size, unit):
+    """Give the OME-Zarr IMAGE a voxel size after conversion (metadata only: every pyramid
+    level's scale and translation and the world transform are rewritten, no voxel is)."""
+    from ml4paleo.cli import fail
+    from ml4paleo.convert import set_voxel_size
+
+    try:
+        world = set_voxel_size(image, voxel_size, unit)
+    except ValueError as exc:
+        fail(str(exc))
+    vs = " x ".join(f"{v:g}" for v in world.voxel_size)
+    click.echo(f"{image}: voxel size {vs} {world.unit}")
+
+
+commands: list = [convert_command, info_command, set_voxel_size_command]

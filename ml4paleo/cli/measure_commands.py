@@ -10,6 +10,7 @@ from ml4paleo.blocks import tqdm_progress
 
 #: files ``ml4paleo measure`` writes in its output folder
 SUMMARY_NAME = "morphometry.json"
+TABLE_NAME = "morphometry.csv"
 OBJECTS_NAME = "objects.csv"
 THICKNESS_NAME = "thickness.ome.zarr"
 
@@ -57,7 +58,7 @@ def _fmt(value, digits: int = 4) -> str:
 @click.command("measure")
 @click.argument("labels", type=click.Path(exists=True))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help=f"Folder for {SUMMARY_NAME}, {OBJECTS_NAME} and {THICKNESS_NAME}.")
+              help=f"Folder for {SUMMARY_NAME}, {TABLE_NAME}, {OBJECTS_NAME} and {THICKNESS_NAME}.")
 @click.option("--values", default=None, help="Class values to measure, e.g. 1,2 (default: all present).")
 @click.option("--measures", default=None,
               help="Comma-separated subset of fractions, connectivity, anisotropy, thickness, "
@@ -89,7 +90,7 @@ def measure_command(labels, out_dir, values, measures, voxel_size, unit, box, ro
     """
     from ml4paleo._fs import atomic_write_json
     from ml4paleo.cli import fail
-    from ml4paleo.morphometry import measure, parse_measures
+    from ml4paleo.morphometry import class_table, measure, parse_measures, write_table_csv
 
     out = Path(out_dir)
     try:
@@ -105,6 +106,7 @@ def measure_command(labels, out_dir, values, measures, voxel_size, unit, box, ro
             progress=tqdm_progress("measuring", disable=quiet),
         )
         summary = atomic_write_json(out / SUMMARY_NAME, result.to_dict())
+        table = write_table_csv(class_table(result.to_dict()), out / TABLE_NAME, unit=result.unit)
     except (ValueError, FileNotFoundError, OSError) as exc:
         fail(str(exc))
         return
@@ -130,6 +132,7 @@ def measure_command(labels, out_dir, values, measures, voxel_size, unit, box, ro
         click.echo(f"warning: thickness reached --max-thickness {result.max_thickness:g} {u}; "
                    "thicker structures are reported as that", err=True)
     click.echo(f"summary: {summary}")
+    click.echo(f"table: {table}")
     if result.objects_csv:
         click.echo(f"objects: {result.objects_csv}")
     if result.thickness_map:

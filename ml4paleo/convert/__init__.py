@@ -41,11 +41,13 @@ from ml4paleo.formats import (
 from ml4paleo.io import InputError, Volume, open_any
 from ml4paleo.world import WorldTransform, normalize_unit
 
+from .geometry import SIZE_WARNINGS, parse_voxel_size, set_voxel_size, voxel_size_status
 from .slabs import BufferPool, SlabJob, write_slabs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONVERT_CLEVEL", "DEFAULT_MEMORY_LIMIT", "InputError", "convert", "source_world"]
+__all__ = ["CONVERT_CLEVEL", "DEFAULT_MEMORY_LIMIT", "InputError", "conversion_warnings",
+           "convert", "parse_voxel_size", "set_voxel_size", "source_world", "voxel_size_status"]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -196,12 +198,34 @@ def _attrs_and_size(volume: Volume, voxel_size, unit) -> tuple[dict, tuple, str 
         "source_voxel_size": None if volume.voxel_size is None else list(volume.voxel_size),
         "source_unit": volume.unit,
         "voxel_size_from": size_from,
+        "warnings": conversion_warnings(volume, voxel_size, unit),
     }
     return attrs, size, unit
 
 
+def conversion_warnings(volume: Volume, voxel_size: Sequence[float] | None = None,
+                        unit: str | None = None) -> list[dict]:
+    """The source's warnings (:meth:`ml4paleo.io.Volume.warnings`) that still hold for the
+    converted image: a voxel size (and unit) given by the user replaces what the file
+    lacked."""
+    out = []
+    for w in volume.warnings():
+        code = w["code"]
+        if voxel_size is not None and code in SIZE_WARNINGS - {"unit_assumed"}:
+            continue
+        if code == "unit_assumed" and unit is not None:
+            continue
+        if code == "voxel_size_unknown" and unit is None and voxel_size is not None:
+            out.append({"code": "unit_assumed", "message": "the voxel size was given without "
+                        "a unit: set the unit so measurements mean something"})
+            continue
+        out.append(w)
+    return out
+
+
 def _convert_into(volume, tmp, dest, voxel_size, unit, chunk, progress, workers, memory_limit,
                   executor) -> None:
+    asked = (voxel_size, unit)  # what the caller gave (unit is resolved below)
     attrs, size, unit = _attrs_and_size(volume, voxel_size, unit)
     image = create_image(
         tmp, volume.shape, volume.dtype, chunks=chunk, voxel_size=size, unit=unit,
@@ -240,6 +264,12 @@ def _convert_into(volume, tmp, dest, voxel_size, unit, chunk, progress, workers,
         run(stages, executor=run_on, workers=run_workers, progress=progress)
     finally:
         job.buffers.clear()
+    # readers learn some things while decoding (colour in a compressed zip member)
+    late = conversion_warnings(volume, *asked)
+    if late != attrs["warnings"]:
+        extra = dict(image.group.attrs.get("ml4paleo") or {})  # keeps what else is stored
+        extra.update(warnings=late, source={"name": volume.path.name, **volume.metadata})
+        image.group.attrs["ml4paleo"] = extra
 
 
 make_module_callable(__name__, convert)

@@ -29,12 +29,12 @@ Kinds
 
 Modules: :mod:`~ml4paleo.export.sinks`, :mod:`~ml4paleo.export.volumes`,
 :mod:`~ml4paleo.export.stacks` (PNG, TIFF), :mod:`~ml4paleo.export.nifti`,
-:mod:`~ml4paleo.export.folders` (zarr, meshes, stats).
+:mod:`~ml4paleo.export.folders` (zarr, meshes, stats), :mod:`~ml4paleo.export.estimates`
+(sizes before building).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +45,7 @@ from ml4paleo._verbs import make_module_callable
 from ml4paleo.meshing import STATS_CSV
 from ml4paleo.meshing import read_stats_csv as meshing_read_stats_csv
 
+from .estimates import SIZE_KINDS, estimate_size
 from .folders import write_meshes, write_stats, write_zarr
 from .nifti import nifti_header, write_nifti
 from .sinks import COPY_PIECE, Sink
@@ -53,10 +54,12 @@ from .volumes import stem, to_uint8
 
 __all__ = [
     "EXPORT_KINDS",
+    "SIZE_KINDS",
     "WRITERS",
     "cached_export",
     "default_filename",
     "estimate_bytes",
+    "estimate_size",
     "export",
     "is_cached",
     "nifti_header",
@@ -241,32 +244,12 @@ def stream_export(kind: str, source: Any, cache_path: str | os.PathLike,
 
 
 def estimate_bytes(kind: str, source: Any) -> int:
-    """An upper estimate of the size of the ``kind`` export of ``source``, from its files
-    and header (nothing is decoded): what a caller checks free disk space against before
-    building it.
-
-    ``zarr`` and ``meshes`` zips store their files as they are; ``tiff`` is 16-bit and
-    uncompressed; ``png`` and ``nifti`` compress, so the uncompressed size bounds them.
-    """
+    """An upper estimate, in bytes, of the ``kind`` export of ``source`` (from its files and
+    header, nothing decoded): what a caller checks free disk space against before building
+    it. The number of :func:`~ml4paleo.export.estimates.estimate_size`, which also says how
+    well it is known."""
     _writer(kind)
-    path = Path(getattr(source, "path", source)) if isinstance(
-        source, str | os.PathLike) or hasattr(source, "path") else None
-    if kind in ("zarr", "meshes") and path is not None:
-        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-        total = sum(p.stat().st_size for p in files if p.exists())
-        return total + 200 * len(files) + 1024  # zip headers and directory
-    if kind == "stats":
-        return path.stat().st_size if path is not None and path.is_file() else 1 << 20
-    from ml4paleo.io import open_any
-
-    vol = open_any(source)
-    try:
-        itemsize = vol.dtype.itemsize
-        per_voxel = {"tiff": 2, "png": min(itemsize, 2), "nifti": itemsize}[kind]
-        return math.prod(vol.shape) * per_voxel + vol.shape[0] * 1024 + 4096
-    finally:
-        if vol is not source:
-            vol.close()
+    return estimate_size(kind, getattr(source, "path", source))[0]
 
 
 def cached_export(kind: str, source: Any, cache_path: str | os.PathLike,

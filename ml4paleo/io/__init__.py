@@ -27,6 +27,7 @@ from ._any import ArrayVolume, VolumeLike, is_zarr_store, open_any, voxel_size_o
 from ._base import SOURCE_TYPES, InputError, Volume, natural_key, to_gray
 from ._limits import DecodeLimits, check_decode_limits
 from ._open import detect_source_type, open_volume
+from ._probe import probe_voxel_size
 
 __all__ = [
     "SOURCE_TYPES",
@@ -41,6 +42,7 @@ __all__ = [
     "natural_key",
     "open_any",
     "open_volume",
+    "probe_voxel_size",
     "to_gray",
     "voxel_size_or_default",
 ]

@@ -332,9 +332,73 @@ class Volume(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def warnings(self) -> list[dict]:
+        """What a user should know about how the source was read, as
+        ``[{"code", "message"}]`` (messages name files, never folders of this machine).
+
+        Derived from what every reader records (a single 2D image, colour reduced to grey,
+        a voxel size that is unknown or partly assumed, spacing that varies) plus any a
+        reader adds to ``metadata["warnings"]``. Codes: ``single_image``,
+        ``colour_reduced``, ``voxel_size_unknown``, ``unit_assumed``,
+        ``z_spacing_assumed``, ``uneven_spacing``, ``several_series``, ``unordered``.
+        """
+        out: list[dict] = []
+        seen: set[str] = set()
+
+        def add(code: str, message: str) -> None:
+            if code not in seen:
+                seen.add(code)
+                out.append({"code": code, "message": message})
+
+        meta = self.metadata
+        what = self._what()
+        if self.shape[0] == 1:
+            add("single_image", f"{what}: one 2D image, converted as a volume of one slice")
+        if meta.get("rgb_reduced_to_gray"):
+            add("colour_reduced", f"{what}: colour reduced to one grey channel (luma)")
+        assumed = self.world.assumed if self.voxel_size is not None else frozenset()
+        if self.voxel_size is None:
+            add("voxel_size_unknown", f"{what}: no voxel size recorded; sizes, volumes and "
+                                      "meshes are in voxels until you set it")
+        elif "unit" in assumed or meta.get("unit_assumed"):
+            add("unit_assumed", f"{what}: no unit for the voxel size; "
+                                f"{self.world.unit or 'millimeter'} was assumed")
+        elif self.unit is None or self.unit not in LENGTH_UNITS:
+            add("unit_assumed", f"{what}: the voxel size has no unit; set the unit so "
+                                "measurements mean something")
+        if "z_spacing" in assumed and self.shape[0] > 1:
+            add("z_spacing_assumed", f"{what}: no spacing between slices recorded; it was "
+                                     "taken equal to the pixel width")
+        if meta.get("non_uniform_spacing"):
+            add("uneven_spacing", f"{what}: the slices are not evenly spaced; the median "
+                                  "spacing was used")
+        if int(meta.get("series_count") or 1) > 1:
+            add("several_series", f"{what}: {meta['series_count']} DICOM series; the largest "
+                                  "was converted")
+        if meta.get("sorted_by") == "instance_number":
+            add("unordered", f"{what}: the slices carry no positions; they were ordered by "
+                             "instance number")
+        for w in meta.get("warnings") or []:
+            if isinstance(w, dict) and w.get("code") and w.get("message"):
+                add(str(w["code"]), str(w["message"]))
+        return out
+
+    def _what(self) -> str:
+        """What the warnings call the source: its file, or "N slices" (never a folder of
+        this machine)."""
+        meta = self.metadata
+        files = meta.get("files")
+        if isinstance(meta.get("file"), str) and meta["file"]:
+            return meta["file"]
+        if files == 1 and isinstance(meta.get("first_file"), str):
+            return meta["first_file"]
+        if isinstance(files, int) and files > 1:
+            return f"{files} slices ({meta.get('first_file') or self.path.name} ...)"
+        return self.path.name
+
     def info(self) -> dict:
         """A JSON-able summary: shape, dtype, voxel size, unit, world transform, source
-        type and metadata."""
+        type, metadata and warnings."""
         return {
             "path": str(self.path),
             "source_type": self.source_type,
@@ -344,4 +408,5 @@ class Volume(abc.ABC):
             "unit": self.unit,
             "world": self.world.to_json(),
             "metadata": self.metadata,
+            "warnings": self.warnings(),
         }

@@ -7,6 +7,7 @@ Shared by :mod:`ml4paleo.jobs.runner` (which makes the context) and the steps in
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,7 +18,7 @@ from ml4paleo.jobs.statuses import Stage, Status, parse_status
 from ml4paleo.jobs.store import JobNotFound, JobStore, LeaseLost, isoformat, set_status, utcnow
 from ml4paleo.workspace.paths import JobPaths
 
-__all__ = ["JobContext", "StepError", "Stopping", "ensure_owner"]
+__all__ = ["JobContext", "StepError", "Stopping", "ensure_owner", "public_text"]
 
 
 class StepError(RuntimeError):
@@ -114,7 +115,18 @@ class JobContext:
             set_status(record, status, message)
             record.update(fields)
 
-        return self.owned_update(apply)
+        record = self.owned_update(apply)
+        if message is not None:
+            # the heartbeat writes the last message with the progress: the new status's,
+            # not the previous one's ("training a model" while segmenting)
+            with self._lock:
+                self._message = message
+        return record
+
+    def public(self, text: str) -> str:
+        """``text`` without this server's paths: what users of the web app and the API see
+        (file names inside the upload stay, as the user named them)."""
+        return public_text(text, self.paths.root, self.settings.data_dir)
 
     def flush(self, renew: bool) -> None:
         """Write pending progress / message and, when ``renew``, extend the lease."""
@@ -133,6 +145,37 @@ class JobContext:
                 record["lease"]["expires_at"] = expires
 
         self.owned_update(apply)
+
+
+def _spellings(path: Path) -> list[str]:
+    out = {str(path)}
+    try:
+        out.add(str(path.resolve()))
+    except OSError:
+        pass
+    return sorted(out, key=len, reverse=True)  # longest first: nested paths before parents
+
+
+def public_text(text: str, job_dir: str | os.PathLike, data_dir: str | os.PathLike) -> str:
+    """``text`` with the server's folders taken out: the job's upload folder disappears
+    (``.../upload/scan/slice_003.png`` -> ``scan/slice_003.png``), the rest of the job
+    folder and the data folder are named, not spelled out.
+
+    Examples
+    --------
+    >>> public_text("/srv/d/jobs/j1/upload/a/s_3.png: slice is 9x9 pixels, expected 8x8 "
+    ...             "like s_1.png", "/srv/d/jobs/j1", "/srv/d")
+    'a/s_3.png: slice is 9x9 pixels, expected 8x8 like s_1.png'
+    >>> public_text("/srv/d/jobs/j1/image.ome.zarr: missing", "/srv/d/jobs/j1", "/srv/d")
+    'image.ome.zarr: missing'
+    """
+    job_dir, data_dir = Path(job_dir), Path(data_dir)
+    upload = JobPaths(job_dir).upload
+    for folder, name in ((upload, "the upload"), (job_dir, "the job folder"),
+                         (data_dir, "the data folder")):
+        for spelled in _spellings(folder):
+            text = text.replace(spelled + os.sep, "").replace(spelled, name)
+    return text
 
 
 def ensure_owner(record: dict, stage: Stage, owner: str) -> None:

@@ -1,6 +1,6 @@
 """The runner loop: poll the store, claim a job with a lease, run its step, finish it.
 
-One loop serves the three runners (``kind`` = ``"convert"``, ``"segment"``, ``"mesh"``)
+One loop serves the runners (``kind`` = ``"convert"``, ``"segment"``, ``"mesh"``, ``"measure"``)
 and any number of copies of each may run at once:
 
 - **Claim** = compare-and-set under the job's lock: a job in the stage's queued status
@@ -41,7 +41,15 @@ from datetime import timedelta
 from ml4paleo.config import Settings
 from ml4paleo.jobs import steps
 from ml4paleo.jobs.context import JobContext, StepError, Stopping, ensure_owner
-from ml4paleo.jobs.statuses import RUNNER, STAGES, Stage, Status, parse_status
+from ml4paleo.jobs.statuses import (
+    ERROR_FAILED,
+    ERROR_INPUT,
+    RUNNER,
+    STAGES,
+    Stage,
+    Status,
+    parse_status,
+)
 from ml4paleo.jobs.store import (
     JobNotFound,
     JobStore,
@@ -149,7 +157,7 @@ def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
             reason = (f"gave up after {attempts} attempt(s): "
                       f"{record.get('last_error') or 'unknown error'}")
             set_status(record, stage.error, reason)
-            record.update(error=reason, lease=None, attempts=attempts)
+            record.update(error=reason, error_kind=ERROR_FAILED, lease=None, attempts=attempts)
             outcome["result"] = "gave_up"
             return
         first = _first_running(stage, record)
@@ -159,7 +167,7 @@ def try_claim(store: JobStore, job_id: str, stage: Stage, owner: str,
                    "expires_at": isoformat(now + timedelta(seconds=settings.lease_seconds)),
                    "attempts": attempts + 1,
                    "claimed_at": isoformat(now)},
-            progress=0.0, error=None)
+            progress=0.0, error=None, error_kind=None)
         outcome["result"] = "claimed"
 
     try:
@@ -192,14 +200,17 @@ def _is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, StepError) or _is_input_error(exc) or is_disk_full(exc)
 
 
-def _one_line(exc: BaseException, data_dir) -> str:
-    """The reason shown to users: one line, paths relative to the job folder."""
+def _one_line(exc: BaseException, data_dir, public: Callable[[str], str] | None = None) -> str:
+    """The reason shown to users: one line, paths relative to the job folder (``public``
+    first names the upload's files as the user named them)."""
     if is_disk_full(exc):
         text = str(exc) if isinstance(exc, DiskFull) else str(disk_full(data_dir))
     else:
         text = " ".join(str(exc).split()) or type(exc).__name__
         if not (isinstance(exc, StepError) or _is_input_error(exc)):
             text = f"{type(exc).__name__}: {text}"
+    if public is not None:
+        text = public(text)
     return without_server_paths(text, data_dir)
 
 
@@ -247,7 +258,8 @@ def process_job(store: JobStore, record: dict, stage: Stage, owner: str, setting
     def finish(rec: dict) -> None:
         set_status(rec, status, message)
         rec.update(result)
-        rec.update(progress=1.0, error=None, lease=None, last_error=None, attempts=attempts)
+        rec.update(progress=1.0, error=None, error_kind=None, lease=None, last_error=None,
+                   attempts=attempts)
 
     try:
         final = ctx.owned_update(finish)
@@ -273,7 +285,7 @@ def _hand_back(ctx: JobContext, attempts: int) -> dict | None:
 
 
 def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
-    reason = _one_line(exc, ctx.settings.data_dir)
+    reason = _one_line(exc, ctx.settings.data_dir, ctx.public)
     permanent = _is_permanent(exc)
     if permanent:
         log.error("job %s: %s failed: %s", ctx.job_id, ctx.stage.kind, reason)
@@ -285,7 +297,8 @@ def _failed(ctx: JobContext, exc: Exception, attempts: int) -> dict | None:
         if give_up:
             error = reason if permanent else f"failed {attempts} time(s); last error: {reason}"
             set_status(rec, ctx.stage.error, error)
-            rec.update(error=error, lease=None, last_error=reason, attempts=attempts)
+            rec.update(error=error, error_kind=ERROR_INPUT if permanent else ERROR_FAILED,
+                       lease=None, last_error=reason, attempts=attempts)
         else:
             backoff = min(2.0 ** (attempts - 1), 30.0)
             set_status(rec, ctx.stage.queued, f"attempt {attempts} failed ({reason}); retrying")

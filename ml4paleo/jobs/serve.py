@@ -1,4 +1,4 @@
-"""A server plus the three runners in one process tree: :func:`serve_with_runners`.
+"""A server plus the runners (one per stage) in one process tree: :func:`serve_with_runners`.
 
 The runners are child processes (``python -m ml4paleo.jobs KIND``), restarted when they
 crash and stopped with the server. Nothing a runner started outlives it: each runner
@@ -145,7 +145,7 @@ class Server(Protocol):
 
 def serve_with_runners(settings: Settings, server: Server, url: str, *, runners: bool = True,
                        on_ready: Callable[[str], None] | None = None) -> None:
-    """Run ``server`` (and the three runners as child processes) until SIGTERM / Ctrl-C;
+    """Run ``server`` (and the runners as child processes) until SIGTERM / Ctrl-C;
     then stop everything.
 
     Parameters

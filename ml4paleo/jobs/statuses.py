@@ -1,12 +1,16 @@
 """Job statuses and the one transition table used by the web app, the CLI and the runners.
 
-A job moves through three runner stages, each with a *queued*, a *running*, a *done*
+A job moves through four runner stages, each with a *queued*, a *running*, a *done*
 and an *error* status::
 
     uploading -> uploaded -> converting -> converted              (convert runner)
     converted -> annotated -> training_queued -> training
               -> [segmenting] -> segmented | trained             (segment runner)
     segmented -> meshing_queued -> meshing -> meshed              (mesh runner)
+    segmented -> measuring_queued -> measuring -> measured        (measure runner)
+
+Meshing and measuring both start from any resting status with a segmentation (a meshed
+job can be measured and a measured one meshed).
 
 Every ``*_error`` status can be retried (back to the stage's queued status), and a
 queued or running stage can be cancelled (to its ``*_error`` status with the error
@@ -49,6 +53,10 @@ class Status(StrEnum):
     MESHING = "meshing"
     MESHED = "meshed"
     MESH_ERROR = "mesh_error"
+    MEASURING_QUEUED = "measuring_queued"
+    MEASURING = "measuring"
+    MEASURED = "measured"
+    MEASURE_ERROR = "measure_error"
     # kept from the original API so old records still parse; no transition leads here
     DONE = "done"
     ERROR = "error"
@@ -80,6 +88,8 @@ STAGES: dict[str, Stage] = {
                      (Status.SEGMENTED, Status.TRAINED), Status.SEGMENT_ERROR),
     "mesh": Stage("mesh", Status.MESHING_QUEUED, (Status.MESHING,), (Status.MESHED,),
                   Status.MESH_ERROR),
+    "measure": Stage("measure", Status.MEASURING_QUEUED, (Status.MEASURING,),
+                     (Status.MEASURED,), Status.MEASURE_ERROR),
 }
 
 #: statuses in which a runner has work queued or under way
@@ -100,13 +110,13 @@ DONE: frozenset[Status] = frozenset(
 PIPELINE_ORDER: tuple[Status, ...] = (
     Status.PENDING, Status.UPLOADING, Status.UPLOADED, Status.CONVERTING, Status.CONVERTED,
     Status.ANNOTATED, Status.TRAINING_QUEUED, Status.TRAINING, Status.TRAINED,
-    Status.SEGMENTING, Status.SEGMENTED, Status.MESHING_QUEUED, Status.MESHING, Status.MESHED,
-    Status.DONE,
+    Status.SEGMENTING, Status.SEGMENTED, Status.MEASURING_QUEUED, Status.MEASURING,
+    Status.MEASURED, Status.MESHING_QUEUED, Status.MESHING, Status.MESHED, Status.DONE,
 )
 #: an image exists and nothing runs: the user may annotate, train, segment
 RESTING_WITH_IMAGE: frozenset[Status] = frozenset({
     Status.CONVERTED, Status.ANNOTATED, Status.TRAINED, Status.SEGMENTED, Status.SEGMENT_ERROR,
-    Status.MESHED, Status.MESH_ERROR,
+    Status.MESHED, Status.MESH_ERROR, Status.MEASURED, Status.MEASURE_ERROR,
 })
 
 USER, RUNNER = "user", "runner"
@@ -137,6 +147,7 @@ TRANSITIONS: dict[Status, dict[Status, tuple[str, str | None]]] = {
             Status.ANNOTATED: (USER, None),
             Status.TRAINING_QUEUED: (USER, None),
             Status.MESHING_QUEUED: (USER, _NEEDS_SEGMENTATION),
+            Status.MEASURING_QUEUED: (USER, _NEEDS_SEGMENTATION),
         }
         for s in RESTING_WITH_IMAGE
     },
@@ -171,14 +182,26 @@ TRANSITIONS: dict[Status, dict[Status, tuple[str, str | None]]] = {
         Status.MESH_ERROR: (USER, None),
         Status.MESHING_QUEUED: (RUNNER, None),
     },
+    # measure stage
+    Status.MEASURING_QUEUED: {
+        Status.MEASURING: (RUNNER, None),
+        Status.MEASURE_ERROR: (USER, None),
+    },
+    Status.MEASURING: {
+        Status.MEASURING: (RUNNER, None),
+        Status.MEASURED: (RUNNER, None),
+        Status.MEASURE_ERROR: (USER, None),
+        Status.MEASURING_QUEUED: (RUNNER, None),
+    },
 }
-# retry from the segment / mesh errors is already allowed: they are resting statuses
+# retry from the segment / mesh / measure errors is already allowed: they are resting statuses
 
 _WHY_TARGET = {
     Status.UPLOADED: "only a job that is still uploading can be marked as uploaded",
     Status.ANNOTATED: "annotations need a converted image",
     Status.TRAINING_QUEUED: "training and segmentation need a converted image",
     Status.MESHING_QUEUED: "meshing needs a finished segmentation",
+    Status.MEASURING_QUEUED: "measuring needs a finished segmentation",
 }
 
 
@@ -245,7 +268,8 @@ def check_transition(record: dict, new: Status | str, actor: str = USER) -> str 
     if need == _NEEDS_UPLOAD and not (record.get("upload_bytes") or record.get("upload_files")):
         return "nothing was uploaded yet"
     if need == _NEEDS_SEGMENTATION and not record.get("segmentations"):
-        return "meshing needs a finished segmentation; this job has none yet"
+        what = "measuring" if new == Status.MEASURING_QUEUED else "meshing"
+        return f"{what} needs a finished segmentation; this job has none yet"
     return None
 
 
@@ -256,6 +280,31 @@ def retry_target(status: Status | str) -> Status | None:
         if status == st.error:
             return st.queued
     return None
+
+
+#: ``error_kind`` of a failed job's record: what kind of failure it was
+ERROR_INPUT = "input"  # bad input or request: running it again fails the same way
+ERROR_FAILED = "failed"  # the step crashed or its runner died (attempts used up)
+ERROR_CANCELLED = "cancelled"  # stopped by a user
+ERROR_KINDS = (ERROR_INPUT, ERROR_FAILED, ERROR_CANCELLED)
+
+
+def retry_helps(status: Status | str, error_kind: str | None) -> bool:
+    """True when a Retry can change the outcome: the status can be retried and the error
+    was not bad input (a mixed-size stack fails the same way every time; a crashed
+    runner, a full disk or a cancelled run may succeed).
+
+    Examples
+    --------
+    >>> retry_helps("convert_error", "input"), retry_helps("convert_error", "failed")
+    (False, True)
+    >>> retry_helps("converted", None)
+    False
+    """
+    try:
+        return retry_target(status) is not None and error_kind != ERROR_INPUT
+    except ValueError:
+        return False
 
 
 def cancel_target(status: Status | str) -> Status | None:
@@ -296,6 +345,8 @@ _UI_STEP: dict[Status, str] = {
     Status.SEGMENTING: "segment", Status.SEGMENTED: "segment", Status.SEGMENT_ERROR: "segment",
     Status.MESHING_QUEUED: "mesh", Status.MESHING: "mesh", Status.MESHED: "mesh",
     Status.MESH_ERROR: "mesh",
+    Status.MEASURING_QUEUED: "measure", Status.MEASURING: "measure", Status.MEASURED: "measure",
+    Status.MEASURE_ERROR: "measure",
 }
 
 
@@ -336,7 +387,7 @@ def describe(status: Status | str) -> dict[str, Any]:
     -------
     dict
         ``status`` (plain value), ``label`` (human words), ``phase`` (the runner stage:
-        ``convert`` / ``segment`` / ``mesh``, ``upload`` before it, None for the legacy
+        ``convert`` / ``segment`` / ``mesh`` / ``measure``, ``upload`` before it, None for the legacy
         values), ``step`` (the pipeline step the UI shows it under), ``busy`` (a runner
         has work queued or under way), ``active`` (busy, or the upload is under way: poll
         often), ``queued``, ``running``, ``failed``, ``retryable``
@@ -397,7 +448,8 @@ def describe(status: Status | str) -> dict[str, Any]:
 
 
 #: how a list of jobs names each stage's queued + running statuses together
-_BUSY_LABEL = {"convert": "converting", "segment": "training / segmenting", "mesh": "meshing"}
+_BUSY_LABEL = {"convert": "converting", "segment": "training / segmenting", "mesh": "meshing",
+               "measure": "measuring"}
 
 
 def status_filters() -> list[dict[str, Any]]:
@@ -409,7 +461,7 @@ def status_filters() -> list[dict[str, Any]]:
     >>> [f["label"] for f in status_filters()][:3]
     ['uploading', 'converting', 'converted']
     >>> status_filters()[-1]["statuses"]
-    ['convert_error', 'segment_error', 'mesh_error']
+    ['convert_error', 'segment_error', 'mesh_error', 'measure_error']
     """
     out: list[dict[str, Any]] = []
     seen: set[Status] = set()

@@ -30,6 +30,7 @@ from ml4paleo.config import Settings
 from ml4paleo.jobs.index import JobIndex
 from ml4paleo.jobs.statuses import (
     BUSY,
+    ERROR_CANCELLED,
     USER,
     Status,
     annotation_effect,
@@ -39,15 +40,16 @@ from ml4paleo.jobs.statuses import (
     retry_target,
 )
 from ml4paleo.workspace.ids import new_id
+from ml4paleo.workspace.names import clean_name
 from ml4paleo.workspace.paths import JobPaths
 
 log = logging.getLogger(__name__)
 
 _TRASH_PREFIX = ".trash-"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
-MAX_NAME_LENGTH = 200
-_SPACES_RE = re.compile(r"[ \t\n\r]+")
 MAX_HISTORY = 500
+#: largest island size the segmentation clean-up removes (voxels)
+MAX_CLEANUP_VOXELS = 10**9
 #: a job folder without job.json older than this is debris (default of
 #: ``Settings.orphan_seconds``)
 ORPHAN_SECONDS = 3600.0
@@ -110,33 +112,6 @@ def normalize_source_type(value: str | None) -> str:
         known = sorted({v for v in SOURCE_TYPES.values()})
         raise ValueError(f"unknown source_type {value!r}; use one of {', '.join(known)}")
     return SOURCE_TYPES[key]
-
-
-def clean_name(value: object, default: str | None = None) -> str:
-    """Validate a job name: text of at most 200 characters (1 or more after trimming;
-    whitespace runs become one space), no other control characters.
-
-    Raises
-    ------
-    ValueError
-        With the reason.
-    """
-    if value is None and default is not None:
-        return default
-    if not isinstance(value, str):
-        raise ValueError("name must be a string")
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"name is {len(value)} characters long; at most {MAX_NAME_LENGTH} allowed")
-    name = _SPACES_RE.sub(" ", value).strip(" ")  # runs of spaces, tabs, newlines: one space
-    if not name:
-        if default is not None:
-            return default
-        raise ValueError("name must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"name is {len(name)} characters long; at most {MAX_NAME_LENGTH} allowed")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError("name must not contain control characters")
-    return name
 
 
 def _record_temp_prefix(paths: JobPaths) -> str:
@@ -543,7 +518,7 @@ class JobStore:
             if reason:
                 raise InvalidTransition(reason)
             set_status(record, Status.UPLOADED, "queued for conversion")
-            record.update(progress=0.0, error=None, lease=None)
+            record.update(progress=0.0, error=None, error_kind=None, lease=None)
 
         return self.update(job_id, apply)
 
@@ -607,7 +582,8 @@ class JobStore:
         return self.update(job_id, apply)
 
     def request_segmentation(self, job_id: str, *, model_id: str | None = None,
-                             train: bool | None = None, segment: bool = True) -> dict:
+                             train: bool | None = None, segment: bool = True,
+                             min_size: int = 0, fill_holes: bool = False) -> dict:
         """Queue training and/or segmentation for the segment runner.
 
         Parameters
@@ -618,7 +594,17 @@ class JobStore:
             Train a new model first (default: True unless ``model_id`` is given).
         segment : bool
             Segment the whole volume after training (False = train only -> ``trained``).
+        min_size : int
+            Clean-up: remove islands of a class smaller than this many voxels (0 = keep).
+        fill_holes : bool
+            Clean-up: fill enclosed holes of every class.
         """
+        if isinstance(min_size, bool) or not isinstance(min_size, int) or not \
+                0 <= min_size <= MAX_CLEANUP_VOXELS:
+            raise ValueError(f"min_size must be a voxel count from 0 to {MAX_CLEANUP_VOXELS}, "
+                             f"got {min_size!r}")
+        if not isinstance(fill_holes, bool):
+            raise ValueError("fill_holes must be true or false")
         if model_id is not None and not self.is_valid_id(model_id):
             raise ValueError(f"malformed model id {model_id!r}")
         train = model_id is None if train is None else bool(train)
@@ -638,9 +624,10 @@ class JobStore:
             set_status(record, Status.TRAINING_QUEUED,
                        "queued for training" if train else "queued for segmentation")
             record.update(request={"kind": "segment", "train": train, "segment": bool(segment),
-                                   "model_id": model_id},
-                          progress=0.0, error=None, lease=None, pending_segmentation_id=None,
-                          pending_model_id=None)
+                                   "model_id": model_id, "min_size": min_size,
+                                   "fill_holes": fill_holes},
+                          progress=0.0, error=None, error_kind=None, lease=None,
+                          pending_segmentation_id=None, pending_model_id=None)
 
         return self.update(job_id, apply)
 
@@ -663,6 +650,41 @@ class JobStore:
             record.update(request={"kind": "mesh", "segmentation_id": seg,
                                    "formats": list(formats), "simplify": simplify,
                                    "smooth": smooth},
+                          progress=0.0, error=None, error_kind=None, lease=None)
+
+        return self.update(job_id, apply)
+
+    def request_measure(self, job_id: str, *, segmentation_id: str | None = None,
+                        measures: object = None, values: object = None,
+                        max_thickness: object = None, roi_box: object = None,
+                        thickness_map: bool = True, profile_axis: object = "z") -> dict:
+        """Queue morphometry of a segmentation (default: the job's current one).
+
+        Parameters are those of :func:`ml4paleo.morphometry.measure`, checked here
+        (:func:`ml4paleo.morphometry.options.measure_options`) so a bad request is refused before it is queued.
+
+        Raises
+        ------
+        ValueError
+            A bad parameter (the message names the field).
+        InvalidTransition
+            The job cannot be measured now (busy, no such segmentation).
+        """
+        from ml4paleo.morphometry.options import measure_options
+
+        fields = measure_options(measures=measures, values=values, max_thickness=max_thickness,
+                                 roi_box=roi_box, thickness_map=thickness_map,
+                                 profile_axis=profile_axis)
+
+        def apply(record: dict) -> None:
+            reason = check_transition(record, Status.MEASURING_QUEUED, USER)
+            if reason:
+                raise InvalidTransition(reason)
+            seg = segmentation_id or record.get("segmentation_id")
+            if seg not in record.get("segmentations", []):
+                raise InvalidTransition(f"this job has no segmentation {seg!r}")
+            set_status(record, Status.MEASURING_QUEUED, "queued for measuring")
+            record.update(request={"kind": "measure", "segmentation_id": seg, **fields},
                           progress=0.0, error=None, lease=None)
 
         return self.update(job_id, apply)
@@ -679,7 +701,50 @@ class JobStore:
             if reason:
                 raise InvalidTransition(reason)
             set_status(record, target, "queued again (retry)")
-            record.update(progress=0.0, error=None, lease=None)
+            record.update(progress=0.0, error=None, error_kind=None, lease=None)
+
+        return self.update(job_id, apply)
+
+    def set_voxel_size(self, job_id: str, voxel_size, unit: str) -> dict:
+        """Set the converted job's voxel size and unit (metadata only, no reconversion:
+        :func:`ml4paleo.workspace.geometry.set_job_voxel_size`), under the job's lock and
+        only while no runner works on it, so no runner reads half of the change.
+
+        Returns
+        -------
+        dict
+            The record as written: ``metadata`` carries the new ``voxel_size``, ``unit``
+            and ``voxel_size_from="user"``; ``warnings`` lose those about the voxel size.
+
+        Raises
+        ------
+        InvalidTransition
+            While work is queued or running on the job.
+        ValueError
+            For a bad voxel size or unit, or a job without a converted image.
+        """
+        from ml4paleo.convert import SIZE_WARNINGS
+        from ml4paleo.workspace.geometry import set_job_voxel_size
+
+        paths = self.paths(job_id)
+
+        def apply(record: dict) -> None:
+            status = parse_status(record["status"])
+            if status in BUSY:
+                raise InvalidTransition(f"the job is {status.value}: wait for it to finish "
+                                        "(or cancel it) before changing the voxel size")
+            done = set_job_voxel_size(paths, voxel_size, unit)
+            meta = dict(record.get("metadata") or {})
+            meta.update(voxel_size=done["voxel_size"], unit=done["unit"],
+                        voxel_size_from="user")
+            keep = [w for w in record.get("warnings") or []
+                    if not (isinstance(w, dict) and w.get("code") in SIZE_WARNINGS)]
+            meta["warnings"] = keep
+            size = " x ".join(f"{v:g}" for v in done["voxel_size"])
+            record.update(metadata=meta, warnings=keep)
+            record.setdefault("history", []).append(
+                {"status": status.value, "at": isoformat(utcnow()),
+                 "message": f"voxel size set to {size} {done['unit']}"})
 
         return self.update(job_id, apply)
 
@@ -696,7 +761,7 @@ class JobStore:
                 raise InvalidTransition(
                     f"nothing to cancel: no work is queued or running (the job is {record['status']})")
             set_status(record, target, "cancelled by user")
-            record.update(error="cancelled by user", lease=None)
+            record.update(error="cancelled by user", error_kind=ERROR_CANCELLED, lease=None)
 
         return self.update(job_id, apply)
 

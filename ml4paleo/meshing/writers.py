@@ -66,7 +66,8 @@ def header_text(meta: Mapping[str, Any] | None) -> str:
 
 
 def write_mesh(vertices: np.ndarray, faces: np.ndarray, path: str | os.PathLike,
-               fmt: str | None = None, *, meta: Mapping[str, Any] | None = None) -> Path:
+               fmt: str | None = None, *, meta: Mapping[str, Any] | None = None,
+               colors: np.ndarray | None = None) -> Path:
     """Write a mesh, atomically (temp file + rename), with its coordinates described.
 
     Parameters
@@ -84,6 +85,9 @@ def write_mesh(vertices: np.ndarray, faces: np.ndarray, path: str | os.PathLike,
         ``orientation``: written where the format can hold them: the STL header's 80
         bytes, OBJ comments, PLY ``comment`` lines, glTF ``extras`` (see
         :func:`write_glb`; glTF positions are converted to metres).
+    colors : (N, 3) or (N, 4) uint8 array, optional
+        Vertex colours (RGB or RGBA), written by PLY (``red green blue alpha``) and GLB
+        (``COLOR_0``); refused for STL and OBJ, which have none.
 
     Returns
     -------
@@ -95,20 +99,30 @@ def write_mesh(vertices: np.ndarray, faces: np.ndarray, path: str | os.PathLike,
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in MESH_FORMATS:
         raise ValueError(f"unknown mesh format {fmt!r}: use one of {', '.join(MESH_FORMATS)}")
+    if colors is not None:
+        colors = np.asarray(colors)
+        if fmt in ("stl", "obj"):
+            raise ValueError(f"{fmt.upper()} files hold no vertex colours: use ply or glb")
+        if colors.dtype != np.uint8 or colors.ndim != 2 or colors.shape[1] not in (3, 4) \
+                or len(colors) != len(vertices):
+            raise ValueError(f"colors must be uint8 (n_vertices, 3 or 4), got {colors.dtype} "
+                             f"{colors.shape} for {len(vertices)} vertices")
+        if colors.shape[1] == 3:
+            colors = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
     line = header_text(meta)
     with atomic_writer(path, "wb") as fh:
         if fmt == "stl":
             write_stl(vertices, faces, fh, header=line)
         elif fmt == "glb":
-            write_glb(vertices, faces, fh, meta=meta)
+            write_glb(vertices, faces, fh, meta=meta, colors=colors)
         elif fmt == "obj":
             text = trimesh.exchange.obj.export_obj(
                 trimesh.Trimesh(vertices, faces, process=False), include_normals=False,
                 include_color=False, include_texture=False)
             fh.write(_obj_comments(line, meta).encode() + text.encode())
         else:
-            data = trimesh.exchange.ply.export_ply(trimesh.Trimesh(vertices, faces,
-                                                                   process=False))
+            data = trimesh.exchange.ply.export_ply(trimesh.Trimesh(
+                vertices, faces, vertex_colors=colors, process=False))
             fh.write(_ply_with_comments(data, line))
     return path
 
@@ -166,7 +180,7 @@ _GLB_MAGIC, _GLB_JSON, _GLB_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
 
 
 def write_glb(vertices: np.ndarray, faces: np.ndarray, fh: BinaryIO,
-              meta: Mapping[str, Any] | None = None) -> None:
+              meta: Mapping[str, Any] | None = None, colors: np.ndarray | None = None) -> None:
     """A binary glTF 2.0: one mesh in metres under a y-up root node.
 
     glTF's unit is the metre and its up axis +Y. Positions are converted from
@@ -185,6 +199,8 @@ def write_glb(vertices: np.ndarray, faces: np.ndarray, fh: BinaryIO,
     fh : binary file
     meta : dict, optional
         As for :func:`write_mesh`.
+    colors : (N, 4) uint8 array, optional
+        Vertex colours, stored as ``COLOR_0`` (normalised unsigned bytes, RGBA).
     """
     meta = dict(meta or {})
     unit = meta.get("unit")
@@ -197,6 +213,10 @@ def write_glb(vertices: np.ndarray, faces: np.ndarray, fh: BinaryIO,
     pad = (-len(pos_bytes)) % 4
     binary = pos_bytes + b"\0" * pad + idx_bytes
     binary += b"\0" * ((-len(binary)) % 4)
+    color_offset = len(binary)
+    if colors is not None:
+        binary += np.ascontiguousarray(colors, np.uint8).tobytes()
+        binary += b"\0" * ((-len(binary)) % 4)
     extras = {"ml4paleo": {
         "unit": "meter" if to_m else None,
         "source_unit": unit,
@@ -239,6 +259,12 @@ def write_glb(vertices: np.ndarray, faces: np.ndarray, fh: BinaryIO,
         ],
     }
     del gltf["extensionsUsed"]
+    if colors is not None:
+        gltf["bufferViews"].append({"buffer": 0, "byteOffset": color_offset,
+                                    "byteLength": int(colors.size), "target": 34962})
+        gltf["accessors"].append({"bufferView": 2, "componentType": 5121, "normalized": True,
+                                  "count": count, "type": "VEC4"})
+        gltf["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"] = 2
     text = json.dumps(gltf, separators=(",", ":")).encode()
     text += b" " * ((-len(text)) % 4)
     total = 12 + 8 + len(text) + 8 + len(binary)

@@ -39,6 +39,7 @@ from ml4paleo.morphometry.fractions import volume_fractions
 from ml4paleo.morphometry.objects import OBJECT_COLUMNS, write_objects_csv
 from ml4paleo.morphometry.profiles import compactness_profile
 from ml4paleo.morphometry.result import Morphometry
+from ml4paleo.morphometry.table import TABLE_COLUMNS, class_table, column_units, write_table_csv
 from ml4paleo.morphometry.thickness import local_thickness
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,11 @@ __all__ = [
     "DEFAULT_MAX_THICKNESS_VOXELS",
     "MEASURES",
     "OBJECT_COLUMNS",
+    "TABLE_COLUMNS",
     "Morphometry",
     "anisotropy",
+    "class_table",
+    "column_units",
     "compactness_profile",
     "connectivity",
     "local_thickness",
@@ -56,6 +60,7 @@ __all__ = [
     "parse_measures",
     "volume_fractions",
     "write_objects_csv",
+    "write_table_csv",
 ]
 
 #: what :func:`measure` can compute (``fractions``, ``connectivity`` and ``anisotropy``
@@ -229,10 +234,12 @@ def measure(
         Write the per-object table there (atomically).
     thickness_map : path, optional
         Write the local thickness of every voxel (of its own class; float32, physical
-        units, 0 elsewhere) as an OME-Zarr image covering the box.
+        units, 0 elsewhere) as an OME-Zarr image covering the box, placed in the
+        labels' world (NGFF scale + translation, the full affine in ``ml4paleo.world``).
     index_to_world : callable, optional
         Maps ``(n, 3)`` voxel indices ``(z, y, x)`` to world ``(x, y, z)`` for the
-        object centroids (default: index x voxel size).
+        object centroids (default: the volume's world transform, ``labels.world``: index
+        x voxel size, plus the scan's origin and orientation when it has them).
     work_dir : path, optional
         Where blocks leave their object face planes until the merge (a temp folder
         inside it, removed at the end). Default: the system's temp folder; on a Dask
@@ -321,10 +328,14 @@ def measure(
     if not vals:
         log.warning("no classes to measure in %s", vol.path)
     names = _class_names(vol, classes, vals)
+    world = vol.world
+    if index_to_world is None:
+        index_to_world = world.apply
 
     map_image = map_tmp = None
     if thickness_map is not None:
-        map_image, map_tmp = _create_map(Path(thickness_map), plan, chunk_size, vol.unit, names, vals)
+        map_image, map_tmp = _create_map(Path(thickness_map), plan, chunk_size, vol.unit, names, vals,
+                                        world.cropped([b[0] for b in box]))
     planes_dir = _planes_dir(work_dir) if plan.objects else None
     plan = MeasurePlan(vol, roi, roi_value, box, tuple(vals), vs, thickness=plan.thickness,
                        spacing=plan.spacing, objects=plan.objects, max_thickness=max_t,
@@ -425,9 +436,10 @@ def _slab_count(shape: Sequence[int], axis: int, chunk: int) -> int:
     return math.ceil(shape[axis] / step)
 
 
-def _create_map(dest: Path, plan: Any, chunk: int, unit: str | None, names: dict, vals: list):
+def _create_map(dest: Path, plan: Any, chunk: int, unit: str | None, names: dict, vals: list,
+                world: Any = None):
     from ml4paleo._fs import temp_path
-    from ml4paleo.omezarr import create_image
+    from ml4paleo.formats import create_image
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
@@ -437,13 +449,13 @@ def _create_map(dest: Path, plan: Any, chunk: int, unit: str | None, names: dict
              "definition": "diameter of the largest inscribed ball containing the voxel"}
     image = create_image(tmp, plan.box_shape, np.float32, chunks=int(chunk),
                          voxel_size=plan.voxel_size, unit=unit, name="local thickness",
-                         extra_attrs=extra)
+                         extra_attrs=extra, world=world)
     return image, tmp
 
 
 def _finish_map(image: Any, tmp: Path, dest: Path, clipped: bool) -> None:
     from ml4paleo._fs import replace_dir
-    from ml4paleo.omezarr import build_pyramid
+    from ml4paleo.formats import build_pyramid
 
     build_pyramid(image)
     attrs = dict(image.group.attrs.get("ml4paleo") or {})

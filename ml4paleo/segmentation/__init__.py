@@ -27,7 +27,7 @@ from .context import ContextSettings, context_halo
 from .interactive import InteractiveSession
 from .labels import LabelStore
 from .model import MODEL_FORMAT, Model
-from .postprocess import postprocess_labels
+from .postprocess import plane_island_size, postprocess_labels, preview_plane
 from .prediction import CASCADE, CONFIDENCE, predict_box, predict_slice
 from .training import PREVIEW, TrainSettings, train
 
@@ -46,9 +46,11 @@ __all__ = [
     "Model",
     "TrainSettings",
     "context_halo",
+    "plane_island_size",
     "postprocess_labels",
     "predict_box",
     "predict_slice",
+    "preview_plane",
     "segment",
     "train",
 ]

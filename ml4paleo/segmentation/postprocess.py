@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["postprocess_labels"]
+__all__ = ["plane_island_size", "postprocess_labels", "preview_plane"]
 
 
 def postprocess_labels(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = False) -> np.ndarray:
@@ -54,3 +54,36 @@ def postprocess_labels(labels: np.ndarray, *, min_size: int = 0, fill_holes: boo
         if around.size:
             out[remove] = np.bincount(around).argmax()
     return out
+
+
+def plane_island_size(min_size: int) -> int:
+    """The 2D island area (pixels) standing in for a 3D island of ``min_size`` voxels on one
+    slice: the cross-section of a cube of that volume (``min_size ** (2/3)``).
+
+    Examples
+    --------
+    >>> plane_island_size(1000), plane_island_size(0)
+    (100, 0)
+    """
+    if min_size <= 0:
+        return 0
+    return max(1, int(round(float(min_size) ** (2.0 / 3.0))))
+
+
+def preview_plane(labels2d: np.ndarray, *, min_size: int = 0, fill_holes: bool = False
+                  ) -> tuple[np.ndarray, int]:
+    """What :func:`postprocess_labels` would do to one slice of a prediction, seen on that
+    slice alone: islands below :func:`plane_island_size` pixels removed, enclosed holes
+    filled, in 2D (the whole-volume clean-up works in 3D, so this is a preview).
+
+    Returns
+    -------
+    (cleaned, changed) : tuple
+        The cleaned slice and how many pixels changed.
+    """
+    labels2d = np.asarray(labels2d)
+    if labels2d.ndim != 2:
+        raise ValueError(f"a slice must be 2-D, got shape {labels2d.shape}")
+    out = postprocess_labels(labels2d, min_size=plane_island_size(int(min_size)),
+                             fill_holes=bool(fill_holes))
+    return out, int((out != labels2d).sum())

@@ -32,6 +32,7 @@ from typing import IO, Any
 
 from ml4paleo._fs import atomic_write, now_iso, replace_dir, temp_path
 from ml4paleo.workspace.ids import new_id
+from ml4paleo.workspace.names import assign_numbers, clean_name, default_name
 from ml4paleo.workspace.paths import ID_RE, JobPaths, check_id, model_meta_file
 
 __all__ = [
@@ -104,15 +105,58 @@ class ModelRegistry:
         except ValueError:
             return {}
 
-    def entry(self, model_id: str, record: dict | None = None) -> dict:
-        """A listing entry: id, created_at, classes, label counts, metrics, the per-dataset
-        choice of configuration (``selection``: the chosen candidate and every candidate's
-        held-out score; None for models trained without it), source, and whether the job
-        record has it ``chosen`` (segments next) / ``current``."""
+    def numbers(self) -> dict[str, int]:
+        """The number (from 1) of every model version of the job, in the order they were
+        made (kept in ``meta.json``; older versions are numbered by their time)."""
+        return assign_numbers((i, self.meta(i)) for i in self.ids())
+
+    def name(self, model_id: str, number: int | None = None) -> str:
+        """What people read: the name it was given, else ``Model <n> · <classes> · <when>``."""
+        meta = self.meta(model_id)
+        given = meta.get("name")
+        if isinstance(given, str) and given.strip():
+            return given
+        if number is None:
+            number = self.numbers().get(model_id)
+        return default_name("Model", number, meta.get("classes") or [], meta.get("created_at"))
+
+    def rename(self, model_id: str, name: str | None) -> dict:
+        """Give model ``model_id`` a name (None or ``""``: back to the default name), written
+        into its ``meta.json`` atomically. Returns the new metadata.
+
+        Raises
+        ------
+        ModelNotFound
+            For an unknown id; ValueError for an invalid name.
+        """
+        self.folder(model_id)
+        clean = None if name is None or (isinstance(name, str) and not name.strip()) \
+            else clean_name(name)
+        meta = self.meta(model_id)
+        meta.setdefault("number", self.numbers().get(model_id))
+        if clean is None:
+            meta.pop("name", None)
+        else:
+            meta["name"] = clean
+        # plain json.dumps: metrics may hold NaN, as the model's own file may
+        atomic_write(self.paths.model_meta(model_id), json.dumps(meta, indent=2))
+        return meta
+
+    def entry(self, model_id: str, record: dict | None = None, number: int | None = None
+              ) -> dict:
+        """A listing entry: id, number, name, created_at, classes, label counts, metrics,
+        the per-dataset choice of configuration (``selection``: the chosen candidate and
+        every candidate's held-out score; None for models trained without it), source, and
+        whether the job record has it ``chosen`` (segments next) / ``current``."""
         meta = self.meta(model_id)
         record = record or {}
+        if number is None:
+            number = self.numbers().get(model_id)
         return {
             "id": model_id,
+            "number": number,
+            "name": self.name(model_id, number),
+            "named": isinstance(meta.get("name"), str) and bool(meta["name"].strip()),
             "created_at": meta.get("created_at"),
             "classes": meta.get("classes", []),
             "label_counts": meta.get("label_counts", meta.get("counts")),
@@ -125,7 +169,8 @@ class ModelRegistry:
 
     def list(self, record: dict | None = None) -> list[dict]:
         """Every model version with its metadata (:meth:`entry`), oldest first."""
-        return [self.entry(i, record) for i in self.ids()]
+        numbers = self.numbers()
+        return [self.entry(i, record, numbers.get(i)) for i in self.ids()]
 
     def load(self, model_id: str, loader: Callable[[Path], Any]) -> Any:
         """``loader(folder)`` of model ``model_id`` (e.g. ``segmentation.Model.load``)."""
@@ -166,6 +211,8 @@ class ModelRegistry:
             if source is not None:
                 meta["source"] = source
             meta.setdefault("created_at", now_iso())
+            meta["number"] = max(self.numbers().values(), default=0) + 1
+            meta.pop("name", None)  # an imported copy gets its own number and name
             # plain json.dumps: metrics may hold NaN, as the model's own file may
             atomic_write(model_meta_file(tmp), json.dumps(meta, indent=2))
             replace_dir(tmp, dest)

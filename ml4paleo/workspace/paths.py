@@ -131,6 +131,36 @@ class SegmentationPaths:
         return self.meshes / "stats.csv"
 
     @property
+    def morphometry(self) -> Path:
+        """Folder of the segmentation's morphometry (replaced whole by each run)."""
+        return self.root / "morphometry"
+
+    @property
+    def morphometry_summary(self) -> Path:
+        """``morphometry.json``: every measure per class, objects, profiles, histograms."""
+        return self.morphometry / "morphometry.json"
+
+    @property
+    def morphometry_table(self) -> Path:
+        """``morphometry.csv``: one row per class (BV/TV, thickness, Conn.D, DA, ...)."""
+        return self.morphometry / "morphometry.csv"
+
+    @property
+    def morphometry_objects(self) -> Path:
+        """``objects.csv``: one row per object (volume, surface, centroid, axes, class name)."""
+        return self.morphometry / "objects.csv"
+
+    @property
+    def thickness_map(self) -> Path:
+        """``thickness.ome.zarr``: local thickness of every voxel (of its own class)."""
+        return self.morphometry / "thickness.ome.zarr"
+
+    @property
+    def thickness_meshes(self) -> Path:
+        """Folder of the meshes coloured by local thickness (``<label>.ply|glb``)."""
+        return self.morphometry / "meshes"
+
+    @property
     def class_files(self) -> tuple[Path, Path]:
         """A class list (``classes.json``) or model metadata (``meta.json``) copied beside
         the segmentation by older versions."""
@@ -189,6 +219,12 @@ class JobPaths:
     @property
     def upload_lock(self) -> Path:
         return self.root / ".upload.lock"
+
+    @property
+    def upload_manifest(self) -> Path:
+        """What the client said it will upload (paths, sizes, modification times), so an
+        upload left unfinished can be listed and resumed from another page."""
+        return self.root / "upload-manifest.json"
 
     def upload_file(self, rel: str) -> Path:
         """Where the uploaded file ``rel`` (a sanitised relative path, ``a/b.tif``) goes."""
@@ -276,6 +312,12 @@ class JobPaths:
     def mesh_stats(self, seg_id: str) -> Path:
         """Statistics written inside the meshes folder (older layout; read as a fallback)."""
         return self.segmentation_files(seg_id).mesh_stats
+
+    def morphometry(self, seg_id: str) -> Path:
+        """Folder of the segmentation's morphometry; its files are named by
+        :meth:`segmentation_files` (``morphometry_summary``, ``morphometry_table``,
+        ``morphometry_objects``, ``thickness_map``)."""
+        return self.segmentation_files(seg_id).morphometry
 
     def segmentation_class_files(self, seg_id: str) -> tuple[Path, Path]:
         """A class list or model metadata copied beside a segmentation by older versions;

@@ -25,14 +25,24 @@ import os
 import shutil
 from pathlib import Path
 
-from ml4paleo._fs import atomic_write_json, atomic_writer, now_iso, replace_dir, temp_path
+from ml4paleo._fs import (
+    atomic_write_json,
+    atomic_writer,
+    iso_of_timestamp,
+    now_iso,
+    parse_iso,
+    replace_dir,
+    temp_path,
+)
 from ml4paleo.classes import ClassError, default_color, hex_to_rgb, validate_classes
 from ml4paleo.io import is_zarr_store
 from ml4paleo.workspace.ids import new_id
 from ml4paleo.workspace.models import ModelRegistry, RecordUpdate, read_meta
+from ml4paleo.workspace.names import assign_numbers, clean_name, default_name
 from ml4paleo.workspace.paths import ARTIFACT_NAME_RE, ID_RE, JobPaths
 
 __all__ = [
+    "GEOMETRY_CHANGED",
     "MESH_EXTENSIONS",
     "SegmentationNotFound",
     "SegmentationRegistry",
@@ -40,6 +50,7 @@ __all__ = [
     "job_outputs",
     "read_class_list",
     "record_meshes",
+    "record_morphometry",
     "record_segmentation",
 ]
 
@@ -47,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: mesh file formats a segmentation's ``meshes/`` folder may hold
 MESH_EXTENSIONS = ("glb", "stl", "obj", "ply")
+#: key of ``segmentation.json``: when the job's voxel size changed after it was measured
+GEOMETRY_CHANGED = "geometry_changed_at"
 
 
 class SegmentationNotFound(KeyError):
@@ -69,6 +82,14 @@ def dir_size(path: Path) -> int:
             except OSError:
                 continue
     return total
+
+
+def _folder_time(path: Path) -> str:
+    """A folder's modification time in the :func:`~ml4paleo._fs.now_iso` format."""
+    try:
+        return iso_of_timestamp(path.stat().st_mtime)
+    except OSError:
+        return ""
 
 
 def read_class_list(raw: object) -> list[dict]:
@@ -186,21 +207,111 @@ class SegmentationRegistry:
                             "bytes": m.stat().st_size})
         return out
 
-    def describe(self, seg_id: str) -> dict:
-        """What exists of a segmentation: labels (and their size), meshes, stats, classes."""
+    def measurements_outdated(self, seg_id: str) -> bool:
+        """True when the job's voxel size changed after the segmentation's meshes or
+        statistics were made (they are in the old size until it is meshed again)."""
+        changed = self.meta(seg_id).get(GEOMETRY_CHANGED)
+        if not changed:
+            return False
+        try:
+            when = parse_iso(changed).timestamp()
+        except (TypeError, ValueError):
+            return False
+        made = [p for p in (self.stats_file(seg_id), self.paths.meshes(seg_id))
+                if p is not None and p.exists()]
+        return bool(made) and min(p.stat().st_mtime for p in made) < when
+
+    def numbers(self) -> dict[str, int]:
+        """The number (from 1) of every segmentation in the job, in the order they were made
+        (kept in ``segmentation.json``; older ones are numbered by their time)."""
+        items = []
+        for s in self.ids():
+            meta = self.meta(s)
+            if not meta.get("created_at"):  # an older version's (or one being written)
+                meta = {**meta, "created_at": _folder_time(self.paths.segmentation(s))}
+            items.append((s, meta))
+        return assign_numbers(items)
+
+    def name(self, seg_id: str, number: int | None = None) -> str:
+        """What people read: the name it was given, else
+        ``Segmentation <n> · <classes> · <when>`` (:func:`~ml4paleo.workspace.names.default_name`)."""
+        meta = self.meta(seg_id)
+        given = meta.get("name")
+        if isinstance(given, str) and given.strip():
+            return given
+        if number is None:
+            number = self.numbers().get(seg_id)
+        return default_name("Segmentation", number, self.classes(seg_id),
+                            meta.get("created_at") or meta.get("finished_at"))
+
+    def names(self) -> dict[str, str]:
+        """:meth:`name` of every segmentation of the job."""
+        numbers = self.numbers()
+        return {s: self.name(s, numbers.get(s)) for s in self.ids()}
+
+    def rename(self, seg_id: str, name: str | None) -> dict:
+        """Give segmentation ``seg_id`` a name (None or ``""``: back to the default name);
+        written into its ``segmentation.json`` atomically. Returns the new metadata.
+
+        Raises
+        ------
+        SegmentationNotFound
+            For an unknown id; ValueError for an invalid name.
+        """
+        self.folder(seg_id)
+        clean = None if name is None or (isinstance(name, str) and not name.strip()) \
+            else clean_name(name)
+        meta = self.meta(seg_id)
+        meta.setdefault("id", seg_id)
+        meta.setdefault("number", self.numbers().get(seg_id))
+        if clean is None:
+            meta.pop("name", None)
+        else:
+            meta["name"] = clean
+        atomic_write_json(self.paths.segmentation_meta(seg_id), meta)
+        return meta
+
+    def describe(self, seg_id: str, number: int | None = None) -> dict:
+        """What exists of a segmentation: labels (and their size), meshes, stats, classes,
+        its number, name and when it was made."""
         labels = self.paths.labels(seg_id)
+        meta = self.meta(seg_id)
+        if number is None:
+            number = self.numbers().get(seg_id)
         return {
             "id": seg_id,
+            "number": number,
+            "name": self.name(seg_id, number),
+            "named": isinstance(meta.get("name"), str) and bool(meta["name"].strip()),
+            "created_at": meta.get("created_at"),
+            "model_id": meta.get("model_id"),
+            "cleanup": meta.get("cleanup"),
+            "measurements_outdated": self.measurements_outdated(seg_id),
             "labels": is_zarr_store(labels),
             "labels_bytes": dir_size(labels) if labels.is_dir() else 0,
             "meshes": self.mesh_files(seg_id),
             "stats": self.stats_file(seg_id) is not None,
             "classes": self.classes(seg_id),
+            "morphometry": self.paths.segmentation_files(seg_id).morphometry_summary.is_file(),
         }
+
+    def morphometry(self, seg_id: str) -> dict | None:
+        """The segmentation's ``morphometry.json`` (None when it was not measured)."""
+        path = self.paths.segmentation_files(seg_id).morphometry_summary
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s)", path, exc)
+            return None
+        return data if isinstance(data, dict) else None
 
     def list(self) -> list[dict]:
         """:meth:`describe` of every segmentation, oldest first."""
-        return [self.describe(s) for s in self.ids()]
+        numbers = self.numbers()
+        return sorted((self.describe(s, numbers.get(s)) for s in self.ids()),
+                      key=lambda d: (d["number"] or 0, d["id"]))
 
     # -- writing --------------------------------------------------------------------------
     def create(self, seg_id: str | None = None) -> str:
@@ -211,10 +322,20 @@ class SegmentationRegistry:
         return seg_id
 
     def write_meta(self, seg_id: str, **fields) -> dict:
-        """Write ``segmentation.json`` (id, job id, ``created_at`` and ``fields``, e.g.
-        ``model_id``) atomically; returns what was written."""
+        """Write ``segmentation.json`` (id, job id, ``created_at``, its ``number`` in the job
+        and ``fields``, e.g. ``model_id``) atomically; returns what was written. A name it
+        was given is kept."""
+        old = self.meta(seg_id)
         meta = {"id": seg_id, "job_id": self.paths.job_id, **fields}
         meta.setdefault("created_at", now_iso())
+        if "number" not in meta:
+            others = {k: v for k, v in self.numbers().items() if k != seg_id}
+            number = old.get("number")
+            if not isinstance(number, int) or number in others.values():
+                number = max(others.values(), default=0) + 1
+            meta["number"] = number
+        if "name" not in meta and old.get("name"):
+            meta["name"] = old["name"]
         atomic_write_json(self.paths.segmentation_meta(seg_id), meta)
         return meta
 
@@ -284,6 +405,13 @@ def record_meshes(update: RecordUpdate, seg_id: str, info: dict) -> dict:
     info = {**info}
     info.setdefault("created_at", now_iso())
     return update(lambda r: r.setdefault("meshes", {}).__setitem__(seg_id, info))
+
+
+def record_morphometry(update: RecordUpdate, seg_id: str, info: dict) -> dict:
+    """Store what measuring wrote for ``seg_id`` (table, unit, files, created_at)."""
+    info = {**info}
+    info.setdefault("created_at", now_iso())
+    return update(lambda r: r.setdefault("morphometry", {}).__setitem__(seg_id, info))
 
 
 def job_outputs(paths: JobPaths | str | os.PathLike) -> dict:

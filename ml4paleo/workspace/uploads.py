@@ -39,21 +39,28 @@ __all__ = [
     "MAX_PATH_DEPTH",
     "ZARR_METADATA_NAMES",
     "UploadError",
+    "MAX_MANIFEST_FILES",
     "all_states",
+    "check_manifest",
     "contiguous",
     "file_state",
     "incomplete_files",
     "merge_ranges",
+    "read_manifest",
     "read_state",
     "received",
     "sanitize_upload_path",
     "upload_lock",
+    "upload_progress",
     "write_chunk",
+    "write_manifest",
 ]
 
 MAX_PATH_DEPTH = 16
 MAX_PART_LENGTH = 200
 COPY_BLOCK = 8 * 1024 * 1024
+#: most files one upload manifest may list (a stack of slices: one file each)
+MAX_MANIFEST_FILES = 100_000
 #: the only dot-file names an upload keeps (Zarr v2 metadata); any other leading dot is cut
 ZARR_METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ ()+,=@~-]")
@@ -238,3 +245,88 @@ def write_chunk(paths: JobPaths, rel: str, stream: BinaryIO, length: int, offset
         state["ranges"] = merge_ranges(state["ranges"], offset, offset + length)
     atomic_write_json(state_path, state, indent=None, fsync=False)
     return state, received(state) - counted
+
+
+def check_manifest(files: object) -> list[dict]:
+    """What a client says it will upload, checked: ``[{path, size, last_modified}]``
+    (``path`` sanitised like an uploaded file's name, ``size`` in bytes,
+    ``last_modified`` in milliseconds since 1970 or None). The path as the client gave it
+    is kept as ``given`` (so the client can recognise its files again).
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad entry.
+    """
+    if not isinstance(files, list) or not files:
+        raise ValueError("files must be a non-empty list of {path, size, last_modified}")
+    if len(files) > MAX_MANIFEST_FILES:
+        raise ValueError(f"files lists {len(files)} files; at most {MAX_MANIFEST_FILES}")
+    out, seen = [], set()
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise ValueError(f"files[{i}] must be an object")
+        path = sanitize_upload_path(f.get("path"))
+        size = f.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"files[{i}].size must be a byte count")
+        modified = f.get("last_modified")
+        if modified is not None and (not isinstance(modified, int | float)
+                                     or isinstance(modified, bool)):
+            raise ValueError(f"files[{i}].last_modified must be a number or null")
+        if path in seen:
+            raise ValueError(f"files[{i}]: {path!r} is listed twice")
+        seen.add(path)
+        out.append({"path": path, "given": str(f.get("path"))[:MAX_PART_LENGTH * MAX_PATH_DEPTH],
+                    "size": size, "last_modified": None if modified is None else int(modified)})
+    return out
+
+
+def write_manifest(paths: JobPaths, files: list[dict]) -> Path:
+    """Store the checked manifest (:func:`check_manifest`) of the job's upload."""
+    return atomic_write_json(paths.upload_manifest, {"files": files}, indent=None)
+
+
+def read_manifest(paths: JobPaths) -> list[dict] | None:
+    """The job's upload manifest, None when the client sent none."""
+    try:
+        data = json.loads(paths.upload_manifest.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, list) else None
+
+
+def upload_progress(paths: JobPaths) -> dict:
+    """How far the job's upload got: per file of the manifest (or, without one, per file
+    started) the bytes received from offset 0, and the totals.
+
+    Returns
+    -------
+    dict
+        ``files``: ``[{path, size, last_modified, received, complete}]``,
+        ``total_bytes`` (None when unknown), ``received_bytes``, ``files_complete``,
+        ``manifest`` (whether the totals come from the client's manifest).
+    """
+    states = {s["name"]: s for s in all_states(paths)}
+    manifest = read_manifest(paths)
+    files = []
+    if manifest is not None:
+        for f in manifest:
+            state = states.get(f["path"])
+            got = contiguous(state) if state and state.get("total") == f["size"] else 0
+            files.append({**f, "received": got, "complete": got >= f["size"] and (
+                state is not None or f["size"] == 0)})
+    else:
+        for name, state in sorted(states.items()):
+            got = contiguous(state)
+            files.append({"path": name, "given": name, "size": state["total"],
+                          "last_modified": None, "received": got,
+                          "complete": got >= state["total"]})
+    return {
+        "files": files,
+        "total_bytes": sum(f["size"] for f in files) if manifest is not None else None,
+        "received_bytes": sum(f["received"] for f in files),
+        "files_complete": sum(1 for f in files if f["complete"]),
+        "manifest": manifest is not None,
+    }

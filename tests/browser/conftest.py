@@ -1,4 +1,4 @@
-"""Browser test fixtures: the real app (``main.py`` + its three runners) on a temp data
+"""Browser test fixtures: the real app (``main.py`` + its runners) on a temp data
 dir, and headless Chromium pages through Playwright. Every test here is marked
 ``browser``. Screenshots go to ``test-artifacts/`` (see :func:`shot`).
 
@@ -106,7 +106,7 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
-    """``python main.py`` (waitress + convert/segment/mesh runners) on a temp data dir."""
+    """``python main.py`` (waitress + convert/segment/mesh/measure runners) on a temp data dir."""
     if not (ROOT / "webapp" / "static" / "vendor" / "three" / "three.module.js").is_file():
         if shutil.which("npm") is None:
             pytest.fail("webapp/static/vendor is missing and npm is not installed; "
@@ -142,7 +142,8 @@ def live_server(tmp_path_factory):
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
         if all(f"{kind} runner " in text and "started on" in text
-               for kind in ("convert", "segment", "mesh")) and text.count("started on") >= 3:
+               for kind in ("convert", "segment", "mesh", "measure")) \
+                and text.count("started on") >= 4:
             break
         time.sleep(0.2)
     server.store  # noqa: B018 -- build (and sweep) once, now

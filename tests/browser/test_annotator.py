@@ -150,7 +150,7 @@ def test_annotate_retrain_undo_reload_segment_mesh(page, live_server, phantom):
 
     # polygon, fill and eraser on another slice
     page.check("#ann-autotrain")
-    page.fill("#ann-index", str(Z2))
+    page.fill("#ann-index", str(Z2 + 1))  # the page numbers slices from 1
     page.dispatch_event("#ann-index", "change")
     page.wait_for_selector(f"#ann-viewport[data-loaded='z:{Z2}']")
     page.keyboard.press("l")

@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from ml4paleo.meshing.stats import row_key
+
 from .conftest import shot
 
 SHAPE = (64, 80, 80)
@@ -103,7 +105,7 @@ def test_surface_choice_on_the_job_page_and_3d_view_before_after(page, live_serv
         _mesh_from_job_page(page, live_server, job_id, smooth)
         rows = (seg_dir / "stats.csv").read_text().splitlines()
         header = rows[0].split(",")
-        first = dict(zip(header, rows[1].split(","), strict=True))
+        first = {row_key(k): v for k, v in zip(header, rows[1].split(","), strict=True)}
         surface = "marching-cubes" if smooth == "none" else "smooth-light"
         assert first["surface"] == surface
         areas[smooth] = float(first["surface_area"])

@@ -86,9 +86,16 @@ def test_failed_job_shows_error_and_retry(page, live_server):
     store.mark_uploaded(job_id)  # the real convert runner fails on this upload
     page.goto(f"/job/{job_id}")
     page.wait_for_selector("#job-error:not([hidden])", timeout=90_000)
-    assert page.text_content("#job-error-text").strip()
+    text = page.text_content("#job-error-text").strip()
+    assert text and str(live_server.data_dir) not in text  # no server paths
     assert page.locator("#pipeline li[data-step=convert].failed").count() == 1
+    # bad input fails the same way every time: no Retry, a hint saying what to do
+    assert page.locator("#retry-btn").is_hidden()
+    assert "upload them again" in page.text_content("#retry-hint")
     shot(page, "12-job-failed")
+    # a crash (e.g. a runner that died) can be retried
+    store.update(job_id, lambda r: r.update(error_kind="failed"))
+    page.wait_for_selector("#retry-btn:not([hidden])", timeout=10_000)
     page.click("#retry-btn")
     page.wait_for_function("() => !document.querySelector('#status-badge').textContent"
                            ".endsWith('_error') || document.querySelectorAll('.toast').length",

@@ -77,6 +77,8 @@
     predImg: null, uncImg: null,
     loadToken: 0,
     spaceDown: false,
+    flips: [{ rows: false, cols: false }, { rows: false, cols: false }, { rows: false, cols: false }],
+    cleanPreview: null,  // the clean-up preview overlay of the shown plane (an Image)
   };
   const imgCanvas = document.createElement("canvas");
   const labCanvas = document.createElement("canvas");
@@ -156,11 +158,15 @@
     const v = S.view;
     // rows are stretched by the voxel aspect so anisotropic scans look right along y / x
     ctx.setTransform(v.scale * dpr, 0, 0, v.scale * S.aspect * dpr, v.tx * dpr, v.ty * dpr);
+    // orientation / user flips mirror the plane inside its frame (image coordinates stay)
+    const f = S.flips[S.axis];
+    ctx.transform(f.cols ? -1 : 1, 0, 0, f.rows ? -1 : 1, f.cols ? S.w : 0, f.rows ? S.h : 0);
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(imgCanvas, 0, 0);
-    if ($("ann-show-pred").checked && S.predImg) {
+    const pred = $("ann-clean-preview").checked && S.cleanPreview ? S.cleanPreview : S.predImg;
+    if ($("ann-show-pred").checked && pred) {
       ctx.globalAlpha = $("ann-pred-op").value / 100;
-      ctx.drawImage(S.predImg, 0, 0, S.w, S.h);
+      ctx.drawImage(pred, 0, 0, S.w, S.h);
     }
     if ($("ann-show-unc").checked && S.uncImg) {
       ctx.globalAlpha = 0.9;
@@ -210,7 +216,24 @@
   function toImage(ev) {
     const r = canvas.getBoundingClientRect();
     const v = S.view;
-    return [(ev.clientX - r.left - v.tx) / v.scale, (ev.clientY - r.top - v.ty) / (v.scale * S.aspect)];
+    const f = S.flips[S.axis];
+    const x = (ev.clientX - r.left - v.tx) / v.scale, y = (ev.clientY - r.top - v.ty) / (v.scale * S.aspect);
+    return [f.cols ? S.w - x : x, f.rows ? S.h - y : y];
+  }
+  // the letters at the canvas edges (where the patient's directions are), after the flips
+  function renderEdges() {
+    const p = S.info && S.info.planes && S.info.planes[AXES[S.axis]];
+    const opp = { L: "R", R: "L", A: "P", P: "A", S: "I", I: "S" };
+    const f = S.flips[S.axis];
+    document.querySelectorAll("#ann-viewport .ann-edge").forEach((e) => {
+      if (!p) { e.hidden = true; return; }
+      const top = f.rows ? p.rows : opp[p.rows], left = f.cols ? p.cols : opp[p.cols];
+      e.textContent = { top, bottom: opp[top], left, right: opp[left] }[e.dataset.side];
+      e.hidden = false;
+    });
+    viewport.dataset.flipRows = String(f.rows); viewport.dataset.flipCols = String(f.cols);
+    const view = p ? { axial: "Axial", coronal: "Coronal", sagittal: "Sagittal" }[p.view] : null;
+    $("ann-view-name").textContent = view ? `${view} view, as 3D Slicer shows it` : "Stored order (no anatomical frame)";
   }
 
   // ------------------------------------------------------------------ editing ops
@@ -441,6 +464,7 @@
     const [a, b] = await Promise.all([loadImg(p.overlay), loadImg(p.uncertainty)]);
     S.predImg = a; S.uncImg = b;
     viewport.dataset.prediction = String(p.model_version);
+    if ($("ann-clean-preview").checked) refreshCleanup();
     const parts = Object.entries(p.fractions || {}).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`);
     info.textContent = `Model v${p.model_version}: ${parts.join(", ")}; mean uncertainty ${(p.mean_uncertainty || 0).toFixed(2)}`;
     const t = p.timing || {};
@@ -518,7 +542,7 @@
     labData = labCanvas.getContext("2d").createImageData(w, h);
     renderImage();
     paintAllLabels();
-    S.predImg = S.uncImg = null;
+    S.predImg = S.uncImg = S.cleanPreview = null;
     viewport.dataset.loaded = planeKey();
     draw();
     if (S.dirty) submit(); else refreshPreview();
@@ -527,10 +551,11 @@
     const n = S.info.shape[S.axis];
     $("ann-axis").value = AXES[S.axis];
     $("ann-slider").max = n - 1;
-    $("ann-index").max = n - 1;
+    $("ann-index").max = n;
     $("ann-slider").value = S.index;
-    $("ann-index").value = S.index;
-    $("ann-pos").textContent = `${AXES[S.axis]} = ${S.index} / ${n - 1}`;
+    $("ann-index").value = S.index + 1;  // slices are numbered from 1 on the pages
+    $("ann-pos").textContent = `${AXES[S.axis]} slice ${S.index + 1} / ${n}`;
+    renderEdges();
   }
   const go = (axis, index) => loadPlane(axis, index).catch((e) => toast("Could not load the slice: " + e.message, "error"));
 
@@ -652,7 +677,7 @@
     if (S.raw) {
       const x = Math.floor(p[0]), y = Math.floor(p[1]);
       if (x >= 0 && y >= 0 && x < S.w && y < S.h) {
-        $("ann-pos").textContent = `${AXES[S.axis]} = ${S.index} · (${x}, ${y}) · value ${fmt(S.raw[y * S.w + x])}`;
+        $("ann-pos").textContent = `${AXES[S.axis]} slice ${S.index + 1} / ${S.info.shape[S.axis]} · (${x + 1}, ${y + 1}) · value ${fmt(S.raw[y * S.w + x])}`;
       }
     }
     draw();
@@ -727,7 +752,7 @@
     const axis = AXES.indexOf($("ann-axis").value);
     try {
       const res = await api("GET", `${API}/annotate/suggest?axis=${AXES[axis]}`);
-      $("ann-suggest-info").textContent = `Suggested ${res.axis} = ${res.index} (${res.reason})`;
+      $("ann-suggest-info").textContent = `Suggested ${res.axis} slice ${res.index + 1} (${res.reason})`;
       go(axis, res.index);
     } catch (err) {
       toast("No suggestion: " + err.message, "error");
@@ -744,11 +769,34 @@
 
   // ------------------------------------------------------------------ whole volume
   let poll = 0;
+  function cleanupOptions() {
+    const n = Math.max(0, Math.floor(Number($("ann-min-size").value) || 0));
+    return { min_size: $("ann-cleanup").checked ? n : 0, fill_holes: $("ann-fill-holes").checked };
+  }
+  // the prediction of this plane cleaned up as the whole volume will be
+  async function refreshCleanup() {
+    const axis = S.axis, index = S.index, o = cleanupOptions();
+    if (!$("ann-clean-preview").checked) { S.cleanPreview = null; $("ann-clean-info").textContent = ""; draw(); return; }
+    try {
+      const p = await api("GET", `${API}/annotate/cleanup?axis=${AXES[axis]}&index=${index}&min_size=${o.min_size}&fill_holes=${o.fill_holes ? 1 : 0}`);
+      if (axis !== S.axis || index !== S.index) return;
+      if (!p.overlay) { S.cleanPreview = null; $("ann-clean-info").textContent = p.message || ""; draw(); return; }
+      S.cleanPreview = await loadImg(p.overlay);
+      viewport.dataset.cleanup = `${p.changed_pixels}`;
+      $("ann-clean-info").textContent = `On this slice the clean-up changes ${p.changed_pixels.toLocaleString()} pixel${p.changed_pixels === 1 ? "" : "s"}` +
+        (o.min_size ? ` (islands below ${p.island_pixels} px here ≈ ${o.min_size} voxels in 3D)` : "") + ".";
+      draw();
+    } catch (err) {
+      if (err.status !== 409) toast("Clean-up preview failed: " + err.message, "error");
+    }
+  }
   async function queue(kind) {
     if (S.dirty) await submit({ preview: false });
     try {
       const smooth = $("ann-mesh-smooth");
-      const body = kind === "mesh" && smooth ? { smooth: smooth.value } : {};
+      const body = kind === "mesh"
+        ? (smooth ? { smooth: smooth.value } : {})
+        : await window.ml4p.segmentRequest($("ann-model"), JOB, cleanupOptions());
       await api("POST", `${API}/${kind === "mesh" ? "mesh" : "segment"}`, body);
       toast(kind === "mesh" ? "Meshing queued." : "Segmentation queued.");
       watch(kind);
@@ -804,7 +852,7 @@
     });
     $("ann-slider").addEventListener("input", () => go(S.axis, Number($("ann-slider").value)));
     $("ann-index").addEventListener("change", () => {
-      go(S.axis, Number($("ann-index").value));
+      go(S.axis, Number($("ann-index").value) - 1);
       viewport.focus({ preventScroll: true }); // shortcuts work again at once
     });
     $("ann-prev").addEventListener("click", () => go(S.axis, S.index - 1));
@@ -844,6 +892,10 @@
       renderImage(); draw();
     });
     $("ann-segment").addEventListener("click", () => queue("segment"));
+    for (const id of ["ann-cleanup", "ann-fill-holes", "ann-clean-preview"]) $(id).addEventListener("change", refreshCleanup);
+    $("ann-min-size").addEventListener("change", refreshCleanup);
+    $("ann-flip-h").addEventListener("click", () => { S.flips[S.axis].cols = !S.flips[S.axis].cols; renderEdges(); draw(); });
+    $("ann-flip-v").addEventListener("click", () => { S.flips[S.axis].rows = !S.flips[S.axis].rows; renderEdges(); draw(); });
     $("ann-mesh").addEventListener("click", () => queue("mesh"));
     window.addEventListener("resize", () => { fitView(); draw(); });
     window.addEventListener("beforeunload", () => { if (S.dirty) saveDraft(); });
@@ -862,9 +914,19 @@
     }
     S.classes = S.info.classes;
     S.palette = S.info.palette || [];
+    for (let a = 0; a < 3; a++) {  // planes shown as 3D Slicer shows them, when oriented
+      const p = S.info.planes && S.info.planes[AXES[a]];
+      S.flips[a] = { rows: !!(p && p.flip_rows), cols: !!(p && p.flip_cols) };
+    }
+    const vs = S.info.voxel_size;
+    $("ann-voxel").textContent = vs ? `voxel ${vs.map((v) => +Number(v).toPrecision(4)).join(" × ")} ${window.ml4p.unitLabel(S.info)} (z, y, x)` +
+      (S.info.orientation ? ` · ${S.info.orientation}` : "") : "";
+    window.ml4p.voxelWarning($("ann-voxel-warning"), S.info, JOB);
+    window.ml4p.fillModelPicker($("ann-model"), JOB, { annotated: (S.info.annotated || []).length > 0, chosen: S.info.chosen_model })
+      .catch(() => {});
     S.cls = Math.min(2, S.classes.length);
     if (S.info.chosen_model) {
-      $("ann-seg-note").textContent = `The chosen model ${S.info.chosen_model} segments the volume (new annotations switch back to training a new model).`;
+      $("ann-seg-note").textContent = "The model chosen on the models page segments the volume (pick another below; new annotations switch back to training a new model).";
     }
     renderClasses();
     selectClass(S.cls);

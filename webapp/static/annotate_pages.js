@@ -45,18 +45,18 @@
         ...Object.entries(a.counts || {}).map(([name, n]) =>
           el("li", {}, el("span", { class: "ann-chip", style: `background:${colors[name] || "#888"}` }), `${name}: ${n.toLocaleString()} px`)));
       const card = el("article", { class: "ann-card", "data-axis": a.axis, "data-index": String(a.index) },
-        el("a", { href: a.edit, title: "Reopen to edit" }, el("img", { src: a.thumbnail, alt: `${a.axis} = ${a.index}`, loading: "lazy" })),
-        el("h3", {}, `${a.axis} = ${a.index}`),
+        el("a", { href: a.edit, title: "Reopen to edit" }, el("img", { src: a.thumbnail, alt: `${a.axis} slice ${a.index + 1}`, loading: "lazy" })),
+        el("h3", {}, `${a.axis} slice ${a.index + 1}`),
         chips,
         el("div", { class: "ann-row" },
           el("a", { class: "btn small", href: a.edit }, "Edit"),
           el("button", {
             class: "btn small danger", onclick: async () => {
-              if (!confirm(`Delete the labels of slice ${a.axis} = ${a.index}?`)) return;
+              if (!confirm(`Delete the labels of ${a.axis} slice ${a.index + 1}?`)) return;
               try {
                 await api("DELETE", `${API}/annotate/labels?axis=${a.axis}&index=${a.index}`);
                 card.remove();
-                toast(`Deleted ${a.axis} = ${a.index}`);
+                toast(`Deleted ${a.axis} slice ${a.index + 1}`);
               } catch (err) { toast(err.message, "error"); }
             },
           }, "Delete")));
@@ -113,12 +113,13 @@
     }
     return out;
   }
+  let jobNames = {};
   async function models() {
     let data;
     try { data = await api("GET", `${API}/models`); } catch (err) { $("mod-summary").textContent = err.message; return; }
     const list = data.models.map((m) => Object.assign({}, m, { metrics: flatMetrics(m.metrics) }));
     $("mod-summary").textContent = list.length
-      ? `${list.length} version(s).` + (data.chosen ? ` Segmenting with ${data.chosen}.` : " The next segmentation trains a new model.")
+      ? `${list.length} version(s).` + (data.chosen ? ` Segmenting with ${(list.find((m) => m.id === data.chosen) || {}).name || data.chosen}.` : " The next segmentation trains a new model.")
       : "No models yet: segment the whole volume from the annotator, or save the preview model.";
     const tbody = $("mod-table").querySelector("tbody");
     tbody.textContent = "";
@@ -127,9 +128,15 @@
       const counts = m.label_counts && typeof m.label_counts === "object"
         ? Object.entries(m.label_counts).map(([k, v]) => `${k}: ${Number(v).toLocaleString()}`).join(", ") : "";
       const metrics = Object.entries(m.metrics).map(([k, v]) => `${k} ${fmtMetric(v)}`).join(", ");
-      const src = m.source ? (m.source.kind === "import" ? `from job ${m.source.job_id}` : m.source.kind) : "training";
+      const src = m.source ? (m.source.kind === "import" ? `from job ${jobNames[m.source.job_id] || m.source.job_id}` : m.source.kind) : "training";
       tbody.appendChild(el("tr", { class: m.chosen ? "chosen" : "", "data-model": m.id },
-        el("td", {}, `v${i + 1} `, el("code", {}, m.id), m.current ? el("div", { class: "muted small" }, "latest segmentation") : null),
+        el("td", {}, el("b", { class: "model-name" }, m.name || `v${i + 1}`), " ",
+          el("button", { class: "btn small", title: "Rename", onclick: async () => {
+            const name = window.prompt("New name (empty: back to the default name):", m.name);
+            if (name === null) return;
+            try { await api("POST", `${API}/models/${encodeURIComponent(m.id)}/rename`, { name: name.trim() }); models(); } catch (err) { toast(err.message, "error"); }
+          } }, "Rename"),
+          el("div", { class: "muted small" }, el("code", {}, m.id)), m.current ? el("div", { class: "muted small" }, "latest segmentation") : null),
         el("td", {}, m.created_at || ""),
         el("td", {}, classes),
         el("td", {}, counts),
@@ -163,20 +170,22 @@
     $("mod-save-preview").addEventListener("click", async () => {
       try { const r = await api("POST", `${API}/models/save-preview`); toast(`Saved model ${r.model_id}`); models(); } catch (err) { toast(err.message, "error"); }
     });
-    $("mod-src-list").addEventListener("click", async () => {
-      const src = $("mod-src-job").value.trim();
-      const sel = $("mod-src-model");
-      sel.textContent = "";
+    // other jobs' models, by the job's name (GET /api/models)
+    (async () => {
+      const sel = $("mod-src");
       try {
-        const r = await api("GET", `/api/job/${encodeURIComponent(src)}/models`);
-        for (const m of r.models) sel.append(el("option", { value: m.id }, `${m.id} (${(m.classes || []).length} classes)`));
-        if (!r.models.length) toast("That job has no models.");
+        const r = await api("GET", `/api/models?exclude_job=${encodeURIComponent(JOB)}`);
+        for (const m of r.models) jobNames[m.job_id] = m.job_name;
+        sel.replaceChildren(...r.models.map((m) => el("option", { value: `${m.job_id}:${m.model_id}` }, m.label)));
+        if (!r.models.length) sel.replaceChildren(el("option", { value: "" }, "no other job has a model yet"));
       } catch (err) { toast(err.message, "error"); }
-    });
+    })();
     $("mod-import").addEventListener("click", async () => {
+      const [src, model] = ($("mod-src").value || ":").split(":");
+      if (!src) return;
       try {
-        const r = await api("POST", `${API}/models/import`, { source_job_id: $("mod-src-job").value.trim(), model_id: $("mod-src-model").value });
-        toast(`Copied as ${r.model_id}`);
+        await api("POST", `${API}/models/import`, { source_job_id: src, model_id: model });
+        toast("Copied into this job.");
         models();
       } catch (err) { toast(err.message, "error"); }
     });

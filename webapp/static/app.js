@@ -141,6 +141,75 @@
     return el("div", { class: "progress" + (cls ? " " + cls : "") }, bar);
   }
 
+  // Units: NGFF names (from the API) shown short; no unit = voxel units.
+  const UNIT_SHORT = { micrometer: "µm", millimeter: "mm", nanometer: "nm", centimeter: "cm", meter: "m", angstrom: "Å", inch: "in" };
+  function unitLabel(infoOrUnit) {
+    const unit = infoOrUnit && typeof infoOrUnit === "object" ? infoOrUnit.unit : infoOrUnit;
+    if (!unit) return "voxels";
+    return UNIT_SHORT[unit] || unit;
+  }
+  // The voxel-size warning every page shows when the size is unknown or partly assumed
+  // (`info.voxel_size_status` of GET /api/job/<id>/image); hidden when it is known.
+  function voxelWarning(box, info, jobId) {
+    if (!box) return;
+    const st = info && info.voxel_size_status;
+    if (!st || st.state === "known") { box.hidden = true; box.replaceChildren(); return; }
+    box.hidden = false;
+    box.dataset.state = st.state;
+    const children = [el("b", {}, st.state === "unknown" ? "Voxel size unknown. " : "Voxel size partly assumed. "), st.message || ""];
+    if (jobId && !document.getElementById("voxel-form")) {
+      children.push(" ", el("a", { href: `/job/${encodeURIComponent(jobId)}#voxel-size` }, "Set it on the job page"));
+    }
+    box.replaceChildren(...children);
+  }
+
+  // The model picker of the job page and the annotator: train a new model, one of this
+  // job's models, or one of another job's models (found by the job's name; it is copied
+  // into this job before it segments: POST /api/job/<id>/models/import).
+  async function fillModelPicker(sel, jobId, opts) {
+    opts = opts || {};
+    const base = `/api/job/${encodeURIComponent(jobId)}`;
+    const [mine, others] = await Promise.all([
+      apiJSON(`${base}/models`).then((d) => d.models || []).catch(() => []),
+      apiJSON(`/api/models?exclude_job=${encodeURIComponent(jobId)}`).then((d) => d.models || []).catch(() => []),
+    ]);
+    const keep = sel.value;
+    const items = [el("option", { value: "train" }, "Train a new model on the annotations")];
+    if (mine.length) {
+      items.push(el("optgroup", { label: "This job's models" }, ...mine.slice().reverse().map((m) =>
+        el("option", { value: `own:${m.id}` }, m.name + (m.chosen ? " (chosen)" : "")))));
+    }
+    const byJob = new Map();
+    for (const m of others) {
+      if (!byJob.has(m.job_id)) byJob.set(m.job_id, { name: m.job_name || m.job_id, models: [] });
+      byJob.get(m.job_id).models.push(m);
+    }
+    for (const [jid, g] of byJob) {
+      items.push(el("optgroup", { label: `From job “${g.name}”` }, ...g.models.map((m) =>
+        el("option", { value: `job:${jid}:${m.model_id}` }, `${g.name} · ${m.name}`))));
+    }
+    sel.replaceChildren(...items);
+    const values = Array.from(sel.querySelectorAll("option")).map((o) => o.value);
+    if (values.includes(keep)) sel.value = keep;
+    else if (opts.chosen && values.includes(`own:${opts.chosen}`)) sel.value = `own:${opts.chosen}`;
+    return mine;
+  }
+
+  // The body of POST /api/job/<id>/start for the picker's choice (copies another job's
+  // model into this job first) plus the clean-up options.
+  async function segmentRequest(sel, jobId, cleanup) {
+    const body = Object.assign({}, cleanup || {});
+    const choice = sel.value || "train";
+    if (choice === "train") body.train = true;
+    else if (choice.startsWith("own:")) { body.model_id = choice.slice(4); body.train = false; }
+    else if (choice.startsWith("job:")) {
+      const [, src, model] = choice.split(":");
+      const copied = await apiJSON(`/api/job/${encodeURIComponent(jobId)}/models/import`, { json: { source_job_id: src, model_id: model } });
+      body.model_id = copied.model_id; body.train = false;
+    }
+    return body;
+  }
+
   // Default class colours (index 0 = background) shared by the 2D and 3D viewers.
   const PALETTE = ["#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
     "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"];
@@ -167,5 +236,7 @@
   if (document.body.dataset.locked === "true") unlock();
 
   window.ml4p = { api, apiJSON, el, fmtBytes, fmtDate, statusClass, statuses, toast, progressBar,
-    cookie, headers, askKey, classColor, PALETTE, jobId: document.body.dataset.jobId || null };
+    cookie, headers, askKey, classColor, PALETTE, unitLabel, voxelWarning, UNIT_SHORT,
+    fillModelPicker, segmentRequest,
+    jobId: document.body.dataset.jobId || null };
 })();

@@ -67,6 +67,43 @@
     return path.split("/").filter(Boolean).join("/");
   }
 
+  // What the job will receive, sent with POST /api/job/new so an unfinished upload can be
+  // listed and resumed from another page (GET /api/uploads).
+  function manifest(entries) {
+    return entries.map((e) => ({ path: uploadName(e.path), size: e.file.size, last_modified: e.file.lastModified || null }));
+  }
+
+  // Does a selection hold the files an unfinished upload announced (same names and sizes,
+  // and modification times when both know them)? Returns the entries in upload order, or
+  // null with `why` set on the result of a mismatch.
+  function matchUpload(entries, upload) {
+    const byName = new Map(entries.map((e) => [uploadName(e.path), e]));
+    const out = [];
+    for (const f of upload.files || []) {
+      const e = byName.get(f.given || f.path);
+      if (!e) return { entries: null, why: `${f.given || f.path} is missing` };
+      if (e.file.size !== f.size) return { entries: null, why: `${f.given || f.path} has another size` };
+      if (f.last_modified && e.file.lastModified && Math.abs(e.file.lastModified - f.last_modified) > 2000) {
+        return { entries: null, why: `${f.given || f.path} was changed since` };
+      }
+      out.push(e);
+    }
+    if (!out.length) return { entries: null, why: "the upload lists no files" };
+    return { entries: out, why: null };
+  }
+
+  // The first file's header (or all of a small file) for POST /api/probe: what voxel size
+  // the scan records, to fill in the form before uploading.
+  async function probe(entries) {
+    const first = entries.find((e) => !/\.(txt|csv|json|md)$/i.test(e.path)) || entries[0];
+    if (!first) return null;
+    const fd = new FormData();
+    fd.append("file", first.file.slice(0, Math.min(first.file.size, 16 * 1024 * 1024)), first.path.split("/").pop());
+    const r = await ml4p.api("/api/probe", { method: "POST", body: fd });
+    if (!r.ok) return null;
+    return r.json();
+  }
+
   class Uploader {
     constructor(jobId, entries, onProgress) {
       this.chunk = window.ml4pUpload.chunkSize || DEFAULT_CHUNK;
@@ -76,6 +113,7 @@
       this.total = entries.reduce((s, e) => s + e.file.size, 0);
       this.doneBytes = 0;
       this.paused = false;
+      this.running = false;  // bytes are on their way (the page warns before it is left)
       this.xhr = null;
     }
 
@@ -153,13 +191,18 @@
 
     async run() {
       this.paused = false;
-      let before = 0;
-      for (const entry of this.entries) {
-        await this.uploadFile(entry, before);
-        before += entry.file.size;
+      this.running = true;
+      try {
+        let before = 0;
+        for (const entry of this.entries) {
+          await this.uploadFile(entry, before);
+          before += entry.file.size;
+        }
+        this.onProgress(this.total, this.total, "");
+        return await ml4p.apiJSON("/api/job/status/upload-complete", { json: { job_id: this.jobId } });
+      } finally {
+        this.running = false;
       }
-      this.onProgress(this.total, this.total, "");
-      return ml4p.apiJSON("/api/job/status/upload-complete", { json: { job_id: this.jobId } });
     }
 
     pause() {
@@ -168,5 +211,6 @@
     }
   }
 
-  window.ml4pUpload = { filesFromDrop, filesFromInput, keep, detectSourceType, Uploader, uploadName, chunkSize: DEFAULT_CHUNK };
+  window.ml4pUpload = { filesFromDrop, filesFromInput, keep, detectSourceType, Uploader, uploadName,
+    manifest, matchUpload, probe, chunkSize: DEFAULT_CHUNK };
 })();

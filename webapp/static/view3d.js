@@ -77,11 +77,32 @@ function labelNumber(stem) {
   return m ? parseInt(m[1], 10) : 1;
 }
 
+// the measure run's meshes coloured by local thickness (GET /api/job/<id>/measure)
+let thickness = null;
+async function loadThickness(segEntry) {
+  thickness = null;
+  if (segEntry && segEntry.morphometry) {
+    try {
+      const res = await apiJSON(`${base}/measure?segmentation_id=${encodeURIComponent(segEntry.id)}`);
+      if (res.meshes && res.meshes.length && res.legend) thickness = res;
+    } catch (err) { if (err.status !== 404) toast(err.message, true); }
+  }
+  $("mesh-thickness").hidden = !thickness;
+  if (!thickness) { $("mesh-thickness-show").checked = false; return; }
+  const lg = thickness.legend;
+  $("mesh-thickness-bar").style.background = `linear-gradient(to right, ${lg.colors.join(", ")})`;
+  $("mesh-thickness-ticks").replaceChildren(...lg.ticks.map((t) => el("span", {}, String(+t.toPrecision(3)))));
+  $("mesh-thickness-unit").textContent = `local thickness (${lg.unit || "voxel"})`;
+}
+
 async function showMeshes(segEntry) {
   group.clear();
   state.meshes = 0;
+  const byThickness = !!(thickness && $("mesh-thickness-show").checked);
+  $("mesh-thickness-legend").hidden = !byThickness;
   const byLabel = new Map();
-  for (const m of segEntry.meshes) {
+  const source = byThickness ? thickness.meshes.filter((m) => m.format === "ply") : segEntry.meshes;
+  for (const m of source) {
     const prev = byLabel.get(m.label);
     if (!prev || PREFERENCE.indexOf(m.format) < PREFERENCE.indexOf(prev.format)) byLabel.set(m.label, m);
   }
@@ -92,8 +113,9 @@ async function showMeshes(segEntry) {
   for (const [label, m] of byLabel) {
     const k = labelNumber(label);
     const color = classColor(classes, k);
-    const material = new THREE.MeshStandardMaterial({ color, roughness: 0.55, metalness: 0.05, side: THREE.DoubleSide });
-    const url = `${base}/segmentation/${encodeURIComponent(segEntry.id)}/obj/${encodeURIComponent(m.file)}`;
+    const material = new THREE.MeshStandardMaterial({ color: byThickness ? "#ffffff" : color, vertexColors: byThickness,
+      roughness: 0.55, metalness: 0.05, side: THREE.DoubleSide });
+    const url = byThickness ? m.url : `${base}/segmentation/${encodeURIComponent(segEntry.id)}/obj/${encodeURIComponent(m.file)}`;
     try {
       const obj = await loadMesh(url, m.format);
       obj.traverse((o) => {
@@ -120,6 +142,7 @@ async function showMeshes(segEntry) {
   $("mesh-info").textContent = state.meshes ? `${state.meshes} mesh${state.meshes > 1 ? "es" : ""}, ${Math.round(triangles).toLocaleString()} triangles` : "";
   frame();
   stage.dataset.loaded = String(state.meshes);
+  stage.dataset.coloring = byThickness ? "thickness" : "class";
 }
 
 // ---------------------------------------------------------------- volume (NiiVue)
@@ -157,11 +180,18 @@ async function init() {
   let out;
   try { out = await apiJSON(`${base}/outputs`); } catch (err) { toast(err.message, true); return; }
   const withMeshes = out.segmentations.filter((s) => s.meshes.length);
-  $("mesh-seg-select").replaceChildren(...withMeshes.map((s) => el("option", { value: s.id }, s.id)));
-  $("mesh-seg-select").addEventListener("change", () => showMeshes(withMeshes.find((s) => s.id === $("mesh-seg-select").value)));
+  $("mesh-seg-select").replaceChildren(...withMeshes.map((s) => el("option", { value: s.id }, s.name || s.id)));
+  const current = () => withMeshes.find((s) => s.id === $("mesh-seg-select").value);
+  $("mesh-seg-select").addEventListener("change", async () => { await loadThickness(current()); showMeshes(current()); });
+  $("mesh-thickness-show").addEventListener("change", () => showMeshes(current()));
   $("mesh-reset").addEventListener("click", frame);
   const withLabels = out.segmentations.filter((s) => s.labels);
-  $("vol-seg-select").append(...withLabels.map((s) => el("option", { value: s.id }, s.id)));
+  $("vol-seg-select").append(...withLabels.map((s) => el("option", { value: s.id }, s.name || s.id)));
+  try {  // meshes are in the image's physical unit (or voxels when it is unknown)
+    const info = await apiJSON(`${base}/image`);
+    $("unit-info").textContent = `Coordinates in ${window.ml4p.unitLabel(info)}.`;
+    window.ml4p.voxelWarning($("view3d-warning"), info, jobId);
+  } catch (err) { /* not converted yet: the tabs say so */ }
   if (withLabels.length) $("vol-seg-select").value = withLabels[withLabels.length - 1].id;
 
   let volumeStarted = false;
@@ -182,6 +212,7 @@ async function init() {
   });
   if (withMeshes.length) {
     $("mesh-seg-select").value = withMeshes[withMeshes.length - 1].id;
+    await loadThickness(withMeshes[withMeshes.length - 1]);
     await showMeshes(withMeshes[withMeshes.length - 1]);
   } else {
     stage.dataset.loaded = "0";

@@ -3,7 +3,7 @@
 // the zoom, so a large slice shows after a few small reads.
 "use strict";
 (function () {
-  const { el, api, apiJSON, toast, classColor } = window.ml4p;
+  const { el, api, apiJSON, toast, classColor, unitLabel } = window.ml4p;
   const jobId = ml4p.jobId;
   const base = `/api/job/${encodeURIComponent(jobId)}`;
   const $ = (id) => document.getElementById(id);
@@ -11,11 +11,14 @@
   const AXIS_NAMES = ["z", "y", "x"];
   const AXIS_COLORS = ["#60a5fa", "#f87171", "#4ade80"];
   const PLANE_TITLES = ["XY plane (z)", "XZ plane (y)", "YZ plane (x)"];
+  const VIEW_NAMES = { axial: "Axial", coronal: "Coronal", sagittal: "Sagittal" };
+  // Slices are numbered from 1 on the pages (the API's index is 0-based: slice = index + 1).
 
   let info = null, seg = null, segInfo = null;
   const cursor = [0, 0, 0];
   const win = { lo: 0, hi: 1 };
   let opacity = 0.45;
+  let thickness = null, thicknessOn = false, thicknessOpacity = 0.85; // GET /measure answer
   let classes = [], hidden = new Set(), colorVersion = 0;
   const cache = new Map(); // key -> {bitmap|canvas|null, pending}
   const planes = [];
@@ -73,13 +76,35 @@
     constructor(axis) {
       this.axis = axis;
       [this.rowDim, this.colDim] = dimsOf(axis);
-      this.canvas = el("canvas", { "aria-label": PLANE_TITLES[axis] });
+      // orientation: flips that show the plane as 3D Slicer does (superior / anterior up,
+      // the patient's right on the left) when the scan has an anatomical frame
+      this.orient = (info.planes || {})[AXIS_NAMES[axis]] || null;
+      this.flipRows = !!(this.orient && this.orient.flip_rows);
+      this.flipCols = !!(this.orient && this.orient.flip_cols);
+      const name = this.orient ? `${VIEW_NAMES[this.orient.view]} (${AXIS_NAMES[axis]})` : PLANE_TITLES[axis];
+      this.name = name;
+      this.canvas = el("canvas", { "aria-label": name });
       this.title = el("div", { class: "label" });
+      this.edges = ["top", "bottom", "left", "right"].map((side) => el("span", { class: `edge ${side}`, dataset: { side } }));
+      const flipH = el("button", { class: "btn small flip", title: "Flip left–right", "aria-label": `flip ${name} left-right`, dataset: { flip: "h" } }, "⇋");
+      const flipV = el("button", { class: "btn small flip", title: "Flip up–down", "aria-label": `flip ${name} up-down`, dataset: { flip: "v" } }, "⇵");
+      flipH.addEventListener("click", () => { this.flipCols = !this.flipCols; requestDraw(); });
+      flipV.addEventListener("click", () => { this.flipRows = !this.flipRows; requestDraw(); });
       this.slider = el("input", { type: "range", min: 0, max: info.shape[axis] - 1, value: cursor[axis], "aria-label": `${AXIS_NAMES[axis]} slice` });
-      this.root = el("div", { class: "plane", dataset: { axis: AXIS_NAMES[axis] } }, this.canvas, this.title, el("div", { class: "slider" }, this.slider));
+      this.root = el("div", { class: "plane", dataset: { axis: AXIS_NAMES[axis] } }, this.canvas, this.title,
+        ...this.edges, el("div", { class: "flips" }, flipH, flipV), el("div", { class: "slider" }, this.slider));
       this.zoom = 1; this.cx = 0; this.cy = 0; this.fitted = false;
       this.slider.addEventListener("input", () => { cursor[axis] = +this.slider.value; requestDraw(); });
       this.bind();
+    }
+
+    // the letter at each edge: where increasing rows / columns point, after the flips
+    edgeLetters() {
+      if (!this.orient) return null;
+      const opp = { L: "R", R: "L", A: "P", P: "A", S: "I", I: "S" };
+      const top = this.flipRows ? this.orient.rows : opp[this.orient.rows];
+      const left = this.flipCols ? this.orient.cols : opp[this.orient.cols];
+      return { top, bottom: opp[top], left, right: opp[left] };
     }
 
     vs(dim) { return info.voxel_size[dim]; }
@@ -100,8 +125,23 @@
       this.cx = this.physW() / 2; this.cy = this.physH() / 2; this.fitted = true;
     }
 
-    toScreen(px, py) { return [(px - this.cx) * this.zoom + this.canvas.width / 2, (py - this.cy) * this.zoom + this.canvas.height / 2]; }
-    toPhys(sx, sy) { return [(sx - this.canvas.width / 2) / this.zoom + this.cx, (sy - this.canvas.height / 2) / this.zoom + this.cy]; }
+    // physical plane coordinates (px along the columns, py along the rows) <-> canvas
+    // pixels; a flip mirrors about the plane's centre
+    sx() { return this.flipCols ? -1 : 1; }
+    sy() { return this.flipRows ? -1 : 1; }
+    toScreen(px, py) {
+      return [(px - this.cx) * this.zoom * this.sx() + this.canvas.width / 2,
+        (py - this.cy) * this.zoom * this.sy() + this.canvas.height / 2];
+    }
+    toPhys(sx, sy) {
+      return [(sx - this.canvas.width / 2) / (this.zoom * this.sx()) + this.cx,
+        (sy - this.canvas.height / 2) / (this.zoom * this.sy()) + this.cy];
+    }
+    // canvas transform drawing in physical plane coordinates
+    dataTransform(g) {
+      const a = this.zoom * this.sx(), d = this.zoom * this.sy();
+      g.setTransform(a, 0, 0, d, this.canvas.width / 2 - a * this.cx, this.canvas.height / 2 - d * this.cy);
+    }
 
     bind() {
       const c = this.canvas;
@@ -126,7 +166,7 @@
         const dx = e.offsetX - drag.x, dy = e.offsetY - drag.y;
         if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
         if (drag.moved) {
-          this.cx -= dx * dpr() / this.zoom; this.cy -= dy * dpr() / this.zoom;
+          this.cx -= dx * dpr() / (this.zoom * this.sx()); this.cy -= dy * dpr() / (this.zoom * this.sy());
           drag.x = e.offsetX; drag.y = e.offsetY; requestDraw();
         }
       });
@@ -159,19 +199,21 @@
       const lv = levels[L];
       const rows = lv.shape[this.rowDim], cols = lv.shape[this.colDim];
       const sr = lv.scale[this.rowDim], sc = lv.scale[this.colDim];
-      const [p0x, p0y] = this.toPhys(0, 0), [p1x, p1y] = this.toPhys(this.canvas.width, this.canvas.height);
+      const [ax, ay] = this.toPhys(0, 0), [bx, by] = this.toPhys(this.canvas.width, this.canvas.height);
+      const [p0x, p1x] = [Math.min(ax, bx), Math.max(ax, bx)], [p0y, p1y] = [Math.min(ay, by), Math.max(ay, by)];
       const tx0 = Math.max(0, Math.floor(p0x / sc / TILE)), tx1 = Math.min(Math.ceil(cols / TILE) - 1, Math.floor(p1x / sc / TILE));
       const ty0 = Math.max(0, Math.floor(p0y / sr / TILE)), ty1 = Math.min(Math.ceil(rows / TILE) - 1, Math.floor(p1y / sr / TILE));
       let complete = true;
+      this.dataTransform(g);
       for (let ty = ty0; ty <= ty1; ty++) {
         for (let tx = tx0; tx <= tx1; tx++) {
           const t = fetchTile(urlFor(L, ty, tx), keyFor(L, ty, tx), kind);
           if (!t.img) { complete = complete && t.failed; continue; }
           const img = kind === "labels" ? colorize(t.img) : t.img;
-          const [x, y] = this.toScreen(tx * TILE * sc, ty * TILE * sr);
-          g.drawImage(img, x, y, t.img.width * sc * this.zoom, t.img.height * sr * this.zoom);
+          g.drawImage(img, tx * TILE * sc, ty * TILE * sr, t.img.width * sc, t.img.height * sr);
         }
       }
+      g.setTransform(1, 0, 0, 1, 0, 0);
       return complete;
     }
 
@@ -201,6 +243,17 @@
         this.drawLayer(g, levels, SL, segUrl, segKey, "labels");
         g.globalAlpha = 1;
       }
+      if (segInfo && thickness && thicknessOn && thicknessOpacity > 0) {
+        // RGBA tiles on the labels' pyramid (transparent outside every class)
+        g.globalAlpha = thicknessOpacity;
+        g.imageSmoothingEnabled = false;
+        const levels = segInfo.levels;
+        const TL = Math.min(this.level(levels), levels.length - 1);
+        const tUrl = (lvl, ty, tx) => `${thickness.thickness_slice}?axis=${AXIS_NAMES[a]}&index=${idx}&level=${lvl}&tile=${ty},${tx}&tile_size=${TILE}`;
+        const tKey = (lvl, ty, tx) => `t/${seg}/${thickness.created_at}/${a}/${idx >> lvl}/${lvl}/${ty},${tx}`;
+        this.drawLayer(g, levels, TL, tUrl, tKey, "image");
+        g.globalAlpha = 1;
+      }
       // crosshair: the other two planes' positions
       g.lineWidth = 1;
       const [rd, cd] = [this.rowDim, this.colDim];
@@ -211,7 +264,10 @@
       g.strokeStyle = AXIS_COLORS[rd]; g.beginPath(); g.moveTo(0, yLine); g.lineTo(W, yLine); g.stroke();
       g.setLineDash([]);
       g.strokeStyle = AXIS_COLORS[a]; g.lineWidth = 3; g.strokeRect(1, 1, W - 2, H - 2);
-      this.title.textContent = `${PLANE_TITLES[a]} · slice ${idx + 1} / ${info.shape[a]} · level ${L} · ${Math.round(this.zoom * info.voxel_size[cd] * 100)}%`;
+      this.title.textContent = `${this.name} · slice ${idx + 1} / ${info.shape[a]} · level ${L} · ${Math.round(this.zoom * info.voxel_size[cd] * 100)}%`;
+      const letters = this.edgeLetters();
+      this.edges.forEach((e) => { e.textContent = letters ? letters[e.dataset.side] : ""; e.hidden = !letters; });
+      this.root.dataset.flipRows = String(this.flipRows); this.root.dataset.flipCols = String(this.flipCols);
     }
   }
 
@@ -219,14 +275,16 @@
   const infoCell = el("div", { class: "plane info-cell" });
   function renderInfo() {
     if (!infoCell.isConnected) return;
-    const unit = info.unit ? ` ${info.unit}` : "";
+    const unit = ` ${unitLabel(info)}`;
     const pos = cursor.map((c, i) => +(c * info.voxel_size[i]).toPrecision(5));
-    infoCell.replaceChildren(
+    infoCell.replaceChildren(...[
       el("h3", {}, "Crosshair"),
       el("dl", { class: "meta" },
-        ...["z", "y", "x"].flatMap((n, i) => [el("dt", {}, n), el("dd", {}, `${cursor[i]} / ${info.shape[i] - 1} · ${pos[i]}${unit}`)])),
+        ...["z", "y", "x"].flatMap((n, i) => [el("dt", {}, n), el("dd", {}, `slice ${cursor[i] + 1} / ${info.shape[i]} · ${pos[i]}${unit}`)])),
       el("p", { class: "small" }, "Click a plane to move the other two planes there."),
-      segInfo ? el("p", { class: "small" }, `Overlay: ${seg} at ${Math.round(opacity * 100)}% opacity`) : null);
+      segInfo ? el("p", { class: "small" }, `Overlay: ${segInfo.name || seg} at ${Math.round(opacity * 100)}% opacity`) : null,
+      thickness && thicknessOn ? el("p", { class: "small" }, `Local thickness of ${segInfo && segInfo.name ? segInfo.name : seg}, 0–${+thickness.legend.max.toPrecision(4)} ${thickness.legend.unit || "voxel"}`) : null,
+    ].filter(Boolean));
   }
 
   let drawQueued = false;
@@ -276,15 +334,32 @@
     }));
   }
 
+  // the thickness map of the selected segmentation, when it was measured with one
+  function renderThickness() {
+    $("thickness-controls").hidden = !thickness;
+    if (!thickness) return;
+    const lg = thickness.legend;
+    $("thickness-bar").style.background = `linear-gradient(to right, ${lg.colors.join(", ")})`;
+    $("thickness-ticks").replaceChildren(...lg.ticks.map((t) => el("span", {}, String(+t.toPrecision(3)))));
+    $("thickness-unit").textContent = `local thickness (${lg.unit || "voxel"})${thickness.clipped ? " · thicker structures shown as the maximum" : ""}; transparent: no class`;
+  }
+
   async function selectSeg(id) {
-    seg = id || null; segInfo = null;
+    seg = id || null; segInfo = null; thickness = null;
     if (seg) {
       try {
         segInfo = await apiJSON(`${base}/segmentation/${encodeURIComponent(seg)}`);
         classes = (segInfo.classes || []).slice();
         if (!segInfo.levels) segInfo = null;
       } catch (err) { toast(err.message, true); }
+      if (segInfo && segInfo.morphometry) {
+        try {
+          const res = await apiJSON(`${base}/measure?segmentation_id=${encodeURIComponent(seg)}`);
+          if (res.thickness_map && res.legend) thickness = res;
+        } catch (err) { if (err.status !== 404) toast(err.message, true); }
+      }
     }
+    renderThickness();
     colorVersion++; renderClasses(); requestDraw();
   }
 
@@ -307,7 +382,9 @@
       return;
     }
     info.shape.forEach((s, i) => { cursor[i] = Math.floor(s / 2); });
-    $("viewer-info").textContent = `${info.shape.join(" × ")} voxels · ${info.dtype} · voxel ${info.voxel_size.map((v) => +v.toPrecision(3)).join(" × ")}${info.unit ? " " + info.unit : ""}`;
+    $("viewer-info").textContent = `${info.shape.join(" × ")} voxels · ${info.dtype} · voxel ${info.voxel_size.map((v) => +v.toPrecision(3)).join(" × ")} ${unitLabel(info)}` +
+      (info.orientation ? ` · orientation ${info.orientation}` : "");
+    ml4p.voxelWarning($("viewer-warning"), info, ml4p.jobId);
     setupWindow();
     for (let a = 0; a < 3; a++) planes.push(new Plane(a));
     $("layout").addEventListener("change", layout);
@@ -317,10 +394,14 @@
     if (segs.length) {
       $("overlay-controls").hidden = false;
       const wanted = new URLSearchParams(location.search).get("seg");
-      $("seg-select").replaceChildren(el("option", { value: "" }, "none"), ...segs.map((s) => el("option", { value: s.id }, s.id)));
+      $("seg-select").replaceChildren(el("option", { value: "" }, "none"), ...segs.map((s) => el("option", { value: s.id }, s.name || s.id)));
       $("seg-select").value = segs.some((s) => s.id === wanted) ? wanted : segs[segs.length - 1].id;
       $("seg-select").addEventListener("change", () => selectSeg($("seg-select").value));
       $("seg-opacity").addEventListener("input", () => { opacity = +$("seg-opacity").value / 100; requestDraw(); });
+      thicknessOn = new URLSearchParams(location.search).get("thickness") === "1";
+      $("thickness-show").checked = thicknessOn;
+      $("thickness-show").addEventListener("change", () => { thicknessOn = $("thickness-show").checked; requestDraw(); });
+      $("thickness-opacity").addEventListener("input", () => { thicknessOpacity = +$("thickness-opacity").value / 100; requestDraw(); });
       await selectSeg($("seg-select").value);
     }
   }

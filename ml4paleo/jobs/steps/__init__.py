@@ -7,7 +7,8 @@ A step module of this package defines ``KIND`` (the runner stage it serves, a ke
 status. Every such module is found here (:data:`STEPS`), so a new job kind costs one
 file here plus its stage in the status table. Steps never import the runner.
 
-Modules: :mod:`.convert`, :mod:`.segment` (train + segment), :mod:`.mesh`, and
+Modules: :mod:`.convert`, :mod:`.segment` (train + segment), :mod:`.mesh`,
+:mod:`.measure` (morphometry), and
 :mod:`.common` (helpers).
 """
 
@@ -22,13 +23,14 @@ from ml4paleo.jobs.statuses import STAGES
 from ml4paleo.jobs.steps.common import executor, jsonable, library
 from ml4paleo.jobs.steps.convert import image_metadata
 from ml4paleo.jobs.steps.convert import run as convert_step
+from ml4paleo.jobs.steps.measure import run as measure_step
 from ml4paleo.jobs.steps.mesh import run as mesh_step
 from ml4paleo.jobs.steps.segment import run as segment_step
 
 Step = Callable[[JobContext], "dict | None"]
 
 __all__ = ["STEPS", "Step", "convert_step", "executor", "get_step", "image_metadata",
-           "jsonable", "library", "mesh_step", "segment_step"]
+           "jsonable", "library", "measure_step", "mesh_step", "segment_step"]
 
 
 def _discover() -> dict[str, Step]:

@@ -15,7 +15,8 @@ KIND = "convert"
 
 
 def image_metadata(path: Path) -> dict:
-    """Shape, dtype, voxel size, unit and source details of a converted OME-Zarr image."""
+    """Shape, dtype, voxel size, unit, where the voxel size came from, warnings and source
+    details of a converted OME-Zarr image."""
     from ml4paleo.omezarr import open_image
 
     image = open_image(path)
@@ -25,18 +26,32 @@ def image_metadata(path: Path) -> dict:
         "dtype": str(image.dtype),
         "voxel_size": list(image.voxel_size) if image.voxel_size else None,
         "unit": image.unit,
+        "voxel_size_from": extra.get("voxel_size_from"),
         "levels": len(image.levels),
         "source_type": extra.get("source_type"),
         "source": extra.get("source") or {},
+        "warnings": extra.get("warnings") or [],
     })
 
 
+def convert_options(record: dict) -> dict:
+    """``voxel_size`` / ``unit`` the user gave for the conversion (at upload), if any."""
+    options = record.get("convert_options") or {}
+    out = {}
+    if options.get("voxel_size") is not None:
+        out["voxel_size"] = tuple(float(v) for v in options["voxel_size"])
+    if options.get("unit"):
+        out["unit"] = str(options["unit"])
+    return out
+
+
 def run(ctx: JobContext) -> dict:
-    """Convert the upload into the job's image and store the image's metadata."""
+    """Convert the upload into the job's image and store the image's metadata and the
+    warnings of the conversion (shown by the web app)."""
     convert = library("ml4paleo.convert", "convert", "conversion")
     upload = ctx.paths.upload
     if not upload.is_dir() or not any(p.is_file() for p in upload.rglob("*")):
-        raise StepError("upload: no uploaded files to convert")
+        raise StepError("nothing was uploaded: there are no files to convert")
     dest = ctx.paths.image
     from ml4paleo.io import DecodeLimits, check_decode_limits, open_any
 
@@ -49,13 +64,17 @@ def run(ctx: JobContext) -> dict:
         ctx.message("converting the upload to OME-Zarr")
         # written under a temp name and renamed when complete, replacing an earlier attempt's
         convert(volume, dest, chunks=ctx.settings.chunk_size, progress=ctx.progress,
-                workers=ctx.settings.workers, overwrite=True)
+                workers=ctx.settings.workers, overwrite=True, **convert_options(ctx.record))
     finally:
         volume.close()
     metadata = image_metadata(dest)
-    fields: dict = {"metadata": metadata,
-                    "message": f"converted: {' x '.join(map(str, metadata['shape']))} "
-                               f"{metadata['dtype']}"}
+    warnings = [{**w, "message": ctx.public(str(w.get("message", "")))}
+                for w in metadata["warnings"]]
+    metadata["warnings"] = warnings
+    message = f"converted: {' x '.join(map(str, metadata['shape']))} {metadata['dtype']}"
+    if warnings:
+        message += f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})"
+    fields: dict = {"metadata": metadata, "warnings": warnings, "message": message}
     if ctx.record.get("source_type") in (None, "auto") and metadata.get("source_type"):
         fields["source_type"] = metadata["source_type"]
     return fields

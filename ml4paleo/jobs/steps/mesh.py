@@ -18,7 +18,7 @@ KIND = "mesh"
 log = logging.getLogger(__name__)
 
 
-def _with_world(ctx: JobContext, path, labels):
+def labels_with_world(ctx: JobContext, path, labels):
     """Labels of an older version (no world of their own) get the image's world and classes
     in their metadata first, so their meshes land on the scan too."""
     if ZARR_WORLD_KEY in (labels.attrs.get("ml4paleo") or {}) or not ctx.paths.image.exists():
@@ -28,6 +28,17 @@ def _with_world(ctx: JobContext, path, labels):
     except ValueError as exc:
         log.warning("%s: kept as it is (%s)", path, exc)
         return labels
+
+
+def _cache_zip(ctx: JobContext, seg_id: str) -> None:
+    """Pack the meshes' download zip now (it is small next to the meshing), so the
+    downloads list shows its real size instead of the size before compression."""
+    export = library("ml4paleo.export", "export", "exports")
+    ctx.message("packing the meshes for download")
+    try:
+        export("meshes", ctx.paths.meshes(seg_id), ctx.paths.meshes_export(seg_id))
+    except (OSError, ValueError) as exc:  # the download packs it on request instead
+        log.warning("job %s: meshes zip not cached: %s", ctx.job_id, exc)
 
 
 def run(ctx: JobContext) -> dict:
@@ -41,14 +52,14 @@ def run(ctx: JobContext) -> dict:
         raise StepError(f"job {ctx.job_id} has no segmentation {seg_id!r} to mesh")
     labels_path = ctx.paths.labels(seg_id)
     if not labels_path.exists():
-        raise StepError(f"segmentation {seg_id}: its labels are missing")
-    labels = _with_world(ctx, labels_path, open_image(labels_path))
+        raise StepError(f"the labels of segmentation {seg_id} are missing")
+    labels = labels_with_world(ctx, labels_path, open_image(labels_path))
     formats = tuple(request.get("formats") or ("stl",))
     # the surface asked for (none / light / strong); absent: the meshing default
     smooth = {"smooth": request["smooth"]} if request.get("smooth") else {}
     segs = SegmentationRegistry(ctx.paths)
     workdir = segs.mesh_workdir(seg_id)
-    ctx.message(f"meshing segmentation {seg_id}")
+    ctx.message(f"meshing {segs.name(seg_id)}")
     try:
         summary = mesh(labels, workdir, chunk_size=ctx.settings.chunk_size, formats=formats,
                        simplify=request.get("simplify"), executor=executor(ctx.settings),
@@ -62,8 +73,10 @@ def run(ctx: JobContext) -> dict:
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    _cache_zip(ctx, seg_id)
     record_meshes(ctx.owned_update, seg_id, {
         "formats": list(formats), "files": files,
         "summary": jsonable(summary) if isinstance(summary, dict) else None})
     n = sum(1 for f in files if not f.endswith(".csv"))
-    return {"status": Status.MESHED.value, "message": f"{n} mesh file(s) written for {seg_id}"}
+    return {"status": Status.MESHED.value,
+            "message": f"{n} mesh file(s) written for {segs.name(seg_id)}"}

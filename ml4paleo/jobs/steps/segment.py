@@ -42,11 +42,11 @@ def _train(ctx: JobContext, image, models: ModelRegistry, do_segment: bool) -> t
     label_store_cls = library("ml4paleo.segmentation", "LabelStore", "the label store")
     annotations = ctx.paths.annotations
     if not annotations.exists():
-        raise StepError("annotations: no annotations to train on")
+        raise StepError("no annotations to train on: label a few slices first")
     try:
         labels = label_store_cls(annotations)
     except (FileNotFoundError, ValueError) as exc:
-        raise StepError(f"annotations: no usable annotations ({exc})") from None
+        raise StepError(f"no usable annotations ({ctx.public(str(exc))})") from None
     model_id = reserved or new_id()
     # the annotations as of now are used; the version id is kept for a retried attempt
     ctx.set_fields(annotations_pending=False, pending_model_id=model_id)
@@ -94,7 +94,7 @@ def run(ctx: JobContext) -> dict:
         model_id, model = _existing(ctx, models, request)
     if not do_segment:
         return {"status": Status.TRAINED.value, "model_id": model_id, "pending_model_id": None,
-                "message": f"model {model_id} trained"}
+                "message": f"{models.name(model_id)} trained"}
 
     segment = library("ml4paleo.segmentation", "segment", "segmentation")
     ctx.set_status(Status.SEGMENTING, "segmenting the whole image")
@@ -105,11 +105,15 @@ def run(ctx: JobContext) -> dict:
     ctx.set_fields(pending_segmentation_id=seg_id)
     # an NGFF label of the image (its world, the model's class names and colours), listed
     # in the image's labels/ once complete
+    cleanup = {"min_size": int(request.get("min_size") or 0),
+               "fill_holes": bool(request.get("fill_holes"))}
+    if cleanup["min_size"] or cleanup["fill_holes"]:
+        ctx.message("segmenting the whole image, then cleaning it up")
     segment(image, model, ctx.paths.labels(seg_id), chunk_size=ctx.settings.chunk_size,
             executor=executor(ctx.settings), workers=ctx.settings.workers,
-            progress=ctx.progress)
+            progress=ctx.progress, **cleanup)
     ctx.check()
-    segs.write_meta(seg_id, model_id=model_id)
+    segs.write_meta(seg_id, model_id=model_id, cleanup=cleanup)
     record_segmentation(ctx.owned_update, seg_id)
     return {"status": Status.SEGMENTED.value, "pending_model_id": None,
-            "message": f"segmentation {seg_id} finished"}
+            "message": f"{segs.name(seg_id)} finished"}
