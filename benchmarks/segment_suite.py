@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import volumes as V  # noqa: E402
 
 LABEL_SETS = ("strokes", "painted")
-METHODS = ("ml4paleo", "ilastik-style", "original-2d")
+METHODS = ("ml4paleo", "ml4paleo-fixed", "ilastik-style", "original-2d")
 
 
 class PeakRSS:
@@ -103,6 +103,7 @@ def _create_labels_zarr(path: Path, shape, chunk: int):
 # ----------------------------------------------------------------------------- children
 def child_ml4paleo(spec: dict) -> list[dict]:
     import ml4paleo
+    import ml4paleo.segmentation
     from ml4paleo.io import open_any
 
     work = Path(spec["work"])
@@ -114,12 +115,18 @@ def child_ml4paleo(spec: dict) -> list[dict]:
         labels = np.load(work / f"labels_{lab_name}.npy")
         with PeakRSS() as r_train:
             t0 = time.perf_counter()
-            model = ml4paleo.train(image, labels, classes=list(spec["classes"]))
+            # ml4paleo: the per-dataset choice (the default); ml4paleo-fixed: the default
+            # configuration trained as it is (main's behaviour before the choice)
+            ts = ml4paleo.segmentation.TrainSettings()
+            if spec["method"] == "ml4paleo-fixed":
+                ts = ts.fixed()
+            model = ml4paleo.train(image, labels, classes=list(spec["classes"]), settings=ts)
             t_train = time.perf_counter() - t0
         model_dir = work / f"model_{lab_name}"
         model.save(model_dir)
         trees = [f.n_trees for f in model.forests]
         held_out = model.meta.get("metrics", {})
+        chosen = model.meta.get("selection", {}).get("chosen")
         del model, labels
         out = work / f"ml4paleo_{lab_name}.ome.zarr"
         if out.exists():
@@ -131,7 +138,7 @@ def child_ml4paleo(spec: dict) -> list[dict]:
             t_seg = time.perf_counter() - t1
         pred = np.asarray(open_any(str(out))[:])
         dice = V.dice_per_class(truth, pred, n)
-        rows.append({"method": "ml4paleo", "labels": lab_name, "dice": dice,
+        rows.append({"method": spec["method"], "labels": lab_name, "dice": dice, "chosen": chosen,
                      "mean_dice": _mean(dice[1:]), "train_s": round(t_train, 2),
                      "segment_s": round(t_seg, 2), "voxels_per_s": round(truth.size / t_seg),
                      "peak_rss_mb": max(r_train.mb, r_seg.mb), "train_rss_mb": r_train.mb,
@@ -225,7 +232,7 @@ def child_original(spec: dict) -> list[dict]:
     return rows
 
 
-CHILDREN = {"ml4paleo": child_ml4paleo, "ilastik-style": child_reference,
+CHILDREN = {"ml4paleo": child_ml4paleo, "ml4paleo-fixed": child_ml4paleo, "ilastik-style": child_reference,
             "original-2d": child_original}
 
 
@@ -370,7 +377,8 @@ def format_table(results: list[dict]) -> str:
                                 and x["labels"] == lab), None)
                     if ref is not None:
                         mean += f" ({r['mean_dice'] - ref['mean_dice']:+.3f})"
-                lines.append(f"| {info['volume']} ({cls}) | {lab} | {r['method']} | {_fmt_dice(r)} |"
+                method = r["method"] + (f" [{r['chosen']}]" if r.get("chosen") else "")
+                lines.append(f"| {info['volume']} ({cls}) | {lab} | {method} | {_fmt_dice(r)} |"
                              f" {mean} | {r['train_s']:.1f} | {r['voxels_per_s']:,} |"
                              f" {r['peak_rss_mb']:,} |")
     return "\n".join(lines)

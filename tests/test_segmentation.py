@@ -24,7 +24,7 @@ from ml4paleo.segmentation import (
 )
 
 SHAPE = (40, 80, 80)
-FAST = TrainSettings(n_trees=(12, 16), max_per_class=4000, n_jobs=2, two_stage=True)
+FAST = TrainSettings(n_trees=(12, 16), max_per_class=4000, n_jobs=2, two_stage=True, select=False)
 
 
 def dice(truth, pred, c):
@@ -259,7 +259,7 @@ def ref_phantom():
 def test_two_stage_predictions_are_bit_identical_to_the_reference(tmp_path, ref_phantom):
     image, truth = ref_phantom
     labels = scribble_labels(truth, 3, seed=2)
-    ts = TrainSettings(n_trees=(8, 8), max_per_class=2000, n_jobs=2, two_stage=True)
+    ts = TrainSettings(n_trees=(8, 8), max_per_class=2000, n_jobs=2, two_stage=True, select=False)
     model = train(image, labels, classes=["matrix", "bone", "tooth"], settings=ts)
     assert model.meta["metrics"] == REFERENCE["train2/metrics"]
     box = tuple(slice(0, n) for n in REF_SHAPE)
@@ -285,7 +285,8 @@ def test_budget_cross_fit_2d_and_tiny_volumes_match_the_reference(tmp_path, ref_
     image, truth = ref_phantom
     box = tuple(slice(0, n) for n in REF_SHAPE)
     ts = TrainSettings(n_trees=(10, 10), max_per_class=1500, n_jobs=2, two_stage=True,
-                       cross_fit=True, node_budget=25, min_trees=2, context_sigmas=(0.0, 1.0, 2.0))
+                       cross_fit=True, node_budget=25, min_trees=2, context_sigmas=(0.0, 1.0, 2.0),
+                       select=False)
     src = omezarr.create_image(tmp_path / "img.ome.zarr", REF_SHAPE, np.uint16, chunks=16,
                                voxel_size=(2.0, 1.0, 1.0))
     src.array[:] = image
@@ -300,12 +301,12 @@ def test_budget_cross_fit_2d_and_tiny_volumes_match_the_reference(tmp_path, ref_
     assert _digest(cleaned) == REFERENCE["post"]
     one = train(image, scribble_labels(truth, 3, seed=2),
                 feature_settings=FeatureSettings(mode="2d", scales=(1.0, 2.0)),
-                settings=TrainSettings(n_trees=(6, 0), two_stage=False, n_jobs=2, max_depth=8))
+                settings=TrainSettings(n_trees=(6, 0), two_stage=False, n_jobs=2, max_depth=8, select=False))
     assert _digest(predict_box(image, box, one)) == REFERENCE["train1/predict_box"]
     # a volume so small that the context's mirror padding is wider than its coarse grid
     tiny, tiny_truth = make_phantom((16, 16, 16), seed=7)
     mt = train(tiny, painted_slices(tiny_truth, 2),
-               settings=TrainSettings(n_trees=(4, 4), n_jobs=2, context_sigmas=(0.0, 2.0, 4.0)))
+               settings=TrainSettings(n_trees=(4, 4), n_jobs=2, context_sigmas=(0.0, 2.0, 4.0), select=False))
     assert _digest(predict_box(tiny, (slice(0, 16),) * 3, mt)) == REFERENCE["tiny/predict_box"]
     sub = (slice(3, 9), slice(0, 5), slice(11, 16))
     assert _digest(predict_box(tiny, sub, mt)) == REFERENCE["tiny/predict_sub"]

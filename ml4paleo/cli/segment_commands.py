@@ -37,8 +37,14 @@ def _open_source(path: str):
 @click.option("--preview", is_flag=True, help="Small one-stage forest (fast, less accurate).")
 @click.option("--one-stage", is_flag=True, help="Skip the auto-context second stage (faster).")
 @click.option("--trees", default=None, help="Most trees per stage, e.g. 64 or 64,64.")
+@click.option("--select/--no-select", default=True, show_default=True,
+              help="Choose features and stages per dataset by cross-validation over the "
+                   "annotated planes (--no-select: train the default configuration as it is).")
+@click.option("--select-budget", default=None, type=float,
+              help="Seconds the per-dataset choice may take (default 120).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_command(image, labels, output, classes, preview, one_stage, trees, quiet):
+def train_command(image, labels, output, classes, preview, one_stage, trees, select, select_budget,
+                  quiet):
     """Train a voxel classifier on IMAGE from LABELS (0 = unlabelled, k+1 = class k).
 
     IMAGE and LABELS: OME-Zarr, .npy or any source the readers open; LABELS may also be
@@ -57,6 +63,10 @@ def train_command(image, labels, output, classes, preview, one_stage, trees, qui
         if trees:
             n = [int(t) for t in trees.split(",")]
             ts = replace(ts, n_trees=(n[0], n[-1]))
+        if not select:
+            ts = ts.fixed()
+        if select_budget is not None:
+            ts = replace(ts, select_budget=select_budget)
         names = [c.strip() for c in classes.split(",")] if classes else None
         t0 = time.perf_counter()
         model = train(img, lab, classes=names, settings=ts,
@@ -67,6 +77,11 @@ def train_command(image, labels, output, classes, preview, one_stage, trees, qui
     m = model.meta.get("metrics", {})
     click.echo(f"model saved to {output} ({len(model.forests)} stage(s), "
                f"{time.perf_counter() - t0:.1f} s)")
+    sel = model.meta.get("selection")
+    if sel:
+        scores = ", ".join(f"{c['name']} {c['score']:.3f}" if "score" in c else
+                           f"{c['name']} ({c.get('skipped', 'not scored')})" for c in sel["candidates"])
+        click.echo(f"chosen: {sel['chosen']} (held-out mean Dice: {scores})")
     if m.get("dice"):
         click.echo("held-out Dice: " + json.dumps({k: round(v, 3) if v is not None else None
                                                     for k, v in m["dice"].items()}))

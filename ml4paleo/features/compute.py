@@ -106,9 +106,11 @@ def iter_features(
     centre, halo = check_block(data, settings, voxel_size, halo)
     data = be.asarray(data)
     two_d = settings.mode == "2d"
-    if settings.raw:
+    ndim = 2 if two_d else 3
+    if settings.raw and (settings.channels is None or "raw" in settings.channels):
         yield be.to_numpy(crop(data, halo))
     previous = None  # previous scale's smoothed centre (for DoG)
+    previous_index = -1
     deriv_margin = [0 if (two_d and a == 0) else 1 for a in range(3)]
     for plan in scale_plan(settings):
         # the previous scale's context (its derivatives) is released only when this scale's
@@ -118,12 +120,22 @@ def iter_features(
         sig = axis_sigmas(plan.sigma, settings, voxel_size)
         extra = plan.margin(settings, voxel_size)
         keep = [m + (0 if (two_d and a == 0) else extra[a]) for a, m in enumerate(deriv_margin)]
+        if plan.index == 0:
+            prev = crop(data, halo)
+        else:  # None when the previous scale was pruned (then no kept DoG needs it)
+            prev = previous if previous_index == plan.index - 1 else None
         ctx = ScaleContext(
             backend=be, settings=settings, voxel_size=voxel_size, sigma=plan.sigma,
             smoothed=be.smooth(data, sig, keep, centre), centre=centre, keep=keep,
-            deriv_margin=deriv_margin, previous=previous if previous is not None else crop(data, halo),
+            deriv_margin=deriv_margin, previous=prev,
         )
         for fam in plan.families:
-            for channel in fam.channels(ctx):
-                yield be.to_numpy(channel)
-        previous = ctx.smoothed_centre
+            if plan.names is None:
+                for channel in fam.channels(ctx):
+                    yield be.to_numpy(channel)
+                continue
+            for name, channel in zip(fam.channel_names(plan.sigma, ndim), fam.channels(ctx),
+                                     strict=True):
+                if plan.keeps(name):
+                    yield be.to_numpy(channel)
+        previous, previous_index = ctx.smoothed_centre, plan.index

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 from .families import FAMILIES, REGISTRY, Family
 from .kernels import axis_sigmas, kernel_radius
 
-__all__ = ["FeatureSettings", "ScalePlan", "feature_names", "halo_for", "n_features", "scale_plan"]
+__all__ = ["FeatureSettings", "ScalePlan", "all_feature_names", "feature_names", "halo_for",
+           "n_features", "scale_plan"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,12 @@ class FeatureSettings:
         ``"3d"``, or ``"2d"`` to filter each z-slice on its own (very thin stacks).
     anisotropic : bool
         Scale sigma per axis by the voxel size (finer axes get more voxels of blur).
+    channels : tuple of str or None
+        Compute only these channels (names from :func:`all_feature_names`; kept in that
+        order whatever the order given). None (default) = every channel. Scales and
+        families without a kept channel are skipped and the halo shrinks to what the kept
+        channels need; a kept channel's values are exactly those of the full set (a model
+        pruned to the channels its forest uses predicts the same).
     """
 
     scales: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5)
@@ -49,6 +56,7 @@ class FeatureSettings:
     raw: bool = True
     mode: str = "3d"
     anisotropic: bool = True
+    channels: tuple[str, ...] | None = None
     _extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +71,21 @@ class FeatureSettings:
             raise ValueError(f"mode must be '3d' or '2d', got {self.mode!r}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         object.__setattr__(self, "families", tuple(self.families))
+        if self.channels is not None:
+            every = all_feature_names(self)
+            bad = sorted(set(self.channels) - set(every))
+            if bad:
+                raise ValueError(f"unknown feature channels {bad[:5]} for these settings")
+            if not self.channels:
+                raise ValueError("channels must name at least one channel (or be None for all)")
+            keep = set(self.channels)
+            object.__setattr__(self, "channels", tuple(n for n in every if n in keep))
+
+    def with_channels(self, channels: Sequence[str] | None) -> FeatureSettings:
+        """These settings computing only ``channels`` (None = all)."""
+        from dataclasses import replace
+
+        return replace(self, channels=None if channels is None else tuple(channels))
 
     def to_dict(self) -> dict:
         """JSON-able form (inverse: :meth:`from_dict`)."""
@@ -70,6 +93,10 @@ class FeatureSettings:
         d.pop("_extra", None)
         d["scales"] = list(d["scales"])
         d["families"] = list(d["families"])
+        if d["channels"] is None:
+            del d["channels"]  # files of full-set models stay as they were
+        else:
+            d["channels"] = list(d["channels"])
         return d
 
     @classmethod
@@ -80,18 +107,32 @@ class FeatureSettings:
         if bad:
             raise ValueError(f"unknown feature settings {sorted(bad)}")
         d = dict(d)
-        for k in ("scales", "families"):
-            if k in d:
+        for k in ("scales", "families", "channels"):
+            if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
 
 
 @dataclass(frozen=True)
 class ScalePlan:
-    """The families computed at one scale, in channel order."""
+    """The families computed at one scale, in channel order.
+
+    Attributes
+    ----------
+    sigma : float
+    families : tuple of Family
+        Families with at least one kept channel at this scale.
+    index : int
+        Position of the scale in ``settings.scales`` (a scale kept only because the next
+        scale's difference of Gaussians needs its smoothed image has no families).
+    names : frozenset of str or None
+        Kept channel names (None = every channel of ``families``).
+    """
 
     sigma: float
     families: tuple[Family, ...]
+    index: int = 0
+    names: frozenset | None = None
 
     def margin(self, settings: FeatureSettings, voxel_size: Sequence[float] | None
                ) -> tuple[int, int, int]:
@@ -102,12 +143,38 @@ class ScalePlan:
                                              strict=True)]
         return tuple(out)
 
+    def keeps(self, name: str) -> bool:
+        """Whether channel ``name`` of this scale is computed."""
+        return self.names is None or name in self.names
+
+
+def _full_plan(settings: FeatureSettings) -> list[ScalePlan]:
+    chosen = set(settings.families)
+    return [ScalePlan(s, tuple(f for f in REGISTRY if f.name in chosen and f.enabled_at(settings, s)), i)
+            for i, s in enumerate(settings.scales)]
+
 
 def scale_plan(settings: FeatureSettings) -> list[ScalePlan]:
-    """Per scale: which families are computed there (selected and enabled at that scale)."""
-    chosen = set(settings.families)
-    return [ScalePlan(s, tuple(f for f in REGISTRY if f.name in chosen and f.enabled_at(settings, s)))
-            for s in settings.scales]
+    """Per scale: which families are computed there (selected, enabled at that scale and,
+    with ``settings.channels``, holding a kept channel), in channel order.
+
+    With ``settings.channels``, scales without a kept channel are left out unless the next
+    scale's kept difference of Gaussians needs their smoothed image (then they have no
+    families).
+    """
+    full = _full_plan(settings)
+    if settings.channels is None:
+        return full
+    keep = set(settings.channels)
+    ndim = 2 if settings.mode == "2d" else 3
+    out = []
+    for i, p in enumerate(full):
+        fams = tuple(f for f in p.families if keep & set(f.channel_names(p.sigma, ndim)))
+        nxt = full[i + 1] if i + 1 < len(full) else None
+        feeds_dog = nxt is not None and f"dog_{nxt.sigma:g}" in keep
+        if fams or feeds_dog:
+            out.append(ScalePlan(p.sigma, fams, i, frozenset(keep)))
+    return out
 
 
 def halo_for(settings: FeatureSettings, voxel_size: Sequence[float] | None = None) -> tuple[int, ...]:
@@ -127,14 +194,23 @@ def halo_for(settings: FeatureSettings, voxel_size: Sequence[float] | None = Non
     return tuple(halo)
 
 
-def feature_names(settings: FeatureSettings) -> list[str]:
-    """Names of the feature channels, in the order :func:`compute_features` returns them."""
+def all_feature_names(settings: FeatureSettings) -> list[str]:
+    """Names of every channel of ``settings``, ignoring ``settings.channels``."""
     ndim = 2 if settings.mode == "2d" else 3
     names = ["raw"] if settings.raw else []
-    for p in scale_plan(settings):
+    for p in _full_plan(settings):
         for f in p.families:
             names += f.channel_names(p.sigma, ndim)
     return names
+
+
+def feature_names(settings: FeatureSettings) -> list[str]:
+    """Names of the feature channels, in the order :func:`compute_features` returns them."""
+    names = all_feature_names(settings)
+    if settings.channels is None:
+        return names
+    keep = set(settings.channels)
+    return [n for n in names if n in keep]
 
 
 def n_features(settings: FeatureSettings) -> int:

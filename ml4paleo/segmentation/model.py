@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml4paleo import _fs
-from ml4paleo.features import FeatureSettings, halo_for, n_features
+from ml4paleo.features import FeatureSettings, feature_names, halo_for, n_features
 
 from .classifiers import load_stages, save_stages
 from .context import ContextSettings, context_halo
@@ -61,6 +61,31 @@ class Model:
             return h1
         h2 = context_halo(self.context, self.feature_settings)
         return tuple(a + b for a, b in zip(h1, h2, strict=True))
+
+    def without_unused_channels(self) -> Model:
+        """This model computing only the image channels some split of some stage uses.
+
+        Exact: its predictions equal this model's (a channel no split reads cannot change
+        a prediction), at the cost of fewer channels (and often a smaller halo). Returns
+        ``self`` when every channel is used or a stage cannot report what it uses.
+        """
+        names = feature_names(self.feature_settings)
+        F = len(names)
+        used: set[int] = set()
+        for stage in self.forests:
+            if not hasattr(stage, "used_features"):
+                return self
+            used |= {int(j) for j in stage.used_features() if j < F}
+        keep = sorted(used) or [0]
+        if len(keep) == F:
+            return self
+        fs = self.feature_settings.with_channels([names[j] for j in keep])
+        stages = [self.forests[0].remap_features(keep)]
+        for stage in self.forests[1:]:  # the context channels follow the image channels
+            stages.append(stage.remap_features(keep + list(range(F, stage.n_features))))
+        meta = {**self.meta, "feature_settings": fs.to_dict(),
+                "unused_channels_dropped": {"from": F, "to": len(keep)}}
+        return Model(stages, fs, self.context, self.classes, self.voxel_size, meta)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``forest.npz`` + ``meta.json`` into ``folder`` (no pickled objects)."""

@@ -1,18 +1,19 @@
-"""Training a voxel classifier from a label volume: sampling, held-out metrics, two stages.
+"""Training a voxel classifier from a label volume: sampling, the per-dataset choice, stages.
 
 The classifier (a random forest by default) is trained on the filter-bank features
 (:mod:`ml4paleo.features`) of a class-balanced sample (capped per class, voxels next to
-another class's label preferred), in two *auto-context* stages (:mod:`.context`): stage 2
-sees the same features plus the stage-1 class probabilities smoothed at a few scales.
-``TrainSettings(two_stage=False)`` trains one stage; ``node_budget`` caps the forest size by
-prediction cost.
+another class's label preferred). By default the configuration is chosen per dataset from
+the labels themselves (:mod:`.selection`): candidate feature sets and one vs two
+*auto-context* stages (:mod:`.context`; stage 2 sees the same features plus the stage-1
+class probabilities smoothed at a few scales) are cross-validated over the annotated
+planes, the best is trained and the channels it hardly uses are pruned.
+``TrainSettings(select=False)`` trains the given configuration as it is.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,80 +21,32 @@ from scipy import ndimage as ndi
 
 from ml4paleo import _fs
 from ml4paleo.classes import MAX_CLASSES, class_list
-from ml4paleo.features import FeatureSettings, n_features
+from ml4paleo.features import FeatureSettings, feature_names, halo_for, plane_features
 from ml4paleo.io import open_any
 
 from .boxes import features_for_box
-from .classifiers import Classifier, classifier_class
-from .context import ContextSettings, context_features, context_plan
+from .classifiers import classifier_class
+from .context import ContextSettings, context_plan
+from .fitting import (
+    PREVIEW,
+    ContextBox,
+    TrainingData,
+    TrainSettings,
+    balance_weights,
+    balanced_sample,
+    dice_scores,
+    fit_stage,
+    fit_stages,
+)
 from .labels import LabelStore
 from .memory import release_free_memory
 from .model import Model
+from .selection import Candidate, candidates, choose, union_settings
 
 __all__ = ["PREVIEW", "ProgressCallback", "TrainSettings", "balance_weights", "balanced_sample",
-           "dice_scores", "fit_stage", "held_out_metrics", "labelled_voxels", "train"]
+           "dice_scores", "fit_stage", "gather", "held_out_metrics", "labelled_voxels", "train"]
 
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Forest sizes and sampling.
-
-    Attributes
-    ----------
-    n_trees : tuple of int
-        Trees of stage 1 and stage 2 (at most; see ``node_budget``).
-    node_budget : float or None
-        Prediction cost cap: tree nodes a voxel visits on average in the full-resolution
-        stage (stage 2, or stage 1 of a one-stage model); trees beyond it are dropped.
-        None (default) keeps every tree; 480 roughly doubles segmentation speed for deep
-        (painted-slice) forests at a small cost in Dice.
-    min_trees : int
-        Never fewer trees than this.
-    max_depth : int or None
-    min_samples_leaf : int
-    max_per_class : int
-        Cap on training voxels per class (balanced sampling).
-    border_weight : float
-        How much more likely a labelled voxel next to another class's label is sampled.
-    two_stage : bool
-        Train the auto-context second stage.
-    cross_fit : bool
-        Train the second stage on out-of-fold stage-1 probabilities (folds = annotated
-        planes) when there are at least two annotated planes.
-    class_balance : float
-        Reweight the sampled voxels by (balanced weight) ** this: 0 = as sampled, 1 = every
-        class weighs the same, 0.5 = in between (rare classes after the cap).
-    context_sigmas : tuple of float
-        Smoothing scales (coarse voxels) of the stage-1 probabilities fed to stage 2.
-    n_jobs : int
-        Threads for fitting.
-    seed : int
-    classifier : str
-        Kind of classifier per stage (see
-        :data:`ml4paleo.segmentation.classifiers.CLASSIFIERS`).
-    """
-
-    n_trees: tuple[int, int] = (64, 64)
-    node_budget: float | None = None
-    min_trees: int = 16
-    max_depth: int | None = None
-    min_samples_leaf: int = 1
-    max_per_class: int = 100000
-    border_weight: float = 4.0
-    two_stage: bool = True
-    cross_fit: bool = False
-    class_balance: float = 0.5
-    context_sigmas: tuple[float, ...] = (0.0, 1.0)
-    n_jobs: int = -1
-    seed: int = 0
-    classifier: str = "forest"
-
-
-#: the small one-stage forest of the browser preview
-PREVIEW = TrainSettings(n_trees=(24, 0), node_budget=None, max_depth=14, max_per_class=6000,
-                        two_stage=False)
 
 
 def labelled_voxels(labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,38 +88,6 @@ def labelled_voxels(labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(coords), np.concatenate(vals), np.concatenate(border)
 
 
-def balanced_sample(vals: np.ndarray, border: np.ndarray, cap: int, border_weight: float,
-                    seed: int) -> np.ndarray:
-    """Indices of a class-balanced sample (at most ``cap`` per class, borders preferred)."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for v in np.unique(vals):
-        idx = np.flatnonzero(vals == v)
-        if len(idx) <= cap:
-            chosen.append(idx)
-            continue
-        w = np.where(border[idx], border_weight, 1.0)
-        chosen.append(rng.choice(idx, size=cap, replace=False, p=w / w.sum()))
-    return np.sort(np.concatenate(chosen))
-
-
-def balance_weights(y: np.ndarray, power: float) -> np.ndarray | None:
-    """Per-row weights ``(balanced class weight) ** power``; None for ``power`` 0."""
-    if power <= 0:
-        return None
-    counts = np.bincount(y)
-    per_class = (len(y) / (np.count_nonzero(counts) * np.maximum(counts, 1))) ** power
-    return per_class[y]
-
-
-def fit_stage(X: np.ndarray, y: np.ndarray, size: int, ts: TrainSettings, n_classes: int,
-              seed: int, budget: float | None = None) -> Classifier:
-    """Fit one stage of ``ts.classifier`` (class-balanced weights from ``ts``)."""
-    cls = classifier_class(ts.classifier)
-    return cls.fit(X, y, n_classes=n_classes, size=size, settings=ts, seed=seed,
-                   sample_weight=balance_weights(y, ts.class_balance), budget=budget)
-
-
 def _group_boxes(coords: np.ndarray, shape) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """Group voxel coordinates into thin boxes (planes along the axis with fewest planes)."""
     n_planes = [len(np.unique(coords[:, a])) for a in range(3)]
@@ -179,16 +100,6 @@ def _group_boxes(coords: np.ndarray, shape) -> list[tuple[tuple[slice, ...], np.
         c = coords[part]
         lo, hi = c.min(axis=0), c.max(axis=0) + 1
         out.append((tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)), part))
-    return out
-
-
-def dice_scores(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> list[float | None]:
-    """Dice per class (None for a class in neither)."""
-    out = []
-    for c in range(n_classes):
-        t, p = truth == c, pred == c
-        denom = t.sum() + p.sum()
-        out.append(float(2 * (t & p).sum() / denom) if denom else None)
     return out
 
 
@@ -222,6 +133,77 @@ def held_out_metrics(X, y, groups, ts: TrainSettings, classes):
     return metrics, fitted, fold
 
 
+def context_bytes(box: tuple[slice, ...], shape: Sequence[int], ctx: ContextSettings,
+                  fs: FeatureSettings) -> float:
+    """Rough peak memory (bytes) of gathering the context features of one annotated box:
+    the filter bank over the box's context region read with the feature halo (a few
+    float32 copies of that slab) plus the features at its coarse-grid voxels."""
+    region = context_plan(box, shape, ctx, fs).region
+    halo = halo_for(fs, None)
+    read = float(np.prod([r.stop - r.start + 2 * h for r, h in zip(region, halo, strict=True)]))
+    voxels = float(np.prod([r.stop - r.start for r in region]))
+    return 4 * (6 * read + voxels * len(feature_names(fs)) / 8)
+
+
+def _labelled_rows_by_plane(arr: Any, box: tuple[slice, ...], local: np.ndarray,
+                            fs: FeatureSettings, tile: int) -> np.ndarray:
+    """Features (N, F) at the voxels ``local`` (box coordinates) of a one-plane box,
+    computed tile by tile in the plane (filtered along the normal first), so memory is
+    bounded by one tile whatever the plane's size; only the labelled rows are kept."""
+    axis = next(a for a in range(3) if box[a].stop - box[a].start == 1)
+    ia, ib = (a for a in range(3) if a != axis)
+    r = local[:, ia] + box[ia].start
+    c = local[:, ib] + box[ib].start
+    out = np.empty((len(local), len(feature_names(fs))), np.float32)
+    key = (r // tile) * (int(arr.shape[ib]) // tile + 1) + c // tile
+    for k in np.unique(key):
+        sel = np.flatnonzero(key == k)
+        r0, r1 = int(r[sel].min()), int(r[sel].max()) + 1
+        c0, c1 = int(c[sel].min()), int(c[sel].max()) + 1
+        f = plane_features(arr, axis, box[axis].start, slice(r0, r1), slice(c0, c1), fs,
+                           arr.voxel_size)
+        out[sel] = f[:, r[sel] - r0, c[sel] - c0].T
+    return out
+
+
+def gather(arr: Any, coords: np.ndarray, y: np.ndarray, fs: FeatureSettings,
+           ctx: ContextSettings | None, n_classes: int,
+           progress: ProgressCallback | None = None, extra_steps: int = 0,
+           plane_tile: int = 512) -> TrainingData:
+    """Features ``fs`` of the voxels ``coords`` (N, 3) of ``arr`` (classes ``y``), box by
+    annotated box, with the coarse-grid features the context of each box needs (``ctx``).
+
+    Without context, a box one plane thick is computed plane-wise, tile by tile
+    (``plane_tile`` pixels; values equal the 3-D features to float32 rounding).
+    """
+    vs = arr.voxel_size
+    boxes = _group_boxes(coords, arr.shape)
+    names = feature_names(fs)
+    X = np.empty((len(y), len(names)), np.float32)
+    groups = np.empty(len(y), np.int64)
+    cboxes = []
+    for i, (box, members) in enumerate(boxes):
+        groups[members] = i
+        local = coords[members] - np.array([b.start for b in box])
+        flat = np.ravel_multi_index(local.T, tuple(b.stop - b.start for b in box))
+        if ctx is None and min(b.stop - b.start for b in box) == 1:
+            X[members] = _labelled_rows_by_plane(arr, box, local, fs, plane_tile)
+            if progress is not None:
+                progress(i + 1, len(boxes) + extra_steps)
+            continue
+        if ctx is None:
+            Xb, _ = features_for_box(arr, box, fs, vs)
+        else:
+            plan = context_plan(box, arr.shape, ctx, fs)
+            Xb, Xc = features_for_box(arr, plan.region, fs, vs, plan.coarse, plan.inner(box))
+            cboxes.append(ContextBox(box, flat, members, Xc, plan))
+        X[members] = Xb[:, flat].T
+        del Xb
+        if progress is not None:
+            progress(i + 1, len(boxes) + extra_steps)
+    return TrainingData(X, y, groups, names, fs, n_classes, ctx, cboxes)
+
+
 def train(
     image: Any,
     labels: Any,
@@ -245,16 +227,22 @@ def train(
         Class names (class 0 = background); default from the LabelStore or
         ``class 0..K-1``.
     feature_settings : FeatureSettings, optional
+        Features to use. Default: chosen per dataset among the candidates of
+        :func:`ml4paleo.segmentation.selection.candidates` (with ``settings.select``;
+        given settings leave only the number of stages to choose).
     preview : bool
-        A small one-stage forest (fast; what the annotator uses).
+        A small one-stage forest (fast; what the annotator uses; no per-dataset choice).
     settings : TrainSettings, optional
-        Forest sizes and sampling (overrides ``preview``).
+        Forest sizes, sampling, the per-dataset choice (``select``, ``select_budget``,
+        ``prune``); overrides ``preview``.
     progress : callable, optional
-        ``progress(done, total)`` over feature boxes.
+        ``progress(done, total)`` over feature boxes (and the fitting, as a last step).
 
     Returns
     -------
     Model
+        ``model.meta["selection"]`` records the candidates' held-out scores and the choice
+        (with ``settings.select``); ``model.meta["metrics"]`` the held-out metrics.
 
     Raises
     ------
@@ -271,7 +259,6 @@ def train(
         lab_arr = open_any(labels)
     if tuple(lab_arr.shape) != tuple(arr.shape):
         raise ValueError(f"labels shape {tuple(lab_arr.shape)} differs from image shape {tuple(arr.shape)}")
-    fs = feature_settings or FeatureSettings()
     ts = settings or (PREVIEW if preview else TrainSettings())
     if ts.n_trees[0] < 1 or (ts.two_stage and ts.n_trees[1] < 1):
         raise ValueError(f"n_trees must be >= 1 for every stage trained, got {ts.n_trees}")
@@ -288,51 +275,48 @@ def train(
         raise ValueError("labels hold only one class: annotate at least two classes")
     pick = balanced_sample(vals, border, ts.max_per_class, ts.border_weight, ts.seed)
     coords, y = coords[pick], (vals[pick] - 1).astype(np.int64)
-    ctx = ContextSettings(tuple(ts.context_sigmas)) if ts.two_stage else None
-    boxes = _group_boxes(coords, arr.shape)
-    F = n_features(fs)
-    X1 = np.empty((len(y), F), np.float32)
-    ctx_items = []
-    for i, (box, members) in enumerate(boxes):
-        if ctx is None:
-            Xb, _ = features_for_box(arr, box, fs, vs)
-        else:
-            plan = context_plan(box, arr.shape, ctx, fs)
-            Xb, Xc = features_for_box(arr, plan.region, fs, vs, plan.coarse, plan.inner(box))
-            ctx_items.append((box, members, Xc, plan))
-        local = coords[members] - np.array([b.start for b in box])
-        bshape = tuple(b.stop - b.start for b in box)
-        flat = np.ravel_multi_index(local.T, bshape)
-        X1[members] = Xb[:, flat].T
-        if progress is not None:
-            progress(i + 1, len(boxes) + (1 if ctx else 0))
-    t_feat = time.perf_counter() - t0
-    groups = np.empty(len(y), np.int64)
-    for i, (_, members) in enumerate(boxes):
-        groups[members] = i
-    metrics, fold_stages, fold = ({}, None, None)
-    if not preview:
-        metrics, fold_stages, fold = held_out_metrics(X1, y, groups, ts, cls_list)
-    stage1 = fit_stage(X1, y, ts.n_trees[0], ts, n_classes, ts.seed,
-                       budget=None if ctx is not None else ts.node_budget)
-    stages = [stage1]
+    select = ts.select and not preview
+    if select:
+        cands = candidates(ts, feature_settings)
+    else:
+        cands = [Candidate("given", feature_settings or FeatureSettings(), ts.two_stage)]
+    gather_fs = union_settings(cands)
+    ctx = ContextSettings(tuple(ts.context_sigmas)) if any(c.two_stage for c in cands) else None
+    too_big = None
     if ctx is not None:
-        Xctx = np.empty((len(y), n_classes * len(ctx.sigmas)), np.float32)
-        for box, members, Xc, plan in ctx_items:
-            # out-of-fold stage 1 (stacking): stage 2 learns from realistic stage-1 errors
-            f1 = stage1
-            if fold_stages is not None and ts.cross_fit:
-                f1 = fold_stages[0] if fold[members[0]] else fold_stages[1]
-            p1c = f1.predict_proba(Xc.T).T.reshape(n_classes, *plan.coarse_shape)
-            cf = context_features(p1c, box, plan, ctx, fs)
-            local = coords[members] - np.array([b.start for b in box])
-            flat = np.ravel_multi_index(local.T, tuple(b.stop - b.start for b in box))
-            Xctx[members] = cf[:, flat].T
-        ctx_items.clear()
-        stages.append(fit_stage(np.concatenate([X1, Xctx], axis=1), y, ts.n_trees[1], ts,
-                                n_classes, ts.seed + 1, budget=ts.node_budget))
-        if progress is not None:
-            progress(len(boxes) + 1, len(boxes) + 1)
+        need = max(context_bytes(box, arr.shape, ctx, gather_fs)
+                   for box, _ in _group_boxes(coords, arr.shape))
+        if need > ts.context_max_bytes:  # large slices: one stage, trained out of core
+            too_big = {"context_bytes": round(need), "context_max_bytes": ts.context_max_bytes}
+            cands = [c for c in cands if not c.two_stage] or \
+                [Candidate(c.name.replace("two stages", "one stage"), c.features, False) for c in cands]
+            gather_fs, ctx = union_settings(cands), None
+    data = gather(arr, coords, y, gather_fs, ctx, n_classes, progress, extra_steps=1,
+                  plane_tile=ts.plane_tile)
+    t_feat = time.perf_counter() - t0
+    selection = None
+    fold_stages = fold = None
+    if select:
+        selection = choose(data, cands, ts, cls_list)
+        cand, channels, metrics = selection.candidate, selection.channels, selection.metrics
+    else:
+        cand, channels = cands[0], data.names
+        metrics = {}
+        if not preview:
+            metrics, fold_stages, fold = held_out_metrics(data.X, y, data.groups, ts, cls_list)
+    cols = data.columns(channels)
+    stage1_for = None
+    if cand.two_stage and fold_stages is not None and ts.cross_fit:
+        # out-of-fold stage 1 (stacking): stage 2 learns from realistic stage-1 errors
+        stage1_for = lambda cb, s1: fold_stages[0] if fold[cb.members[0]] else fold_stages[1]  # noqa: E731
+    stages, _ = fit_stages(data, None if len(cols) == len(data.names) else cols, cand.two_stage,
+                           ts, ts.n_trees, stage1_for=stage1_for, budget=ts.node_budget)
+    if progress is not None:
+        total = int(data.groups.max()) + 2  # the boxes, then the fitting
+        progress(total, total)
+    fs = cand.features
+    if channels != feature_names(fs):
+        fs = fs.with_channels(channels)
     counts = np.bincount(y, minlength=n_classes)
     meta = {
         "created_at": _fs.now_iso(),
@@ -342,15 +326,23 @@ def train(
         "train_settings": {"n_trees": [getattr(f, "n_trees", None) for f in stages],
                            "max_depth": ts.max_depth, "node_budget": ts.node_budget,
                            "cross_fit": ts.cross_fit, "max_per_class": ts.max_per_class,
-                           "two_stage": ts.two_stage},
+                           "two_stage": cand.two_stage, "select": select},
         "seconds": {"features": round(t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
         "shape": list(arr.shape),
         "classes": cls_list,
         "feature_settings": fs.to_dict(),
         "voxel_size": list(vs) if vs else None,
     }
+    if too_big is not None:
+        meta["train_settings"]["one_stage_because"] = {
+            **too_big, "reason": "the second stage's context would not fit the memory cap"}
+    if selection is not None:
+        meta["selection"] = selection.report
+        meta["seconds"]["selection"] = selection.report["seconds"]
     if ts.classifier != "forest":
         meta["train_settings"]["classifier"] = ts.classifier
-    del X1, ctx_items, coords, vals, border
+    model_ctx = ContextSettings(tuple(ts.context_sigmas)) if cand.two_stage else None
+    del data, coords, vals, border
     release_free_memory()
-    return Model(stages, fs, ctx, cls_list, vs, meta)
+    model = Model(stages, fs, model_ctx, cls_list, vs, meta)
+    return model.without_unused_channels() if ts.prune and not preview else model

@@ -145,7 +145,9 @@ class ModelRegistry:
     def entry(self, model_id: str, record: dict | None = None, number: int | None = None
               ) -> dict:
         """A listing entry: id, number, name, created_at, classes, label counts, metrics,
-        source, and whether the job record has it ``chosen`` (segments next) / ``current``."""
+        the per-dataset choice of configuration (``selection``: the chosen candidate and
+        every candidate's held-out score; None for models trained without it), source, and
+        whether the job record has it ``chosen`` (segments next) / ``current``."""
         meta = self.meta(model_id)
         record = record or {}
         if number is None:
@@ -159,6 +161,7 @@ class ModelRegistry:
             "classes": meta.get("classes", []),
             "label_counts": meta.get("label_counts", meta.get("counts")),
             "metrics": meta.get("metrics", {}),
+            "selection": _selection_summary(meta.get("selection")),
             "source": meta.get("source"),
             "chosen": model_id == record.get("chosen_model_id"),
             "current": model_id == record.get("model_id"),
@@ -282,3 +285,20 @@ def record_model(update: RecordUpdate, model_id: str, *, current: bool = False) 
 def choose_model(update: RecordUpdate, model_id: str) -> dict:
     """Make ``model_id`` the model that segments next (until new annotations arrive)."""
     return update(lambda r: r.update(model_id=model_id, chosen_model_id=model_id))
+
+
+def _selection_summary(sel: Any) -> dict | None:
+    """The listing's view of a model's ``meta["selection"]``: chosen name, channels pruned,
+    each candidate's name and held-out score (or why it was skipped)."""
+    if not isinstance(sel, dict):
+        return None
+    cands = [c for c in sel.get("candidates", []) if isinstance(c, dict)]
+    pruning = sel.get("pruning") if isinstance(sel.get("pruning"), dict) else None
+    return {
+        "chosen": sel.get("chosen"),
+        "method": sel.get("method"),
+        "candidates": [{"name": c.get("name"), "score": c.get("score"), "skipped": c.get("skipped")}
+                       for c in cands],
+        "pruned": None if pruning is None else {"from": pruning.get("from"), "to": pruning.get("to"),
+                                                "kept": pruning.get("kept")},
+    }
