@@ -147,7 +147,7 @@ def test_tile_requests_are_checked(env, phantom):
     assert r.status_code == 409 and "two classes" in r.get_json()["error"]
     c.post(f"/api/job/{jid}/annotate/labels", json={"axis": "z", "index": Z, "preview": False,
                                                      "mask": encode_rle(_strokes(phantom.plane_truth(0, Z)))})
-    for q, code in (("&level=0&ty=3&tx=0", 400), ("&level=9&ty=0&tx=0", 400),
+    for q, code in (("&level=0&ty=3&tx=0", 404), ("&level=9&ty=0&tx=0", 404),
                     ("&level=0&ty=0&tx=0&kind=rgb", 400), ("&level=0&ty=-1&tx=0", 400),
                     ("&level=x&ty=0&tx=0", 400), ("&ty=0&tx=0", 400), ("&level=0&ty=0&tx=0", 200)):
         r = c.get(url + q)

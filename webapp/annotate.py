@@ -38,6 +38,7 @@ from ml4paleo.annotate import (
     MAX_MASK_PIXELS,
     AnnotationConflict,
     AnnotationError,
+    AnnotationNotFound,
     JobAnnotator,
     SessionPool,
     apply_window,
@@ -107,6 +108,8 @@ def _open_annotator(job_id: str) -> JobAnnotator:
 def _errors():
     try:
         yield
+    except AnnotationNotFound as exc:
+        abort(404, str(exc))
     except AnnotationConflict as exc:
         abort(409, str(exc))
     except AnnotationError as exc:
@@ -118,7 +121,8 @@ def _annotator(job_id: str, plane: tuple[int, int] | None = None, *, locked: boo
     """The job's in-memory annotator, locked for the duration of the block (``locked=False``
     for its thread-safe calls: tiles of one job are then computed side by side).
 
-    :class:`~ml4paleo.annotate.AnnotationConflict` becomes a 409, any other
+    :class:`~ml4paleo.annotate.AnnotationNotFound` (a level or tile the image does not
+    have) becomes a 404, :class:`~ml4paleo.annotate.AnnotationConflict` a 409, any other
     :class:`~ml4paleo.annotate.AnnotationError` a 400. ``plane`` ``(axis, index)`` (the
     reading routes): a plane the image does not have is a resource that does not exist,
     404 (as for the image's slices); a negative index is an invalid request, 400, and so

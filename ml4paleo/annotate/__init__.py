@@ -33,7 +33,7 @@ from .codecs import (
     legacy_mask_to_labels,
     rasterize_polygons,
 )
-from .errors import AnnotationConflict, AnnotationError
+from .errors import AnnotationConflict, AnnotationError, AnnotationNotFound
 from .legacy import (
     FILMSTRIP_SHAPE_ZYX,
     cutout_region,
@@ -68,6 +68,7 @@ __all__ = [
     "MAX_MASK_PIXELS",
     "MAX_PAYLOAD_CHARS",
     "AnnotationConflict",
+    "AnnotationNotFound",
     "AnnotationError",
     "JobAnnotator",
     "SessionPool",

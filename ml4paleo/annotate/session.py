@@ -44,7 +44,7 @@ from .codecs import (
     legacy_mask_to_labels,
     rasterize_polygons,
 )
-from .errors import AnnotationConflict, AnnotationError
+from .errors import AnnotationConflict, AnnotationError, AnnotationNotFound
 from .legacy import (
     FILMSTRIP_SHAPE_ZYX,
     cutout_region,
@@ -549,11 +549,13 @@ class JobAnnotator:
             raise AnnotationError(f"kind must be classes or uncertainty, got {kind!r}")
         session = self.session
         if not 0 <= int(level) < session.n_levels:
-            raise AnnotationError(f"level {level} outside 0..{session.n_levels - 1}")
+            raise AnnotationNotFound(f"level {level} outside 0..{session.n_levels - 1}")
+        if ty < 0 or tx < 0:
+            raise AnnotationError(f"tile row and column must be >= 0, got {ty}, {tx}")
         try:
             session.grid(axis, level).check(ty, tx)
         except ValueError as exc:
-            raise AnnotationError(str(exc)) from exc
+            raise AnnotationNotFound(str(exc)) from exc
         classes = self.classes
         if self.labelled_classes(classes) < 2:
             raise AnnotationConflict("no model yet: label at least two classes")
@@ -646,7 +648,7 @@ class JobAnnotator:
         """One plane of the image on pyramid ``level`` (default full resolution)."""
         self._check_index(axis, index)
         if not 0 <= int(level) < len(self.image.levels):
-            raise AnnotationError(f"level {level} outside 0..{len(self.image.levels) - 1}")
+            raise AnnotationNotFound(f"level {level} outside 0..{len(self.image.levels) - 1}")
         return read_slice(self.image, axis, int(index), int(level))
 
     def thumbnail(self, axis: int, index: int, size: int = 192) -> np.ndarray:
