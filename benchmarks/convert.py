@@ -71,8 +71,8 @@ def _child_naive(source: str, dest: str) -> dict:
     import zarr
 
     from ml4paleo.convert import CONVERT_CLEVEL
+    from ml4paleo.formats import default_compressor
     from ml4paleo.io import natural_key
-    from ml4paleo.omezarr import default_compressor
 
     files = sorted(os.listdir(source), key=natural_key)
     first = tifffile.imread(os.path.join(source, files[0]))

@@ -66,8 +66,8 @@ def populate(data_dir: Path, n_jobs: int, n_images: int) -> tuple[list[str], lis
     pyramid); returns (all job ids, converted job ids)."""
     import numpy as np
 
+    from ml4paleo.formats import build_pyramid, create_image
     from ml4paleo.jobs import JobStore
-    from ml4paleo.omezarr import build_pyramid, create_image
     from ml4paleo.workspace import JobPaths
 
     store = JobStore(data_dir)

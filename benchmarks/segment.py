@@ -36,7 +36,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.references import IlastikStyle, Original2D  # noqa: E402
-from ml4paleo import omezarr  # noqa: E402
+from ml4paleo import formats as omezarr  # noqa: E402
 from ml4paleo.phantom import make_phantom, painted_slices, scribble_labels  # noqa: E402
 from ml4paleo.segmentation import (  # noqa: E402
     InteractiveSession,

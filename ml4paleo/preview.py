@@ -9,7 +9,7 @@ average voxels, so their range is narrower than the scan's (0..237 for 0..255).
 Examples
 --------
 >>> import tempfile, numpy as np
->>> from ml4paleo.omezarr import create_image
+>>> from ml4paleo.formats import create_image
 >>> d = tempfile.mkdtemp()
 >>> img = create_image(f"{d}/a.ome.zarr", (8, 8, 8), "uint8", chunks=4)
 >>> img.array[:] = 7
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ml4paleo._fs import atomic_writer
-from ml4paleo.omezarr import OmeImage, open_image
+from ml4paleo.formats import OmeImage, open_image
 
 #: full-resolution voxels :func:`intensity_stats` reads at most (besides the coarsest level)
 SAMPLE_VOXELS = 16 * 1024**2
@@ -67,7 +67,7 @@ def intensity_stats(image: OmeImage | str | os.PathLike,
     Examples
     --------
     >>> import tempfile
-    >>> from ml4paleo.omezarr import create_image
+    >>> from ml4paleo.formats import create_image
     >>> img = create_image(tempfile.mkdtemp() + "/a.ome.zarr", (4, 8, 8), "uint8", chunks=4)
     >>> img.array[0, 0, 0] = 255
     >>> intensity_stats(img)["max"]  # the coarsest level says 31.875

@@ -156,7 +156,7 @@ def collect(
     ReportError
         When no segmentation is found.
     """
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     source = Path(source)
     if not source.exists():
@@ -336,7 +336,7 @@ def _level_for(image, max_pixels: int) -> int:
 
 
 def _plane(image, axis: int, index: int, max_pixels: int) -> np.ndarray:
-    from ml4paleo.omezarr import read_slice
+    from ml4paleo.formats import read_slice
 
     level = _level_for(image, max_pixels)
     plane = read_slice(image, axis, index, level)
@@ -374,7 +374,7 @@ def montage_slices(data: ReportData, count: int) -> list[int]:
 def render_montage(data: ReportData, slices: Sequence[int] | int = 6,
                    max_pixels: int = PANEL_PIXELS) -> bytes:
     """PNG: z slices with the labels overlaid, then the three orthogonal central planes."""
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     labels = open_image(data.labels_path)
     image = open_image(data.image_path) if data.image_path else None

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ml4paleo.annotate import apply_window, decode_label_mask, encode_rle
-from ml4paleo.omezarr import build_pyramid, create_image
+from ml4paleo.formats import build_pyramid, create_image
 from ml4paleo.phantom import make_phantom
 from webapp import create_app
 

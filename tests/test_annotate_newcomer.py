@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ml4paleo.annotate import encode_rle
-from ml4paleo.omezarr import build_pyramid, create_image
+from ml4paleo.formats import build_pyramid, create_image
 from ml4paleo.phantom import make_phantom
 from ml4paleo.segmentation import plane_island_size, postprocess_labels, preview_plane
 from ml4paleo.world import ZARR_WORLD_KEY, WorldTransform, plane_orientation
@@ -132,7 +132,7 @@ def test_segment_request_carries_the_cleanup_to_the_step(env, phantom):
     described = segs.describe(seg)
     assert described["cleanup"] == {"min_size": 40, "fill_holes": True}
     assert described["name"].startswith("Segmentation 1 · ")
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     labels = np.asarray(open_image(segs.paths.labels(seg)).array[:])
     from scipy import ndimage

@@ -18,8 +18,8 @@ from scan_samples import dicom_bytes, ramp_volume, write_dicom_series, write_sli
 
 from ml4paleo.cli import main
 from ml4paleo.convert import convert
+from ml4paleo.formats import downsample2, open_image, pyramid_shapes
 from ml4paleo.io import InputError
-from ml4paleo.omezarr import downsample2, open_image, pyramid_shapes
 
 
 def _leftovers(folder: Path) -> list[str]:

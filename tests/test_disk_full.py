@@ -23,9 +23,9 @@ import pytest
 
 from ml4paleo.client import Client, ClientError
 from ml4paleo.config import Settings
+from ml4paleo.formats import create_image
 from ml4paleo.jobs import JobStore
 from ml4paleo.jobs.runner import run_runner
-from ml4paleo.omezarr import create_image
 from webapp import create_app
 
 MiB = 1024 * 1024

@@ -266,7 +266,7 @@ def test_npy_c_fortran_2d_and_big_endian(tmp_path):
 def test_zarr_and_ome_zarr(tmp_path):
     import zarr
 
-    from ml4paleo.omezarr import create_image
+    from ml4paleo.formats import create_image
 
     vol = ramp_volume((6, 7, 8), np.uint16)
     img = create_image(tmp_path / "i.ome.zarr", vol.shape, vol.dtype, chunks=4,
@@ -408,7 +408,7 @@ def test_multipage_tiff_inside_zip(tmp_path):
 
 def test_folder_holding_one_uploaded_zarr_or_slice_folder(tmp_path):
     """A browser folder upload lands one level down: upload/scan.zarr/ or upload/slices/."""
-    from ml4paleo import omezarr
+    from ml4paleo import formats as omezarr
     from ml4paleo.io import open_volume
 
     data = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)

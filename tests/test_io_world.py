@@ -325,7 +325,7 @@ def test_array_volume_keeps_its_world_through_pickle():
 
 # -- OME-Zarr ----------------------------------------------------------------------------------
 def test_omezarr_reads_back_the_stored_world_per_level(tmp_path):
-    from ml4paleo import omezarr
+    from ml4paleo import formats as omezarr
 
     w = WorldTransform(OBLIQUE, frame="RAS", unit="millimeter", source="sform",
                        sform_code=2, qform_code=1)
@@ -347,7 +347,7 @@ def test_omezarr_reads_back_the_stored_world_per_level(tmp_path):
 
 
 def test_omezarr_without_our_world_uses_ngff_scale_and_translation(tmp_path):
-    from ml4paleo import omezarr
+    from ml4paleo import formats as omezarr
 
     img = omezarr.create_image(tmp_path / "n.ome.zarr", (8, 8, 8), np.uint8, chunks=8,
                                voxel_size=(3.0, 2.0, 1.0), unit="micrometer", pyramid=False)

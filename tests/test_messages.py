@@ -172,7 +172,7 @@ def test_status_message_follows_the_status_while_progress_is_written(store):
 
 # ----------------------------------------------------------------- intensity range
 def test_intensity_range_comes_from_full_resolution(client, store):
-    from ml4paleo.omezarr import build_pyramid, create_image
+    from ml4paleo.formats import build_pyramid, create_image
 
     rng = np.random.default_rng(3)
     data = rng.integers(0, 256, (64, 128, 128)).astype(np.uint8)
@@ -190,7 +190,7 @@ def test_intensity_range_comes_from_full_resolution(client, store):
 
 
 def test_intensity_sample_is_bounded(tmp_path):
-    from ml4paleo.omezarr import create_image
+    from ml4paleo.formats import create_image
     from ml4paleo.preview import sample_level0
 
     img = create_image(tmp_path / "a.ome.zarr", (64, 64, 64), "uint8", chunks=16)

@@ -387,7 +387,7 @@ def test_blockwise_equals_whole_volume_for_every_measure(tmp_path, roi):
     _assert_same(whole.objects, blocks.objects)
     _assert_same(whole.profiles, blocks.profiles)
     assert whole.clipped == blocks.clipped
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     a = np.asarray(open_image(tmp_path / "w.ome.zarr").array)
     b = np.asarray(open_image(tmp_path / "b.ome.zarr").array)
@@ -400,7 +400,7 @@ def test_thickness_map_is_the_local_thickness_of_each_class(tmp_path):
     vs = ANISO
     m = mm.measure(lab, voxel_size=vs, measures="thickness", max_thickness=12.0, chunk_size=32,
                    thickness_map=tmp_path / "t.ome.zarr")
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     image = open_image(tmp_path / "t.ome.zarr")
     got = np.asarray(image.array)
@@ -483,7 +483,7 @@ def test_progress_covers_every_pass(tmp_path):
 
 
 def test_values_and_class_names_from_the_segmentation_metadata(tmp_path):
-    from ml4paleo.omezarr import create_image
+    from ml4paleo.formats import create_image
 
     lab = _three_class()[:32, :32, :32]
     image = create_image(tmp_path / "seg.ome.zarr", lab.shape, np.uint8, chunks=16, label=True,
@@ -565,7 +565,7 @@ def test_measure_command_writes_summary_table_and_map(tmp_path):
     summary = json.loads((out / "morphometry.json").read_text())
     assert summary["unit"] == "micrometer" and len(summary["objects"]) == len(spheres)
     assert (out / "objects.csv").read_text().count("\n") == len(spheres) + 1
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     tmap = np.asarray(open_image(out / "thickness.ome.zarr").array)
     assert tmap.max() == pytest.approx(summary["classes"][0]["thickness"]["max"])

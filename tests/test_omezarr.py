@@ -171,13 +171,3 @@ def test_label_colours_are_written_and_bad_ones_write_nothing(tmp_path):
         formats.create_image(tmp_path / "bad.ome.zarr", (4, 4, 4), np.uint8, label=True,
                              label_metadata=ImageLabel(colors=({"label-value": 1, "rgba": [300, 0, 0, 0]},)))
     assert not (tmp_path / "bad.ome.zarr").exists()
-
-
-def test_the_omezarr_alias_reexports_formats(tmp_path):
-    from ml4paleo import omezarr
-
-    assert omezarr.create_image is formats.create_image
-    target = tmp_path / "x.json"
-    omezarr.write_json_atomic(target, {"a": 1})
-    assert json.loads(target.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

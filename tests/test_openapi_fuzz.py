@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from ml4paleo.omezarr import build_pyramid, create_image
+from ml4paleo.formats import build_pyramid, create_image
 from ml4paleo.workspace import JobPaths
 from webapp import create_app
 

@@ -51,7 +51,7 @@ def test_readme_python_then_cli_examples(tmp_path):
         ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-3000:]
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     seg = open_image(tmp_path / "labels.ome.zarr")
     assert seg.voxel_size == (20.0, 10.0, 10.0) and seg.unit == "micrometer"

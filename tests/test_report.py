@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from ml4paleo._fs import atomic_write_json as write_json_atomic
+from ml4paleo.formats import build_pyramid, create_image
 from ml4paleo.jobs import JobStore
-from ml4paleo.omezarr import build_pyramid, create_image, write_json_atomic
 from ml4paleo.report import (
     ReportError,
     build_report,

@@ -301,7 +301,7 @@ def test_real_convert_killed_mid_job_then_completes(data, tmp_path):
     assert rec["attempts"] == 2
     assert rec["metadata"]["shape"] == [20, 24, 28]
     assert rec["metadata"]["dtype"] == "uint16"
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     image = open_image(store.job_dir(job_id) / "image.ome.zarr")
     np.testing.assert_array_equal(np.asarray(image.array[:]), volume)
@@ -334,7 +334,7 @@ def test_real_pipeline_steps_segment_and_mesh(data):
     assert len(rec["models"]) == 1 and rec["model_id"] == rec["models"][0]
     seg_id = rec["segmentation_id"]
     assert rec["segmentations"] == [seg_id] and rec["annotations_pending"] is False
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     paths = store.paths(job_id)
     # the segmentation is an NGFF label of the job's image, named and coloured

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml4paleo import omezarr
+from ml4paleo import formats as omezarr
 from ml4paleo.features import FeatureSettings
 from ml4paleo.phantom import make_phantom, painted_slices, scribble_labels
 from ml4paleo.segmentation import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml4paleo.omezarr import build_pyramid, create_image
+from ml4paleo.formats import build_pyramid, create_image
 from webapp import create_app
 
 

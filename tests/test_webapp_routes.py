@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml4paleo.omezarr import build_pyramid, create_image
+from ml4paleo.formats import build_pyramid, create_image
 from webapp import create_app
 
 

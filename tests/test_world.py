@@ -287,7 +287,7 @@ def test_ngff_scale_translation_offsets_mean_levels_by_half_the_coarser_voxel():
 def test_level_transform_places_downsampled_voxels_where_their_data_came_from(label):
     """A volume whose value is its voxel's world X: each pyramid level's value at a voxel
     must equal for_level()'s world X of that voxel (mean: block centres; nearest: corners)."""
-    from ml4paleo.omezarr import downsample2
+    from ml4paleo.formats import downsample2
 
     w = WorldTransform(oblique_affine(), frame="RAS", unit="millimeter")
     zz, yy, xx = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in (16, 16, 16)),

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 
+from ml4paleo.formats import open_image
 from ml4paleo.io import is_zarr_store
-from ml4paleo.omezarr import open_image
 from ml4paleo.workspace import SegmentationRegistry
 
 from .common import (

@@ -53,7 +53,7 @@ def _check_size(paths: JobPaths, seg_id: str) -> None:
     """409 when the statistics would have to be computed over a big label volume here."""
     if SegmentationRegistry(paths).stats_file(seg_id) is not None:
         return
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     try:
         shape = open_image(paths.labels(seg_id)).shape

@@ -23,9 +23,9 @@ import numpy as np
 
 from ml4paleo.blocks import default_workers
 from ml4paleo.classes import DEFAULT_CLASSES, PALETTE, ClassError, colors_of, validate_classes
+from ml4paleo.formats import read_slice
 from ml4paleo.io import open_any
 from ml4paleo.jobs import InvalidTransition, annotation_effect, parse_status
-from ml4paleo.omezarr import read_slice
 from ml4paleo.segmentation import (
     ByteCache,
     InteractiveSession,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ml4paleo import _fs, omezarr
+from ml4paleo import _fs, formats
 from ml4paleo.blocks import Block, Stage, block_grid
 from ml4paleo.blocks import run as run_stages
 from ml4paleo.formats import create_labels, parent_image, register_label, update_extra_attrs
@@ -131,7 +131,7 @@ def segment(
     fill_holes: bool = False,
     progress: ProgressCallback | None = None,
     resume: bool = True,
-) -> omezarr.OmeImage:
+) -> formats.OmeImage:
     """Segment a whole volume block by block into an OME-Zarr label image.
 
     Parameters
@@ -206,7 +206,7 @@ def segment(
     if source_image is not None and getattr(vol, "level", 0):
         source_image = None  # a pyramid level: not the image's grid
     if resuming:
-        img = omezarr.open_image(out, mode="r+")
+        img = formats.open_image(out, mode="r+")
     else:
         img = create_labels(out, shape, dtype, classes=model.classes, world=vol.world,
                             image=source_image, chunks=chunk_size,
@@ -222,7 +222,7 @@ def segment(
             root = zarr.open_group(str(prob_path), mode="w", zarr_format=2)
             root.create_array("0", shape=(model.n_classes, *shape), dtype=np.uint8,
                               chunks=(1, chunk_size, chunk_size, chunk_size),
-                              compressors=omezarr.default_compressor(), fill_value=0,
+                              compressors=formats.default_compressor(), fill_value=0,
                               chunk_key_encoding={"name": "v2", "separator": "/"})
             root.attrs.update({"ml4paleo": {"classes": model.classes, "scale": 255},
                                "voxel_size": list(vs or (1.0, 1.0, 1.0))})
@@ -231,7 +231,7 @@ def segment(
         import zarr
 
         zarr.create_array(str(raw_path), shape=shape, chunks=(chunk_size,) * 3, dtype=dtype,
-                          fill_value=0, zarr_format=2, compressors=omezarr.default_compressor())
+                          fill_value=0, zarr_format=2, compressors=formats.default_compressor())
     # predict into a work array first when cleaning up after, else straight into the output
     predict = functools.partial(predict_block, source=WorkerVolume(vol), model_dir=model_dir,
                                 out_path=str(raw_path if post else out / "0"),
@@ -248,10 +248,10 @@ def segment(
     model = None  # the workers load their own (cached) copy; this process needs no forest
     release_free_memory()
     run_stages(stages, executor=executor, workers=workers, progress=progress)
-    omezarr.build_pyramid(img)
+    formats.build_pyramid(img)
     update_extra_attrs(img, **extra, min_size=int(min_size), fill_holes=bool(fill_holes))
     inside = parent_image(out)
     if inside is not None:
         register_label(inside, out.name)  # complete: NGFF readers may list it now
     shutil.rmtree(work, ignore_errors=True)
-    return omezarr.open_image(out)
+    return formats.open_image(out)

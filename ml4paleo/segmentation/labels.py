@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ml4paleo import _fs, omezarr
+from ml4paleo import _fs, formats
 from ml4paleo.classes import ERASE, class_list, validate_classes
 
 __all__ = ["CLASSES_NAME", "ERASE", "INDEX_NAME", "LABELS_NAME", "LOG_NAME", "LabelStore"]
@@ -84,7 +84,7 @@ class LabelStore:
             dtype=np.uint8,
             fill_value=0,
             zarr_format=2,
-            compressors=omezarr.default_compressor(),
+            compressors=formats.default_compressor(),
         )
         store = cls(folder)
         store.set_classes(classes or ["background", "bone"])

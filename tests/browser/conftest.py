@@ -79,8 +79,8 @@ class LiveServer:
 
     def seed_job(self, name: str, image: np.ndarray, voxel_size=(1.0, 1.0, 1.0)) -> str:
         """A job in status ``converted`` holding ``image`` (z, y, x) with its pyramid."""
+        from ml4paleo.formats import build_pyramid, create_image
         from ml4paleo.jobs.steps import image_metadata
-        from ml4paleo.omezarr import build_pyramid, create_image
 
         store = self.store
         job_id = store.create(name, "npy")["id"]

@@ -22,8 +22,8 @@ SHAPE = (40, 48, 56)
 def _seed_oriented(live_server, name: str) -> str:
     """A converted job whose world is RAS (a NIfTI brain's) and whose voxels are bright at
     the top (high z = superior) and dark at the bottom."""
+    from ml4paleo.formats import build_pyramid, create_image
     from ml4paleo.jobs.steps import image_metadata
-    from ml4paleo.omezarr import build_pyramid, create_image
 
     store = live_server.store
     jid = store.create(name, "nifti")["id"]

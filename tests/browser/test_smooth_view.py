@@ -30,7 +30,7 @@ def _labels() -> np.ndarray:
 
 def _seed_segmentation(live_server, job_id: str, labels: np.ndarray) -> None:
     from ml4paleo._fs import atomic_write_json
-    from ml4paleo.omezarr import build_pyramid, create_image
+    from ml4paleo.formats import build_pyramid, create_image
 
     store = live_server.store
     seg_dir = store.job_dir(job_id) / "segmentations" / SEG

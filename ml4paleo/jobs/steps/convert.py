@@ -17,7 +17,7 @@ KIND = "convert"
 def image_metadata(path: Path) -> dict:
     """Shape, dtype, voxel size, unit, where the voxel size came from, warnings and source
     details of a converted OME-Zarr image."""
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     image = open_image(path)
     extra = image.attrs.get("ml4paleo") or {}

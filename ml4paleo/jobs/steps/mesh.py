@@ -43,7 +43,7 @@ def _cache_zip(ctx: JobContext, seg_id: str) -> None:
 
 def run(ctx: JobContext) -> dict:
     """Mesh the requested (default: the current) segmentation."""
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     mesh = library("ml4paleo.meshing", "mesh", "meshing")
     request = ctx.record.get("request") or {}

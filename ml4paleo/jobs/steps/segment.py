@@ -78,7 +78,7 @@ def _existing(ctx: JobContext, models: ModelRegistry, request: dict) -> tuple[st
 
 def run(ctx: JobContext) -> dict:
     """Train and/or segment as the job's request says; returns the finished status."""
-    from ml4paleo.omezarr import open_image
+    from ml4paleo.formats import open_image
 
     request = ctx.record.get("request") or {}
     do_train = request.get("train", True) is not False
