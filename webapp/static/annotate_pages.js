@@ -115,6 +115,15 @@
   }
   let jobNames = {};
   async function models() {
+    // the per-dataset choice: which configuration won on the user's own labels, and how
+    // every candidate scored (held-out mean Dice, cross-validated by annotated plane)
+    function selectionNote(sel) {
+      if (!sel || !sel.chosen) return null;
+      const scores = (sel.candidates || []).map((c) => `${c.name} ${c.skipped ? `skipped (${c.skipped})` : fmtMetric(c.score)}`).join(" · ");
+      const pruned = sel.pruned && sel.pruned.kept === "pruned" ? ` · features ${sel.pruned.to} of ${sel.pruned.from}` : "";
+      return el("div", { class: "muted small selection", title: "held-out mean Dice of each candidate configuration" },
+        `configuration: ${sel.chosen}${pruned}`, scores ? el("br") : null, scores || null);
+    }
     let data;
     try { data = await api("GET", `${API}/models`); } catch (err) { $("mod-summary").textContent = err.message; return; }
     const list = data.models.map((m) => Object.assign({}, m, { metrics: flatMetrics(m.metrics) }));
@@ -140,7 +149,7 @@
         el("td", {}, m.created_at || ""),
         el("td", {}, classes),
         el("td", {}, counts),
-        el("td", {}, metrics),
+        el("td", {}, metrics, selectionNote(m.selection)),
         el("td", {}, src),
         el("td", {},
           m.chosen ? el("strong", {}, "segments next") : el("button", {
