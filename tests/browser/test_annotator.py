@@ -211,6 +211,9 @@ def test_annotate_retrain_undo_reload_segment_mesh(page, live_server, phantom):
     page.goto(f"/job/{job_id}/models")
     page.wait_for_selector("#mod-table tbody tr")
     page.wait_for_selector("#mod-chart svg")  # two annotated planes: held-out metrics exist
+    # the model trained by the segment step chose its configuration on these labels
+    note = page.text_content("#mod-table tbody tr .selection")
+    assert note and note.startswith("configuration: "), note
     shot(page, "annotator-8-models")
     assert not page.js_errors, page.js_errors
 
