@@ -62,6 +62,7 @@ class _OpenImage:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.arrays[0].shape)
 
+
 def _public_record(record: dict) -> dict:
     rec = dict(record)
     status = rec.get("status")
@@ -434,8 +435,8 @@ def thickness_slice(job_id: str, seg_id: str):
     segmentation_dir(job_id, seg_id)
     paths = job_paths(job_id)
     labels = _image_or_404(paths.labels(seg_id), "the label image")
-    tmap = _image_or_404(paths.segmentation_files(seg_id).thickness_map, "the thickness map")
-    extra = tmap.attrs.get("ml4paleo") or {}
+    tmap = _open_cached(paths.segmentation_files(seg_id).thickness_map, "the thickness map")
+    extra = tmap.img.attrs.get("ml4paleo") or {}
     vmax = float(extra.get("max_thickness") or 1.0)
     box = extra.get("box") or [[0, n] for n in labels.shape]
     axis = _axis()
@@ -451,7 +452,7 @@ def thickness_slice(job_id: str, seg_id: str):
         full = tuple(labels.level(level).shape[d] for d in dims)
         plane = np.zeros(full, np.float32)
         start = int(box[axis][0])
-        if start <= index < int(box[axis][1]) and level < len(tmap.levels):
+        if start <= index < int(box[axis][1]) and level < len(tmap.arrays):
             part = _plane_region(tmap, axis, index - start, level, None, MAX_TILE * 64)
             o = [int(box[d][0]) // 2**level for d in dims]
             h, w = min(part.shape[0], full[0] - o[0]), min(part.shape[1], full[1] - o[1])
