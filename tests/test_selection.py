@@ -60,9 +60,10 @@ def test_per_dataset_choice_picks_the_structure_tensor_where_default_features_fa
                     settings=TrainSettings(**FAST).fixed())
     sel = chosen.meta["selection"]
     scores = {c["name"]: c["score"] for c in sel["candidates"]}
-    assert len(scores) == 4 and all(isinstance(s, float) for s in scores.values())
+    assert list(scores) == ["full, one stage", "structure, two stages", "default, two stages"]
+    assert all(isinstance(s, float) for s in scores.values())
     # the structure tensor is what separates the classes: chosen, and scored far higher
-    assert sel["chosen"].startswith("structure")
+    assert sel["chosen"] != "default, two stages"
     assert "structure" in chosen.feature_settings.families
     assert any(n.startswith("structure") for n in feature_names(chosen.feature_settings))
     assert scores[sel["chosen"]] >= scores["default, two stages"] + 0.1
@@ -80,7 +81,7 @@ def test_selection_is_recorded_and_round_trips(tmp_path, texture):
     ts = TrainSettings(**{**FAST, "two_stage": False})
     model = train(scan, labels, settings=ts)
     sel = model.meta["selection"]
-    assert [c["two_stage"] for c in sel["candidates"]] == [False, False]
+    assert [c["two_stage"] for c in sel["candidates"]] == [False]
     assert model.context is None and sel["chosen"] in {c["name"] for c in sel["candidates"]}
     back = Model.load(model.save(tmp_path / "m"))
     assert back.meta["selection"] == sel
@@ -93,17 +94,17 @@ def test_the_time_budget_skips_candidates_but_scores_the_default(texture):
     scan, _, labels = texture
     model = train(scan, labels, settings=TrainSettings(**{**FAST, "select_budget": 0.0}))
     cands = model.meta["selection"]["candidates"]
-    assert "score" in cands[0] and cands[0]["name"] == "default, two stages"
-    assert all(c.get("skipped") == "time budget" for c in cands[1:])
-    assert model.meta["selection"]["chosen"] == "default, two stages"
+    assert "score" in cands[0] and cands[0]["name"] == "full, one stage"
+    assert len(cands) == 3 and all(c.get("skipped") == "time budget" for c in cands[1:])
+    assert model.meta["selection"]["chosen"] == "full, one stage"
 
 
 def test_one_annotated_plane_trains_the_default_without_cross_validation():
     scan, truth = make_phantom((24, 40, 40), seed=1)
     model = train(scan, painted_slices(truth, [12]), settings=TrainSettings(**FAST))
     assert model.meta["selection"]["method"].startswith("none")
-    assert model.meta["selection"]["chosen"] == "default, two stages"
-    assert len(model.forests) == 2
+    assert model.meta["selection"]["chosen"] == "full, one stage"
+    assert len(model.forests) == 1 and "structure" in model.feature_settings.families
 
 
 @pytest.mark.parametrize("two_stage", [False, True])
@@ -180,9 +181,9 @@ def test_cli_train_selects_by_default_and_no_select_turns_it_off(tmp_path, textu
             "--quiet"]
     res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "auto")])
     assert res.exit_code == 0, res.output
-    assert "chosen: structure" in res.output
     auto = Model.load(tmp_path / "auto")
-    assert auto.meta["selection"]["chosen"].startswith("structure")
+    assert f"chosen: {auto.meta['selection']['chosen']}" in res.output
+    assert any(n.startswith("structure") for n in feature_names(auto.feature_settings))
     res = CliRunner().invoke(main, [*args, "--no-select", "-o", str(tmp_path / "fixed")])
     assert res.exit_code == 0, res.output
     fixed = Model.load(tmp_path / "fixed")
@@ -253,5 +254,46 @@ def test_the_default_stays_unless_beaten_by_the_margin(texture):
     scan, _, labels = texture
     model = train(scan, labels, settings=TrainSettings(**{**FAST, "select_margin": 1.0}))
     sel = model.meta["selection"]
-    assert sel["chosen"] == "default, two stages" and sel["margin"] == 1.0
+    assert sel["chosen"] == "full, one stage" and sel["margin"] == 1.0
     assert max(c["score"] for c in sel["candidates"]) > sel["candidates"][0]["score"]
+
+
+def test_a_later_candidate_replaces_the_first_when_it_wins_by_the_margin(texture):
+    """The mechanism, not the order: with the former default (no structure tensor) first,
+    the structure tensor still wins on the texture it alone separates."""
+    from ml4paleo.io import open_any
+    from ml4paleo.segmentation.context import ContextSettings
+    from ml4paleo.segmentation.selection import Candidate, choose
+    from ml4paleo.segmentation.training import balanced_sample, gather, labelled_voxels
+
+    scan, _, labels = texture
+    ts = TrainSettings(**FAST)
+    coords, vals, border = labelled_voxels(labels)
+    pick = balanced_sample(vals, border, ts.max_per_class, ts.border_weight, ts.seed)
+    data = gather(open_any(scan), coords[pick], (vals[pick] - 1).astype(np.int64), STRUCTURE,
+                  ContextSettings(ts.context_sigmas), 2)
+    classes = [{"name": "incoherent"}, {"name": "coherent"}]
+    cands = [Candidate("default, two stages", FeatureSettings(), True),
+             Candidate("structure, one stage", STRUCTURE, False)]
+    sel = choose(data, cands, ts, classes)
+    first, second = (c["score"] for c in sel.report["candidates"])
+    assert second > first + ts.select_margin
+    assert sel.candidate.name == "structure, one stage"
+    # the same scores with a margin larger than the gain keep the first
+    kept = choose(data, cands, TrainSettings(**{**FAST, "select_margin": second - first + 0.01}),
+                  classes)
+    assert kept.candidate.name == "default, two stages"
+
+
+def test_progress_moves_during_the_choice(texture):
+    scan, _, labels = texture
+    calls = []
+    train(scan, labels, settings=TrainSettings(**FAST), progress=lambda d, t: calls.append((d, t)))
+    totals = {t for _, t in calls}
+    assert len(totals) == 1
+    total = totals.pop()
+    done = [d for d, _ in calls]
+    n_boxes = 4  # strokes on 4 slices
+    # every box, each of the 3 candidates, the pruning, then the fitting
+    assert total == n_boxes + 3 + 1 + 1
+    assert done == list(range(1, total + 1))

@@ -236,7 +236,8 @@ def train(
         Forest sizes, sampling, the per-dataset choice (``select``, ``select_budget``,
         ``prune``); overrides ``preview``.
     progress : callable, optional
-        ``progress(done, total)`` over feature boxes (and the fitting, as a last step).
+        ``progress(done, total)`` over the feature boxes, the candidates of the choice
+        and the pruning (with ``settings.select``), and the fitting as a last step.
 
     Returns
     -------
@@ -289,15 +290,20 @@ def train(
         if need > ts.context_max_bytes:  # large slices: one stage, trained out of core
             too_big = {"context_bytes": round(need), "context_max_bytes": ts.context_max_bytes}
             cands = [c for c in cands if not c.two_stage] or \
-                [Candidate(c.name.replace("two stages", "one stage"), c.features, False) for c in cands]
+                [Candidate(c.name.replace("two stages", "one stage"), c.features, False,
+                           c.class_balance) for c in cands]
             gather_fs, ctx = union_settings(cands), None
-    data = gather(arr, coords, y, gather_fs, ctx, n_classes, progress, extra_steps=1,
+    n_boxes = len(_group_boxes(coords, arr.shape))
+    # steps: the feature boxes, each candidate and the pruning (with select), the fitting
+    extra = 1 + (len(cands) + 1 if select else 0)
+    data = gather(arr, coords, y, gather_fs, ctx, n_classes, progress, extra_steps=extra,
                   plane_tile=ts.plane_tile)
     t_feat = time.perf_counter() - t0
     selection = None
     fold_stages = fold = None
     if select:
-        selection = choose(data, cands, ts, cls_list)
+        step = None if progress is None else (lambda k: progress(n_boxes + k, n_boxes + extra))
+        selection = choose(data, cands, ts, cls_list, step)
         cand, channels, metrics = selection.candidate, selection.channels, selection.metrics
     else:
         cand, channels = cands[0], data.names
@@ -310,10 +316,10 @@ def train(
         # out-of-fold stage 1 (stacking): stage 2 learns from realistic stage-1 errors
         stage1_for = lambda cb, s1: fold_stages[0] if fold[cb.members[0]] else fold_stages[1]  # noqa: E731
     stages, _ = fit_stages(data, None if len(cols) == len(data.names) else cols, cand.two_stage,
-                           ts, ts.n_trees, stage1_for=stage1_for, budget=ts.node_budget)
+                           cand.train_settings(ts), ts.n_trees, stage1_for=stage1_for,
+                           budget=ts.node_budget)
     if progress is not None:
-        total = int(data.groups.max()) + 2  # the boxes, then the fitting
-        progress(total, total)
+        progress(n_boxes + extra, n_boxes + extra)
     fs = cand.features
     if channels != feature_names(fs):
         fs = fs.with_channels(channels)
@@ -326,7 +332,8 @@ def train(
         "train_settings": {"n_trees": [getattr(f, "n_trees", None) for f in stages],
                            "max_depth": ts.max_depth, "node_budget": ts.node_budget,
                            "cross_fit": ts.cross_fit, "max_per_class": ts.max_per_class,
-                           "two_stage": cand.two_stage, "select": select},
+                           "two_stage": cand.two_stage, "select": select,
+                           "class_balance": cand.train_settings(ts).class_balance},
         "seconds": {"features": round(t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
         "shape": list(arr.shape),
         "classes": cls_list,
