@@ -38,22 +38,24 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import volumes as V  # noqa: E402
 
-#: candidate name -> (feature settings key, two stages)
+#: candidate name -> (feature settings key, two stages, class balance or None for the default)
 CANDIDATES = {
-    "structure, one stage": ("structure", False),
-    "structure, two stages": ("structure", True),
-    "default, two stages": ("default", True),
-    "default, one stage": ("default", False),
-    "wide, one stage": ("wide", False),
+    "full, one stage": ("full", False, 1.0),
+    "structure, two stages": ("structure", True, None),
+    "default, two stages": ("default", True, None),
+    "structure, one stage": ("structure", False, None),
+    "default, one stage": ("default", False, None),
+    "wide, one stage": ("wide", False, None),
 }
 
 
 def feature_sets() -> dict:
-    """The feature settings the candidates use (``wide``: structure plus scales 5 and 10)."""
+    """The feature settings the candidates use (``full``: :data:`~ml4paleo.segmentation.selection.FULL`;
+    ``wide``: ``full`` without the Hessian and structure tensor at 0.7)."""
     from ml4paleo.features import FeatureSettings
-    from ml4paleo.segmentation.selection import STRUCTURE
+    from ml4paleo.segmentation.selection import FULL, STRUCTURE
 
-    return {"default": FeatureSettings(), "structure": STRUCTURE,
+    return {"default": FeatureSettings(), "structure": STRUCTURE, "full": FULL,
             "wide": replace(STRUCTURE, scales=(*STRUCTURE.scales, 5.0, 10.0))}
 
 
@@ -86,7 +88,7 @@ def rank(name: str, label_set: str, names: list[str], quick: bool = False, seed:
     classes = [{"name": c} for c in vol.class_names]
     img = open_any(vol.scan, voxel_size=vol.voxel_size)
     sets = feature_sets()
-    cands = [Candidate(c, sets[CANDIDATES[c][0]], CANDIDATES[c][1]) for c in names]
+    cands = [Candidate(c, sets[CANDIDATES[c][0]], CANDIDATES[c][1], CANDIDATES[c][2]) for c in names]
     ts = TrainSettings()
     coords, vals, border = labelled_voxels(labels)
     pick = balanced_sample(vals, border, ts.max_per_class, ts.border_weight, ts.seed)
@@ -99,9 +101,9 @@ def rank(name: str, label_set: str, names: list[str], quick: bool = False, seed:
     whole = tuple(slice(0, k) for k in vol.scan.shape)
     for c in cands:
         cols = data.columns(feature_names(c.features))
-        r = cross_validate(data, cols, c.two_stage, ts, rows, classes)
+        r = cross_validate(data, cols, c.two_stage, c.train_settings(ts), rows, classes)
         t0 = time.perf_counter()
-        fixed = replace(ts.fixed(), two_stage=c.two_stage)
+        fixed = replace(c.train_settings(ts).fixed(), two_stage=c.two_stage)
         model = ml4paleo.train(img, labels, classes=list(vol.class_names), feature_settings=c.features,
                                settings=fixed)
         t_train = time.perf_counter() - t0
