@@ -91,9 +91,9 @@ def candidates(ts: TrainSettings, features: FeatureSettings | None = None) -> li
     strokes and painted planes, full sizes) it was never more than 0.017 below the
     ilastik-style reference trained on the same labels (more than 0.005 below on two of
     twelve label sets: strokes on ``fossil_iso`` and on the MRI), where one stage without
-    the large scales fell 0.19
-    below it (phantom, painted: the dense structure needs the 10-voxel scale) and the
-    former default (no structure tensor, two stages) 0.04 below it (phantom, strokes). The
+    the large scales fell 0.19 below it (phantom, painted: the dense structure needs the
+    10-voxel scale) and the former default (no structure tensor, two stages) 0.04 below it
+    (phantom, strokes). The
     others -- ``structure, two stages`` and ``default, two stages`` -- win clearly where the
     second stage's context or the texture matters (texture, painted: +0.14 over the
     reference).

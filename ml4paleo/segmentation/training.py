@@ -284,16 +284,16 @@ def train(
     gather_fs = union_settings(cands)
     ctx = ContextSettings(tuple(ts.context_sigmas)) if any(c.two_stage for c in cands) else None
     too_big = None
+    boxes = [box for box, _ in _group_boxes(coords, arr.shape)]
     if ctx is not None:
-        need = max(context_bytes(box, arr.shape, ctx, gather_fs)
-                   for box, _ in _group_boxes(coords, arr.shape))
+        need = max(context_bytes(box, arr.shape, ctx, gather_fs) for box in boxes)
         if need > ts.context_max_bytes:  # large slices: one stage, trained out of core
             too_big = {"context_bytes": round(need), "context_max_bytes": ts.context_max_bytes}
             cands = [c for c in cands if not c.two_stage] or \
                 [Candidate(c.name.replace("two stages", "one stage"), c.features, False,
                            c.class_balance) for c in cands]
             gather_fs, ctx = union_settings(cands), None
-    n_boxes = len(_group_boxes(coords, arr.shape))
+    n_boxes = len(boxes)
     # steps: the feature boxes, each candidate and the pruning (with select), the fitting
     extra = 1 + (len(cands) + 1 if select else 0)
     data = gather(arr, coords, y, gather_fs, ctx, n_classes, progress, extra_steps=extra,
