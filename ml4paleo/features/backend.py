@@ -40,8 +40,8 @@ BACKENDS: dict[str, str] = {
 _EXTRA: dict[str, Callable[[], FilterBackend]] = {}
 _INSTANCES: dict[str, FilterBackend] = {}
 
-#: a Gaussian pass whose output is at most this thick along its axis is a direct weighted
-#: sum of planes (no wasted full-axis filtering)
+#: kept for plugins written against earlier versions (every pass with margin enough is
+#: now a 'valid' weighted sum, whatever its thickness)
 THIN = 8
 
 
@@ -108,26 +108,31 @@ class FilterBackend(abc.ABC):
         """Gaussian of ``data`` keeping only ``keep`` voxels of margin around the centre.
 
         ``data`` is ``centre`` plus a symmetric margin. Each 1D pass crops its axis first to
-        what the kernel needs, so later passes touch less data; a pass whose output is only a
-        few planes thick (:data:`THIN`) is a 'valid' weighted sum of planes.
+        what the kernel needs, so later passes touch less data, and is a 'valid' weighted sum
+        (:meth:`gaussian1d_valid`: the same arithmetic for a voxel whatever block holds it);
+        only a margin too thin for the kernel falls back to the mirrored :meth:`gaussian1d`.
         """
+        radii = [kernel_radius(s) if s > 0 else 0 for s in sigmas]
         out = data
         for a in range(3):
-            halo = (out.shape[a] - centre[a]) // 2
-            r = kernel_radius(sigmas[a])
-            need = keep[a] + r
-            if halo > need:
-                out = crop_axis(out, a, halo - need)
+            # crop every axis to what the passes still to come need (this one included)
+            need = [keep[b] + (radii[b] if b >= a else 0) for b in range(3)]
+            halo = [(out.shape[b] - centre[b]) // 2 for b in range(3)]
+            window = tuple(slice(h - n, out.shape[b] - (h - n)) if h > n else slice(None)
+                           for b, (h, n) in enumerate(zip(halo, need, strict=True)))
+            if sigmas[a] > 0 and halo[a] >= need[a]:
+                out = self.gaussian1d_valid_window(out, sigmas[a], a, window)
+                continue
+            out = out[window]
             if sigmas[a] > 0:
-                n_out = out.shape[a] - 2 * r
-                if n_out <= THIN:
-                    out = self.gaussian1d_valid(out, sigmas[a], a)
-                else:
-                    out = self.gaussian1d(out, sigmas[a], a)
-            halo = (out.shape[a] - centre[a]) // 2
-            if halo > keep[a]:
-                out = crop_axis(out, a, halo - keep[a])
-        return out
+                out = self.gaussian1d(out, sigmas[a], a)
+                out = crop_axis(out, a, (out.shape[a] - centre[a]) // 2 - keep[a])
+        return crop(out, [max(0, (out.shape[b] - centre[b]) // 2 - keep[b]) for b in range(3)])
+
+    def gaussian1d_valid_window(self, x: Any, sigma: float, axis: int,
+                                window: Sequence[slice]) -> Any:
+        """:meth:`gaussian1d_valid` of ``x[window]`` (backends may read the window in place)."""
+        return self.gaussian1d_valid(x[tuple(window)], sigma, axis)
 
     def diff1(self, x: Any, axis: int) -> Any:
         """Central difference along ``axis``, shrinking that axis by 2 (one voxel each side)."""
@@ -149,7 +154,8 @@ class FilterBackend(abc.ABC):
 
 
 class NumpyBackend(FilterBackend):
-    """numpy arrays, scipy.ndimage Gaussians (the default)."""
+    """numpy arrays; compiled 'valid' Gaussian passes (:mod:`ml4paleo.features.compiled`),
+    scipy.ndimage where the mirrored boundary is needed (the default)."""
 
     name = "numpy"
     xp = np
@@ -159,14 +165,17 @@ class NumpyBackend(FilterBackend):
                                      output=np.float32)
 
     def gaussian1d_valid(self, x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
-        k = gaussian_kernel(sigma)
-        r = len(k) // 2
-        n_out = x.shape[axis] - 2 * r
-        xm = np.moveaxis(x, axis, 0)
-        out = np.zeros((n_out, *xm.shape[1:]), np.float32)
-        for j, w in enumerate(k):
-            out += w * xm[j : j + n_out]
-        return np.moveaxis(out, 0, axis)
+        from .compiled import correlate_valid
+
+        return correlate_valid(x, gaussian_kernel(sigma), axis)
+
+    def gaussian1d_valid_window(self, x: np.ndarray, sigma: float, axis: int,
+                                window: Sequence[slice]) -> np.ndarray:
+        from .compiled import correlate_valid
+
+        if not x.flags.c_contiguous:
+            return correlate_valid(x[tuple(window)], gaussian_kernel(sigma), axis)
+        return correlate_valid(x, gaussian_kernel(sigma), axis, window=window)
 
     def gaussian_filter(self, x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
         return ndi.gaussian_filter(x, list(sigmas), mode="reflect", truncate=TRUNCATE,

@@ -8,10 +8,12 @@ prediction); 3x3 (or 2x2) symmetric eigenvalues in closed form, vectorised, floa
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 
 import numpy as np
 
 from .backend import FilterBackend, crop, get_backend
+from .coarse import coarse_sigmas, plan_steps, presample, upsample
 from .families import ScaleContext
 from .kernels import axis_sigmas
 from .settings import FeatureSettings, halo_for, n_features, scale_plan
@@ -26,6 +28,7 @@ def compute_features(
     halo: Sequence[int] | None = None,
     *,
     backend: str | FilterBackend | None = None,
+    origin: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Features of the centre of a halo-padded block.
 
@@ -42,6 +45,10 @@ def compute_features(
         Halo present in ``block_with_halo``; default :func:`halo_for` (must be at least that).
     backend : str or FilterBackend, optional
         The filter backend (default ``"numpy"``; see :mod:`ml4paleo.features.backend`).
+    origin : sequence of 3 int, optional
+        Index in the volume of the centre's first voxel (default 0, 0, 0): places the
+        coarse grid of large scales (``settings.coarse_from``) on the volume's even voxels,
+        so blocks of one volume agree. Unused without ``coarse_from``.
 
     Returns
     -------
@@ -65,7 +72,8 @@ def compute_features(
     data = np.asarray(block_with_halo)
     centre, halo = check_block(data, settings, voxel_size, halo)
     out = np.empty((n_features(settings), *centre), dtype=np.float32)
-    for k, channel in enumerate(iter_features(data, settings, voxel_size, halo, backend=backend)):
+    for k, channel in enumerate(iter_features(data, settings, voxel_size, halo, backend=backend,
+                                              origin=origin)):
         out[k] = channel
     return out
 
@@ -98,6 +106,7 @@ def iter_features(
     halo: Sequence[int] | None = None,
     *,
     backend: str | FilterBackend | None = None,
+    origin: Sequence[int] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the channels of :func:`compute_features` one by one (lower peak memory)."""
     settings = settings or FeatureSettings()
@@ -112,7 +121,27 @@ def iter_features(
     previous = None  # previous scale's smoothed centre (for DoG)
     previous_index = -1
     deriv_margin = [0 if (two_d and a == 0) else 1 for a in range(3)]
-    for plan in scale_plan(settings):
+    origin = tuple(int(o) for o in (origin if origin is not None else (0, 0, 0)))
+    plans = scale_plan(settings)
+    coarse_data: dict = {}  # steps -> (pre-sampled block, its centre): shared by scales
+    for i, plan in enumerate(plans):
+        steps = plan_steps(plan, settings, voxel_size)
+        if any(st > 1 for st in steps):
+            nxt = plans[i + 1] if i + 1 < len(plans) else None
+            next_dog = nxt is not None and nxt.index == plan.index + 1 and any(
+                f.name == "dog" for f in nxt.families)
+            if plan.index == 0:
+                prev = crop(data, halo)
+            else:
+                prev = previous if previous_index == plan.index - 1 else None
+            if steps not in coarse_data:
+                coarse_data[steps] = presample(be.to_numpy(data), steps, centre, halo, origin)
+            scale = _CoarseScale(be, settings, voxel_size, plan, steps, *coarse_data[steps],
+                                 centre, origin, deriv_margin)
+            for _name, channel in scale.channels(prev, ndim):
+                yield be.to_numpy(channel)
+            previous, previous_index = (scale.smoothed_fine if next_dog else None), plan.index
+            continue
         # the previous scale's context (its derivatives) is released only when this scale's
         # context replaces it, after the new Gaussian: its freed buffers, all of the same
         # size, are then reused for this scale's derivatives (fewer fresh pages from malloc;
@@ -139,3 +168,42 @@ def iter_features(
                 if plan.keeps(name):
                     yield be.to_numpy(channel)
         previous, previous_index = ctx.smoothed_centre, plan.index
+
+
+class _CoarseScale:
+    """One scale computed on the coarse grid (:mod:`ml4paleo.features.coarse`)."""
+
+    def __init__(self, be: FilterBackend, settings: FeatureSettings, voxel_size, plan, steps,
+                 cdata, ccentre, centre, origin, deriv_margin) -> None:
+        sig = coarse_sigmas(axis_sigmas(plan.sigma, settings, voxel_size), steps)
+        self.plan, self.steps, self.centre, self.origin, self.be = plan, steps, centre, origin, be
+        self.ctx = ScaleContext(
+            backend=be, settings=settings, voxel_size=voxel_size, sigma=plan.sigma,
+            smoothed=be.smooth(be.asarray(cdata), sig, deriv_margin, ccentre), centre=ccentre,
+            keep=deriv_margin, deriv_margin=deriv_margin, previous=None, steps=steps,
+        )
+
+    def up(self, x):
+        """A coarse-centre channel on the fine centre."""
+        return upsample(x, self.steps, self.centre, self.origin, xp=self.be.xp)
+
+    @cached_property
+    def smoothed_fine(self):
+        """The scale's smoothed image on the fine centre."""
+        return self.up(self.ctx.smoothed_centre)
+
+    def channels(self, previous, ndim: int):
+        """``(name, channel)`` of the kept channels, on the fine centre."""
+        plan = self.plan
+        for fam in plan.families:
+            names = fam.channel_names(plan.sigma, ndim)
+            if fam.name == "dog":  # against the previous scale's fine image
+                if plan.keeps(names[0]):
+                    yield names[0], self.smoothed_fine - previous
+            elif fam.name == "gaussian":
+                if plan.keeps(names[0]):
+                    yield names[0], self.smoothed_fine
+            else:
+                for name, channel in zip(names, fam.channels(self.ctx), strict=True):
+                    if plan.keeps(name):
+                        yield name, self.up(channel)

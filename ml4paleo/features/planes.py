@@ -10,16 +10,18 @@ the plane's, so a caller computes what it shows (or what is labelled) tile by ti
 
 Equality (what the tests assert):
 
-- tiles of a plane put side by side equal the whole plane's features **exactly** (same
-  arithmetic per pixel) when every tile and the plane are more than
-  :data:`~ml4paleo.features.backend.THIN` pixels on each side;
+- tiles of a plane put side by side equal the whole plane's features **exactly**: every
+  Gaussian pass is a 'valid' float32 sum in kernel order (:mod:`.compiled`) and the coarse
+  grid of large scales sits on the volume's even voxels, so a pixel gets the same
+  arithmetic whatever tile holds it;
 - a plane's features equal the 3-D :func:`~ml4paleo.features.compute_features` of the whole
-  volume at that plane to float32 rounding: the separable passes run in another order and
-  the thin normal pass sums planes in float32 where a long axis uses scipy's double
-  accumulation, so the smoothed image differs by ~1e-7 relative; finite differences and
-  the closed-form eigenvalues amplify that to at most ``5e-4`` of the largest value of the
-  channel's family at that scale (``tests/test_plane_features.py``; the median difference
-  is ~1e-7 relative). Forests see the same leaves but for a pixel in a thousand or so.
+  volume at that plane to float32 rounding: the separable passes run in another order, so
+  the smoothed image differs by ~1e-7 relative; finite differences and the closed-form
+  eigenvalues amplify that to at most ``5e-4`` of the largest value of the channel's family
+  at that scale (``tests/test_plane_features.py``; the median difference is ~1e-7
+  relative), and second differences of the coarse sigma-10 Gaussian (values ~1e-4 of the
+  image's) to ~5e-3 of their own largest value (``tests/test_coarse_features.py``). Forests
+  see the same leaves but for a pixel in a thousand or so.
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ def iter_plane_features(
     del raw
     vs = None if voxel_size is None else tuple(float(voxel_size[a]) for a in order)
     halo_t = tuple(halo[a] for a in order)
+    origin_t = tuple(box[a].start for a in order)
     out_shape = tuple(box[a].stop - box[a].start for a in (0, 1, 2) if a != axis)
-    for channel in iter_features(data, settings, vs, halo_t, backend=backend):
+    for channel in iter_features(data, settings, vs, halo_t, backend=backend, origin=origin_t):
         yield np.asarray(channel).reshape(out_shape)
 
 

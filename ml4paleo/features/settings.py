@@ -40,6 +40,11 @@ class FeatureSettings:
         ``"3d"``, or ``"2d"`` to filter each z-slice on its own (very thin stacks).
     anisotropic : bool
         Scale sigma per axis by the voxel size (finer axes get more voxels of blur).
+    coarse_from : float
+        Scales whose per-axis sigma (voxels) reaches this are computed on a grid twice as
+        coarse along that axis, aligned to the volume, and interpolated back
+        (:mod:`ml4paleo.features.coarse`); 0 (default) = every scale at full resolution.
+        At least 3 when set. Scales with the structure tensor stay at full resolution.
     channels : tuple of str or None
         Compute only these channels (names from :func:`all_feature_names`; kept in that
         order whatever the order given). None (default) = every channel. Scales and
@@ -56,6 +61,7 @@ class FeatureSettings:
     raw: bool = True
     mode: str = "3d"
     anisotropic: bool = True
+    coarse_from: float = 0.0
     channels: tuple[str, ...] | None = None
     _extra: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -69,6 +75,9 @@ class FeatureSettings:
             raise ValueError(f"unknown feature families {sorted(unknown)}; known: {FAMILIES}")
         if self.mode not in ("3d", "2d"):
             raise ValueError(f"mode must be '3d' or '2d', got {self.mode!r}")
+        if self.coarse_from and not float(self.coarse_from) >= 3.0:
+            raise ValueError(f"coarse_from must be 0 (off) or at least 3, got {self.coarse_from}")
+        object.__setattr__(self, "coarse_from", float(self.coarse_from or 0.0))
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         object.__setattr__(self, "families", tuple(self.families))
         if self.channels is not None:
@@ -93,6 +102,8 @@ class FeatureSettings:
         d.pop("_extra", None)
         d["scales"] = list(d["scales"])
         d["families"] = list(d["families"])
+        if not d["coarse_from"]:
+            del d["coarse_from"]  # files of models without the coarse grid stay as they were
         if d["channels"] is None:
             del d["channels"]  # files of full-set models stay as they were
         else:
@@ -181,16 +192,24 @@ def halo_for(settings: FeatureSettings, voxel_size: Sequence[float] | None = Non
     """Halo (voxels per axis) a block needs so its features equal whole-volume features.
 
     The Gaussian support (4 sigma) plus one voxel for the finite differences plus what a
-    family needs beyond that (the structure tensor's outer smoothing) where it is computed.
+    family needs beyond that (the structure tensor's outer smoothing) where it is computed;
+    on a coarse axis (``coarse_from``) what :func:`ml4paleo.features.coarse.coarse_halo` says.
     """
+    from .coarse import coarse_halo, plan_steps
+
     halo = [0, 0, 0]
     for p in scale_plan(settings):
         sig = axis_sigmas(p.sigma, settings, voxel_size)
         extra = p.margin(settings, voxel_size)
+        steps = plan_steps(p, settings, voxel_size)
         for a in range(3):
             if settings.mode == "2d" and a == 0:
                 continue
-            halo[a] = max(halo[a], kernel_radius(sig[a]) + 1 + extra[a])
+            if steps[a] > 1:
+                need = coarse_halo(sig[a], steps[a], extra[a])
+            else:
+                need = kernel_radius(sig[a]) + 1 + extra[a]
+            halo[a] = max(halo[a], need)
     return tuple(halo)
 
 

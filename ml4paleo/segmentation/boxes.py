@@ -43,7 +43,8 @@ def features_for_box(array: Any, box: tuple[slice, ...], settings: FeatureSettin
     if coarse_sel is not None:
         cshape = tuple(len(range(*s.indices(n))) for s, n in zip(coarse_sel, bshape, strict=True))
         coarse = np.empty((F, int(np.prod(cshape))), np.float32)
-    for k, ch in enumerate(iter_features(data, settings, voxel_size, h1)):
+    origin = tuple(b.start for b in box)
+    for k, ch in enumerate(iter_features(data, settings, voxel_size, h1, origin=origin)):
         full[k] = ch[inner].reshape(-1)
         if coarse is not None:
             coarse[k] = ch[coarse_sel].reshape(-1)

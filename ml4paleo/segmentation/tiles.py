@@ -19,8 +19,8 @@ __all__ = ["MIN_EXTENT", "TileGrid", "compute_range", "downsample_labels", "labe
            "level_index"]
 
 #: a tile is computed over at least this many pixels per axis (when the plane has them):
-#: thinner regions take another filter path (see ``ml4paleo.features.backend.THIN``), so
-#: tiles of a plane put together equal the whole plane's features exactly
+#: every filter pass is the same arithmetic at any extent, so tiles of a plane put together
+#: equal the whole plane's features exactly; thinner tiles would only cost more per pixel
 MIN_EXTENT = 16
 
 

@@ -71,11 +71,16 @@ class ScaleContext:
         The previous scale's smoothed centre (the raw centre at the first scale).
     axes : tuple of int
         Axes that are filtered (``(1, 2)`` in 2D mode).
+    steps : tuple of int
+        Fine voxels per voxel of ``smoothed`` along each axis (2 on the coarse grid of a
+        large scale, see :mod:`ml4paleo.features.coarse`): derivatives are divided by it,
+        so they are per fine voxel on either grid.
     """
 
     def __init__(self, *, backend: Any, settings: Any, voxel_size: Sequence[float] | None,
                  sigma: float, smoothed: Any, centre: Sequence[int], keep: Sequence[int],
-                 deriv_margin: Sequence[int], previous: Any) -> None:
+                 deriv_margin: Sequence[int], previous: Any,
+                 steps: Sequence[int] = (1, 1, 1)) -> None:
         self.backend = backend
         self.settings = settings
         self.voxel_size = voxel_size
@@ -87,6 +92,18 @@ class ScaleContext:
         self.previous = previous
         self.two_d = settings.mode == "2d"
         self.axes = (1, 2) if self.two_d else (0, 1, 2)
+        self.steps = tuple(int(st) for st in steps)
+
+    def _per_fine(self, x: Any, *axes: int) -> Any:
+        """``x`` (a difference along ``axes``) per fine voxel: divided by the steps (exact:
+        powers of two); unchanged on the fine grid."""
+        f = 1
+        for a in axes:
+            f *= self.steps[a]
+        if f == 1:
+            return x
+        x *= self.xp.float32(1.0 / f)
+        return x
 
     @property
     def xp(self) -> Any:
@@ -104,7 +121,7 @@ class ScaleContext:
     @cached_property
     def gradients(self) -> list[Any]:
         """Central differences of :attr:`smoothed` along each filtered axis (margin - 1)."""
-        return [self.backend.diff1(self.smoothed, a) for a in self.axes]
+        return [self._per_fine(self.backend.diff1(self.smoothed, a), a) for a in self.axes]
 
     @cached_property
     def hessian_base(self) -> Any:
@@ -115,4 +132,10 @@ class ScaleContext:
     @cached_property
     def second_derivatives(self) -> list[Any]:
         """Second differences along each filtered axis, on the centre."""
-        return [self.crop_to_centre(self.backend.diff2(self.hessian_base, a)) for a in self.axes]
+        return [self._per_fine(self.crop_to_centre(self.backend.diff2(self.hessian_base, a)), a, a)
+                for a in self.axes]
+
+    def cross_derivative(self, a: int, b: int) -> Any:
+        """The mixed second difference along axes ``a`` and ``b``, on the centre."""
+        d1 = self.backend.diff1
+        return self._per_fine(self.crop_to_centre(d1(d1(self.hessian_base, a), b)), a, b)

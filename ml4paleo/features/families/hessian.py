@@ -19,14 +19,12 @@ class HessianEigenvalues(Family):
         return [f"hessian{i}_{sigma:g}" for i in range(ndim)]
 
     def channels(self, ctx: ScaleContext) -> Iterator[Any]:
-        d1, gh, diag = ctx.backend.diff1, ctx.hessian_base, ctx.second_derivatives
+        diag, cross = ctx.second_derivatives, ctx.cross_derivative
         if ctx.two_d:
-            hyx = ctx.crop_to_centre(d1(d1(gh, 1), 2))
+            hyx = cross(1, 2)
             e = eigvalsh2(diag[0], diag[1], hyx, xp=ctx.xp)
         else:
-            hzy = ctx.crop_to_centre(d1(d1(gh, 0), 1))
-            hzx = ctx.crop_to_centre(d1(d1(gh, 0), 2))
-            hyx = ctx.crop_to_centre(d1(d1(gh, 1), 2))
+            hzy, hzx, hyx = cross(0, 1), cross(0, 2), cross(1, 2)
             e = eigvalsh3_slabs(diag[0], diag[1], diag[2], hzy, hzx, hyx, xp=ctx.xp)
         yield from e
 
