@@ -25,8 +25,10 @@ import numpy as np
 
 __all__ = ["TILE", "float32_floor", "forest_proba"]
 
-#: rows walked through every tree together
-TILE = 256
+#: rows walked through every tree together: the deep nodes a tile reaches are loaded once
+#: for all its rows (painted-plane forests, 64 trees of ~10^4 nodes: 1.97 s per 0.5 M rows
+#: with 256, 1.58 s with 4096; the tile's features, F x 4096 float32, stay in L2)
+TILE = 4096
 
 
 def float32_floor(t: np.ndarray) -> np.ndarray:
