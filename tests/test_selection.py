@@ -156,6 +156,13 @@ def test_importance_pruning_retrains_on_the_kept_channels_and_computes_only_them
     assert round(model.meta["metrics"]["score"], 4) == q["score"]
     pred = predict_box(scan, whole, model).argmax(0)
     assert mean_dice(truth, pred, 3) > 0.6  # still a working model on fewer channels
+    # a held-out score at or above prune_saturated cannot judge a pruned set: nothing pruned
+    blind = train(scan, labels, settings=TrainSettings(**{**FAST, "prune_fraction": 1.0,
+                                                          "prune_tolerance": 1.0,
+                                                          "prune_saturated": 0.0}))
+    b = blind.meta["selection"]["pruning"]
+    assert b["kept"].startswith("all (held-out score") and "score" not in b
+    assert len(feature_names(blind.feature_settings)) > q["to"]
 
 
 def test_structure_candidate_channels_contain_the_default_ones():

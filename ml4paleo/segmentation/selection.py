@@ -271,6 +271,9 @@ def choose(data: TrainingData, cands: Sequence[Candidate], ts: TrainSettings,
                    "from": int(len(cols)), "to": int(keep.sum())}
         if keep.all() or keep.sum() < 1:
             pruning["kept"] = "all (none below the threshold)"
+        elif r["score"] >= ts.prune_saturated:
+            pruning["kept"] = (f"all (held-out score {r['score']:.3f} >= {ts.prune_saturated}: "
+                               "too close to 1 to tell what pruning would lose)")
         elif time.perf_counter() - t0 > ts.select_budget:
             pruning["kept"] = "all (time budget)"
         else:
