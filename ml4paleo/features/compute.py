@@ -3,6 +3,9 @@
 One Gaussian per scale; gradient, Hessian, Laplacian of Gaussian and structure tensor are
 finite differences of that smoothed volume (cheap and consistent between training and
 prediction); 3x3 (or 2x2) symmetric eigenvalues in closed form, vectorised, float32.
+The Gaussian passes are compiled 'valid' sums (:mod:`.compiled`); scales from
+``settings.coarse_from`` run on a grid twice as coarse and are interpolated back
+(:mod:`.coarse`, :class:`_CoarseScale`).
 """
 
 from __future__ import annotations
