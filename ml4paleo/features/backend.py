@@ -40,10 +40,6 @@ BACKENDS: dict[str, str] = {
 _EXTRA: dict[str, Callable[[], FilterBackend]] = {}
 _INSTANCES: dict[str, FilterBackend] = {}
 
-#: kept for plugins written against earlier versions (every pass with margin enough is
-#: now a 'valid' weighted sum, whatever its thickness)
-THIN = 8
-
 
 # ----------------------------------------------------------------------------- slicing
 def crop(arr: Any, margin: Sequence[int]) -> Any:
