@@ -1,6 +1,6 @@
 """Tests for ml4paleo.features: closed-form eigenvalues, blockwise == whole volume."""
 
-import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,32 +116,66 @@ def test_bad_input():
 
 
 # --------------------------------------------------------------------------- reference values
-def _digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    return hashlib.sha256(a.tobytes()).hexdigest()[:16] + f":{a.dtype}:{a.shape}"
-
-
 _ALL = ("gaussian", "gradient", "log", "dog", "hessian", "structure")
-#: sha256 prefixes of compute_features() on one fixed random volume: a refactor must give the
-#: same bits. Recomputed once when the Gaussian passes became compiled float32 'valid' sums
-#: (ml4paleo.features.compiled); test_compiled_passes_equal_scipys_to_rounding checks those
-#: against scipy's float64-accumulating passes.
+#: compute_features() on one fixed random volume, kept in tests/fixtures/feature_reference.npz
+#: (regenerate with ``python tests/test_features.py``): a refactor must give the same values.
+#: Not bit digests: numpy's float32 square roots and trigonometry take other SIMD paths on
+#: AVX-512 CPUs (the closed-form eigenvalues differ there by up to 1.5e-6 of a channel's
+#: largest value), so the values are compared to 1e-5 of it -- far below what a changed
+#: kernel, border rule or scale does.
 REFERENCE = {
-    "default": (FeatureSettings(), None, "90ff7f013513b196:float32:(26, 10, 12, 14)"),
-    "all_aniso": (FeatureSettings(families=_ALL, scales=(0.7, 1.0, 1.6, 2.5)), (2.0, 1.0, 1.0),
-                  "5cc1abd50d216974:float32:(32, 28, 20, 22)"),
-    "2d_all": (FeatureSettings(families=_ALL, mode="2d", scales=(1.0, 2.0)), None,
-               "d59f20c3d3865fb9:float32:(15, 40, 24, 26)"),
-    "noraw_iso": (FeatureSettings(raw=False, anisotropic=False, scales=(1.0, 3.0)), (3.0, 1.0, 1.0),
-                  "6a9bbac4dfafb5a5:float32:(14, 14, 16, 18)"),
+    "default": (FeatureSettings(), None),
+    "all_aniso": (FeatureSettings(families=_ALL, scales=(0.7, 1.0, 1.6, 2.5)), (2.0, 1.0, 1.0)),
+    "2d_all": (FeatureSettings(families=_ALL, mode="2d", scales=(1.0, 2.0)), None),
+    "noraw_iso": (FeatureSettings(raw=False, anisotropic=False, scales=(1.0, 3.0)), (3.0, 1.0, 1.0)),
 }
+FIXTURE = Path(__file__).parent / "fixtures" / "feature_reference.npz"
+TOLERANCE = 1e-5  # of each channel's largest absolute value
+
+
+def _reference_features(name: str) -> np.ndarray:
+    settings, voxel_size = REFERENCE[name]
+    vol = (np.random.default_rng(42).random((40, 42, 44)) * 1000).astype(np.float32)
+    return compute_features(vol, settings, voxel_size)
+
+
+def _sample_index(shape, n: int = 256) -> np.ndarray:
+    """Flat indices of the 8 corners, the face centres and ``n`` random voxels."""
+    corners = [[a * (s - 1) for a, s in zip(c, shape, strict=True)] for c in np.ndindex(2, 2, 2)]
+    faces = []
+    for axis in range(3):
+        for end in (0, shape[axis] - 1):
+            p = [s // 2 for s in shape]
+            p[axis] = end
+            faces.append(p)
+    rnd = np.random.default_rng(7).integers(0, shape, size=(n, 3))
+    return np.ravel_multi_index(np.array(corners + faces + rnd.tolist()).T, shape)
+
+
+def _summary(f: np.ndarray) -> dict[str, np.ndarray]:
+    flat = f.reshape(len(f), -1).astype(np.float64)
+    return {"shape": np.array(f.shape), "values": flat[:, _sample_index(f.shape[1:])],
+            "mean": flat.mean(1), "std": flat.std(1), "maxabs": np.abs(flat).max(1)}
+
+
+def write_reference(path: Path = FIXTURE) -> None:
+    """Recompute the reference summaries (only when the features are meant to change)."""
+    arrays = {f"{name}/{k}": v for name in REFERENCE for k, v in _summary(_reference_features(name)).items()}
+    np.savez_compressed(path, **arrays)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
-def test_features_are_bit_identical_to_the_reference(name):
-    settings, voxel_size, digest = REFERENCE[name]
-    vol = (np.random.default_rng(42).random((40, 42, 44)) * 1000).astype(np.float32)
-    assert _digest(compute_features(vol, settings, voxel_size)) == digest
+def test_features_match_the_reference(name):
+    with np.load(FIXTURE) as ref:
+        want = {k: ref[f"{name}/{k}"] for k in ("shape", "values", "mean", "std", "maxabs")}
+    got = _summary(_reference_features(name))
+    assert tuple(got["shape"]) == tuple(want["shape"])
+    tol = TOLERANCE * want["maxabs"]
+    assert np.all(np.abs(got["maxabs"] - want["maxabs"]) <= tol)
+    for key in ("mean", "std"):
+        assert np.all(np.abs(got[key] - want[key]) <= tol), key
+    bad = np.abs(got["values"] - want["values"]) > tol[:, None]
+    assert not bad.any(), f"{int(bad.sum())} sampled values differ, channels {np.flatnonzero(bad.any(1))}"
 
 
 # --------------------------------------------------------------------------- seams
@@ -231,3 +265,7 @@ def test_families_table_sets_channel_order_and_halo():
     assert halo_for(FeatureSettings(scales=(1.0,), families=("structure",))) == (4 + 1 + 2,) * 3
     with pytest.raises(KeyError, match="nope"):
         family("nope")
+
+
+if __name__ == "__main__":
+    write_reference()
