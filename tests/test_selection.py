@@ -304,3 +304,35 @@ def test_progress_moves_during_the_choice(texture):
     # every box, each of the 3 candidates, the pruning, then the fitting
     assert total == n_boxes + 3 + 1 + 1
     assert done == list(range(1, total + 1))
+
+
+def test_context_regions_that_overlap_share_one_pass_with_the_same_values():
+    """Painted planes a few voxels apart: one filter-bank pass over their context regions'
+    bounding box gives each plane's rows and coarse context features exactly as a pass over
+    its own region does (and is taken only where it reads no more than separate passes)."""
+    from ml4paleo.io import open_any
+    from ml4paleo.segmentation.context import ContextSettings, context_plan
+    from ml4paleo.segmentation.training import gather, labelled_voxels, merge_regions
+
+    scan, truth = make_phantom((40, 48, 56), seed=3)
+    labels = np.zeros_like(truth)
+    for z in (5, 12, 33):  # 5 and 12 overlap; 33 is far
+        labels[z] = truth[z] + 1
+    labels[20, 10:30, 5:40] = truth[20, 10:30, 5:40] + 1  # a smaller box in between
+    arr = open_any(scan)
+    coords, vals, _ = labelled_voxels(labels)
+    y = (vals - 1).astype(np.int64)
+    fs, ctx = FeatureSettings(scales=(1.0, 3.0)), ContextSettings((0.0, 1.0))
+    data = gather(arr, coords, y, fs, ctx, 3)
+    regions = [cb.plan.region for cb in data.boxes]
+    merged = merge_regions(regions, arr.shape, fs)
+    assert len(merged) < len(regions)  # some pass was shared
+    assert [i for _, idx in merged for i in idx] == sorted(range(len(regions)),
+                                                           key=lambda i: regions[i][0].start)
+    for cb in data.boxes:
+        plan = context_plan(cb.box, arr.shape, ctx, fs)
+        Xb, Xc = features_for_box(arr, plan.region, fs, None, plan.coarse, plan.inner(cb.box))
+        assert np.array_equal(data.X[cb.members], Xb[:, cb.flat].T)
+        assert np.array_equal(cb.coarse, Xc)
+    # a cap below one region's estimate keeps every region on its own
+    assert len(merge_regions(regions, arr.shape, fs, max_bytes=1.0)) == len(regions)

@@ -24,7 +24,7 @@ from ml4paleo.classes import MAX_CLASSES, class_list
 from ml4paleo.features import FeatureSettings, feature_names, halo_for, plane_features
 from ml4paleo.io import open_any
 
-from .boxes import features_for_box
+from .boxes import features_for_box, features_for_parts
 from .classifiers import classifier_class
 from .context import ContextSettings, context_plan
 from .fitting import (
@@ -138,11 +138,57 @@ def context_bytes(box: tuple[slice, ...], shape: Sequence[int], ctx: ContextSett
     """Rough peak memory (bytes) of gathering the context features of one annotated box:
     the filter bank over the box's context region read with the feature halo (a few
     float32 copies of that slab) plus the features at its coarse-grid voxels."""
-    region = context_plan(box, shape, ctx, fs).region
+    return _region_bytes(context_plan(box, shape, ctx, fs).region, shape, fs)
+
+
+def _read_voxels(region: tuple[slice, ...], shape: Sequence[int], fs: FeatureSettings) -> float:
+    """Voxels the filter bank reads for ``region`` (grown by the halo, clipped to the volume:
+    beyond it the mirror costs no reading but the passes still run, so counted too)."""
     halo = halo_for(fs, None)
-    read = float(np.prod([r.stop - r.start + 2 * h for r, h in zip(region, halo, strict=True)]))
+    return float(np.prod([r.stop - r.start + 2 * h for r, h in zip(region, halo, strict=True)]))
+
+
+def _region_bytes(region: tuple[slice, ...], shape: Sequence[int], fs: FeatureSettings) -> float:
     voxels = float(np.prod([r.stop - r.start for r in region]))
-    return 4 * (6 * read + voxels * len(feature_names(fs)) / 8)
+    return 4 * (6 * _read_voxels(region, shape, fs) + voxels * len(feature_names(fs)) / 8)
+
+
+def _shift(sl: slice, n: int, by: int) -> slice:
+    """``sl`` (into an axis of length ``n``) moved ``by`` voxels."""
+    start, stop, st = sl.indices(n)
+    return slice(start + by, stop + by, st)
+
+
+def _hull(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def merge_regions(regions: Sequence[tuple[slice, ...]], shape: Sequence[int], fs: FeatureSettings,
+                  max_bytes: float = float("inf")) -> list[tuple[tuple[slice, ...], list[int]]]:
+    """Group context regions whose bounding box costs no more filtering than they do apart.
+
+    Annotated planes a few voxels apart have context regions that overlap (each reaches
+    ~10 voxels to either side): one filter-bank pass over their bounding box replaces a pass
+    per plane. Regions are taken in order along their first coordinates and a region joins
+    the current group when the group's bounding box (with the feature halo) reads no more
+    voxels than the members would apart and stays within ``max_bytes``
+    (:func:`context_bytes`' estimate). Returns (bounding box, member indices) per group.
+    """
+    order = sorted(range(len(regions)), key=lambda i: tuple(r.start for r in regions[i]))
+    out: list[tuple[tuple[slice, ...], list[int]]] = []
+    cost = 0.0
+    for i in order:
+        own = _read_voxels(regions[i], shape, fs)
+        if out:
+            hull = _hull(out[-1][0], regions[i])
+            if (_read_voxels(hull, shape, fs) <= cost + own
+                    and _region_bytes(hull, shape, fs) <= max_bytes):
+                out[-1] = (hull, [*out[-1][1], i])
+                cost += own
+                continue
+        out.append((regions[i], [i]))
+        cost = own
+    return out
 
 
 def _labelled_rows_by_plane(arr: Any, box: tuple[slice, ...], local: np.ndarray,
@@ -169,38 +215,58 @@ def _labelled_rows_by_plane(arr: Any, box: tuple[slice, ...], local: np.ndarray,
 def gather(arr: Any, coords: np.ndarray, y: np.ndarray, fs: FeatureSettings,
            ctx: ContextSettings | None, n_classes: int,
            progress: ProgressCallback | None = None, extra_steps: int = 0,
-           plane_tile: int = 512) -> TrainingData:
+           plane_tile: int = 512, max_bytes: float = float("inf")) -> TrainingData:
     """Features ``fs`` of the voxels ``coords`` (N, 3) of ``arr`` (classes ``y``), box by
     annotated box, with the coarse-grid features the context of each box needs (``ctx``).
 
     Without context, a box one plane thick is computed plane-wise, tile by tile
-    (``plane_tile`` pixels; values equal the 3-D features to float32 rounding).
+    (``plane_tile`` pixels; values equal the 3-D features to float32 rounding). With
+    context, boxes whose context regions overlap share one filter-bank pass over their
+    bounding box (:func:`merge_regions`, within ``max_bytes``; the values are those of a
+    pass per box, exactly).
     """
     vs = arr.voxel_size
     boxes = _group_boxes(coords, arr.shape)
     names = feature_names(fs)
     X = np.empty((len(y), len(names)), np.float32)
     groups = np.empty(len(y), np.int64)
-    cboxes = []
+    flats = []
     for i, (box, members) in enumerate(boxes):
         groups[members] = i
         local = coords[members] - np.array([b.start for b in box])
-        flat = np.ravel_multi_index(local.T, tuple(b.stop - b.start for b in box))
-        if ctx is None and min(b.stop - b.start for b in box) == 1:
-            X[members] = _labelled_rows_by_plane(arr, box, local, fs, plane_tile)
-            if progress is not None:
-                progress(i + 1, len(boxes) + extra_steps)
-            continue
-        if ctx is None:
-            Xb, _ = features_for_box(arr, box, fs, vs)
-        else:
-            plan = context_plan(box, arr.shape, ctx, fs)
-            Xb, Xc = features_for_box(arr, plan.region, fs, vs, plan.coarse, plan.inner(box))
-            cboxes.append(ContextBox(box, flat, members, Xc, plan))
-        X[members] = Xb[:, flat].T
-        del Xb
+        flats.append((local, np.ravel_multi_index(local.T, tuple(b.stop - b.start for b in box))))
+    done = 0
+
+    def step(k: int) -> None:
+        nonlocal done
+        done += k
         if progress is not None:
-            progress(i + 1, len(boxes) + extra_steps)
+            progress(done, len(boxes) + extra_steps)
+
+    if ctx is None:
+        for i, (box, members) in enumerate(boxes):
+            local, flat = flats[i]
+            if min(b.stop - b.start for b in box) == 1:
+                X[members] = _labelled_rows_by_plane(arr, box, local, fs, plane_tile)
+            else:
+                X[members] = features_for_box(arr, box, fs, vs)[0][:, flat].T
+            step(1)
+        return TrainingData(X, y, groups, names, fs, n_classes, None, [])
+    plans = [context_plan(box, arr.shape, ctx, fs) for box, _ in boxes]
+    cboxes: list[ContextBox | None] = [None] * len(boxes)
+    for hull, idx in merge_regions([p.region for p in plans], arr.shape, fs, max_bytes):
+        parts = []
+        for i in idx:
+            p, box = plans[i], boxes[i][0]
+            off = [r.start - h.start for r, h in zip(p.region, hull, strict=True)]
+            inner = tuple(slice(b.start - h.start, b.stop - h.start) for b, h in zip(box, hull, strict=True))
+            coarse = tuple(_shift(c, r.stop - r.start, o) for c, r, o in zip(p.coarse, p.region, off, strict=True))
+            parts.append((inner, coarse))
+        for i, (Xb, Xc) in zip(idx, features_for_parts(arr, hull, fs, vs, parts), strict=True):
+            box, members = boxes[i]
+            X[members] = Xb[:, flats[i][1]].T
+            cboxes[i] = ContextBox(box, flats[i][1], members, Xc, plans[i])
+            step(1)  # a box at a time, as without merging
     return TrainingData(X, y, groups, names, fs, n_classes, ctx, cboxes)
 
 
@@ -263,6 +329,8 @@ def train(
     ts = settings or (PREVIEW if preview else TrainSettings())
     if ts.n_trees[0] < 1 or (ts.two_stage and ts.n_trees[1] < 1):
         raise ValueError(f"n_trees must be >= 1 for every stage trained, got {ts.n_trees}")
+    if ts.context_trees is not None and ts.context_trees < 1:
+        raise ValueError(f"context_trees must be >= 1 or None, got {ts.context_trees}")
     classifier_class(ts.classifier)
     if not np.issubdtype(np.dtype(lab_arr.dtype), np.integer):
         raise ValueError(f"labels must be integers (0 = unlabelled, k + 1 = class k), got {lab_arr.dtype}")
@@ -297,7 +365,7 @@ def train(
     # steps: the feature boxes, each candidate and the pruning (with select), the fitting
     extra = 1 + (len(cands) + 1 if select else 0)
     data = gather(arr, coords, y, gather_fs, ctx, n_classes, progress, extra_steps=extra,
-                  plane_tile=ts.plane_tile)
+                  plane_tile=ts.plane_tile, max_bytes=ts.context_max_bytes)
     t_feat = time.perf_counter() - t0
     selection = None
     fold_stages = fold = None
@@ -315,8 +383,11 @@ def train(
     if cand.two_stage and fold_stages is not None and ts.cross_fit:
         # out-of-fold stage 1 (stacking): stage 2 learns from realistic stage-1 errors
         stage1_for = lambda cb, s1: fold_stages[0] if fold[cb.members[0]] else fold_stages[1]  # noqa: E731
+    sizes = ts.n_trees
+    if cand.two_stage and ts.context_trees:
+        sizes = (min(ts.context_trees, ts.n_trees[0]), ts.n_trees[1])
     stages, _ = fit_stages(data, None if len(cols) == len(data.names) else cols, cand.two_stage,
-                           cand.train_settings(ts), ts.n_trees, stage1_for=stage1_for,
+                           cand.train_settings(ts), sizes, stage1_for=stage1_for,
                            budget=ts.node_budget)
     if progress is not None:
         progress(n_boxes + extra, n_boxes + extra)
