@@ -62,7 +62,7 @@ def train_command(image, labels, output, classes, preview, one_stage, trees, sel
             ts = replace(ts, two_stage=False)
         if trees:
             n = [int(t) for t in trees.split(",")]
-            ts = replace(ts, n_trees=(n[0], n[-1]))
+            ts = replace(ts, n_trees=(n[0], n[-1]), context_trees=None)  # as given
         if not select:
             ts = ts.fixed()
         if select_budget is not None:

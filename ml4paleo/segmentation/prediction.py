@@ -12,13 +12,12 @@ from ml4paleo.features import n_features
 from ml4paleo.io import open_any
 
 from .boxes import features_for_box
+from .classifiers import CASCADE, CONFIDENCE
 from .context import context_features, context_plan
 from .model import Model
 
 __all__ = ["CASCADE", "CONFIDENCE", "predict_box", "predict_slice"]
 
-CASCADE = (8, 16, 32)  # early-exit checkpoints (trees) of each forest at prediction
-CONFIDENCE = 0.97  # mean class fraction that ends a voxel early
 
 
 def predict_box(array: Any, box: tuple[slice, ...], model: Model, voxel_size=None,

@@ -32,6 +32,7 @@ from .fitting import (
     balanced_sample,
     dice_scores,
     fit_stages,
+    fit_threads,
     predict_rows,
 )
 
@@ -194,7 +195,8 @@ def cross_validate(data: TrainingData, cols: np.ndarray, two_stage: bool, ts: Tr
             return None
         stages, Xctx = fit_stages(data, cols, two_stage, ts, (size, size), rows=train,
                                   seed=ts.seed + 7)
-        pred[test] = np.argmax(predict_rows(stages, data, cols, rows[test], Xctx), axis=1)
+        pred[test] = np.argmax(predict_rows(stages, data, cols, rows[test], Xctx, fit_threads(ts)),
+                               axis=1)
         for s in stages:
             w = getattr(s, "importances", None)
             if w is not None:

@@ -13,10 +13,10 @@ import numpy as np
 
 from ml4paleo import _fs
 
-from .base import Classifier
+from .base import CASCADE, CONFIDENCE, Classifier
 from .forest import Forest
 
-__all__ = ["CLASSIFIERS", "Classifier", "Forest", "classifier_class", "load_stages", "save_stages"]
+__all__ = ["CASCADE", "CLASSIFIERS", "CONFIDENCE", "Classifier", "Forest", "classifier_class", "load_stages", "save_stages"]
 
 #: kind -> class
 CLASSIFIERS: dict[str, type[Classifier]] = {

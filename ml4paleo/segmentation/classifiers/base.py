@@ -16,7 +16,13 @@ import numpy as np
 
 from ml4paleo import _fs
 
-__all__ = ["Classifier"]
+__all__ = ["CASCADE", "CONFIDENCE", "Classifier"]
+
+#: early-exit checkpoints (trees) of each forest at prediction, and at training where the
+#: second stage's context is made as prediction makes it
+CASCADE = (8, 16, 32)
+#: mean class fraction that ends a voxel early
+CONFIDENCE = 0.97
 
 
 class Classifier(abc.ABC):
