@@ -142,8 +142,8 @@ def context_bytes(box: tuple[slice, ...], shape: Sequence[int], ctx: ContextSett
 
 
 def _read_voxels(region: tuple[slice, ...], shape: Sequence[int], fs: FeatureSettings) -> float:
-    """Voxels the filter bank reads for ``region`` (grown by the halo, clipped to the volume:
-    beyond it the mirror costs no reading but the passes still run, so counted too)."""
+    """Voxels the filter bank runs over for ``region``: grown by the feature halo on every
+    side (beyond the volume the halo is mirrored, which costs the passes as much)."""
     halo = halo_for(fs, None)
     return float(np.prod([r.stop - r.start + 2 * h for r, h in zip(region, halo, strict=True)]))
 
