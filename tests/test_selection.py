@@ -336,3 +336,21 @@ def test_context_regions_that_overlap_share_one_pass_with_the_same_values():
         assert np.array_equal(cb.coarse, Xc)
     # a cap below one region's estimate keeps every region on its own
     assert len(merge_regions(regions, arr.shape, fs, max_bytes=1.0)) == len(regions)
+    # passes split into tiles of rows (reads bounded) give the same values, also with
+    # scales on the coarse grid (tiles at odd and even rows)
+    from ml4paleo.segmentation.boxes import _row_tiles, features_for_parts
+
+    coarse_fs = FeatureSettings(scales=(1.0, 3.0), coarse_from=3.0)
+    for settings in (fs, coarse_fs):
+        box = (slice(2, 30), slice(0, 48), slice(0, 56))
+        parts = [((slice(3, 4), slice(0, 48), slice(0, 56)),
+                  (slice(0, 28, 2), slice(1, 48, 2), slice(0, 56, 2))),
+                 ((slice(20, 22), slice(7, 40), slice(5, 50)), None)]
+        whole = features_for_parts(arr, box, settings, None, parts)
+        h = halo_for(settings, None)
+        cap = (28 + 2 * h[0]) * (56 + 2 * h[2]) * (17 + 2 * h[1])  # tiles of ~17 rows
+        assert len(_row_tiles(box, h, cap)) >= 3
+        for (a, ac), (b, bc) in zip(whole, features_for_parts(arr, box, settings, None, parts,
+                                                              max_read=cap), strict=True):
+            assert np.array_equal(a, b)
+            assert (ac is None and bc is None) or np.array_equal(ac, bc)

@@ -153,6 +153,14 @@ def _region_bytes(region: tuple[slice, ...], shape: Sequence[int], fs: FeatureSe
     return 4 * (6 * _read_voxels(region, shape, fs) + voxels * len(feature_names(fs)) / 8)
 
 
+def _max_read(max_bytes: float) -> float | None:
+    """Voxels one filter-bank pass may read (with its halo) so that gathering stays within
+    ``max_bytes``: the pass takes ~35 bytes per voxel read at its peak (4 painted 512^2
+    planes of a 32-slice scan, the full candidate set), and the coarse context features of
+    every box are kept meanwhile, so a pass gets a quarter of the cap in bytes ~ /64."""
+    return None if not np.isfinite(max_bytes) else max_bytes / 64
+
+
 def _shift(sl: slice, n: int, by: int) -> slice:
     """``sl`` (into an axis of length ``n``) moved ``by`` voxels."""
     start, stop, st = sl.indices(n)
@@ -222,8 +230,9 @@ def gather(arr: Any, coords: np.ndarray, y: np.ndarray, fs: FeatureSettings,
     Without context, a box one plane thick is computed plane-wise, tile by tile
     (``plane_tile`` pixels; values equal the 3-D features to float32 rounding). With
     context, boxes whose context regions overlap share one filter-bank pass over their
-    bounding box (:func:`merge_regions`, within ``max_bytes``; the values are those of a
-    pass per box, exactly).
+    bounding box (:func:`merge_regions`, within ``max_bytes``), computed in tiles of rows
+    when its read would not fit (:func:`_max_read`); the values are those of a pass per
+    box, exactly.
     """
     vs = arr.voxel_size
     boxes = _group_boxes(coords, arr.shape)
@@ -262,7 +271,8 @@ def gather(arr: Any, coords: np.ndarray, y: np.ndarray, fs: FeatureSettings,
             inner = tuple(slice(b.start - h.start, b.stop - h.start) for b, h in zip(box, hull, strict=True))
             coarse = tuple(_shift(c, r.stop - r.start, o) for c, r, o in zip(p.coarse, p.region, off, strict=True))
             parts.append((inner, coarse))
-        for i, (Xb, Xc) in zip(idx, features_for_parts(arr, hull, fs, vs, parts), strict=True):
+        tiled = features_for_parts(arr, hull, fs, vs, parts, max_read=_max_read(max_bytes))
+        for i, (Xb, Xc) in zip(idx, tiled, strict=True):
             box, members = boxes[i]
             X[members] = Xb[:, flats[i][1]].T
             cboxes[i] = ContextBox(box, flats[i][1], members, Xc, plans[i])
