@@ -325,7 +325,7 @@ def test_context_regions_that_overlap_share_one_pass_with_the_same_values():
     fs, ctx = FeatureSettings(scales=(1.0, 3.0)), ContextSettings((0.0, 1.0))
     data = gather(arr, coords, y, fs, ctx, 3)
     regions = [cb.plan.region for cb in data.boxes]
-    merged = merge_regions(regions, arr.shape, fs)
+    merged = merge_regions(regions, fs)
     assert len(merged) < len(regions)  # some pass was shared
     assert [i for _, idx in merged for i in idx] == sorted(range(len(regions)),
                                                            key=lambda i: regions[i][0].start)
@@ -335,7 +335,7 @@ def test_context_regions_that_overlap_share_one_pass_with_the_same_values():
         assert np.array_equal(data.X[cb.members], Xb[:, cb.flat].T)
         assert np.array_equal(cb.coarse, Xc)
     # a cap below one region's estimate keeps every region on its own
-    assert len(merge_regions(regions, arr.shape, fs, max_bytes=1.0)) == len(regions)
+    assert len(merge_regions(regions, fs, max_bytes=1.0)) == len(regions)
     # passes split into tiles of rows (reads bounded) give the same values, also with
     # scales on the coarse grid (tiles at odd and even rows)
     from ml4paleo.segmentation.boxes import _row_tiles, features_for_parts

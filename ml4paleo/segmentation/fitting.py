@@ -33,10 +33,9 @@ class TrainSettings:
         Trees of stage 1 and stage 2 (at most; see ``node_budget``).
     context_trees : int or None
         At most this many trees in stage 1 when a second stage follows (None:
-        ``n_trees[0]``): its
-        probabilities are only the second stage's context, on a grid twice as coarse and
-        smoothed, so half the trees give the same Dice (painted fossil planes: 0.9317 with
-        32, 0.9316 with 64) at half its fitting and prediction time.
+        ``n_trees[0]``): its probabilities are only the second stage's context, on a grid
+        twice as coarse and smoothed, so half the trees give the same Dice (painted fossil
+        planes: 0.9317 with 32, 0.9316 with 64) at half its fitting and prediction time.
     node_budget : float or None
         Prediction cost cap: tree nodes a voxel visits on average in the full-resolution
         stage (stage 2, or stage 1 of a one-stage model); trees beyond it are dropped.

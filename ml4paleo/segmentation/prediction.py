@@ -19,7 +19,6 @@ from .model import Model
 __all__ = ["CASCADE", "CONFIDENCE", "predict_box", "predict_slice"]
 
 
-
 def predict_box(array: Any, box: tuple[slice, ...], model: Model, voxel_size=None,
                 threads: int = 1, cascade: Sequence[int] = CASCADE,
                 confidence: float = CONFIDENCE) -> np.ndarray:

@@ -138,26 +138,26 @@ def context_bytes(box: tuple[slice, ...], shape: Sequence[int], ctx: ContextSett
     """Rough peak memory (bytes) of gathering the context features of one annotated box:
     the filter bank over the box's context region read with the feature halo (a few
     float32 copies of that slab) plus the features at its coarse-grid voxels."""
-    return _region_bytes(context_plan(box, shape, ctx, fs).region, shape, fs)
+    return _region_bytes(context_plan(box, shape, ctx, fs).region, fs)
 
 
-def _read_voxels(region: tuple[slice, ...], shape: Sequence[int], fs: FeatureSettings) -> float:
+def _read_voxels(region: tuple[slice, ...], fs: FeatureSettings) -> float:
     """Voxels the filter bank runs over for ``region``: grown by the feature halo on every
     side (beyond the volume the halo is mirrored, which costs the passes as much)."""
     halo = halo_for(fs, None)
     return float(np.prod([r.stop - r.start + 2 * h for r, h in zip(region, halo, strict=True)]))
 
 
-def _region_bytes(region: tuple[slice, ...], shape: Sequence[int], fs: FeatureSettings) -> float:
+def _region_bytes(region: tuple[slice, ...], fs: FeatureSettings) -> float:
     voxels = float(np.prod([r.stop - r.start for r in region]))
-    return 4 * (6 * _read_voxels(region, shape, fs) + voxels * len(feature_names(fs)) / 8)
+    return 4 * (6 * _read_voxels(region, fs) + voxels * len(feature_names(fs)) / 8)
 
 
 def _max_read(max_bytes: float) -> float | None:
     """Voxels one filter-bank pass may read (with its halo) so that gathering stays within
     ``max_bytes``: the pass takes ~35 bytes per voxel read at its peak (4 painted 512^2
-    planes of a 32-slice scan, the full candidate set), and the coarse context features of
-    every box are kept meanwhile, so a pass gets a quarter of the cap in bytes ~ /64."""
+    planes of a 32-slice scan, the full candidate set) and the coarse context features of
+    every box are kept meanwhile, so a pass may read cap / 64 voxels (~0.55 of the cap)."""
     return None if not np.isfinite(max_bytes) else max_bytes / 64
 
 
@@ -171,8 +171,7 @@ def _hull(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
 
 
-def merge_regions(regions: Sequence[tuple[slice, ...]], shape: Sequence[int], fs: FeatureSettings,
-                  max_bytes: float = float("inf")) -> list[tuple[tuple[slice, ...], list[int]]]:
+def merge_regions(regions: Sequence[tuple[slice, ...]], fs: FeatureSettings, max_bytes: float = float("inf")) -> list[tuple[tuple[slice, ...], list[int]]]:
     """Group context regions whose bounding box costs no more filtering than they do apart.
 
     Annotated planes a few voxels apart have context regions that overlap (each reaches
@@ -186,11 +185,10 @@ def merge_regions(regions: Sequence[tuple[slice, ...]], shape: Sequence[int], fs
     out: list[tuple[tuple[slice, ...], list[int]]] = []
     cost = 0.0
     for i in order:
-        own = _read_voxels(regions[i], shape, fs)
+        own = _read_voxels(regions[i], fs)
         if out:
             hull = _hull(out[-1][0], regions[i])
-            if (_read_voxels(hull, shape, fs) <= cost + own
-                    and _region_bytes(hull, shape, fs) <= max_bytes):
+            if _read_voxels(hull, fs) <= cost + own and _region_bytes(hull, fs) <= max_bytes:
                 out[-1] = (hull, [*out[-1][1], i])
                 cost += own
                 continue
@@ -263,7 +261,7 @@ def gather(arr: Any, coords: np.ndarray, y: np.ndarray, fs: FeatureSettings,
         return TrainingData(X, y, groups, names, fs, n_classes, None, [])
     plans = [context_plan(box, arr.shape, ctx, fs) for box, _ in boxes]
     cboxes: list[ContextBox | None] = [None] * len(boxes)
-    for hull, idx in merge_regions([p.region for p in plans], arr.shape, fs, max_bytes):
+    for hull, idx in merge_regions([p.region for p in plans], fs, max_bytes):
         parts = []
         for i in idx:
             p, box = plans[i], boxes[i][0]
