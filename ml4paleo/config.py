@@ -46,9 +46,10 @@ class Settings:
     lease_seconds: float = 30.0
     #: attempts before a job goes to its *_error status
     max_attempts: int = 3
-    #: Dask scheduler address (``tcp://host:8786``); None = local worker processes
+    #: Dask scheduler address (``tcp://host:8786``); None = local workers (threads when
+    #: segmenting and converting, processes for meshing and measuring)
     dask_scheduler: str | None = None
-    #: local worker processes; None = number of CPUs
+    #: local workers (threads or processes); None = number of CPUs
     workers: int | None = None
     #: block edge for chunked work, voxels
     chunk_size: int = 128

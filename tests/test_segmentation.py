@@ -119,6 +119,41 @@ def test_blockwise_segment_equals_whole_volume_and_resumes(tmp_path, phantom, st
     assert not work.exists()
 
 
+def test_default_executor_is_threads_and_equals_serial(tmp_path, phantom, stroke_model, monkeypatch):
+    """The default runs blocks on this process's threads (no worker processes start) and
+    writes exactly what one block at a time writes, clean-up included; an in-memory array
+    runs on threads too, and the model cache is emptied afterwards."""
+    from ml4paleo.blocks import executors
+    from ml4paleo.segmentation import blockwise
+
+    image, _ = phantom
+    src = omezarr.create_image(tmp_path / "img.ome.zarr", SHAPE, np.uint16, chunks=20)
+    src.array[:] = image
+    model_dir = stroke_model.save(tmp_path / "model")
+    ref = segment(src, model_dir, tmp_path / "a.ome.zarr", chunk_size=20, executor="serial",
+                  min_size=20, fill_holes=True)
+    made = []
+    real = executors.ThreadBackend.__init__
+
+    def spy(self, workers):
+        made.append(workers)
+        real(self, workers)
+
+    def no_processes(self, workers):
+        raise AssertionError("worker processes started")
+
+    monkeypatch.setattr(executors.ThreadBackend, "__init__", spy)
+    monkeypatch.setattr(executors.ProcessBackend, "__init__", no_processes)
+    got = segment(str(src.path), model_dir, tmp_path / "b.ome.zarr", chunk_size=20, workers=2,
+                  min_size=20, fill_holes=True)
+    mem = segment(image, model_dir, tmp_path / "c.ome.zarr", chunk_size=20, workers=2)
+    assert made and set(made) == {2}  # the blocks (and the pyramid) on 2 threads
+    assert np.array_equal(np.asarray(ref.array[:]), np.asarray(got.array[:]))
+    plain = segment(src, model_dir, tmp_path / "d.ome.zarr", chunk_size=20, executor="serial")
+    assert np.array_equal(np.asarray(plain.array[:]), np.asarray(mem.array[:]))
+    assert not blockwise._MODEL_CACHE
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_gives_identical_output(tmp_path, phantom, stroke_model):
     from dask.distributed import Client, LocalCluster

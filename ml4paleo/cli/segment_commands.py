@@ -93,8 +93,8 @@ def train_command(image, labels, output, classes, preview, one_stage, trees, sel
 @click.option("-o", "--output", "output", required=True, type=click.Path(), help="Output OME-Zarr labels.")
 @click.option("--chunk-size", default=128, show_default=True, type=int, help="Block / chunk edge.")
 @click.option("--scheduler", default=None, envvar="ML4PALEO_DASK_SCHEDULER",
-              help="Dask scheduler address (default: local worker processes).")
-@click.option("--workers", default=None, type=int, help="Local worker processes.")
+              help="Dask scheduler address (default: this process's threads).")
+@click.option("--workers", default=None, type=int, help="Local threads (default: CPUs).")
 @click.option("--probabilities", is_flag=True, help="Also write uint8 class probabilities.")
 @click.option("--min-size", default=0, show_default=True, type=int, help="Remove smaller objects (voxels).")
 @click.option("--fill-holes", is_flag=True, help="Fill enclosed background pockets.")
@@ -105,11 +105,12 @@ def segment_command(image, model_dir, output, chunk_size, scheduler, workers, pr
     from ml4paleo.segmentation import segment
 
     try:
-        # a folder (OME-Zarr, slices) is reopened by worker processes; a single file is read
-        # in this process unless a Dask scheduler is given
+        # a folder (OME-Zarr, slices) is opened by path (Dask workers reopen it); a single
+        # file is read here first; either way this process's threads run the blocks unless
+        # a Dask scheduler is given
         is_dir = Path(image).is_dir()
         src = image if is_dir else _open_source(image)
-        executor = scheduler if (scheduler or is_dir) else "serial"
+        executor = scheduler or None
         t0 = time.perf_counter()
         out = segment(src, model_dir, output,
                       chunk_size=chunk_size, executor=executor, workers=workers,
