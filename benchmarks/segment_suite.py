@@ -96,6 +96,17 @@ def _mean(xs) -> float:
     return round(float(np.mean(xs)), 4)
 
 
+def _seed_summary(d: np.ndarray) -> dict:
+    """Dice over seeds (rows of ``d``, one column per class): mean, min and max per class,
+    the mean over the non-background classes and its range over the seeds."""
+    per_seed = d[:, 1:].mean(1)
+    return {"dice": [_mean(c) for c in d.T],
+            "dice_min": [round(float(x), 4) for x in d.min(0)],
+            "dice_max": [round(float(x), 4) for x in d.max(0)],
+            "mean_dice": _mean(d[:, 1:].mean()),
+            "mean_dice_range": [round(float(per_seed.min()), 4), round(float(per_seed.max()), 4)]}
+
+
 def _create_labels_zarr(path: Path, shape, chunk: int):
     import zarr
 
@@ -153,19 +164,14 @@ def child_ml4paleo(spec: dict) -> list[dict]:
         seg_s = float(np.mean([p["segment_s"] for p in per_seed]))
         chosen = sorted({p["chosen"] for p in per_seed if p["chosen"]})
         rows.append({"method": spec["method"], "labels": lab_name,
-                     "dice": [_mean(c) for c in d.T],
-                     "dice_min": [round(float(x), 4) for x in d.min(0)],
-                     "dice_max": [round(float(x), 4) for x in d.max(0)],
-                     "mean_dice": _mean(d[:, 1:].mean()),
-                     "mean_dice_range": [round(float(x), 4) for x in
-                                         (d[:, 1:].mean(1).min(), d[:, 1:].mean(1).max())],
+                     **_seed_summary(d),
                      "seeds": len(per_seed), "chosen": " | ".join(chosen) or None,
                      "train_s": round(float(np.mean([p["train_s"] for p in per_seed])), 2),
                      "segment_s": round(seg_s, 2), "voxels_per_s": round(truth.size / seg_s),
                      "train_rss_mb": max(p["train_rss_mb"] for p in per_seed),
                      "segment_rss_mb": max(p["segment_rss_mb"] for p in per_seed),
                      "peak_rss_mb": max(max(p["train_rss_mb"], p["segment_rss_mb"]) for p in per_seed),
-                     "per_seed": [{k: v for k, v in p.items()} for p in per_seed]})
+                     "per_seed": per_seed})
         del labels
     return rows
 
@@ -203,12 +209,7 @@ def child_reference(spec: dict) -> list[dict]:
             d = np.array([p["dice"] for p in per_seed])
             seg_s = t_read + ref.feature_s + np.mean([p["predict_s"] + p["write_s"] for p in per_seed])
             rows.append({"method": "ilastik-style", "labels": lab_name,
-                         "dice": [_mean(c) for c in d.T],
-                         "dice_min": [round(float(x), 4) for x in d.min(0)],
-                         "dice_max": [round(float(x), 4) for x in d.max(0)],
-                         "mean_dice": _mean(d[:, 1:].mean()),
-                         "mean_dice_range": [round(float(x), 4) for x in
-                                             (d[:, 1:].mean(1).min(), d[:, 1:].mean(1).max())],
+                         **_seed_summary(d),
                          "seeds": spec["seeds"],
                          "train_s": round(ref.feature_s + np.mean([p["fit_s"] for p in per_seed]), 2),
                          "features_s": round(ref.feature_s, 2),
